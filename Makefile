@@ -1,0 +1,40 @@
+# The README's two commands: `make demo` and `make test`. Both set everything up on a fresh machine.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+NPM_BIN := node_modules/.bin
+
+.PHONY: demo test test-fast setup lint bench clean
+
+setup: $(STAMP) $(NPM_BIN)/anvil
+
+# torch first (the CPU build on disk), or pip pulls a multi-GB CUDA build for `torch>=...`.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[model,test]'
+	touch $(STAMP)
+
+$(NPM_BIN)/anvil: package.json
+	npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+demo: setup
+	$(BIN)/python -m devnet.demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check veriplex contracts node scheduler verifier devnet tests bench
+
+bench: setup
+	for b in bench/*.py; do $(BIN)/python $$b --quick || exit 1; done
+
+clean:
+	rm -rf $(VENV) node_modules contracts/build .pytest_cache

@@ -1,0 +1,8 @@
+"""`veriplex contracts ...` subcommands."""
+
+import click
+
+
+@click.group()
+def contracts() -> None:
+    """contracts commands."""

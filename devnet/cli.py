@@ -1,0 +1,8 @@
+"""`veriplex devnet ...` subcommands."""
+
+import click
+
+
+@click.group()
+def devnet() -> None:
+    """devnet commands."""

@@ -1,0 +1,148 @@
+"""One typed configuration for every Veriplex component.
+
+Precedence (highest first): explicit overrides passed by the entry point (CLI flags), environment
+variables (`VERIPLEX_<SECTION>__<FIELD>`, e.g. `VERIPLEX_CHAIN__RPC_URL`), a TOML file (`--config`,
+or `$VERIPLEX_CONFIG`, or `$VERIPLEX_HOME/config.toml` when present), then the defaults below.
+
+The settings are loaded once, at the entry point, and passed down; no module reads `os.environ`.
+Each package owns one section; add a section here rather than reading the environment elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+# The same well-known development mnemonic as anvil and hardhat, so dev accounts match across nodes.
+# Never use it for real funds.
+DEV_MNEMONIC = "test test test test test test test test test test test junk"
+
+
+def default_home() -> Path:
+    """Where Veriplex keeps state by default: `$VERIPLEX_HOME`, else `~/.veriplex`."""
+    env = os.environ.get("VERIPLEX_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".veriplex"
+
+
+class ChainSettings(BaseModel):
+    """How every component reaches the chain."""
+
+    rpc_url: str = Field("http://127.0.0.1:8545", description="JSON-RPC endpoint of any EVM node.")
+    manifest: Path | None = Field(
+        None,
+        description="Deployment manifest (JSON). Default: <home>/deployments/<chain id>.json, "
+        "falling back to <home>/deployments/devnet.json.",
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Per-request JSON-RPC timeout in seconds.")
+    confirmations: int = Field(0, ge=0, description="Blocks to wait after a receipt before trusting it.")
+
+
+class DevnetSettings(BaseModel):
+    """The embedded py-evm devnet (`veriplex devnet up`)."""
+
+    host: str = Field("127.0.0.1", description="Interface the JSON-RPC server binds to.")
+    port: int = Field(8545, ge=0, le=65535, description="TCP port of the JSON-RPC server.")
+    db: Path | None = Field(None, description="SQLite file holding the chain. Default: <home>/devnet.sqlite.")
+    block_time: float = Field(
+        0.0, ge=0, description="Seconds between blocks; 0 mines one block per transaction (instant)."
+    )
+    chain_id: int = Field(31337, gt=0, description="EIP-155 chain id of the devnet.")
+    mnemonic: str = Field(DEV_MNEMONIC, description="BIP-39 mnemonic of the funded dev accounts.")
+    accounts: int = Field(10, ge=1, le=1000, description="Number of dev accounts funded at genesis.")
+    balance_eth: int = Field(10_000, ge=0, description="Genesis balance of each dev account, in ETH.")
+    gas_limit: int = Field(30_000_000, ge=5_000_000, description="Block gas limit.")
+    deploy: bool = Field(True, description="Deploy the Veriplex contracts at start if not present.")
+
+
+class WalletSettings(BaseModel):
+    """Keystores of the CLI wallet."""
+
+    keystore_dir: Path | None = Field(None, description="Keystore directory. Default: <home>/keystores.")
+    scrypt_n: int = Field(2**18, ge=2**10, description="scrypt N for new keystores (geth default 2^18).")
+
+
+class Settings(BaseSettings):
+    """All of Veriplex's settings; one section per package."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VERIPLEX_", env_nested_delimiter="__", extra="ignore", toml_file=None
+    )
+
+    home: Path = Field(default_factory=default_home, description="Root of Veriplex's local state.")
+    chain: ChainSettings = Field(default_factory=ChainSettings, description="Chain access.")
+    devnet: DevnetSettings = Field(default_factory=DevnetSettings, description="Embedded devnet.")
+    wallet: WalletSettings = Field(default_factory=WalletSettings, description="CLI wallet.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = _toml_path()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    # Resolved paths: every component asks these, so defaults live in one place.
+    @property
+    def devnet_db(self) -> Path:
+        return self.devnet.db or self.home / "devnet.sqlite"
+
+    @property
+    def keystore_dir(self) -> Path:
+        return self.wallet.keystore_dir or self.home / "keystores"
+
+    @property
+    def deployments_dir(self) -> Path:
+        return self.home / "deployments"
+
+    def manifest_path(self, chain_id: int | None = None) -> Path:
+        """The manifest to read or write: explicit, else per chain id, else the devnet default."""
+        if self.chain.manifest is not None:
+            return self.chain.manifest
+        if chain_id is not None:
+            return self.deployments_dir / f"{chain_id}.json"
+        return self.deployments_dir / "devnet.json"
+
+
+_TOML_OVERRIDE: Path | None = None
+
+
+def _toml_path() -> Path | None:
+    if _TOML_OVERRIDE is not None:
+        return _TOML_OVERRIDE
+    env = os.environ.get("VERIPLEX_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    candidate = default_home() / "config.toml"
+    return candidate if candidate.is_file() else None
+
+
+class ConfigError(ValueError):
+    """The configuration file or an override is invalid."""
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Load settings once, at the entry point. `overrides` are nested dicts per section."""
+    global _TOML_OVERRIDE
+    if config_file is not None and not Path(config_file).is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+    _TOML_OVERRIDE = Path(config_file) if config_file is not None else None
+    try:
+        return Settings(**overrides)
+    finally:
+        _TOML_OVERRIDE = None
