@@ -70,6 +70,42 @@ class WalletSettings(BaseModel):
     scrypt_n: int = Field(2**18, ge=2**10, description="scrypt N for new keystores (geth default 2^18).")
 
 
+class ProtocolSettings(BaseModel):
+    """Protocol parameters written into the contracts when they are deployed."""
+
+    min_stake_wei: int = Field(10**18, gt=0, description="Least stake (wei) of a schedulable node.")
+    unbonding_period_blocks: int = Field(
+        20, gt=0, description="Blocks unbonded stake stays slashable; must exceed window + dispute."
+    )
+    prover_share_bps: int = Field(5_000, ge=0, le=10_000, description="Share of a slash paid to the prover (rest burned).")
+    verification_window_blocks: int = Field(10, gt=0, description="Blocks a settled batch stays in escrow.")
+    dispute_blocks: int = Field(5, ge=0, description="Blocks allowed for disputes after the window.")
+    protocol_fee_bps: int = Field(500, ge=0, le=10_000, description="Protocol fee on each request's charge.")
+    verifier_share_bps: int = Field(1_000, ge=0, le=10_000, description="Verifier pool's share of each charge.")
+
+
+class ModelsSettings(BaseModel):
+    """Model checkpoints, the stage executor's device, and the node's hidden-state store."""
+
+    dir: Path | None = Field(None, description="Where imported checkpoints live. Default: <home>/models.")
+    device: str = Field("auto", description='Torch device for stages: "auto" (CUDA if present), "cpu", "cuda:0".')
+    dtype: str = Field(
+        "auto", description='Stage dtype: "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16", "float16".'
+    )
+    hidden_store_dir: Path | None = Field(
+        None, description="Hidden-state store directory. Default: <home>/hidden-states."
+    )
+    hidden_store_max_bytes: int = Field(
+        10 * 2**30, gt=0, description="Disk budget of the hidden-state store; requests beyond it are refused."
+    )
+    hidden_retention_s: float = Field(
+        86_400.0, gt=0, description="Seconds a finished request's hidden states are kept (the verification window)."
+    )
+    hidden_max_open_s: float = Field(
+        3_600.0, gt=0, description="Seconds after which a request never finished is treated as abandoned and evicted."
+    )
+
+
 class Settings(BaseSettings):
     """All of Veriplex's settings; one section per package."""
 
@@ -81,6 +117,8 @@ class Settings(BaseSettings):
     chain: ChainSettings = Field(default_factory=ChainSettings, description="Chain access.")
     devnet: DevnetSettings = Field(default_factory=DevnetSettings, description="Embedded devnet.")
     wallet: WalletSettings = Field(default_factory=WalletSettings, description="CLI wallet.")
+    protocol: ProtocolSettings = Field(default_factory=ProtocolSettings, description="Deployed protocol parameters.")
+    models: ModelsSettings = Field(default_factory=ModelsSettings, description="Models, executor, hidden store.")
 
     @classmethod
     def settings_customise_sources(
@@ -105,6 +143,14 @@ class Settings(BaseSettings):
     @property
     def keystore_dir(self) -> Path:
         return self.wallet.keystore_dir or self.home / "keystores"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.models.dir or self.home / "models"
+
+    @property
+    def hidden_store_dir(self) -> Path:
+        return self.models.hidden_store_dir or self.home / "hidden-states"
 
     @property
     def deployments_dir(self) -> Path:
