@@ -218,6 +218,16 @@ class HiddenStateStore:
             f.write(tensor_bytes(rows))
         e.rows += rows.shape[0]
 
+    def truncate(self, request_id: bytes, layer_start: int, layer_end: int, rows: int) -> None:
+        """Forget rows from position `rows` on (a re-routed request resumes from an earlier position)."""
+        e = self.entry(request_id, layer_start, layer_end)
+        if not 0 <= rows <= e.rows:
+            raise StoreError(f"cannot truncate {e.rows} rows to {rows}")
+        if rows < e.rows:
+            with e.path.open("r+b") as f:
+                f.truncate(HEADER_SIZE + rows * e.row_bytes)
+            e.rows = rows
+
     def read(
         self, request_id: bytes, layer_start: int, layer_end: int, pos_from: int, pos_to: int
     ) -> torch.Tensor:

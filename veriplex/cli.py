@@ -18,7 +18,26 @@ import click
 SUBCOMMANDS: dict[str, str] = {
     "devnet": "devnet.cli:devnet",
     "contracts": "contracts.cli:contracts",
+    "sim": "scheduler.cli:sim",
+    "model": "node.cli_model:model",
+    "wallet": "node.wallet.cli:wallet",
+    "node": "node.cli_operator:node",
+    "rewards": "node.cli_operator:rewards",
+    "client": "node.cli_client:client",
+    "demo": "veriplex.demo:demo",
 }
+
+# Commands that belong to one package but appear under another's group. `devnet fund` is the
+# operator's tool (node) but reads naturally under `devnet`; devnet must not import node.
+EXTRA_COMMANDS: dict[str, dict[str, str]] = {
+    "devnet": {"fund": "node.cli_operator:devnet_fund"},
+    "node": {"serve": "node.cli_serve:serve"},
+}
+
+
+def _load(spec: str) -> click.Command:
+    module_name, attr = spec.split(":")
+    return getattr(importlib.import_module(module_name), attr)
 
 
 class LazyGroup(click.Group):
@@ -29,8 +48,12 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in SUBCOMMANDS:
-            module_name, attr = SUBCOMMANDS[cmd_name].split(":")
-            return getattr(importlib.import_module(module_name), attr)
+            command = _load(SUBCOMMANDS[cmd_name])
+            if isinstance(command, click.Group):
+                for name, spec in EXTRA_COMMANDS.get(cmd_name, {}).items():
+                    if name not in command.commands:
+                        command.add_command(_load(spec), name)
+            return command
         return super().get_command(ctx, cmd_name)
 
 

@@ -77,7 +77,7 @@ class ProtocolSettings(BaseModel):
     unbonding_period_blocks: int = Field(
         20, gt=0, description="Blocks unbonded stake stays slashable; must exceed window + dispute."
     )
-    prover_share_bps: int = Field(5_000, ge=0, le=10_000, description="Share of a slash paid to the prover (rest burned).")
+    prover_share_bps: int = Field(5_000, ge=0, lt=10_000, description="Share of a slash paid to the prover (rest burned).")
     verification_window_blocks: int = Field(10, gt=0, description="Blocks a settled batch stays in escrow.")
     dispute_blocks: int = Field(5, ge=0, description="Blocks allowed for disputes after the window.")
     protocol_fee_bps: int = Field(500, ge=0, le=10_000, description="Protocol fee on each request's charge.")
@@ -106,6 +106,19 @@ class ModelsSettings(BaseModel):
     )
 
 
+class DataPlaneSettings(BaseModel):
+    """The worker's data-plane server (`veriplex node serve`)."""
+
+    host: str = Field("127.0.0.1", description="Interface the stage server binds to.")
+    port: int = Field(7070, ge=0, le=65535, description="TCP port of the stage server (0: any free port).")
+    kv_budget_bytes: int = Field(
+        2 * 2**30, gt=0, description="KV-cache bytes this stage may reserve; requests beyond it are refused."
+    )
+    max_frame_bytes: int = Field(64 * 2**20, ge=4096, description="Largest data-plane frame accepted.")
+    session_timeout_s: float = Field(60.0, gt=0, description="Idle seconds after which a session is freed.")
+    directory_ttl_s: float = Field(10.0, ge=0, description="Seconds a chain operator check is cached.")
+
+
 class Settings(BaseSettings):
     """All of Veriplex's settings; one section per package."""
 
@@ -119,6 +132,7 @@ class Settings(BaseSettings):
     wallet: WalletSettings = Field(default_factory=WalletSettings, description="CLI wallet.")
     protocol: ProtocolSettings = Field(default_factory=ProtocolSettings, description="Deployed protocol parameters.")
     models: ModelsSettings = Field(default_factory=ModelsSettings, description="Models, executor, hidden store.")
+    dataplane: DataPlaneSettings = Field(default_factory=DataPlaneSettings, description="Worker data plane.")
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,166 @@
+"""Deploy every Veriplex contract over JSON-RPC, wire their roles, and write the manifest.
+
+`deploy_all(rpc_url, private_key, manifest_path, params)` compiles (cached), sends one locally
+signed creation transaction per contract in dependency order, then the role-wiring transactions,
+and writes the manifest atomically. The deployer becomes admin of every contract. `DeployParams`
+holds the economic parameters; its validation enforces the protocol's cross-contract rule that
+unbonding outlasts the verification window plus the dispute time (else a cheater could leave with
+its stake before it can be slashed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_abi import encode as abi_encode
+from web3 import Web3
+
+from contracts.build import Artifact, compile_all
+from contracts.errors import ContractsError
+from contracts.manifest import Deployment, Manifest
+from contracts.rpc import Rpc, Signer
+
+ETH = 10**18
+
+
+@dataclass(frozen=True)
+class DeployParams:
+    """Protocol parameters fixed at deployment (the admin can change most later)."""
+
+    min_stake_wei: int = 1 * ETH
+    unbonding_period_blocks: int = 20
+    prover_share_bps: int = 5_000  # share of a slash paid to whoever proved the fault
+    verification_window_blocks: int = 10
+    dispute_blocks: int = 5
+    protocol_fee_bps: int = 500
+    verifier_share_bps: int = 1_000
+    slasher: str | None = None  # the verification contract; wire later when None
+    coordinator: str | None = None  # publishes epochs; the deployer when None
+    fee_recipient: str | None = None  # protocol fees; the deployer when None
+
+    @classmethod
+    def from_settings(cls, protocol: Any, **roles: str | None) -> DeployParams:
+        """From `Settings.protocol` (veriplex.config.ProtocolSettings) plus optional role addresses."""
+        fields = (
+            "min_stake_wei",
+            "unbonding_period_blocks",
+            "prover_share_bps",
+            "verification_window_blocks",
+            "dispute_blocks",
+            "protocol_fee_bps",
+            "verifier_share_bps",
+        )
+        return cls(**{f: getattr(protocol, f) for f in fields}, **roles)
+
+    def validate(self) -> None:
+        if self.min_stake_wei <= 0:
+            raise ContractsError(f"min_stake_wei ({self.min_stake_wei}) must be > 0")
+        if self.unbonding_period_blocks <= self.verification_window_blocks + self.dispute_blocks:
+            raise ContractsError(
+                f"unbonding_period_blocks ({self.unbonding_period_blocks}) must exceed "
+                f"verification_window_blocks + dispute_blocks "
+                f"({self.verification_window_blocks} + {self.dispute_blocks})"
+            )
+        if not 0 <= self.prover_share_bps < 10_000:
+            raise ContractsError(
+                f"prover_share_bps ({self.prover_share_bps}) must be within 0..9999: part of "
+                f"every slash must burn, or slashing oneself would cost nothing"
+            )
+        for name in ("protocol_fee_bps", "verifier_share_bps"):
+            if not 0 <= getattr(self, name) <= 10_000:
+                raise ContractsError(f"{name} ({getattr(self, name)}) must be within 0..10000")
+        if self.protocol_fee_bps + self.verifier_share_bps > 10_000:
+            raise ContractsError(
+                f"protocol_fee_bps + verifier_share_bps ({self.protocol_fee_bps} + "
+                f"{self.verifier_share_bps}) must not exceed 10000"
+            )
+
+
+def _deploy_one(rpc: Rpc, signer: Signer, art: Artifact, args: list[Any]) -> tuple[str, int]:
+    ctor = next((e for e in art.abi if e.get("type") == "constructor"), None)
+    types = [i["type"] for i in ctor["inputs"]] if ctor else []
+    if len(types) != len(args):
+        raise ContractsError(f"{art.name} takes {len(types)} constructor args, got {len(args)}")
+    data = bytes.fromhex(art.bytecode.removeprefix("0x")) + abi_encode(types, args)
+    receipt = rpc.transact(signer, None, data)
+    address = receipt.get("contractAddress")
+    if not address:
+        raise ContractsError(f"deploying {art.name} produced no contract address")
+    return Web3.to_checksum_address(address), int(receipt["blockNumber"])
+
+
+def _constructor_args(
+    name: str, p: DeployParams, deployed: dict[str, str], deployer: str
+) -> list[Any]:
+    if name == "NodeRegistry":
+        return [p.min_stake_wei, p.unbonding_period_blocks, p.prover_share_bps]
+    if name == "ModelRegistry":
+        return []
+    if name == "Scheduler":
+        return [deployed["NodeRegistry"], deployed["ModelRegistry"], p.coordinator or deployer]
+    if name == "Payments":
+        return [
+            deployed["NodeRegistry"],
+            deployed["ModelRegistry"],
+            p.verification_window_blocks,
+            p.protocol_fee_bps,
+            p.verifier_share_bps,
+            p.fee_recipient or deployer,
+        ]
+    raise ContractsError(f"no deployment recipe for contract {name!r}")
+
+
+# Dependency order: a contract's constructor may take addresses of those before it.
+DEPLOY_ORDER = ["NodeRegistry", "ModelRegistry", "Scheduler", "Payments"]
+
+
+def _wire_roles(
+    rpc: Rpc, signer: Signer, arts: dict[str, Artifact], addrs: dict[str, str], p: DeployParams
+) -> None:
+    """The verification role (slasher, refunds, verifier payouts) is one address; it stays
+    unset until the verification contract exists, then `Chain.wire_verification` sets it."""
+    from contracts.node_registry import NodeRegistry
+    from contracts.payments import Payments
+
+    if p.slasher:
+        NodeRegistry(rpc, addrs["NodeRegistry"], arts["NodeRegistry"].abi, signer).set_slasher(
+            p.slasher
+        )
+        Payments(rpc, addrs["Payments"], arts["Payments"].abi, signer).set_roles(
+            p.slasher, p.fee_recipient or signer.address
+        )
+
+
+def deploy_all(
+    rpc_url: str, private_key: str, manifest_path: Path, params: DeployParams | None = None
+) -> Manifest:
+    """Deploy and wire every contract; write and return the manifest."""
+    p = params or DeployParams()
+    p.validate()
+    arts = compile_all()
+    missing = [n for n in DEPLOY_ORDER if n not in arts]
+    if missing:
+        raise ContractsError(f"no artifact for {', '.join(missing)}")
+    rpc = Rpc(rpc_url)
+    signer = Signer.from_key(private_key)
+    addrs: dict[str, str] = {}
+    deployments: dict[str, Deployment] = {}
+    first_block: int | None = None
+    for name in DEPLOY_ORDER:
+        args = _constructor_args(name, p, addrs, signer.address)
+        address, block = _deploy_one(rpc, signer, arts[name], args)
+        addrs[name] = address
+        deployments[name] = Deployment(address, arts[name].hash, block)
+        first_block = block if first_block is None else first_block
+    _wire_roles(rpc, signer, arts, addrs, p)
+    manifest = Manifest(
+        chain_id=rpc.chain_id,
+        deployer=signer.address,
+        deploy_block=first_block or 0,
+        contracts=deployments,
+        params={k: v for k, v in asdict(p).items() if v is not None},
+    )
+    manifest.save(Path(manifest_path))
+    return manifest

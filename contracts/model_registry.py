@@ -1,0 +1,89 @@
+"""Typed wrapper of the ModelRegistry contract: served models, their hashes and prices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from contracts.binding import Binding, TxResult
+from contracts.rpc import Signer
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model_id: int
+    name: str
+    layers: int
+    hidden_size: int
+    weights_root: bytes
+    tokenizer_hash: bytes
+    price_in_wei: int  # per input token
+    price_out_wei: int  # per output token
+    active: bool
+
+    def charge(self, tokens_in: int, tokens_out: int) -> int:
+        """What the contract will accept as the charge for a request."""
+        return tokens_in * self.price_in_wei + tokens_out * self.price_out_wei
+
+
+class ModelRegistry(Binding):
+    """`chain.model_registry`."""
+
+    def model(self, model_id: int) -> ModelInfo | None:
+        t = self._view("models", model_id)
+        if int(t[1]) == 0:
+            return None
+        return ModelInfo(
+            model_id,
+            str(t[0]),
+            int(t[1]),
+            int(t[2]),
+            bytes(t[3]),
+            bytes(t[4]),
+            int(t[5]),
+            int(t[6]),
+            bool(t[7]),
+        )
+
+    def model_by_name(self, name: str) -> ModelInfo | None:
+        model_id = int(self._view("id_by_name", name))
+        return self.model(model_id) if model_id else None
+
+    def model_count(self) -> int:
+        return int(self._view("model_count"))
+
+    def models(self) -> list[ModelInfo]:
+        out = [self.model(i) for i in range(1, self.model_count() + 1)]
+        return [m for m in out if m is not None]
+
+    def register_model(
+        self,
+        name: str,
+        layers: int,
+        hidden_size: int,
+        weights_root: bytes,
+        tokenizer_hash: bytes,
+        price_in_wei: int,
+        price_out_wei: int,
+        sender: Signer | None = None,
+    ) -> int:
+        """Add a model (admin); returns its id."""
+        res = self._send(
+            "register_model",
+            name,
+            layers,
+            hidden_size,
+            weights_root,
+            tokenizer_hash,
+            price_in_wei,
+            price_out_wei,
+            sender=sender,
+        )
+        return int(res.event("ModelRegistered").args["model_id"])
+
+    def set_prices(
+        self, model_id: int, price_in_wei: int, price_out_wei: int, sender: Signer | None = None
+    ) -> TxResult:
+        return self._send("set_prices", model_id, price_in_wei, price_out_wei, sender=sender)
+
+    def set_active(self, model_id: int, active: bool, sender: Signer | None = None) -> TxResult:
+        return self._send("set_active", model_id, active, sender=sender)

@@ -1,0 +1,199 @@
+"""Typed wrapper of the Payments contract: deposits, API keys, batch settlement and payouts.
+
+`settle_batch` takes `Record`s whose `key_index`/`pipeline_index` point into the batch's key and
+pipeline tables (see `contracts.batch`); `release` needs the batch's pipeline table, which
+`batch_pipelines` rebuilds from the `BatchSettled` event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from web3 import Web3
+
+from contracts.apikeys import SignedApiKey
+from contracts.batch import Leaf, Pipeline, Record, Stage
+from contracts.binding import Binding, TxResult
+from contracts.errors import ContractsError
+from contracts.rpc import Signer
+
+
+@dataclass(frozen=True)
+class KeyState:
+    key_hash: bytes
+    client: str
+    gateway: str
+    cap_wei: int
+    expiry: int
+    spent_wei: int
+    revoked: bool
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    batch_id: int
+    root: bytes
+    release_block: int
+    released: bool
+
+
+@dataclass(frozen=True)
+class SettledBatch:
+    batch_id: int
+    root: bytes
+    total_charge: int
+    release_block: int
+    gas_used: int
+    request_ids: list[bytes]
+
+
+class Payments(Binding):
+    """`chain.payments`."""
+
+    # -------------------------------------------------------------- views
+    def deposit_of(self, client: str) -> int:
+        return int(self._view("deposits", Web3.to_checksum_address(client)))
+
+    def balance_of(self, account: str) -> int:
+        return int(self._view("balances", Web3.to_checksum_address(account)))
+
+    def key_state(self, key_hash: bytes) -> KeyState | None:
+        t = self._view("keys", key_hash)
+        if int(t[0], 16) == 0:
+            return None
+        return KeyState(key_hash, str(t[0]), str(t[1]), int(t[2]), int(t[3]), int(t[4]), bool(t[5]))
+
+    def batch(self, batch_id: int) -> BatchInfo | None:
+        root, pipelines_hash, release_block = self._view("batches", batch_id)
+        if int.from_bytes(bytes(root), "big") == 0:
+            return None
+        return BatchInfo(
+            batch_id,
+            bytes(root),
+            int(release_block),
+            int.from_bytes(bytes(pipelines_hash), "big") == 0,
+        )
+
+    def batch_pipelines(self, batch_id: int) -> list[Pipeline]:
+        evs = self.events("BatchSettled", batch_id=batch_id)
+        if not evs:
+            raise ContractsError(f"no BatchSettled event for batch {batch_id}")
+        return [
+            Pipeline(
+                int(p["model_id"]),
+                tuple(
+                    Stage(str(s["operator"]), int(s["layer_start"]), int(s["layer_end"]))
+                    for s in p["stages"]
+                ),
+            )
+            for p in evs[0].args["pipelines"]
+        ]
+
+    def is_settled(self, gateway: str, seq: int) -> bool:
+        return bool(self._view("is_settled", Web3.to_checksum_address(gateway), seq))
+
+    def request_id(self, gateway: str, seq: int) -> bytes:
+        return bytes(self._view("request_id_of", Web3.to_checksum_address(gateway), seq))
+
+    def totals(self) -> dict[str, int]:
+        return {
+            k: int(self._view(k))
+            for k in ("total_deposits", "total_balances", "total_escrow", "verifier_pool")
+        }
+
+    def params(self) -> dict[str, object]:
+        return {
+            k: self._view(k)
+            for k in (
+                "verification_window",
+                "protocol_fee_bps",
+                "verifier_share_bps",
+                "verification",
+                "fee_recipient",
+            )
+        }
+
+    # -------------------------------------------------------------- client
+    def deposit(self, amount_wei: int, sender: Signer | None = None) -> TxResult:
+        return self._send("deposit", sender=sender, value=amount_wei)
+
+    def withdraw_deposit(self, amount_wei: int, sender: Signer | None = None) -> TxResult:
+        return self._send("withdraw_deposit", amount_wei, sender=sender)
+
+    def register_key(self, signed: SignedApiKey, sender: Signer | None = None) -> bytes:
+        res = self._send("register_key", signed.key.as_tuple(), signed.signature, sender=sender)
+        return bytes(res.event("KeyRegistered").args["key_hash"])
+
+    def revoke_key(self, nonce: int, sender: Signer | None = None) -> TxResult:
+        return self._send("revoke_key", nonce, sender=sender)
+
+    # -------------------------------------------------------------- gateway
+    def settle_batch(
+        self,
+        keys: list[bytes],
+        pipelines: list[Pipeline],
+        records: list[Record],
+        sender: Signer | None = None,
+    ) -> SettledBatch:
+        res = self._send(
+            "settle_batch",
+            keys,
+            [p.as_tuple() for p in pipelines],
+            [r.as_tuple() for r in records],
+            sender=sender,
+        )
+        ev = res.event("BatchSettled")
+        return SettledBatch(
+            batch_id=int(ev.args["batch_id"]),
+            root=bytes(ev.args["root"]),
+            total_charge=int(ev.args["total_charge"]),
+            release_block=int(ev.args["release_block"]),
+            gas_used=res.gas_used,
+            request_ids=[
+                bytes(e.args["request_id"]) for e in res.events if e.name == "RequestSettled"
+            ],
+        )
+
+    # -------------------------------------------------------------- anyone / roles
+    def release(
+        self, batch_id: int, pipelines: list[Pipeline] | None = None, sender: Signer | None = None
+    ) -> TxResult:
+        pl = pipelines if pipelines is not None else self.batch_pipelines(batch_id)
+        return self._send("release", batch_id, [p.as_tuple() for p in pl], sender=sender)
+
+    def refund(
+        self, batch_id: int, leaf: Leaf, proof: list[bytes], sender: Signer | None = None
+    ) -> TxResult:
+        return self._send(
+            "refund",
+            batch_id,
+            leaf.request_id,
+            leaf.key_hash,
+            leaf.pipeline_index,
+            leaf.tokens_in,
+            leaf.tokens_out,
+            leaf.charge,
+            leaf.commitment_root,
+            proof,
+            sender=sender,
+        )
+
+    def pay_verifier(
+        self, verifier: str, amount_wei: int, sender: Signer | None = None
+    ) -> TxResult:
+        return self._send(
+            "pay_verifier", Web3.to_checksum_address(verifier), amount_wei, sender=sender
+        )
+
+    def withdraw(self, sender: Signer | None = None) -> TxResult:
+        return self._send("withdraw", sender=sender)
+
+    def set_roles(
+        self, verification: str, fee_recipient: str, sender: Signer | None = None
+    ) -> TxResult:
+        return self._send(
+            "set_roles",
+            Web3.to_checksum_address(verification),
+            Web3.to_checksum_address(fee_recipient),
+            sender=sender,
+        )

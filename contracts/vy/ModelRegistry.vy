@@ -1,0 +1,157 @@
+# pragma version ~=0.4.3
+"""
+@title Veriplex model registry
+@notice The models the network serves: layer count, hidden size, the hash of the exact weights
+        (a Merkle root over per-tensor hashes), the tokenizer hash, and the price per input and
+        per output token in wei. Only the admin (two-step ownership) adds models or changes
+        prices; weights are immutable — new weights are a new model id.
+"""
+
+from snekmate.auth import ownable
+from snekmate.auth import ownable_2step
+
+initializes: ownable
+initializes: ownable_2step[ownable := ownable]
+
+exports: (
+    ownable.owner,
+    ownable_2step.pending_owner,
+    ownable_2step.transfer_ownership,
+    ownable_2step.accept_ownership,
+)
+
+
+# ------------------------------------------------------------------ TYPES
+
+struct Model:
+    name: String[64]
+    layers: uint256
+    hidden_size: uint256
+    weights_root: bytes32
+    tokenizer_hash: bytes32
+    price_in_wei: uint256  # per input (prompt) token
+    price_out_wei: uint256  # per output (generated) token
+    active: bool
+
+
+# ------------------------------------------------------------------ EVENTS
+
+event ModelRegistered:
+    model_id: indexed(uint256)
+    name: String[64]
+    layers: uint256
+    hidden_size: uint256
+    weights_root: bytes32
+    tokenizer_hash: bytes32
+    price_in_wei: uint256
+    price_out_wei: uint256
+
+event PricesChanged:
+    model_id: indexed(uint256)
+    price_in_wei: uint256
+    price_out_wei: uint256
+
+event ModelActivationChanged:
+    model_id: indexed(uint256)
+    active: bool
+
+
+# ------------------------------------------------------------------ STORAGE
+
+models: public(HashMap[uint256, Model])  # ids start at 1; 0 means "none"
+id_by_name: public(HashMap[String[64], uint256])
+model_count: public(uint256)
+
+
+# ------------------------------------------------------------------ CONSTRUCTOR
+
+@deploy
+@payable
+def __init__():
+    ownable.__init__()
+    ownable_2step.__init__()
+
+
+# ------------------------------------------------------------------ ADMIN
+
+@external
+def register_model(
+    name: String[64],
+    layers: uint256,
+    hidden_size: uint256,
+    weights_root: bytes32,
+    tokenizer_hash: bytes32,
+    price_in_wei: uint256,
+    price_out_wei: uint256,
+) -> uint256:
+    """@notice Add a model; returns its id (1, 2, ...)."""
+    ownable._check_owner()
+    assert len(name) > 0, "models: empty name"
+    assert self.id_by_name[name] == 0, "models: name taken"
+    assert layers > 0, "models: zero layers"
+    assert layers <= 65535, "models: too many layers"
+    assert hidden_size > 0, "models: zero hidden size"
+    assert weights_root != empty(bytes32), "models: empty weights root"
+    assert tokenizer_hash != empty(bytes32), "models: empty tokenizer hash"
+    model_id: uint256 = self.model_count + 1
+    self.model_count = model_id
+    self.models[model_id] = Model(
+        name=name,
+        layers=layers,
+        hidden_size=hidden_size,
+        weights_root=weights_root,
+        tokenizer_hash=tokenizer_hash,
+        price_in_wei=price_in_wei,
+        price_out_wei=price_out_wei,
+        active=True,
+    )
+    self.id_by_name[name] = model_id
+    log ModelRegistered(
+        model_id=model_id,
+        name=name,
+        layers=layers,
+        hidden_size=hidden_size,
+        weights_root=weights_root,
+        tokenizer_hash=tokenizer_hash,
+        price_in_wei=price_in_wei,
+        price_out_wei=price_out_wei,
+    )
+    return model_id
+
+
+@external
+def set_prices(model_id: uint256, price_in_wei: uint256, price_out_wei: uint256):
+    ownable._check_owner()
+    self._check_exists(model_id)
+    self.models[model_id].price_in_wei = price_in_wei
+    self.models[model_id].price_out_wei = price_out_wei
+    log PricesChanged(model_id=model_id, price_in_wei=price_in_wei, price_out_wei=price_out_wei)
+
+
+@external
+def set_active(model_id: uint256, active: bool):
+    """@notice Retire (or bring back) a model: inactive models cannot be scheduled or billed."""
+    ownable._check_owner()
+    self._check_exists(model_id)
+    self.models[model_id].active = active
+    log ModelActivationChanged(model_id=model_id, active=active)
+
+
+# ------------------------------------------------------------------ VIEWS
+
+@view
+@external
+def billing_info(model_id: uint256) -> (uint256, uint256, uint256, bool):
+    """@notice (layers, price in, price out, active) in one call, for Scheduler and Payments."""
+    return (
+        self.models[model_id].layers,
+        self.models[model_id].price_in_wei,
+        self.models[model_id].price_out_wei,
+        self.models[model_id].active,
+    )
+
+
+@view
+@internal
+def _check_exists(model_id: uint256):
+    assert self.models[model_id].layers != 0, "models: unknown model"

@@ -1,0 +1,336 @@
+"""Data-plane wire protocol: frozen, versioned message types, their byte layout, and their signatures.
+
+Every message between the caller and stages, and between stages, is one *frame* on a TCP stream::
+
+    u32   frame length (bytes after this field), at most the receiver's max_frame_bytes
+    header (HEADER, 128 bytes, little-endian):
+      4s  magic b"VPDP"        u8  version (1)       u8  kind (Kind)       u16 stage index
+      u64 chain id             32s request id        u32 step              u32 epoch
+      u32 body length          65s signature (r ‖ s ‖ v, v in {0, 1})      3x  zero padding
+    body (kind-specific, below)
+
+The signature is secp256k1 over `keccak256("veriplex.dataplane.v1" ‖ header[0:60] ‖ keccak256(body))`
+— the header without its signature, so (chain id, request id, step, epoch, stage, kind) and the
+body are all bound. The signer's address (keccak of the public key, last 20 bytes) is what receivers
+compare with the operator assigned to the sending stage. Bodies:
+
+    OPEN    u32 n ‖ request JSON (n bytes, `PipelineRequest`) ‖ 65s gateway signature ‖ u32 count ‖
+            count × u32 token ids (the sequence so far: the prompt, plus generated tokens on resume)
+    HIDDEN  u32 start position ‖ VPT1 tensor (node.tensor_codec) of shape (T, d)
+    TOKEN   u32 token ‖ u32 position ‖ u8 done
+    CLOSE   u8 reason (CloseReason)
+    ERROR   u16 code (ErrorCode) ‖ u16 stage where it happened ‖ utf-8 message (≤ 1024 bytes)
+    PING / PONG   empty
+
+Never pickle: tensors are raw bytes behind a typed header, structured requests are a validated,
+frozen pydantic model serialised as JSON and signed by the gateway as exact bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from dataclasses import dataclass
+
+import torch
+from coincurve import PrivateKey, PublicKey
+from eth_hash.auto import keccak
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from node.dataplane_errors import BadMessage, BadSignature
+from node.tensor_codec import TensorCodecError, decode_tensor, encode_tensor
+
+VERSION = 1
+MAGIC = b"VPDP"
+DOMAIN = b"veriplex.dataplane.v1"
+REQUEST_DOMAIN = b"veriplex.request.v1"
+HEADER = struct.Struct("<4sBBHQ32sIII65s3x")
+_SIGNED_PART = 60  # header bytes before the signature
+LEN = struct.Struct("<I")
+MAX_ERROR_TEXT = 1024
+MAX_STAGES = 64
+
+
+class Kind(enum.IntEnum):
+    OPEN = 1
+    HIDDEN = 2
+    TOKEN = 3
+    CLOSE = 4
+    ERROR = 5
+    PING = 6
+    PONG = 7
+
+
+class CloseReason(enum.IntEnum):
+    FINISHED = 1
+    CANCELLED = 2
+
+
+class ErrorCode(enum.IntEnum):
+    BAD_MESSAGE = 1  # malformed header, body or tensor; wrong shape or dtype
+    BAD_SIGNATURE = 2  # unsigned, wrongly signed, or signer not the assigned operator
+    REPLAY = 3  # a step, open or epoch already seen
+    UNKNOWN_SESSION = 4
+    NO_CAPACITY = 5  # KV-cache budget or hidden-store budget would overflow
+    TOO_LARGE = 6  # frame above max_frame_bytes
+    EXECUTION = 7  # the executor refused the input
+    STAGE_FAILED = 8  # a downstream stage is unreachable or closed its connection
+    NOT_ASSIGNED = 9  # this node is not the stage the request names
+
+
+# ── addresses and signatures ─────────────────────────────────────────────────────────────────
+def address_of_key(key: PrivateKey) -> str:
+    return _address(key.public_key)
+
+
+def _address(pub: PublicKey) -> str:
+    from eth_utils import to_checksum_address
+
+    return to_checksum_address(keccak(pub.format(compressed=False)[1:])[-20:])
+
+
+def sign_digest(key: PrivateKey, digest: bytes) -> bytes:
+    """65 bytes r ‖ s ‖ v (v = recovery id 0/1) over a 32-byte digest (no further hashing)."""
+    return key.sign_recoverable(digest, hasher=None)
+
+
+def recover(digest: bytes, signature: bytes) -> str:
+    """The address that signed `digest`, or BadSignature."""
+    if len(signature) != 65 or signature == b"\x00" * 65:
+        raise BadSignature("message is unsigned (empty signature)")
+    try:
+        return _address(PublicKey.from_signature_and_message(signature, digest, hasher=None))
+    except Exception as e:  # coincurve raises ValueError / its own errors on garbage
+        raise BadSignature(f"signature does not recover a public key: {e}") from None
+
+
+# ── the request description ──────────────────────────────────────────────────────────────────
+class StageAssignment(BaseModel):
+    """One stage of a pipeline: which operator serves layers [start, end) at host:port."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    operator: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(ge=1, le=65535)
+    start: int = Field(ge=0, lt=2**16)
+    end: int = Field(ge=1, le=2**16)
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    temperature: float = Field(0.0, ge=0.0, le=100.0, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    seed: int = Field(0, ge=0, lt=2**64)
+
+
+class PipelineRequest(BaseModel):
+    """What the gateway asks of a pipeline; signed by the gateway and carried by every OPEN."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    version: int = Field(VERSION, ge=VERSION, le=VERSION)
+    chain_id: int = Field(gt=0, lt=2**64)
+    request_id: str = Field(pattern=r"^0x[0-9a-f]{64}$")
+    epoch: int = Field(0, ge=0, lt=2**32)  # bumped on every re-routing (failover)
+    gateway: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
+    stages: tuple[StageAssignment, ...] = Field(min_length=1, max_length=MAX_STAGES)
+    sampling: Sampling = Sampling()
+    prompt_len: int = Field(ge=1, lt=2**31)
+    max_new_tokens: int = Field(ge=1, lt=2**31)
+    stop_ids: tuple[int, ...] = Field((), max_length=64)
+
+    @field_validator("stages")
+    @classmethod
+    def _contiguous(cls, v: tuple[StageAssignment, ...]) -> tuple[StageAssignment, ...]:
+        if v[0].start != 0:
+            raise ValueError(f"the first stage must start at layer 0, not {v[0].start}")
+        for a, b in zip(v, v[1:], strict=False):
+            if a.end != b.start:
+                raise ValueError(f"stages are not contiguous: [.., {a.end}) then [{b.start}, ..)")
+        for s in v:
+            if s.end <= s.start:
+                raise ValueError(f"empty layer range [{s.start}, {s.end})")
+        return v
+
+    @property
+    def rid(self) -> bytes:
+        return bytes.fromhex(self.request_id[2:])
+
+    @property
+    def capacity(self) -> int:
+        """Positions a stage must hold: the prompt and every generated token but the last."""
+        return self.prompt_len + self.max_new_tokens
+
+    def digest(self, raw: bytes) -> bytes:
+        return keccak(REQUEST_DOMAIN + struct.pack("<Q", self.chain_id) + keccak(raw))
+
+
+def encode_request(req: PipelineRequest) -> bytes:
+    return req.model_dump_json().encode()
+
+
+def decode_request(raw: bytes) -> PipelineRequest:
+    try:
+        return PipelineRequest.model_validate_json(raw)
+    except (ValidationError, ValueError, json.JSONDecodeError) as e:
+        raise BadMessage(f"invalid pipeline request: {e}".replace("\n", "; ")[:MAX_ERROR_TEXT]) from None
+
+
+# ── frames ───────────────────────────────────────────────────────────────────────────────────
+@dataclass(frozen=True)
+class Frame:
+    """One signed message. `body` is the kind-specific bytes; use the `*_body` helpers to build it."""
+
+    kind: Kind
+    chain_id: int
+    request_id: bytes
+    step: int
+    epoch: int
+    stage: int
+    body: bytes
+    signature: bytes = b"\x00" * 65
+
+    def signed_header(self) -> bytes:
+        return self._header(b"\x00" * 65)[:_SIGNED_PART]
+
+    def _header(self, sig: bytes) -> bytes:
+        return HEADER.pack(MAGIC, VERSION, int(self.kind), self.stage, self.chain_id,
+                           self.request_id, self.step, self.epoch, len(self.body), sig)
+
+    def digest(self) -> bytes:
+        return keccak(DOMAIN + self.signed_header() + keccak(self.body))
+
+    def signed(self, key: PrivateKey) -> Frame:
+        return Frame(self.kind, self.chain_id, self.request_id, self.step, self.epoch, self.stage,
+                     self.body, sign_digest(key, self.digest()))
+
+    def signer(self) -> str:
+        return recover(self.digest(), self.signature)
+
+    def to_bytes(self) -> bytes:
+        head = self._header(self.signature)
+        return LEN.pack(len(head) + len(self.body)) + head + self.body
+
+
+def make_frame(key: PrivateKey, kind: Kind, chain_id: int, request_id: bytes, step: int = 0,
+               epoch: int = 0, stage: int = 0, body: bytes = b"") -> Frame:
+    return Frame(kind, chain_id, request_id, step, epoch, stage, body).signed(key)
+
+
+def parse_frame(buf: bytes) -> Frame:
+    """Parse the bytes after the length prefix; checks magic, version, kind and the body length."""
+    if len(buf) < HEADER.size:
+        raise BadMessage(f"frame of {len(buf)} bytes is shorter than the {HEADER.size}-byte header")
+    magic, version, kind, stage, chain_id, rid, step, epoch, blen, sig = HEADER.unpack_from(buf, 0)
+    if magic != MAGIC:
+        raise BadMessage(f"bad frame magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise BadMessage(f"frame version {version} is not supported (this node speaks {VERSION})")
+    if kind not in Kind._value2member_map_:
+        raise BadMessage(f"unknown message kind {kind}; known: {[int(k) for k in Kind]}")
+    if blen != len(buf) - HEADER.size:
+        raise BadMessage(f"header says a {blen}-byte body, the frame holds {len(buf) - HEADER.size}")
+    return Frame(Kind(kind), chain_id, bytes(rid), step, epoch, stage, bytes(buf[HEADER.size:]), bytes(sig))
+
+
+# ── bodies ───────────────────────────────────────────────────────────────────────────────────
+_U32 = struct.Struct("<I")
+_TOKEN = struct.Struct("<IIB")
+_ERROR = struct.Struct("<HH")
+
+
+def open_body(raw_request: bytes, gateway_sig: bytes, tokens: list[int]) -> bytes:
+    return (_U32.pack(len(raw_request)) + raw_request + gateway_sig + _U32.pack(len(tokens))
+            + struct.pack(f"<{len(tokens)}I", *tokens))
+
+
+@dataclass(frozen=True)
+class OpenBody:
+    raw_request: bytes
+    request: PipelineRequest
+    gateway_sig: bytes
+    tokens: tuple[int, ...]
+
+
+def parse_open(body: bytes) -> OpenBody:
+    if len(body) < 4:
+        raise BadMessage(f"OPEN body of {len(body)} bytes is too short")
+    (n,) = _U32.unpack_from(body, 0)
+    if 4 + n + 65 + 4 > len(body):
+        raise BadMessage(f"OPEN body of {len(body)} bytes cannot hold a {n}-byte request")
+    raw = body[4 : 4 + n]
+    sig = body[4 + n : 4 + n + 65]
+    (count,) = _U32.unpack_from(body, 4 + n + 65)
+    off = 4 + n + 65 + 4
+    if len(body) - off != 4 * count:
+        raise BadMessage(f"OPEN says {count} tokens but carries {len(body) - off} bytes for them")
+    req = decode_request(raw)
+    tokens = struct.unpack_from(f"<{count}I", body, off)
+    if not (req.prompt_len <= count < req.prompt_len + req.max_new_tokens):
+        raise BadMessage(
+            f"OPEN carries {count} tokens; a request with a {req.prompt_len}-token prompt and "
+            f"{req.max_new_tokens} new tokens needs between {req.prompt_len} and "
+            f"{req.prompt_len + req.max_new_tokens - 1}"
+        )
+    return OpenBody(raw, req, sig, tokens)
+
+
+def hidden_body(start: int, rows: torch.Tensor) -> bytes:
+    return _U32.pack(start) + encode_tensor(rows)
+
+
+def parse_hidden(body: bytes, d: int, dtype: torch.dtype, max_rows: int) -> tuple[int, torch.Tensor]:
+    if len(body) < 4:
+        raise BadMessage(f"HIDDEN body of {len(body)} bytes is too short")
+    (start,) = _U32.unpack_from(body, 0)
+    try:
+        rows = decode_tensor(memoryview(body)[4:], max_bytes=16 + 8 + max_rows * d * 8,
+                             dtype=dtype, shape=(None, d))
+    except TensorCodecError as e:
+        raise BadMessage(f"HIDDEN tensor: {e}") from None
+    if rows.shape[0] == 0 or rows.shape[0] > max_rows:
+        raise BadMessage(f"HIDDEN carries {rows.shape[0]} rows; 1 to {max_rows} allowed")
+    return start, rows
+
+
+def token_body(token: int, position: int, done: bool) -> bytes:
+    return _TOKEN.pack(token, position, int(done))
+
+
+def parse_token(body: bytes) -> tuple[int, int, bool]:
+    if len(body) != _TOKEN.size:
+        raise BadMessage(f"TOKEN body must be {_TOKEN.size} bytes, got {len(body)}")
+    tok, pos, done = _TOKEN.unpack(body)
+    if done > 1:
+        raise BadMessage(f"TOKEN done flag must be 0 or 1, got {done}")
+    return tok, pos, bool(done)
+
+
+def close_body(reason: CloseReason) -> bytes:
+    return bytes([int(reason)])
+
+
+def parse_close(body: bytes) -> CloseReason:
+    if len(body) != 1 or body[0] not in CloseReason._value2member_map_:
+        raise BadMessage(f"CLOSE body must be one reason byte in {[int(r) for r in CloseReason]}")
+    return CloseReason(body[0])
+
+
+def error_body(code: ErrorCode, stage: int, message: str) -> bytes:
+    return _ERROR.pack(int(code), stage) + message.encode()[:MAX_ERROR_TEXT]
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    code: ErrorCode
+    stage: int
+    message: str
+
+
+def parse_error(body: bytes) -> ErrorInfo:
+    if len(body) < _ERROR.size or len(body) > _ERROR.size + MAX_ERROR_TEXT:
+        raise BadMessage(f"ERROR body of {len(body)} bytes is malformed")
+    code, stage = _ERROR.unpack_from(body, 0)
+    if code not in ErrorCode._value2member_map_:
+        raise BadMessage(f"unknown error code {code}")
+    return ErrorInfo(ErrorCode(code), stage, body[_ERROR.size :].decode("utf-8", "replace"))

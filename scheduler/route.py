@@ -1,0 +1,181 @@
+"""Phase 2: per-request pipeline selection over the shards of a plan (DESIGN §4).
+
+Vertices are shards `(node, [a, b))`. A node holding `[a, b)` can serve any suffix `[l, b)` with
+`a ≤ l < b`, so an edge joins every shard ending at `l` to every shard with `a ≤ l < b`; shards
+starting at 0 hold the embedding and may begin a route, shards ending at the last layer hold the LM
+head and may end one. A route's cost is the request's expected completion time: for each hop, its
+queueing delay + (per-layer time at the node's current batch × layers it runs) for the prefill and
+for every output token + the link from the previous hop — the per-layer time is charged for every
+layer served, never once per node. Hops whose node lacks free KV
+memory for the request's tokens over the layers it would run are skipped (KV admission). One dynamic
+program over shards in order of their end layer touches each edge once: linear in the edges.
+
+`Router` is built once per plan; `route()` is pure given the loads passed in, so the coordinator
+answers gateway route requests by calling it with the latest heartbeats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler.costs import build_cluster, layer_time, link_time
+from scheduler.errors import InvalidInput, NoRoute
+from scheduler.model import Plan, Snapshot
+from scheduler.schema import node_weight_budget, stage_memory_bytes
+
+
+@dataclass(frozen=True)
+class NodeLoad:
+    """What a heartbeat says about a node's current load."""
+
+    active: int = 0  # sequences in its running batch
+    queue_s: float = 0.0  # backlog: seconds of work queued ahead of a new arrival
+    kv_used_bytes: int = 0  # KV memory already admitted
+
+
+@dataclass(frozen=True)
+class Hop:
+    """Run layers `[start, end)` on `node`."""
+
+    node: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Route:
+    hops: tuple[Hop, ...]
+    cost_s: float  # expected completion time of the request along the route, load included
+    kv_bytes: dict[str, int] = field(default_factory=dict, compare=False)  # to admit, per node
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hops": [{"node": h.node, "start": h.start, "end": h.end} for h in self.hops],
+                "expected_ms": self.cost_s * 1e3}
+
+
+class Router:
+    """Routes requests over a plan's shards. Immutable after construction."""
+
+    def __init__(self, snapshot: Snapshot, plan: Plan) -> None:
+        self.snapshot = snapshot
+        self.cluster = build_cluster(snapshot, [n for n in snapshot.nodes])
+        m = snapshot.model
+        self.layers = m.layers
+        self.kv_per_token_layer = m.kv_bytes_per_token_layer
+        self.shards: list[tuple[int, int, int]] = []  # (node index, a, b), sorted by (b, a, id)
+        self.kv_capacity: dict[str, int] = {}
+        by_id = {n.id: n for n in snapshot.nodes}
+        for st in plan.stages():
+            if st.node not in self.cluster.index:
+                raise InvalidInput(f"plan names node {st.node!r}, absent from the snapshot")
+            node = by_id[st.node]
+            weights = stage_memory_bytes(m, st)
+            reserve = snapshot.params.kv_reserve_mib << 20
+            self.kv_capacity[st.node] = node_weight_budget(snapshot, node) + reserve - weights
+            self.shards.append((self.cluster.index[st.node], st.start, st.end))
+        self.shards.sort(key=lambda s: (s[2], s[1], self.cluster.ids[s[0]]))
+        self.ending_at: dict[int, list[int]] = {}
+        for j, (_, _, b) in enumerate(self.shards):
+            self.ending_at.setdefault(b, []).append(j)
+        # Nodes with a measured pair link keep their own edges; all others reach a node at the
+        # same cost as any node sharing their region and link speed (see `_frontier`).
+        self.paired = {a for pair in snapshot.links.pairs for a in pair}
+
+    def _frontier(self, cut: int, best: list[float]) -> list[int]:
+        """Predecessors ending at `cut` worth an edge: the link from `p` to any node depends only
+        on `p`'s region and network speed (unless `p` has a measured pair link), so among shards
+        alike in both only the one with the least cost so far can be on a best route. This keeps
+        the search exact while the edges per request grow with regions × link classes, not with
+        the number of replicas."""
+        c = self.cluster
+        keep: dict[tuple[int, float], int] = {}
+        out = []
+        for p in self.ending_at.get(cut, ()):
+            if best[p] == float("inf"):
+                continue
+            i = self.shards[p][0]
+            if c.ids[i] in self.paired:
+                out.append(p)
+                continue
+            key = (int(c.region[i]), float(c.net[i]))
+            q = keep.get(key)
+            if q is None or best[p] < best[q]:
+                keep[key] = p
+        return out + sorted(keep.values())
+
+    def route(self, loads: Mapping[str, NodeLoad] | None = None, prompt_tokens: int = 1,
+              output_tokens: int = 1, exclude: frozenset[str] | set[str] = frozenset(),
+              use_load: bool = True) -> Route:
+        """The route of least expected completion time for a request of `prompt_tokens` in and
+        up to `output_tokens` out (KV for both is admitted on every hop).
+
+        Per hop running `[l, b)`: its queueing delay + `(b − l)` × the prefill's per-layer time +
+        `output_tokens` × `(b − l)` × the per-layer decode time at the node's batch and resident
+        KV with this request added, plus the link to it for the prompt and for every token.
+        `use_load=False` ignores queueing and batch size (the load-blind baseline) but still
+        respects KV admission. Raises `NoRoute` when no admissible chain covers every layer.
+        """
+        if prompt_tokens < 1 or output_tokens < 1:
+            raise InvalidInput(f"prompt_tokens ({prompt_tokens}) and output_tokens "
+                               f"({output_tokens}) must be >= 1")
+        loads = loads or {}
+        c, L = self.cluster, self.layers
+        kv_tokens = prompt_tokens + output_tokens
+        idle = NodeLoad()
+        n = len(self.shards)
+        best = [float("inf")] * n
+        start_at = [0] * n
+        prev = [-1] * n
+        act = c.model.activation_bytes
+        max_batch = self.snapshot.params.max_batch
+        per_layer_kv = kv_tokens * self.kv_per_token_layer
+        frontier: dict[int, list[int]] = {}
+        for j, (i, a, b) in enumerate(self.shards):
+            nid = c.ids[i]
+            if nid in exclude:
+                continue
+            ld = loads.get(nid, idle) if use_load else idle
+            # A decode step batches the node's sequences (compute grows with the batch) and reads
+            # the KV resident per layer (as admitted) plus this request's. Sharing a node also
+            # means a token usually finds another sequence's step running and waits for half of
+            # it: busy ≈ 1 − 1/(active + 1). Congestion beyond that is the backlog `queue_s`.
+            batch = min(ld.active + 1, max_batch)
+            resident = ld.kv_used_bytes / (self.kv_per_token_layer * (b - a)) + kv_tokens
+            busy = 1.0 - 1.0 / (ld.active + 1)
+            per_layer = (output_tokens * (1 + busy / 2) * layer_time(c, i, batch, resident)
+                         + layer_time(c, i, prompt_tokens))
+            free = self.kv_capacity[nid] - loads.get(nid, idle).kv_used_bytes
+            if a == 0 and b * per_layer_kv <= free:
+                best[j], start_at[j] = b * per_layer + ld.queue_s, 0
+            for cut in range(a, b):
+                if (b - cut) * per_layer_kv > free:
+                    continue
+                own = (b - cut) * per_layer + ld.queue_s
+                if cut not in frontier:
+                    frontier[cut] = self._frontier(cut, best)
+                for p in frontier[cut]:
+                    pi = self.shards[p][0]
+                    link = (link_time(c, pi, i, prompt_tokens * act)
+                            + output_tokens * link_time(c, pi, i, act))
+                    cost = best[p] + link + own
+                    if cost < best[j]:
+                        best[j], start_at[j], prev[j] = cost, cut, p
+        finals = [j for j in self.ending_at.get(L, ()) if best[j] < float("inf")]
+        if not finals:
+            raise NoRoute(f"no admissible route for a request of {kv_tokens} KV tokens over "
+                          f"{L} layers ({len(exclude)} node(s) excluded, {n} shards)")
+        j = min(finals, key=lambda j: (best[j], c.ids[self.shards[j][0]]))
+        cost = best[j]
+        hops: list[Hop] = []
+        kv: dict[str, int] = {}
+        while j >= 0:
+            i, _, b = self.shards[j]
+            hops.append(Hop(c.ids[i], start_at[j], b))
+            kv[c.ids[i]] = (b - start_at[j]) * kv_tokens * self.kv_per_token_layer
+            j = prev[j]
+        hops.reverse()
+        if len(hops) > 1:  # each sampled token returns from the last hop to the first
+            cost += output_tokens * link_time(c, c.index[hops[-1].node], c.index[hops[0].node], 8)
+        return Route(hops=tuple(hops), cost_s=cost, kv_bytes=kv)

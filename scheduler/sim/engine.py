@@ -1,0 +1,245 @@
+"""Discrete-event simulation of a cluster serving a request stream under a routing policy.
+
+Each node is a batching server: whenever it is idle and work is queued, it runs the queued items in
+FIFO order (up to `max_batch` items and `max_batch_tokens` tokens, like vLLM's
+`max_num_batched_tokens`; a longer prompt runs alone) as one step taking `layers × max(memory time, tokens × FLOPs / FLOPS)`
+(the shared roofline of `scheduler.costs`, at the batch's token count and the KV its sequences read,
+so prefill is compute-bound and decode memory-bound). A request is admitted when its policy finds a route with free KV memory
+on every hop for prompt + output tokens (else it waits in FIFO order); its prompt runs as one
+prefill pass along the route, then each output token goes round the ring (last hop back to the
+first) as a one-token decode step. Hidden states cross links in `RTT/2 + bytes/bandwidth`.
+Reported: output tokens/s over the whole run (first arrival to last completion; with every request
+arriving at once this is the offline-batch throughput of vLLM's benchmark) and sustained over the
+arrival window (meaningful when that window is much longer than a request), TTFT, time per output
+token, p50/p99 end-to-end latency.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from scheduler.costs import Cluster, layer_time, link_time
+from scheduler.route import Hop, NodeLoad
+from scheduler.sim.workload import Workload
+
+ARRIVE, DELIVER, DONE = 0, 1, 2  # event kinds
+
+
+class Item(NamedTuple):
+    """Work for one node: request `req` runs `hop` (its `index`-th) over `tokens` new tokens."""
+
+    req: int
+    hop: Hop
+    index: int
+    tokens: int
+
+
+class Policy(Protocol):
+    """Chooses a route for a request, or None to make it wait (FIFO in `lane(req)`)."""
+
+    name: str
+
+    def lane(self, req: int) -> int: ...
+
+    def choose(self, req: int, kv_tokens: int,
+               sim: Simulation) -> tuple[list[Hop], dict[str, int]] | None | bool:
+        """A route and the KV bytes it takes per node; None to wait; False to reject for good."""
+
+
+@dataclass(frozen=True)
+class SimResult:
+    policy: str
+    completed: int
+    rejected: int
+    requests: int
+    output_tokens: int
+    makespan_s: float
+    throughput_tok_s: float  # all output tokens ÷ (last completion − first arrival)
+    sustained_tok_s: float  # tokens produced during the arrival window ÷ its length
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    tpot_p50_ms: float
+    tpot_p99_ms: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return dict(self.__dict__)
+
+
+class Simulation:
+    """One run. `loads()` exposes what a heartbeat would report, for load-aware policies."""
+
+    def __init__(self, cluster: Cluster, kv_capacity: dict[str, int], workload: Workload,
+                 policy: Policy, max_batch: int = 64, max_batch_tokens: int = 2048) -> None:
+        self.c = cluster
+        self.kv_capacity = kv_capacity
+        self.kv_used = {n: 0 for n in kv_capacity}
+        self.kv_peak = {n: 0 for n in kv_capacity}  # most KV bytes ever admitted at once
+        self.active = {n: 0 for n in kv_capacity}
+        self.policy = policy
+        self.max_batch = max_batch
+        self.max_batch_tokens = max_batch_tokens
+        self.arrivals, self.prompt, self.output = workload.draw()
+        self.now = 0.0
+        self.queue: dict[str, deque[Item]] = {n: deque() for n in kv_capacity}
+        self.busy_until: dict[str, float] = {n: 0.0 for n in kv_capacity}
+        self.busy: dict[str, bool] = {n: False for n in kv_capacity}
+        self.events: list[tuple[float, int, int, Any]] = []
+        self.seq = 0
+        self.waiting: dict[int, deque[int]] = {}
+        self.rejected = 0
+
+    # -- what a heartbeat would say -------------------------------------------------------------
+    def loads(self) -> dict[str, NodeLoad]:
+        out = {}
+        for n in self.kv_capacity:
+            i = self.c.index[n]
+            backlog = max(self.busy_until[n] - self.now, 0.0)
+            if self.queue[n]:  # the queued items run as one more batch
+                q = self.queue[n]
+                backlog += max(it.hop.end - it.hop.start for it in q) * layer_time(
+                    self.c, i, sum(it.tokens for it in q))
+            out[n] = NodeLoad(active=self.active[n], queue_s=backlog, kv_used_bytes=self.kv_used[n])
+        return out
+
+    def _push(self, t: float, kind: int, data: Any) -> None:
+        heapq.heappush(self.events, (t, self.seq, kind, data))
+        self.seq += 1
+
+    def run(self) -> SimResult:
+        n = len(self.arrivals)
+        self.routes: list[list[Hop] | None] = [None] * n
+        self.kv: list[dict[str, int]] = [{} for _ in range(n)]
+        self.done_tokens = np.zeros(n, dtype=np.int64)
+        self.first_token = np.full(n, np.nan)
+        self.finish = np.full(n, np.nan)
+        self.token_times: list[float] = []
+        for r in range(n):
+            self._push(float(self.arrivals[r]), ARRIVE, r)
+        while self.events:
+            t, _, kind, data = heapq.heappop(self.events)
+            self.now = t
+            if kind == ARRIVE:
+                self._arrive(data)
+            elif kind == DELIVER:
+                node, item = data
+                self.queue[node].append(item)
+                if not self.busy[node]:
+                    self._start(node)
+            else:
+                self._done(*data)
+        return self._result()
+
+    def _arrive(self, r: int) -> None:
+        lane = self.policy.lane(r)
+        q = self.waiting.setdefault(lane, deque())
+        q.append(r)
+        if len(q) == 1:
+            self._admit(lane)
+
+    def _admit(self, lane: int) -> None:
+        q = self.waiting.get(lane)
+        while q:
+            r = q[0]
+            kv_tokens = int(self.prompt[r] + self.output[r])
+            got = self.policy.choose(r, kv_tokens, self)
+            if got is None:
+                return
+            q.popleft()
+            if got is False:
+                self.rejected += 1  # could never fit, even on an idle cluster
+                continue
+            hops, kv = got
+            self.routes[r], self.kv[r] = hops, kv
+            for node, b in kv.items():
+                self.kv_used[node] += b
+                self.active[node] += 1
+                self.kv_peak[node] = max(self.kv_peak[node], self.kv_used[node])
+            self._send(Item(r, hops[0], 0, int(self.prompt[r])), self.now)
+
+    def _send(self, item: Item, at: float) -> None:
+        self._push(at, DELIVER, (item.hop.node, item))
+
+    def _start(self, node: str) -> None:
+        q = self.queue[node]
+        batch = [q.popleft()]
+        tokens = batch[0].tokens
+        while q and len(batch) < self.max_batch and tokens + q[0].tokens <= self.max_batch_tokens:
+            tokens += q[0].tokens
+            batch.append(q.popleft())
+        i = self.c.index[node]
+        context = sum(int(self.prompt[it.req] + self.done_tokens[it.req]) for it in batch)
+        layers = max(it.hop.end - it.hop.start for it in batch)
+        dur = layers * layer_time(self.c, i, tokens, context)
+        self.busy[node] = True
+        self.busy_until[node] = self.now + dur
+        self._push(self.now + dur, DONE, (node, batch))
+
+    def _done(self, node: str, batch: list[Item]) -> None:
+        self.busy[node] = False
+        i = self.c.index[node]
+        act = self.c.model.activation_bytes
+        freed_lanes = []
+        for r, _, k, tokens in batch:
+            hops = self.routes[r]
+            assert hops is not None
+            if k + 1 < len(hops):
+                nxt = hops[k + 1]
+                delay = link_time(self.c, i, self.c.index[nxt.node], tokens * act)
+                self._send(Item(r, nxt, k + 1, tokens), self.now + delay)
+                continue
+            if np.isnan(self.first_token[r]):
+                self.first_token[r] = self.now
+            self.done_tokens[r] += 1
+            self.token_times.append(self.now)
+            if self.done_tokens[r] >= self.output[r]:
+                self.finish[r] = self.now
+                for n2, b in self.kv[r].items():
+                    self.kv_used[n2] -= b
+                    self.active[n2] -= 1
+                freed_lanes.append(self.policy.lane(r))
+            else:
+                first = hops[0]
+                delay = link_time(self.c, i, self.c.index[first.node], 8)  # the token id
+                self._send(Item(r, first, 0, 1), self.now + delay)
+        for lane in sorted(set(freed_lanes)):
+            self._admit(lane)
+        if self.queue[node]:
+            self._start(node)
+
+    def _result(self) -> SimResult:
+        ok = ~np.isnan(self.finish)
+        out = self.output[ok]
+        lat = (self.finish - self.arrivals)[ok] * 1e3
+        ttft = (self.first_token - self.arrivals)[ok] * 1e3
+        tpot = np.where(out > 1, (lat - ttft) / np.maximum(out - 1, 1), 0.0)
+        span = float(np.nanmax(self.finish) - self.arrivals[0]) if ok.any() else 0.0
+        tokens = int(out.sum())
+        # Sustained rate: tokens produced while requests were still arriving (the system is in
+        # steady state there when the offered load exceeds capacity); the drain after the last
+        # arrival is left out. Falls back to tokens ÷ makespan when all arrive at once.
+        t0, t1 = float(self.arrivals[0]), float(self.arrivals[-1])
+        times = np.asarray(self.token_times)
+        if t1 - t0 > 0 and span > 0:
+            window = min(t1, t0 + span) - t0
+            sustained = float(((times >= t0) & (times <= t0 + window)).sum()) / window
+        else:
+            sustained = tokens / span if span > 0 else 0.0
+
+        def pct(x: np.ndarray, q: float) -> float:
+            return float(np.percentile(x, q)) if len(x) else float("nan")
+
+        return SimResult(
+            policy=self.policy.name, completed=int(ok.sum()), rejected=self.rejected, requests=len(self.arrivals),
+            output_tokens=tokens, makespan_s=span,
+            throughput_tok_s=tokens / span if span > 0 else 0.0, sustained_tok_s=sustained,
+            ttft_p50_ms=pct(ttft, 50), ttft_p99_ms=pct(ttft, 99),
+            tpot_p50_ms=pct(tpot, 50), tpot_p99_ms=pct(tpot, 99),
+            latency_p50_ms=pct(lat, 50), latency_p99_ms=pct(lat, 99),
+        )

@@ -1,0 +1,157 @@
+"""The data plane end to end in one process: stage servers on loopback TCP, a signing gateway client.
+
+Exactness: the networked pipeline runs the same executors over the same positions in the same order
+as `generate_local`, and hidden rows cross the wire as raw bytes, so tokens and stored rows must be
+bit-identical (atol=0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from node.dataplane_errors import RemoteError
+from node.executor import SamplingParams, StageExecutor, generate_local
+from node.protocol import ErrorCode, Sampling
+from node.shard import load_shard
+
+PROMPT = list(range(5, 25))
+
+
+def reference(model, ranges, n, sampling=None):
+    return generate_local([StageExecutor(load_shard(model, a, b)) for a, b in ranges], PROMPT, n,
+                          sampling=sampling)
+
+
+@pytest.mark.parametrize("ranges", [[(0, 8)], [(0, 4), (4, 8)], [(0, 3), (3, 6), (6, 8)]])
+def test_networked_pipeline_equals_the_local_reference_and_stores_every_row(
+        in_process_pipeline, tiny_llama, ranges):
+    ref = reference(tiny_llama, ranges, 10)
+
+    async def main():
+        p = await in_process_pipeline(ranges).start()
+        try:
+            req = p.request(len(PROMPT), 10)
+            gen = await p.client().generate(req, PROMPT, step_timeout_s=20)
+            await asyncio.sleep(0.05)  # the CLOSE travels down the chain after the last token
+            rows = [s.sessions.stored(req.rid, 0, len(PROMPT) + 9) for s in p.servers]
+            open_sessions = [len(s.sessions.sessions) for s in p.servers]
+            reserved = [s.sessions.kv_reserved for s in p.servers]
+            return gen, rows, open_sessions, reserved
+        finally:
+            await p.stop()
+
+    gen, rows, open_sessions, reserved = asyncio.run(main())
+    assert gen.tokens == ref.tokens
+    for got, want in zip(rows, ref.stage_hidden, strict=True):
+        assert torch.equal(got, want)
+    assert open_sessions == [0] * len(ranges)  # freed on finish on every stage
+    assert reserved == [0] * len(ranges)
+
+
+def test_sampled_generation_is_reproducible_from_the_request_seed(in_process_pipeline, tiny_llama):
+    ranges = [(0, 4), (4, 8)]
+    params = SamplingParams(temperature=0.8, top_p=0.9, seed=1234)
+    ref = reference(tiny_llama, ranges, 12, sampling=params)
+
+    async def main():
+        p = await in_process_pipeline(ranges).start()
+        try:
+            req = p.request(len(PROMPT), 12, sampling=Sampling(temperature=0.8, top_p=0.9, seed=1234))
+            return await p.client().generate(req, PROMPT, step_timeout_s=20)
+        finally:
+            await p.stop()
+
+    assert asyncio.run(main()).tokens == ref.tokens
+
+
+def test_stop_token_ends_generation_early(in_process_pipeline, tiny_llama):
+    ranges = [(0, 4), (4, 8)]
+    ref = reference(tiny_llama, ranges, 10)
+    stop = ref.tokens[3]
+
+    async def main():
+        p = await in_process_pipeline(ranges).start()
+        try:
+            req = p.request(len(PROMPT), 10, stop_ids=(stop,))
+            return await p.client().generate(req, PROMPT, step_timeout_s=20)
+        finally:
+            await p.stop()
+
+    tokens = asyncio.run(main()).tokens
+    assert tokens == ref.tokens[: ref.tokens.index(stop) + 1]
+
+
+def test_request_over_the_kv_budget_is_refused_quoting_bytes(in_process_pipeline):
+    ranges = [(0, 4), (4, 8)]
+
+    async def main():
+        # The second stage's budget holds 100 positions; the request needs 20 + 200.
+        p = in_process_pipeline(ranges)
+        await p.start()
+        per_token = p.servers[1].executor.kv_bytes_per_token
+        p.servers[1].sessions.kv_budget_bytes = 100 * per_token
+        try:
+            with pytest.raises(RemoteError) as e:
+                await p.client().generate(p.request(len(PROMPT), 200), PROMPT, step_timeout_s=20)
+            await asyncio.sleep(0.05)
+            return e.value, per_token, [len(s.sessions.sessions) for s in p.servers]
+        finally:
+            await p.stop()
+
+    err, per_token, open_sessions = asyncio.run(main())
+    assert err.code == ErrorCode.NO_CAPACITY and err.stage == 1
+    assert f"needs {220 * per_token} bytes" in str(err)
+    assert f"only {100 * per_token} of {100 * per_token} bytes are free" in str(err)
+    assert open_sessions == [0, 0]  # the gateway's cancel freed stage 0's admitted session
+
+
+def test_cancel_mid_generation_frees_every_stage(in_process_pipeline):
+    ranges = [(0, 3), (3, 6), (6, 8)]
+
+    async def main():
+        p = await in_process_pipeline(ranges).start()
+        try:
+            req = p.request(len(PROMPT), 500)
+
+            def stop_after_three(i, _tok):
+                if i == 2:
+                    raise KeyboardInterrupt  # the caller walks away: the client sends CLOSE(CANCELLED)
+
+            with pytest.raises(KeyboardInterrupt):
+                await p.client().generate(req, PROMPT, step_timeout_s=20, on_token=stop_after_three)
+            for _ in range(50):
+                await asyncio.sleep(0.02)
+                if not any(s.sessions.sessions for s in p.servers):
+                    break
+            return [len(s.sessions.sessions) for s in p.servers], [s.sessions.kv_reserved for s in p.servers]
+        finally:
+            await p.stop()
+
+    assert asyncio.run(main()) == ([0, 0, 0], [0, 0, 0])
+
+
+def test_idle_sessions_are_freed_after_the_timeout(in_process_pipeline):
+    from node.protocol import Kind, encode_request, make_frame, open_body, sign_digest
+
+    async def main():
+        p = await in_process_pipeline([(0, 4), (4, 8)], session_timeout_s=0.2).start()
+        try:
+            req = p.request(len(PROMPT), 50)
+            raw = encode_request(req)
+            body = open_body(raw, sign_digest(p.gateway, req.digest(raw)), PROMPT)
+            # Stage 0's operator opens the request on stage 1, then never sends its rows.
+            f = make_frame(p.keys[0], Kind.OPEN, p.chain_id, req.rid, 0, 0, 1, body)
+            reader, writer = await asyncio.open_connection("127.0.0.1", p.servers[1].port)
+            writer.write(f.to_bytes())
+            await asyncio.sleep(0.1)
+            opened = len(p.servers[1].sessions.sessions)
+            await asyncio.sleep(0.8)
+            writer.close()
+            return opened, len(p.servers[1].sessions.sessions), p.servers[1].sessions.kv_reserved
+        finally:
+            await p.stop()
+
+    assert asyncio.run(main()) == (1, 0, 0)

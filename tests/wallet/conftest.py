@@ -1,0 +1,193 @@
+"""Fixtures for the wallet and operator/client CLI tests: a keystore home, password files, the
+`veriplex` CLI run in-process through click's CliRunner, and a real anvil node with the Veriplex
+contracts deployed by `contracts.deploy.deploy_all` (never a mocked chain)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+from eth_account import Account
+
+from veriplex.cli import cli
+from veriplex.config import DEV_MNEMONIC
+
+REPO = Path(__file__).resolve().parents[2]
+ANVIL = REPO / "node_modules" / ".bin" / "anvil"
+FAST_SCRYPT_N = 1024  # the config's minimum; geth's 2^18 would take ~1 s per unlock
+PASSWORD = "correct horse battery staple"
+SLASHER_DEV_INDEX = 9  # plays the verification contract in tests that need a slash
+
+
+def write_secret(path: Path, text: str) -> Path:
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class Veriplex:
+    """Runs `veriplex ...` in-process against one home (keystores) and optionally one chain."""
+
+    home: Path
+    rpc_url: str | None = None
+    manifest: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def keystore_dir(self) -> Path:
+        return self.home / "keystores"
+
+    def _global_args(self) -> list[str]:
+        argv: list[str] = []
+        if self.rpc_url:
+            argv += ["--rpc-url", self.rpc_url]
+        if self.manifest:
+            argv += ["--manifest", str(self.manifest)]
+        return argv
+
+    def _env(self) -> dict[str, str]:
+        return {"VERIPLEX_HOME": str(self.home), "VERIPLEX_WALLET__SCRYPT_N": str(FAST_SCRYPT_N),
+                **self.env}
+
+    def process(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run the installed `veriplex` console script in a child process (stdin not a TTY)."""
+        script = Path(sys.executable).parent / "veriplex"
+        cmd = [str(script)] if script.exists() else [
+            sys.executable, "-c", "from veriplex.cli import main; main()"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VERIPLEX_")}
+        return subprocess.run([*cmd, *self._global_args(), *args], env={**env, **self._env()},
+                              capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+    def __call__(self, *args: str, ok: bool = True) -> Result:
+        result = CliRunner().invoke(cli, [*self._global_args(), *args], env=self._env(),
+                                    catch_exceptions=False)
+        if ok and result.exit_code != 0:
+            raise AssertionError(f"veriplex {' '.join(args)} failed ({result.exit_code}):\n"
+                                 f"{result.output}")
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args, "--json").stdout)
+
+    def fund(self, target: str, amount: str, ok: bool = True,
+             devnet_chain_id: int | None = None) -> Any:
+        """`veriplex devnet fund TARGET AMOUNT --json`. The command lives in node.cli_operator and
+        is attached to the devnet group by devnet's CLI; invoked here directly, with the settings
+        the root group would build."""
+        from node.cli_operator import devnet_fund
+        from veriplex.config import load_settings
+
+        settings = load_settings(
+            home=self.home, chain={"rpc_url": self.rpc_url, "manifest": self.manifest},
+            wallet={"keystore_dir": self.keystore_dir, "scrypt_n": FAST_SCRYPT_N},
+            **({"devnet": {"chain_id": devnet_chain_id}} if devnet_chain_id else {}))
+        result = CliRunner().invoke(devnet_fund, [target, amount, "--json"], obj=settings,
+                                    catch_exceptions=False)
+        if not ok:
+            return result
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+
+@pytest.fixture
+def password_file(tmp_path: Path) -> Path:
+    return write_secret(tmp_path / "password.txt", PASSWORD)
+
+
+@pytest.fixture
+def vpx(tmp_path: Path) -> Veriplex:
+    return Veriplex(home=tmp_path / "home")
+
+
+# ------------------------------------------------------------------ anvil
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"anvil exited with status {proc.returncode}")
+        try:
+            r = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"},
+                           timeout=1.0)
+            if r.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"anvil did not answer at {url} within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def anvil_url() -> Iterator[str]:
+    binary = str(ANVIL) if ANVIL.exists() else shutil.which("anvil")
+    if binary is None:
+        pytest.fail(f"anvil not found at {ANVIL}: run `npm install` (make setup)")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--silent", "--hardfork", "cancun",
+         "--mnemonic", DEV_MNEMONIC],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, proc)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        assert proc.poll() is not None, "anvil is still running"
+
+
+@pytest.fixture(scope="session")
+def deployment(anvil_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Veriplex contracts deployed once per session from dev account 0, with dev account
+    `SLASHER_DEV_INDEX` as the verification role; the manifest path."""
+    from contracts.client import dev_key
+    from contracts.deploy import DeployParams, deploy_all
+
+    manifest = tmp_path_factory.mktemp("deployment") / "manifest.json"
+    slasher = Account.from_key(dev_key(SLASHER_DEV_INDEX, DEV_MNEMONIC)).address
+    deploy_all(anvil_url, dev_key(0, DEV_MNEMONIC), manifest, DeployParams(slasher=slasher))
+    return manifest
+
+
+@pytest.fixture
+def chain_vpx(tmp_path: Path, anvil_url: str, deployment: Path) -> Veriplex:
+    """`veriplex` with its own fresh keystore home, pointed at anvil and the deployment."""
+    return Veriplex(home=tmp_path / "home", rpc_url=anvil_url, manifest=deployment)
+
+
+def rpc(url: str, method: str, *params: Any) -> Any:
+    """One raw JSON-RPC call (test-side chain control such as anvil_mine)."""
+    r = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)},
+                   timeout=10.0)
+    body = r.json()
+    if "error" in body:
+        raise RuntimeError(f"{method}: {body['error']}")
+    return body["result"]

@@ -1,0 +1,251 @@
+"""A stage's commitment: a chunked Merkle tree over its output rows (and, on the last stage, tokens).
+
+Leaves, in tree order: every hidden chunk leaf by (position, chunk) — index `position × chunks +
+chunk` — then, on the last stage, one token leaf per committed token — index `positions × chunks +
+i`. Inner nodes hash pairs of neighbours (`encoding.node_hash`); a level with an odd number of nodes
+carries its last node up unchanged (no duplication, so no two leaf lists share a root). The stage
+root wraps the top node with the tree's shape (positions, hidden size, token count), so a verifier
+that knows the root derives every leaf's index and the exact proof length from the opened
+(position, chunk) alone, and a prover cannot commit two leaves for one position.
+
+`StageCommitment.build` commits; `open_chunk` / `open_token` produce openings; `check_chunk` /
+`check_token` verify an opening against a root (raising `ProofError` with the reason) and
+`verify_chunk` / `verify_token` return a bool. The contract does the same walk (ENCODING.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from verifier import encoding as enc
+from verifier.encoding import Domain
+from verifier.errors import EncodingError, ProofError
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the root binds besides the leaves: rows committed, hidden size, tokens committed."""
+
+    positions: int
+    hidden_size: int
+    n_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.positions < 1 or self.hidden_size < 1 or self.n_tokens < 0:
+            raise EncodingError(
+                f"a commitment needs positions >= 1, hidden_size >= 1, n_tokens >= 0; got "
+                f"{self.positions}, {self.hidden_size}, {self.n_tokens}"
+            )
+        if self.hidden_size > enc.MAX_HIDDEN or self.positions > 2**32 - 1 or self.n_tokens > 2**32 - 1:
+            raise EncodingError(f"shape out of range: {self}")
+
+    @property
+    def chunks(self) -> int:
+        return enc.chunk_count(self.hidden_size)
+
+    @property
+    def leaf_count(self) -> int:
+        return self.positions * self.chunks + self.n_tokens
+
+    def hidden_index(self, position: int, chunk: int) -> int:
+        if not 0 <= position < self.positions:
+            raise ProofError(f"position {position} is outside the committed rows [0, {self.positions})")
+        if not 0 <= chunk < self.chunks:
+            raise ProofError(f"chunk {chunk} is outside [0, {self.chunks}) for hidden size {self.hidden_size}")
+        return position * self.chunks + chunk
+
+    def token_index(self, i: int) -> int:
+        if not 0 <= i < self.n_tokens:
+            raise ProofError(f"token index {i} is outside the committed tokens [0, {self.n_tokens})")
+        return self.positions * self.chunks + i
+
+
+def proof_length(index: int, count: int) -> int:
+    """Siblings on the path of leaf `index` in a tree of `count` leaves (odd last nodes carried up)."""
+    k = 0
+    while count > 1:
+        if index % 2 == 1 or index + 1 < count:
+            k += 1
+        index //= 2
+        count = (count + 1) // 2
+    return k
+
+
+def fold_path(leaf_hash: bytes, index: int, count: int, siblings: Sequence[bytes]) -> bytes:
+    """The top node reached from a leaf hash along its proof. Raises `ProofError` if malformed."""
+    if not 0 <= index < count:
+        raise ProofError(f"leaf index {index} is outside the tree [0, {count})")
+    want = proof_length(index, count)
+    if len(siblings) != want:
+        raise ProofError(f"proof for leaf {index} of {count} needs {want} siblings, got {len(siblings)}")
+    h, k = leaf_hash, 0
+    while count > 1:
+        if index % 2 == 1:
+            sib = _sibling(siblings, k)
+            h, k = enc.node_hash(sib, h), k + 1
+        elif index + 1 < count:
+            sib = _sibling(siblings, k)
+            h, k = enc.node_hash(h, sib), k + 1
+        index //= 2
+        count = (count + 1) // 2
+    return h
+
+
+def _sibling(siblings: Sequence[bytes], k: int) -> bytes:
+    s = siblings[k]
+    if not isinstance(s, bytes | bytearray) or len(s) != 32:
+        raise ProofError(f"sibling {k} must be 32 bytes, got {s!r:.80}")
+    return bytes(s)
+
+
+@dataclass(frozen=True)
+class ChunkOpening:
+    """One opened hidden chunk: its 32 bf16 bit patterns and the Merkle siblings, leaf to top."""
+
+    position: int
+    chunk: int
+    values: np.ndarray  # uint16 (32,), bf16 bit patterns, zero-padded past the hidden size
+    siblings: tuple[bytes, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"position": self.position, "chunk": self.chunk,
+                "values": "0x" + enc.payload(self.values).hex(),
+                "siblings": ["0x" + s.hex() for s in self.siblings]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ChunkOpening:
+        try:
+            raw = bytes.fromhex(str(d["values"]).removeprefix("0x"))
+            if len(raw) != enc.PAYLOAD_LEN:
+                raise ProofError(f"values must be {enc.PAYLOAD_LEN} bytes, got {len(raw)}")
+            return cls(int(d["position"]), int(d["chunk"]),
+                       np.frombuffer(raw, dtype=">u2").astype(np.uint16),
+                       tuple(bytes.fromhex(str(s).removeprefix("0x")) for s in d["siblings"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProofError(f"malformed chunk opening: {e}") from e
+
+
+@dataclass(frozen=True)
+class TokenOpening:
+    """One opened token leaf: index i in the committed token list, its id and the siblings."""
+
+    index: int
+    token_id: int
+    siblings: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class StageCommitment:
+    """The committed tree of one stage of one request; `levels[0]` are leaf hashes, last is the top."""
+
+    domain: Domain
+    shape: Shape
+    levels: tuple[np.ndarray, ...]  # uint8 (n_level, 32) each
+    bits: np.ndarray  # uint16 (positions, chunks × 32), padded
+    tokens: tuple[int, ...]
+
+    @classmethod
+    def build(cls, domain: Domain, hidden: Any, tokens: Sequence[int] = ()) -> StageCommitment:
+        """Commit (T, d) output rows (floats, torch tensor or uint16 bf16 bits) and optional tokens."""
+        bits = enc.bf16_bits(hidden)
+        if bits.ndim != 2:
+            raise EncodingError(f"hidden rows must be 2-D (positions, hidden size), got shape {bits.shape}")
+        shape = Shape(bits.shape[0], bits.shape[1], len(tokens))
+        toks = tuple(int(t) for t in tokens)
+        leaf_rows = [enc.hash_rows(enc.hidden_leaves(domain, bits))]
+        if toks:
+            leaf_rows.append(np.frombuffer(
+                b"".join(enc.keccak(enc.token_leaf(domain, i, t)) for i, t in enumerate(toks)),
+                dtype=np.uint8).reshape(len(toks), 32))
+        level = np.concatenate(leaf_rows) if len(leaf_rows) > 1 else leaf_rows[0]
+        levels = [level]
+        while len(level) > 1:
+            n = len(level)
+            pairs = np.empty((n // 2, enc.NODE_LEN), dtype=np.uint8)
+            pairs[:, 0] = enc.PREFIX_NODE
+            pairs[:, 1:] = level[: n - n % 2].reshape(n // 2, 64)
+            nxt = enc.hash_rows(pairs)
+            if n % 2:
+                nxt = np.concatenate([nxt, level[-1:]])
+            levels.append(nxt)
+            level = nxt
+        return cls(domain, shape, tuple(levels), enc.pad_rows(bits), toks)
+
+    @property
+    def top(self) -> bytes:
+        return self.levels[-1][0].tobytes()
+
+    @property
+    def root(self) -> bytes:
+        s = self.shape
+        return enc.root_hash(s.positions, s.hidden_size, s.n_tokens, self.top)
+
+    def _siblings(self, index: int) -> tuple[bytes, ...]:
+        out = []
+        for level in self.levels[:-1]:
+            n = len(level)
+            if index % 2 == 1:
+                out.append(level[index - 1].tobytes())
+            elif index + 1 < n:
+                out.append(level[index + 1].tobytes())
+            index //= 2
+        return tuple(out)
+
+    def open_chunk(self, position: int, chunk: int) -> ChunkOpening:
+        i = self.shape.hidden_index(position, chunk)
+        vals = self.bits[position, chunk * enc.CHUNK:(chunk + 1) * enc.CHUNK].copy()
+        return ChunkOpening(position, chunk, vals, self._siblings(i))
+
+    def open_token(self, index: int) -> TokenOpening:
+        i = self.shape.token_index(index)
+        return TokenOpening(index, self.tokens[index], self._siblings(i))
+
+
+def _check_root(root: bytes, shape: Shape, top: bytes) -> None:
+    got = enc.root_hash(shape.positions, shape.hidden_size, shape.n_tokens, top)
+    if got != bytes(root):
+        raise ProofError(f"opening does not lead to the committed root (got 0x{got.hex()}, "
+                         f"committed 0x{bytes(root).hex()})")
+
+
+def check_chunk(root: bytes, domain: Domain, shape: Shape, opening: ChunkOpening) -> None:
+    """Verify a hidden chunk opening; raises `ProofError` saying why it fails."""
+    index = shape.hidden_index(opening.position, opening.chunk)
+    vals = np.asarray(opening.values)
+    if vals.dtype != np.uint16 or vals.shape != (enc.CHUNK,):
+        raise ProofError(f"opened values must be uint16 ({enc.CHUNK},), got {vals.dtype} {vals.shape}")
+    pad_from = shape.hidden_size - opening.chunk * enc.CHUNK
+    if pad_from < enc.CHUNK and vals[pad_from:].any():
+        raise ProofError(f"padding values past hidden size {shape.hidden_size} must be zero")
+    leaf = enc.keccak(enc.hidden_leaf(domain, opening.position, opening.chunk, vals))
+    _check_root(root, shape, fold_path(leaf, index, shape.leaf_count, opening.siblings))
+
+
+def check_token(root: bytes, domain: Domain, shape: Shape, opening: TokenOpening) -> None:
+    """Verify a token opening; raises `ProofError` saying why it fails."""
+    index = shape.token_index(opening.index)
+    try:
+        leaf = enc.keccak(enc.token_leaf(domain, opening.index, opening.token_id))
+    except EncodingError as e:
+        raise ProofError(str(e)) from e
+    _check_root(root, shape, fold_path(leaf, index, shape.leaf_count, opening.siblings))
+
+
+def verify_chunk(root: bytes, domain: Domain, shape: Shape, opening: ChunkOpening) -> bool:
+    try:
+        check_chunk(root, domain, shape, opening)
+    except ProofError:
+        return False
+    return True
+
+
+def verify_token(root: bytes, domain: Domain, shape: Shape, opening: TokenOpening) -> bool:
+    try:
+        check_token(root, domain, shape, opening)
+    except ProofError:
+        return False
+    return True
