@@ -7,7 +7,8 @@ sized for a few KV targets, and the rule whose replicas score the most aggregate
 (3) what no region could use is pooled across regions in region order (so a replica crosses as few
 regions as possible); (4) spare nodes are offered to the replica they help most, then a second
 chance releases the slowest members of the replicas that miss them least to form new replicas
-with the spares. Every replica is "water-filled": each layer goes to the node whose stage time
+with the spares; a last pass tries other first/last stages (who holds embedding and LM head) per
+replica. Every replica is "water-filled": each layer goes to the node whose stage time
 would grow least, under its memory cap, then layers are traded for KV room when that raises
 throughput, and a slow member is dropped when the replica is faster without it; replicas over the
 latency bound are dissolved. Unused nodes are standby. No randomness, and every tie is broken by
