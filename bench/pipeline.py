@@ -10,6 +10,8 @@ is not there yet), a 64-token prompt, 128 greedy new tokens, fp32 on CPU (or `--
   stage) driven by a `PipelineClient` — signed frames, hidden-state store writes, the token ring;
 - ``pipeline_ratio_2`` / ``pipeline_ratio_3``: pipeline tokens/s over single-process tokens/s
   (targets >= 0.90 and >= 0.85);
+- ``ping_connect_rtt_ms``: median signed PING/PONG to a worker over a fresh connection (connect +
+  two frames + a process wake-up: the floor under one hop on this machine);
 - ``hop_overhead_ms``: (pipeline decode ms/token − local-chain decode ms/token) / hops per token
   (a 3-stage pipeline has 3 hops: 2 HIDDEN frames and the TOKEN back to stage 0), mean of 2 and 3.
 
@@ -180,13 +182,18 @@ async def run_pipeline(workers, gateway_key, prompt: list[int], n: int, reps: in
                                prompt_len=len(prompt), max_new_tokens=k)
 
     await client.generate(request(8), prompt)
+    rtts = []
+    for _ in range(50):
+        t = time.perf_counter()
+        assert await client.ping(stages[0])
+        rtts.append(time.perf_counter() - t)
     best, decode = float("inf"), []
     for _ in range(reps):
         t = time.monotonic()
         gen = await client.generate(request(n), prompt)
         best = min(best, gen.token_times[-1] - t)
         decode.append((gen.token_times[-1] - gen.token_times[0]) / (n - 1))
-    return gen.tokens, best, min(decode)
+    return gen.tokens, best, min(decode), statistics.median(rtts)
 
 
 def main() -> None:
@@ -233,7 +240,7 @@ def main() -> None:
                                                                   prompt, n, reps)
             if k == 2:
                 print(f"local_chain_tokens_per_s: {n / local_s:.2f}")
-            tokens, pipe_s, pipe_decode = asyncio.run(run_pipeline(ws, gateway, prompt, n, reps))
+            tokens, pipe_s, pipe_decode, rtt = asyncio.run(run_pipeline(ws, gateway, prompt, n, reps))
             if tokens != local_tokens:
                 raise SystemExit(f"{k}-stage pipeline tokens differ from the local chain's")
             ratios[k] = (n / pipe_s) / single_tps
@@ -243,6 +250,7 @@ def main() -> None:
             print(f"local_chain{k}_decode_ms_per_token: {local_decode * 1000:.2f}")
             print(f"pipeline_ratio_{k}: {ratios[k]:.3f}")
         print(f"hop_overhead_ms: {statistics.mean(hops):.3f}")
+        print(f"ping_connect_rtt_ms: {rtt * 1000:.3f}")
         same = "equal" if base_tokens == local_tokens else "DIFFERENT"
         print(f"summary: SmolLM2 {a.dtype}, {len(prompt)}-token prompt, {n} greedy tokens, {a.threads} "
               f"threads/process: pipeline_ratio_2 {ratios[2]:.3f} (target 0.90), pipeline_ratio_3 "

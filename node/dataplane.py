@@ -195,7 +195,9 @@ class StageServer:
         log.info("refused %s: %s", frame.kind.name if frame else "frame", e)
         self._send_error(target, frame.request_id if frame else b"\x00" * 32, code_of(e), str(e),
                          step=frame.step if frame else 0, stage=stage,
-                         epoch=s.epoch if s else (frame.epoch if frame else 0))
+                         # the epoch of the frame that failed: a failure of an already re-routed
+                         # epoch must not look like a new one to the gateway
+                         epoch=frame.epoch if frame else (s.epoch if s else 0))
 
     def _send_error(self, writer, rid: bytes, code: ErrorCode, message: str, *, step: int = 0,
                     epoch: int = 0, stage: int = 0) -> None:

@@ -14,7 +14,11 @@ runs). Producing them needs a model, which is the caller's business; here everyt
    margin + floor)), where `floor` keeps bit-identical calibration data from yielding a zero
    tolerance; whole-stage fractions of elements beyond k (ulps or scale ulps), which concentrate
    over tens of thousands of elements, use the smaller `rate_margin`;
-3. `evaluate` applies thresholds to other pairs (held-out benign ones, or attacks) and counts
+3. token tolerances (`fit_token_tolerance`) from benign pairs of logits: `logit_tol` is twice the
+   largest logit difference (both the claimed maximum and the runner-up may move) widened by
+   `margin`; `mass_tol` is the largest L1 distance between the two softmax distributions (a bound
+   on any cumulative-mass shift) widened by `margin`;
+4. `evaluate` applies thresholds to other pairs (held-out benign ones, or attacks) and counts
    passes, with per-statistic worst cases for the report.
 """
 
@@ -47,8 +51,9 @@ class FitOptions:
     chunk_tail: float = 1e-9  # chance an honest chunk fails the chunk rule, at the widened rate
     max_chunk_bad: int = 8  # the largest K accepted when choosing D
     slack: int = 1  # K is at least the worst benign count seen plus this
-    logit_tol: float = 1e-3  # passed through (token checks are calibrated separately)
+    logit_tol: float = 1e-3  # used when no logit pairs are given to fit_thresholds
     mass_tol: float = 1e-4
+    token_floor: float = 1e-6  # added to fitted token tolerances
 
     def __post_init__(self) -> None:
         if self.margin < 1 or self.rate_margin < 1:
@@ -99,9 +104,36 @@ def fit_chunk_rule(pairs: Sequence[Pair], opts: FitOptions) -> tuple[int, int]:
     )
 
 
-def fit_thresholds(pairs: Sequence[Pair], opts: FitOptions | None = None) -> Thresholds:
-    """Thresholds that every given benign pair passes with the margin of `opts`."""
+def fit_token_tolerance(logit_pairs: Sequence[Pair], opts: FitOptions | None = None,
+                        temperature: float = 1.0) -> tuple[float, float]:
+    """(logit_tol, mass_tol) from benign (claimed-side, recomputed) logits pairs of shape (N, V)."""
+    import numpy as np
+
     o = opts or FitOptions()
+    if not logit_pairs:
+        raise ToleranceError("token calibration needs at least one pair of logits")
+    if not temperature > 0:
+        raise ToleranceError(f"temperature ({temperature}) must be > 0")
+    max_diff = max_l1 = 0.0
+    for a, b in logit_pairs:
+        x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if x.shape != y.shape or x.ndim != 2:
+            raise ToleranceError(f"logit pairs must be two (N, V) arrays of one shape; got {x.shape}, {y.shape}")
+        max_diff = max(max_diff, float(np.abs(x - y).max()))
+        px = np.exp((x - x.max(axis=1, keepdims=True)) / temperature)
+        py = np.exp((y - y.max(axis=1, keepdims=True)) / temperature)
+        px /= px.sum(axis=1, keepdims=True)
+        py /= py.sum(axis=1, keepdims=True)
+        max_l1 = max(max_l1, float(np.abs(px - py).sum(axis=1).max()))
+    return 2 * max_diff * o.margin + o.token_floor, max_l1 * o.margin + o.token_floor
+
+
+def fit_thresholds(pairs: Sequence[Pair], opts: FitOptions | None = None,
+                   logit_pairs: Sequence[Pair] = ()) -> Thresholds:
+    """Thresholds that every given benign pair passes with the margin of `opts`; token tolerances
+    from `logit_pairs` when given (else `opts.logit_tol` / `opts.mass_tol`)."""
+    o = opts or FitOptions()
+    logit_tol, mass_tol = fit_token_tolerance(logit_pairs, o) if logit_pairs else (o.logit_tol, o.mass_tol)
     pairs = _bits(pairs)
     d, k = fit_chunk_rule(pairs, o)
     stats = [statistics(c, r, ulp_k=o.ulp_k, scaled_k=o.scaled_k, chunk_max_ulp=d, chunk_max_bad=k)
@@ -130,8 +162,8 @@ def fit_thresholds(pairs: Sequence[Pair], opts: FitOptions | None = None) -> Thr
         chunk_max_ulp=d,
         chunk_max_bad=k,
         max_failing_chunk_frac=0.0,
-        logit_tol=o.logit_tol,
-        mass_tol=o.mass_tol,
+        logit_tol=logit_tol,
+        mass_tol=mass_tol,
     )
 
 

@@ -14,8 +14,9 @@ together). For the token at sequence position `p`, from the logits row computed 
 big-endian, top bit cleared — per position, so any single token can be checked alone.
 
 Recomputed logits carry benign noise, so checks tolerate it: greedy accepts a token whose logit is
-within `logit_tol` of the maximum (an exact or near tie); sampling accepts the claimed token if some
-top-p cut and draw boundary within `mass_tol` of the recomputed ones would have produced it. torch is
+within `logit_tol` of the maximum (an exact or near tie); sampling accepts the claimed token if an
+order of near-tied tokens (logits within `logit_tol`) and a top-p cut and draw boundary within
+`mass_tol` of the recomputed ones would have produced it. torch is
 imported lazily (only sampling needs it, for the generator).
 """
 
@@ -108,7 +109,14 @@ def reproduce_token(logits: Any, spec: SamplingSpec, position: int) -> int:
 
 def token_acceptable(logits: Any, token: int, spec: SamplingSpec, position: int,
                      logit_tol: float, mass_tol: float) -> bool:
-    """Could `token` be the rule's pick at `position` given logits known up to benign noise?"""
+    """Could `token` be the rule's pick at `position` given logits known up to benign noise?
+
+    Greedy: its logit is within `logit_tol` of the maximum. Sampling: noise can reorder tokens whose
+    logits are within `logit_tol` of the claimed one's and shift cumulative masses by `mass_tol`, so
+    the claimed token's interval in the sorted order starts anywhere between the mass of the tokens
+    surely above it and the mass of those possibly above it; it is accepted if the draw's target
+    `u × kept mass`, for any top-p cut within `mass_tol` of the recomputed one, can fall in it.
+    """
     row = _row(logits)
     if not 0 <= token < row.size:
         return False
@@ -116,17 +124,21 @@ def token_acceptable(logits: Any, token: int, spec: SamplingSpec, position: int,
         return bool(row[token] >= row.max() - logit_tol)
     if token == reproduce_token(row, spec, position):
         return True
-    cum, order, _ = _sorted_mass(row, spec)
-    rank = int(np.nonzero(order == token)[0][0])
-    lo = float(cum[rank - 1]) if rank else 0.0
-    hi = float(cum[rank])
+    cum, _, _ = _sorted_mass(row, spec)
+    import torch
+
+    p = torch.softmax(torch.from_numpy(row) / spec.temperature, dim=-1).numpy().astype(np.float64)
+    lt = row[token]
+    lo_min = float(p[row > lt + logit_tol].sum())  # mass surely sorted above the token
+    lo_max = float(p[row >= lt - logit_tol].sum() - p[token])  # mass possibly sorted above it
+    if lo_min >= spec.top_p + mass_tol:  # surely cut off by top-p
+        return False
     u = _uniform(spec, position)
-    # Every top-p cut within mass_tol of the recomputed one that still keeps the token.
     first = int(np.searchsorted(cum, spec.top_p - mass_tol, side="left"))
     last = int(np.searchsorted(cum, spec.top_p + mass_tol, side="left"))
-    for keep in range(max(first, rank) + 1, min(last, cum.size - 1) + 2):
-        target = u * float(cum[keep - 1])
-        if lo - mass_tol <= target < hi + mass_tol:
+    for cut in range(min(first, cum.size - 1), min(last, cum.size - 1) + 1):
+        target = u * float(cum[cut])
+        if lo_min - mass_tol <= target < lo_max + float(p[token]) + mass_tol:
             return True
     return False
 

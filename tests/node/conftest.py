@@ -170,3 +170,9 @@ class WorkerProcess:
         assert self.proc.poll() is not None
         if self.proc.stdout:
             self.proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def worker_process() -> type[WorkerProcess]:
+    """The `WorkerProcess` class: `worker_process(model, (a, b), key, allow, gateway, dir)`."""
+    return WorkerProcess

@@ -11,7 +11,6 @@ import asyncio
 import functools
 import struct
 
-import pytest
 import torch
 from coincurve import PrivateKey
 
@@ -80,11 +79,12 @@ class Harness:
         return make_frame(signer or self.p.keys[0], Kind.OPEN, chain_id or self.p.chain_id, req.rid,
                           0, req.epoch, stage, open_body(raw, gsig, PROMPT))
 
-    def rows(self, req, n=len(PROMPT), dtype=torch.float32, width=None):
+    def rows(self, req, dtype=torch.float32, width=None):
+        """Stage 0's real output rows for the prompt (or zeros of another width)."""
         ex = StageExecutor(load_shard(self.p.model, 0, 4))
-        out = ex.run(torch.tensor(PROMPT[:n]), logits="none").hidden
+        out = ex.run(torch.tensor(PROMPT), logits="none").hidden
         if width is not None:
-            out = torch.zeros(n, width)
+            out = torch.zeros(len(PROMPT), width)
         return out.to(dtype)
 
     def hidden_frame(self, req, rows, step=0, start=0, signer=None) -> Frame:

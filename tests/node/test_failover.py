@@ -54,10 +54,8 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
-    from tests.node.conftest import WorkerProcess
-
-    f = Fleet(tiny_llama, tmp_path_factory.mktemp("fleet"), WorkerProcess)
+def fleet(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory, worker_process):
+    f = Fleet(tiny_llama, tmp_path_factory.mktemp("fleet"), worker_process)
     yield f
     f.stop()
 
