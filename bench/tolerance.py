@@ -43,7 +43,7 @@ def pairs(named):
 
 def run_profile(name: str, quick: bool) -> dict:
     lab = TinyLab(tiny_llama(0, dtype=DTYPES[name]))
-    n_fit, n_held, length = (3, 3, 48) if quick else (6, 8, 64)
+    n_fit, n_held, length = (3, 3, 48) if quick else (6, 50, 64)  # full: >= 1,000 benign fp32 pairs
     regimes = (False, True) if name == "fp32" else (False,)  # rounding bf16 rows is a no-op in bf16
     t0 = time.perf_counter()
     fit = [p for r in regimes for p in benign_pairs(lab, prompts(n_fit, length, 1), rounded_inputs=r)]
@@ -53,7 +53,7 @@ def run_profile(name: str, quick: bool) -> dict:
     th = fit_thresholds(pairs(fit), logit_pairs=logit_pairs)
     held_prompts = torch.cat([prompts(n_held // 2, length, 2), prompts(n_held - n_held // 2, length + 31, 3)[:, :length]])
     held = [p for r in regimes for p in benign_pairs(lab, held_prompts, rounded_inputs=r)]
-    attacks = {a: [p for r in regimes for p in attack_pairs(lab, held_prompts[: max(2, n_held // 2)], a,
+    attacks = {a: [p for r in regimes for p in attack_pairs(lab, held_prompts[: min(6, n_held)], a,
                                                             rounded_inputs=r)] for a in ATTACKS}
     token_data = [(lab.logits(ids, decode=True), lab.logits(ids)) for ids in held_prompts]
     out = {"fit_pairs": len(fit), "thresholds": th}
@@ -62,6 +62,8 @@ def run_profile(name: str, quick: bool) -> dict:
         fa = ev.trials - ev.passed
         print(f"{name}_{label}_false_alarms: {fa}/{ev.trials}", flush=True)
         print(f"{name}_{label}_false_alarm_upper95: {clopper_pearson_upper(fa, ev.trials):.4f}")
+        for reason in ev.reasons:
+            print(f"  false alarm reason: {reason}")
         rates = []
         for attack, ap in attacks.items():
             verdicts = [judge(c, r, t) for _, c, r in ap]

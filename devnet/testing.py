@@ -88,6 +88,8 @@ def running_devnet(workdir: Path, *, block_time: float = 0.0, deploy: bool = Tru
     finally:
         stop(proc, lines)
         reader.join(timeout=2)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def stop(proc: subprocess.Popen[str], lines: list[str] | None = None) -> None:

@@ -140,7 +140,12 @@ def serve(settings: Any, model: Path, layers: str, host: str | None, port: int |
     server = build_server(model, rng, key, dirx, cid, store_dir, settings, host or dp.host,
                           dp.port if port is None else port, budget)
     del key
-    asyncio.run(_serve(server))
+    try:
+        import uvloop  # libuv's loop: lower per-frame latency than asyncio's selector loop
+
+        uvloop.run(_serve(server))
+    except ImportError:
+        asyncio.run(_serve(server))
 
 
 def main() -> None:

@@ -181,10 +181,21 @@ class StageServer:
                     await self._dispatch(frame, writer)
                 except (DataPlaneError, ModelError) as e:
                     self._on_failure(frame, writer, e)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+                except Exception as e:  # a bug must not take the node down: answer and go on
+                    log.exception("internal error on %s", frame.kind.name if frame else "frame")
+                    self._on_failure(frame, writer, e)
+        except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            writer.close()
+            return
         finally:
             writer.close()
+        # The gateway went away: cancel the requests it opened here (stage 0 only; a lost upstream
+        # on a later stage is a failed stage, which the gateway re-routes).
+        for sess in [x for x in self.sessions.sessions.values() if x.upstream is writer and x.index == 0]:
+            with contextlib.suppress(DataPlaneError, ModelError):
+                await self._finish(sess, CloseReason.CANCELLED)
 
     def _on_failure(self, frame: Frame | None, writer: asyncio.StreamWriter, e: Exception) -> None:
         s = self.sessions.sessions.get(frame.request_id) if frame is not None else None

@@ -135,7 +135,7 @@ def bf16_bits(values: Any, finite: bool = True) -> np.ndarray:
         return check(arr.copy())
     if arr.dtype.kind != "f":
         raise EncodingError(f"cannot commit values of dtype {arr.dtype}; want floats or uint16 bf16 bits")
-    f32 = np.ascontiguousarray(arr, dtype=np.float32)
+    f32 = np.ascontiguousarray(arr, dtype=np.float32).reshape(arr.shape)  # keeps 0-d as 0-d
     nan = np.isnan(f32)
     if finite and not np.isfinite(f32).all():
         raise EncodingError(f"values contain {int((~np.isfinite(f32)).sum())} NaN or infinite entries")

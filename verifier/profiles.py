@@ -1,9 +1,10 @@
 """Shipped threshold profiles: `Thresholds` fitted on benign noise, one per compute precision.
 
 Each profile is the output of `bench/tolerance.py` (which calls `verifier.calibrate.fit_thresholds`
-with its default `FitOptions`: margin 4, rate floor 1e-3, binomial chunk tail 1e-9) on a tiny random
-Llama, rounded outward. README.md gives the run, the benign figures they rest on and the held-out
-results. A deployment should re-fit on its own model and hardware and ship the JSON
+with its default `FitOptions`: margin 4, whole-stage rate margin 2, rate floor 1e-3, per-row rates
+at least 4 elements of a 256-wide row, binomial chunk tail 1e-9; token tolerances from cached-decode
+vs prefill logits) on a tiny random Llama, rounded outward. README.md gives the run, the benign
+figures they rest on and the held-out results. A deployment should re-fit on its own model and hardware and ship the JSON
 (`Thresholds.from_json`); tests hold these profiles to fresh benign and attack pairs.
 
 - `FP32`: the stage runs in float32; the verifier's input rows are the worker's, or their bf16
@@ -17,40 +18,40 @@ from verifier.tolerance import Thresholds
 
 FP32 = Thresholds(
     min_exponent_agreement=0.96,
-    min_row_exponent_agreement=0.9,
-    max_mantissa_mean_ulp=3.1,
+    min_row_exponent_agreement=0.89,
+    max_mantissa_mean_ulp=3.0,
     ulp_k=1,
-    max_frac_beyond_k=0.39,
+    max_frac_beyond_k=0.19,
     max_row_frac_beyond_k=0.55,
-    scaled_k=1,
-    max_scaled_frac_beyond_k=0.001,
-    max_row_scaled_frac_beyond_k=0.001,
     max_rel_err=0.011,
     max_row_rel_err=0.013,
+    scaled_k=1,
+    max_scaled_frac_beyond_k=0.001,
+    max_row_scaled_frac_beyond_k=0.016,
     chunk_max_ulp=1,
     chunk_max_bad=4,
     max_failing_chunk_frac=0.0,
-    logit_tol=1e-3,
-    mass_tol=1e-4,
+    logit_tol=1e-5,
+    mass_tol=2e-6,
 )
 
 BF16 = Thresholds(
-    min_exponent_agreement=0.87,
-    min_row_exponent_agreement=0.74,
-    max_mantissa_mean_ulp=10.2,
+    min_exponent_agreement=0.88,
+    min_row_exponent_agreement=0.71,
+    max_mantissa_mean_ulp=10.5,
     ulp_k=1,
-    max_frac_beyond_k=1.0,
+    max_frac_beyond_k=0.84,
     max_row_frac_beyond_k=1.0,
-    scaled_k=1,
-    max_scaled_frac_beyond_k=0.001,
-    max_row_scaled_frac_beyond_k=0.001,
-    max_rel_err=0.03,
+    max_rel_err=0.029,
     max_row_rel_err=0.036,
+    scaled_k=1,
+    max_scaled_frac_beyond_k=0.074,
+    max_row_scaled_frac_beyond_k=0.44,
     chunk_max_ulp=6,
     chunk_max_bad=4,
     max_failing_chunk_frac=0.0,
-    logit_tol=1e-2,
-    mass_tol=1e-3,
+    logit_tol=0.08,
+    mass_tol=0.009,
 )
 
 PROFILES: dict[str, Thresholds] = {"fp32": FP32, "bf16": BF16}

@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "rewards": "node.cli_operator:rewards",
     "client": "node.cli_client:client",
     "demo": "veriplex.demo:demo",
+    "coordinator": "scheduler.service.cli:coordinator",
 }
 
 # Commands that belong to one package but appear under another's group. `devnet fund` is the

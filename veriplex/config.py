@@ -119,6 +119,30 @@ class DataPlaneSettings(BaseModel):
     directory_ttl_s: float = Field(10.0, ge=0, description="Seconds a chain operator check is cached.")
 
 
+class CoordinatorSettings(BaseModel):
+    """The coordinator service (`veriplex coordinator run`): scheduling, heartbeats, epochs."""
+
+    host: str = Field("127.0.0.1", description="Interface the coordinator's HTTP API binds to.")
+    port: int = Field(7080, ge=0, le=65535, description="TCP port of the HTTP API (0: any free port).")
+    model_id: int | None = Field(None, ge=1, description="Model to schedule. Default: the only active one.")
+    model_spec: Path | None = Field(
+        None, description="Scheduler model JSON (SCHEMAS.md) with the model's shape. Default: "
+        "<models dir>/<name>/config.json."
+    )
+    params_file: Path | None = Field(None, description="Solver params JSON (SCHEMAS.md). Default: built-in.")
+    links_file: Path | None = Field(None, description="Region links JSON (SCHEMAS.md). Default: catalogue RTTs.")
+    default_rtt_ms: float = Field(100.0, gt=0, description="RTT assumed between regions nothing else knows.")
+    heartbeat_timeout_s: float = Field(15.0, gt=0, description="Silence after which a node is evicted.")
+    max_clock_skew_s: float = Field(30.0, gt=0, description="Heartbeat timestamps further off are refused.")
+    rebalance_interval_s: float = Field(60.0, gt=0, description="Seconds between global imbalance checks.")
+    imbalance_threshold: float = Field(
+        0.2, ge=0, lt=1, description="Share of throughput lost that triggers a global re-allocation."
+    )
+    registry_poll_s: float = Field(5.0, gt=0, description="Seconds between NodeRegistry reads.")
+    tick_s: float = Field(0.5, gt=0, description="Seconds between state-machine ticks.")
+    max_body_bytes: int = Field(65_536, ge=1024, description="Largest request body accepted.")
+
+
 class Settings(BaseSettings):
     """All of Veriplex's settings; one section per package."""
 
@@ -133,6 +157,9 @@ class Settings(BaseSettings):
     protocol: ProtocolSettings = Field(default_factory=ProtocolSettings, description="Deployed protocol parameters.")
     models: ModelsSettings = Field(default_factory=ModelsSettings, description="Models, executor, hidden store.")
     dataplane: DataPlaneSettings = Field(default_factory=DataPlaneSettings, description="Worker data plane.")
+    coordinator: CoordinatorSettings = Field(
+        default_factory=CoordinatorSettings, description="Coordinator service."
+    )
 
     @classmethod
     def settings_customise_sources(

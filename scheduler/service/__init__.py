@@ -6,7 +6,8 @@ registry polls, signed heartbeats, ticks), runs phase 1 on start and whenever th
 publishes every allocation change as an epoch on the Scheduler contract, and serves an HTTP API
 (`app`): `POST /heartbeat`, `GET /assignment/{operator}`, `POST /route`, `GET /status`,
 `GET /snapshot`. Wire messages are frozen, versioned pydantic types with signed, domain-separated
-digests (`messages`). `veriplex coordinator run` starts it (`cli`). The API is in README.md.
+digests (`messages`); `client` is the typed client for workers and the gateway. `veriplex
+coordinator run` starts it (`cli`). The API is in README.md.
 
 Exceptions (all in `scheduler.service.errors`)::
 

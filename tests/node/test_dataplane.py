@@ -155,3 +155,25 @@ def test_idle_sessions_are_freed_after_the_timeout(in_process_pipeline):
             await p.stop()
 
     assert asyncio.run(main()) == (1, 0, 0)
+
+
+def test_gateway_disconnect_cancels_its_requests_on_every_stage(in_process_pipeline):
+    async def main():
+        p = await in_process_pipeline([(0, 3), (3, 6), (6, 8)]).start()
+        try:
+            req = p.request(len(PROMPT), 500)
+            reader, writer = await asyncio.open_connection("127.0.0.1", p.servers[0].port)
+            p.client()._send_open(writer, req, PROMPT)
+            await reader.readexactly(4)  # the first token is on its way: every stage has a session
+            opened = [len(s.sessions.sessions) for s in p.servers]
+            writer.close()
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if not any(s.sessions.sessions for s in p.servers):
+                    break
+            return opened, [len(s.sessions.sessions) for s in p.servers]
+        finally:
+            await p.stop()
+
+    opened, later = asyncio.run(main())
+    assert opened[0] == 1 and later == [0, 0, 0]

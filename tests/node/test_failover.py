@@ -28,10 +28,11 @@ N_NEW = 24
 
 class Fleet:
     def __init__(self, model: Path, root: Path, worker_cls):
-        self.keys = [bytes([0x10 + k]) * 32 for k in range(4)]  # stage 0, 1, 2, and a spare for 1
+        # Stages 0, 1, 2, then two more workers serving stage 1's layers (spares / alternates).
+        self.keys = [bytes([0x10 + k]) * 32 for k in range(5)]
         self.gateway = PrivateKey(b"\x77" * 32)
         allow = [address_of_key(PrivateKey(k)) for k in self.keys]
-        layers = [*RANGES, RANGES[1]]
+        layers = [*RANGES, RANGES[1], RANGES[1]]
         self.workers = [worker_cls(model, rng, key, allow, address_of_key(self.gateway), root / f"w{i}")
                         for i, (rng, key) in enumerate(zip(layers, self.keys, strict=True))]
         for w in self.workers:
@@ -42,10 +43,10 @@ class Fleet:
         return StageAssignment(operator=w.address, host="127.0.0.1", port=w.port,
                                start=w.layers[0], end=w.layers[1])
 
-    def request(self, rid: bytes) -> PipelineRequest:
+    def request(self, rid: bytes, workers: tuple[int, ...] = (0, 1, 2)) -> PipelineRequest:
         return PipelineRequest(chain_id=CHAIN_ID, request_id="0x" + rid.hex(),
                                gateway=address_of_key(self.gateway),
-                               stages=[self.assignment(i) for i in range(3)],
+                               stages=[self.assignment(i) for i in workers],
                                prompt_len=len(PROMPT), max_new_tokens=N_NEW)
 
     def stop(self) -> None:
@@ -93,3 +94,28 @@ def test_killed_middle_stage_is_replaced_and_greedy_output_is_unchanged(fleet, u
     assert (h.stage, h.old_operator, h.new_operator) == (1, fleet.workers[1].address,
                                                          fleet.workers[3].address)
     assert kill_at < h.step < N_NEW  # it really happened mid-generation
+
+
+def test_hung_middle_stage_is_found_by_ping_and_replaced(fleet, uninterrupted):
+    """SIGSTOP keeps the stage's sockets open, so nothing reports it: the gateway's step timeout
+    fires, its pings name stage 1 as the one not answering, and the spare takes over."""
+    import signal
+
+    client = PipelineClient(fleet.gateway, CHAIN_ID)
+    hung = fleet.workers[4]
+
+    def on_token(i: int, _tok: int) -> None:
+        if i == 4:
+            hung.proc.send_signal(signal.SIGSTOP)
+
+    def replace(stage: int, req: PipelineRequest) -> StageAssignment:
+        assert stage == 1
+        return fleet.assignment(3)
+
+    try:
+        gen = asyncio.run(client.generate(fleet.request(b"\x03" * 32, (0, 4, 2)), PROMPT,
+                                          replace=replace, on_token=on_token, step_timeout_s=1.5))
+    finally:
+        hung.kill()
+    assert gen.tokens == uninterrupted
+    assert [(h.stage, h.new_operator) for h in gen.handovers] == [(1, fleet.workers[3].address)]

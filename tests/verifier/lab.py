@@ -235,6 +235,8 @@ def attack_pairs(lab: TinyLab, batch: torch.Tensor, attack: str, stages=STAGES,
                 p = int(rng.integers(0, len(honest)))
                 claimed[p] = rng.standard_normal(honest.shape[1]).astype(np.float32) * rms[p]
             elif attack == "other_request":  # replayed from another request of the same length
+                if len(batch) < 2:
+                    raise ValueError("the other_request attack needs at least two prompts")
                 other = batch[(n + 1) % len(batch)]
                 claimed = lab.run(other, stage)[1]
             else:

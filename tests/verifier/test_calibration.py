@@ -14,15 +14,22 @@ import numpy as np
 import pytest
 import torch
 
-from verifier.calibrate import FitOptions, chunk_k, clopper_pearson_upper, evaluate, fit_thresholds
+from verifier.calibrate import (
+    FitOptions,
+    chunk_k,
+    clopper_pearson_upper,
+    evaluate,
+    fit_thresholds,
+    fit_token_tolerance,
+)
 from verifier.errors import ToleranceError
 from verifier.profiles import BF16, FP32
 from verifier.tolerance import judge
 
 from .lab import ATTACKS, TinyLab, attack_pairs, benign_pairs, prompts, tiny_llama
 
-FIT = prompts(2, 32, seed=1)
-HELD = torch.cat([prompts(1, 40, seed=2), prompts(1, 40, seed=3)])
+FIT = prompts(2, 24, seed=1)
+HELD = torch.cat([prompts(1, 32, seed=2), prompts(1, 32, seed=3)])
 
 
 def just_pairs(named):
@@ -43,7 +50,7 @@ def held_benign(lab):
 def test_benign_noise_is_real_but_small(held_benign):
     unequal = [float((c != r).mean()) for _, c, r in held_benign]
     assert max(unequal) > 0  # decode / eager / rounded inputs do change float32 rows
-    assert all(judge(c, r, FP32).stats.worst_chunk_bad == 0 for _, c, r in held_benign)
+    assert all(judge(c, r, FP32).stats.worst_chunk_bad <= FP32.chunk_max_bad for _, c, r in held_benign)
 
 
 def test_thresholds_fitted_on_benign_pairs_pass_every_held_out_benign_pair(fitted, held_benign):
@@ -59,7 +66,8 @@ def test_the_shipped_fp32_profile_passes_every_held_out_benign_pair(held_benign)
 @pytest.mark.parametrize("attack", ATTACKS)
 @pytest.mark.parametrize("rounded", [False, True], ids=["exact-inputs", "rounded-inputs"])
 def test_every_attack_fails_the_fitted_thresholds_and_the_shipped_profile(lab, fitted, attack, rounded):
-    named = attack_pairs(lab, HELD[:1], attack, rounded_inputs=rounded)
+    batch = HELD if attack == "other_request" else HELD[:1]  # replaying needs another request
+    named = attack_pairs(lab, batch, attack, rounded_inputs=rounded)
     for name, c, r in named:
         for th in (fitted, FP32):
             v = judge(c, r, th)
@@ -95,6 +103,19 @@ def test_noisier_benign_pairs_give_looser_thresholds():
     assert tight.min_exponent_agreement > loose.min_exponent_agreement
     for th, pairs in ((tight, noisy_pairs(1e-6, seed=1)), (loose, noisy_pairs(3e-2, seed=1))):
         assert evaluate(pairs, th).pass_rate == 1.0
+
+
+def test_token_tolerances_grow_with_logit_noise_and_cover_the_noise_they_were_fitted_on():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((16, 50)) * 3
+    small = fit_token_tolerance([(base + 1e-6 * rng.standard_normal(base.shape), base)])
+    large = fit_token_tolerance([(base + 1e-2 * rng.standard_normal(base.shape), base)])
+    assert small[0] < large[0] and small[1] < large[1]
+    assert large[0] >= 2 * 1e-2  # at least twice the largest logit difference
+    th = fit_thresholds(noisy_pairs(1e-6), logit_pairs=[(base + 1e-2, base)])
+    assert th.logit_tol == pytest.approx(2 * 1e-2 * FitOptions().margin + FitOptions().token_floor)
+    with pytest.raises(ToleranceError, match="one shape"):
+        fit_token_tolerance([(base, base[:, :10])])
 
 
 def test_pairs_too_far_apart_to_be_benign_are_refused():

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from verifier.errors import TokenCheckError
+from verifier.profiles import FP32
 from verifier.tokens import (
     SamplingSpec,
     _uniform,
@@ -66,17 +67,17 @@ def test_sampling_tolerates_a_token_kept_only_by_a_top_p_cut_within_the_toleranc
 
 
 def test_honest_tokens_from_cached_decode_pass_against_prefill_logits_and_random_tokens_fail(lab):
-    ids = prompts(1, 40, 5)[0]
+    ids = prompts(1, 40, 5)[0]  # held out: the profile's token tolerances were fitted on other prompts
     decode_logits = lab.logits(ids, decode=True)  # the worker: cached decode
     prefill_logits = lab.logits(ids)  # the verifier: one prefill
     assert np.abs(decode_logits - prefill_logits).max() > 0  # there is noise to tolerate
     for spec in (SamplingSpec(), SamplingSpec(temperature=0.8, top_p=0.9, seed=1234)):
         tokens = [reproduce_token(decode_logits[i], spec, i + 1) for i in range(len(ids))]
-        v = check_tokens(prefill_logits, tokens, 1, spec, logit_tol=1e-3, mass_tol=1e-4)
+        v = check_tokens(prefill_logits, tokens, 1, spec, FP32.logit_tol, FP32.mass_tol)
         assert v.passed and v.checked == len(ids)
         rng = np.random.default_rng(0)
         forged = [int(t) for t in rng.integers(0, prefill_logits.shape[1], len(tokens))]
-        bad = check_tokens(prefill_logits, forged, 1, spec, 1e-3, 1e-4)
+        bad = check_tokens(prefill_logits, forged, 1, spec, FP32.logit_tol, FP32.mass_tol)
         assert not bad.passed and len(bad.mismatches) > len(tokens) // 2
         pos, claimed, reproduced = bad.mismatches[0]
         assert claimed == forged[pos - 1] and reproduced == reproduce_token(prefill_logits[pos - 1], spec, pos)

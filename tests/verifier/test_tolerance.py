@@ -55,6 +55,20 @@ def test_one_ulp_rounding_noise_passes_and_larger_noise_fails_with_reasons():
     assert any("chunk rule" in r for r in v.reasons)
 
 
+def test_statistics_count_exactly_the_elements_moved_by_known_ulps():
+    r = bf16_bits(np.full((4, 64), 1.5, dtype=np.float32))  # 0x3FC0: mantissa 64 of 127
+    c = r.copy()
+    c[0, :8] += 2  # 8 elements two ulps up, exponent unchanged
+    c[1, 0] = bf16_bits(np.float32(3.0))  # one element a binade up
+    s = statistics(c, r, ulp_k=1)
+    assert s.frac_unequal == 9 / 256
+    assert s.exponent_agreement == 255 / 256 and s.min_row_exponent_agreement == 63 / 64
+    assert s.mantissa_mean_ulp == 16 / 255 and s.mantissa_max_ulp == 2
+    assert s.frac_beyond_k == 9 / 256 and s.max_row_frac_beyond_k == 8 / 64
+    assert s.max_ulp == 128  # 1.5 → 2.0 is 64 patterns, 2.0 → 3.0 another 64
+    assert s.worst_chunk_bad == 8  # 2 ulps of 1.5 is 2 scale ulps in row 0 (scale 1.5 there too)
+
+
 def test_forging_a_single_row_among_many_fails_on_the_per_row_statistics():
     x = rows(4, (512, 64))
     forged = x.copy()

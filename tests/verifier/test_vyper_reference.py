@@ -68,7 +68,7 @@ def test_the_contract_reverts_on_bad_indices_and_proof_lengths(checker):
         checker.token_root(*args, 0, 5, [])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(0, 0xFFFF), min_size=32, max_size=32),
        st.lists(st.integers(0, 0xFFFF), min_size=32, max_size=32),
        st.lists(st.integers(-3, 3), min_size=32, max_size=32),
@@ -80,7 +80,7 @@ def test_the_contract_counts_the_same_bad_elements_as_the_python_chunk_rule(chec
     assert checker.chunk_bad_count(*halves(c), *halves(r), max_ulp) == want
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.floats(1e-6, 0.2), st.integers(-40, 40), st.integers(0, 8))
 def test_the_contract_agrees_on_realistic_chunks_with_noise(checker, seed, noise, exponent, max_ulp):
     from verifier.encoding import bf16_bits

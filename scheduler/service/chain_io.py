@@ -1,0 +1,132 @@
+"""Chain glue of the coordinator: read the registries into solver types, publish epochs.
+
+Everything goes through the `contracts` package's typed wrappers (`Chain.node_registry`,
+`.model_registry`, `.scheduler`); nothing here builds web3 calls. `read_nodes` returns the
+operators that are schedulable right now (the contract's own `is_active`: registered, staked,
+not jailed) as `ChainNode`s; `model_spec` resolves the model's full shape (the registry stores
+only layers and hidden size) from a scheduler model document or a Hugging Face `config.json` and
+checks it against the registry; `publish` turns a `Publication` into a `publish_epoch`
+transaction signed by the coordinator key.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from eth_utils import to_checksum_address
+
+from contracts.client import Chain
+from contracts.model_registry import ModelInfo
+from contracts.node_registry import NodeInfo
+from contracts.scheduler import AllocationEntry
+from scheduler.errors import SchedulerError
+from scheduler.model import ModelSpec, NodeSpec
+from scheduler.schema import parse_model
+from scheduler.service.errors import ModelSpecError
+from scheduler.service.state import ChainNode, Publication
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
+def node_spec(info: NodeInfo) -> NodeSpec:
+    hw = info.hardware
+    op = to_checksum_address(info.operator)
+    return NodeSpec(id=op, operator=op, region=hw.region or "unknown", vram_mib=hw.vram_mib,
+                    tflops=hw.tflops_milli / 1000.0, mem_bw_gbps=float(hw.mem_bw_gbps),
+                    net_mbps=float(hw.net_bw_mbps), gpu=hw.gpu)
+
+
+def read_nodes(chain: Chain) -> list[ChainNode]:
+    """Active operators (registered, staked, not jailed) with their endpoints and hardware."""
+    reg = chain.node_registry
+    out = []
+    for info in reg.nodes():
+        if not info.registered or int(info.operator, 16) == 0:
+            continue
+        if not reg.is_active(info.operator):
+            continue
+        spec = node_spec(info)
+        out.append(ChainNode(operator=spec.operator, owner=info.owner, endpoint=info.endpoint,
+                             spec=spec))
+    return out
+
+
+def spec_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:
+    """A `ModelSpec` from a Hugging Face causal-LM `config.json` (Llama/Qwen2/Mistral keys)."""
+    try:
+        heads = int(cfg["num_attention_heads"])
+        dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
+        return ModelSpec(
+            name=name, layers=int(cfg["num_hidden_layers"]), hidden=int(cfg["hidden_size"]),
+            heads=heads, kv_heads=int(cfg.get("num_key_value_heads") or heads),
+            intermediate=int(cfg["intermediate_size"]), vocab=int(cfg["vocab_size"]),
+            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            dtype_bytes=_DTYPE_BYTES.get(dtype, 2))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelSpecError(f"config.json of {name!r} lacks or mangles a field: {e}") from None
+
+
+def load_model_spec(info: ModelInfo, spec_file: Path | None, checkpoint_dir: Path | None,
+                    models_dir: Path | None) -> ModelSpec:
+    """The model's full shape, from (first found) a scheduler model document `spec_file`, the
+    checkpoint's `config.json`, or `<models_dir>/<name>/config.json`; must agree with the
+    registry on layers and hidden size. Carries the registry's model id."""
+    try:
+        if spec_file is not None:
+            spec = parse_model(json.loads(Path(spec_file).read_text()), str(spec_file))
+        else:
+            candidates = [d / "config.json" for d in (checkpoint_dir,
+                          models_dir / info.name if models_dir else None) if d is not None]
+            found = next((p for p in candidates if p.is_file()), None)
+            if found is None:
+                raise ModelSpecError(
+                    f"no shape for model {info.name!r} (id {info.model_id}): the registry stores "
+                    f"only layers ({info.layers}) and hidden size ({info.hidden_size}); pass "
+                    f"--model-spec FILE or --checkpoint DIR (looked in: "
+                    f"{', '.join(map(str, candidates)) or 'nowhere'})")
+            spec = spec_from_hf_config(json.loads(found.read_text()), info.name)
+    except (OSError, json.JSONDecodeError, SchedulerError) as e:
+        raise ModelSpecError(f"cannot read the model shape: {e}") from None
+    if (spec.layers, spec.hidden) != (info.layers, info.hidden_size):
+        raise ModelSpecError(
+            f"model shape disagrees with the ModelRegistry for {info.name!r}: layers "
+            f"{spec.layers} vs {info.layers}, hidden {spec.hidden} vs {info.hidden_size}")
+    return ModelSpec(**{**spec.to_dict(), "name": info.name, "model_id": info.model_id})
+
+
+def resolve_model(chain: Chain, model_id: int | None) -> ModelInfo:
+    """The registry's model `model_id`, or its only active model when None."""
+    reg = chain.model_registry
+    if model_id is not None:
+        info = reg.model(model_id)
+        if info is None:
+            raise ModelSpecError(f"model id {model_id} is not on the ModelRegistry")
+        return info
+    active = [m for m in reg.models() if m.active]
+    if len(active) != 1:
+        names = ", ".join(f"{m.model_id}:{m.name}" for m in active) or "none"
+        raise ModelSpecError(f"pass --model-id: the ModelRegistry has {len(active)} active "
+                             f"models ({names})")
+    return active[0]
+
+
+def publish(chain: Chain, pub: Publication) -> int:
+    """Send `pub` as the next epoch (signed by the chain's signer, the coordinator key);
+    returns the epoch number the contract assigned."""
+    entries = [AllocationEntry(model_id=m, layer_start=a, layer_end=b, operator=op)
+               for op, m, a, b in pub.rows]
+    return chain.scheduler.publish_epoch(entries, bytes.fromhex(pub.snapshot_hash[2:]))
+
+
+def current_epoch_matching(chain: Chain, pub: Publication) -> int:
+    """The chain's current epoch if it already holds exactly `pub` (same rows and snapshot
+    hash, e.g. after a coordinator restart), else 0: no need to publish it again."""
+    sched = chain.scheduler
+    epoch = sched.epoch()
+    if epoch == 0 or "0x" + sched.snapshot_hash(epoch).hex() != pub.snapshot_hash:
+        return 0
+    rows = sorted((to_checksum_address(e.operator), e.model_id, e.layer_start, e.layer_end)
+                  for e in sched.epoch_entries(epoch))
+    return epoch if tuple(rows) == tuple(sorted(pub.rows)) else 0
