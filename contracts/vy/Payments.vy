@@ -22,6 +22,7 @@ from modules import api_keys
 from modules import batch_tree
 from interfaces import INodeRegistry
 from interfaces import IModelRegistry
+from interfaces import IVerification
 
 initializes: ownable
 initializes: ownable_2step[ownable := ownable]
@@ -360,6 +361,10 @@ def release(batch_id: uint256, pipelines: DynArray[Pipeline, MAX_PIPELINES]):
     assert keccak256(abi_encode(pipelines)) == b.pipelines_hash, (
         "payments: pipelines do not match batch"
     )
+    if self.verification.is_contract:  # an EOA role (tests, bootstrapping) opens no tasks
+        assert staticcall IVerification(self.verification).open_tasks(batch_id) == 0, (
+            "payments: verification still open"
+        )
     self.batches[batch_id].pipelines_hash = empty(bytes32)
     fee_total: uint256 = 0
     ver_total: uint256 = 0

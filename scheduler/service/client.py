@@ -4,6 +4,7 @@ gateway (routes).
     hb = HeartbeatClient(url, chain_id, operator_key)        # the node's OPERATOR key (32 bytes)
     ack = hb.send(active=2, kv_used_bytes=..., layer_us=...)  # signed, next seq, current time
     ack.assignment                                            # layer range of the latest epoch
+    HeartbeatLoop(hb, every_s=5, load=..., on_assignment=...).start()   # follow epochs
     CoordinatorClient(url).route(RouteRequest(model_id=1, prompt_tokens=12, output_tokens=64))
 
 Refusals come back as the service's own exception classes (`Replay`, `BadSignature`, `NotReady`,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -110,3 +112,51 @@ class HeartbeatClient(CoordinatorClient):
     def leave(self) -> HeartbeatAck:
         """Announce a graceful departure: the coordinator evicts this node at once."""
         return self.send(HeartbeatKind.LEAVE)
+
+
+class HeartbeatLoop:
+    """Sends a heartbeat every `every_s` seconds from a daemon thread.
+
+    `load()` returns the fields to report (`active`, `queue_ms`, `kv_used_bytes`, …);
+    `on_assignment(a)` is called whenever the acknowledged assignment changes (a new epoch, a new
+    layer range, or unassigned), which is how a worker follows the coordinator. Refusals and
+    unreachable coordinators are kept in `last_error` and retried on the next beat.
+    """
+
+    def __init__(self, client: HeartbeatClient, every_s: float,
+                 load: Callable[[], dict[str, int]] | None = None,
+                 on_assignment: Callable[[AssignmentResponse], None] | None = None) -> None:
+        self.client = client
+        self.every_s = every_s
+        self.load = load or dict
+        self.on_assignment = on_assignment
+        self.assignment: AssignmentResponse | None = None
+        self.last_error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"heartbeat-{client.operator}")
+
+    def start(self) -> HeartbeatLoop:
+        self._thread.start()
+        return self
+
+    def stop(self, leave: bool = False) -> None:
+        """Stop beating; with `leave`, announce the departure so eviction is immediate."""
+        self._stop.set()
+        self._thread.join(timeout=self.every_s + (self.client.http.timeout.read or 5.0) + 1)
+        if leave:
+            self.client.leave()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                ack = self.client.send(**self.load())
+                self.last_error = ""
+                if ack.assignment is not None and ack.assignment != self.assignment:
+                    self.assignment = ack.assignment
+                    if self.on_assignment is not None:
+                        self.on_assignment(ack.assignment)
+            except errors.ServiceError as e:
+                self.last_error = str(e)
+            if self._stop.wait(self.every_s):
+                return

@@ -177,3 +177,30 @@ def test_gateway_disconnect_cancels_its_requests_on_every_stage(in_process_pipel
 
     opened, later = asyncio.run(main())
     assert opened[0] == 1 and later == [0, 0, 0]
+
+
+def test_rewinding_a_session_drops_cache_and_stored_rows_and_recomputes_identically(tiny_llama, tmp_path):
+    from node.hidden_store import HiddenStateStore
+    from node.protocol import PipelineRequest, StageAssignment
+    from node.sessions import SessionTable
+
+    ex = StageExecutor(load_shard(tiny_llama, 0, 8))
+    table = SessionTable(ex, HiddenStateStore(tmp_path, 10**8, 60, 60), kv_budget_bytes=2**30)
+    req = PipelineRequest(chain_id=1, request_id="0x" + "ab" * 32, gateway="0x" + "22" * 20,
+                          stages=[StageAssignment(operator="0x" + "11" * 20, host="h", port=1,
+                                                  start=0, end=8)],
+                          prompt_len=len(PROMPT), max_new_tokens=8)
+    table.admit(req, b"", b"", 0)
+    ids = torch.tensor(PROMPT + [3, 4, 5])
+    first = ex.forward(req.rid, ids[: len(PROMPT)], 0)
+    table.store_rows(req.rid, 0, first.hidden)
+    for p in range(len(PROMPT), len(ids)):
+        table.store_rows(req.rid, p, ex.forward(req.rid, ids[p : p + 1], p).hidden)
+    before = table.stored(req.rid, 0, len(ids))
+
+    table.rewind(req.rid, len(PROMPT) + 1)
+    assert table.cached(req.rid) == len(PROMPT) + 1
+    assert table.store.entry(req.rid, 0, 8).rows == len(PROMPT) + 1
+    for p in range(len(PROMPT) + 1, len(ids)):
+        table.store_rows(req.rid, p, ex.forward(req.rid, ids[p : p + 1], p).hidden)
+    assert torch.equal(table.stored(req.rid, 0, len(ids)), before)

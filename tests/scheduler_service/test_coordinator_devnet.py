@@ -8,12 +8,15 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,20 +25,27 @@ import pytest
 from eth_account import Account
 
 from contracts.client import Chain, dev_key
+from contracts.deploy import deploy_all
 from contracts.node_registry import Hardware
 from contracts.rpc import Signer
 from devnet.testing import running_devnet
 from scheduler.model import Plan
 from scheduler.schema import parse_snapshot
 from scheduler.service.chain_io import current_epoch_matching
-from scheduler.service.client import HeartbeatClient
+from scheduler.service.client import HeartbeatClient, HeartbeatLoop
 from scheduler.service.errors import ModelNotServed
-from scheduler.service.messages import Heartbeat, RouteRequest, sign_heartbeat
+from scheduler.service.messages import (
+    AssignmentResponse,
+    Heartbeat,
+    RouteRequest,
+    sign_heartbeat,
+)
 from scheduler.service.state import Publication
 from veriplex.config import DEV_MNEMONIC
 
 from .conftest import MODEL, REGION, VRAM_MIB, Operator, beat, operator, wait_for
 
+ANVIL = Path(__file__).resolve().parents[2] / "node_modules" / ".bin" / "anvil"
 READY = re.compile(r"coordinator ready at (http://\S+) ")
 HEARTBEAT_TIMEOUT_S = 2.5
 BEAT_EVERY_S = 0.4
@@ -105,9 +115,52 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
-    home = tmp_path_factory.mktemp("coord-devnet")
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _anvil(home: Path) -> Iterator[tuple[str, Path, Path]]:
+    """anvil with the contracts deployed by dev account 0 (as the devnet does)."""
+    binary = str(ANVIL) if ANVIL.exists() else shutil.which("anvil")
+    if binary is None:
+        pytest.fail(f"anvil not found at {ANVIL}: run `npm install` (make setup)")
+    port = _free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--silent", "--hardfork", "cancun"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: proc.poll() is not None or _answers(url), 20, "anvil to answer")
+        assert proc.poll() is None, f"anvil exited with {proc.returncode}"
+        manifest = home / "deployments" / "anvil.json"
+        deploy_all(url, dev_key(0, DEV_MNEMONIC), manifest)
+        yield url, manifest, home
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        r = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}, timeout=1)
+    except httpx.HTTPError:
+        return False
+    return r.status_code == 200
+
+
+@pytest.fixture(scope="module",
+                params=["devnet", pytest.param("anvil", marks=pytest.mark.anvil)])
+def devnet(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
+    """The embedded devnet, and anvil: the coordinator must not care which EVM node it talks to."""
+    home = tmp_path_factory.mktemp(f"coord-{request.param}")
+    if request.param == "anvil":
+        with _anvil(home) as handle:
+            yield handle
+        return
     with running_devnet(home) as dn:
         yield dn.url, dn.manifest_path, home
 
@@ -291,31 +344,38 @@ def test_a_newly_registered_node_joins_in_a_new_epoch(cluster: Cluster) -> None:
     assert _entries(cluster.chain, joined["epoch"]) == _rows(joined)
 
 
-def test_a_worker_client_gets_its_assignment_and_its_leave_evicts_it_at_once(
+def test_a_worker_loop_follows_its_assignment_and_its_leave_evicts_it_at_once(
         cluster: Cluster) -> None:
     op = cluster.ops[2]
+    wait_for(lambda: op.address in {r[0] for r in _rows(cluster.status())}, 15,
+             "the worker to be assigned")
     hb = HeartbeatClient(cluster.url, cluster.chain.chain_id, op.key, cluster.model_id)
+    seen: list[AssignmentResponse] = []
+    load = {"active": 1, "queue_ms": 3, "kv_used_bytes": 1 << 20, "kv_capacity_bytes": 1 << 30,
+            "layer_us": 900}
+    loop = HeartbeatLoop(hb, BEAT_EVERY_S, lambda: load, seen.append)
+    cluster.alive.discard(op.address)  # from now on the worker loop alone speaks for it
     try:
-        wait_for(lambda: op.address in {r[0] for r in _rows(cluster.status())}, 15,
-                 "the worker to be assigned")
-        ack = hb.send(active=1, queue_ms=3, kv_used_bytes=1 << 20, kv_capacity_bytes=1 << 30,
-                      layer_us=900)
+        loop.start()
+        got = wait_for(lambda: seen and seen[-1], 5, "the loop's first acknowledged assignment")
         on_chain = cluster.chain.scheduler.current_assignment(op.address)
-        assert ack.assignment is not None and ack.assignment.assigned and on_chain is not None
-        assert (ack.assignment.layer_start, ack.assignment.layer_end) == (
-            on_chain.layer_start, on_chain.layer_end)
+        assert got.assigned and on_chain is not None and got.epoch == on_chain.epoch
+        assert (got.layer_start, got.layer_end) == (on_chain.layer_start, on_chain.layer_end)
+        node = next(n for n in cluster.status()["nodes"] if n["operator"] == op.address)
+        assert node["load"]["active"] == 1 and node["layer_ms"] == 0.9
         route = hb.route(RouteRequest(model_id=cluster.model_id, prompt_tokens=8))
         assert route.stages[0].start == 0 and route.stages[-1].end == MODEL.layers
         with pytest.raises(ModelNotServed):
             hb.route(RouteRequest(model_id=cluster.model_id + 7))
-        cluster.alive.discard(op.address)
         before = cluster.status()["epoch"]
-        hb.leave()
+        loop.stop(leave=True)
         gone = wait_for(lambda: (s := cluster.status())["epoch"] > before and s, 5,
                         "an epoch after the leave")  # well before the heartbeat timeout
         assert op.address not in {r[0] for r in _rows(gone)}
         assert hb.assignment(op.address).assigned is False
+        assert loop.last_error == ""
     finally:
+        loop.stop()
         cluster.alive.add(op.address)
         hb.close()
     wait_for(lambda: op.address in {r[0] for r in _rows(cluster.status())}, 10,
