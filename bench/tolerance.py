@@ -43,7 +43,7 @@ def pairs(named):
 
 def run_profile(name: str, quick: bool) -> dict:
     lab = TinyLab(tiny_llama(0, dtype=DTYPES[name]))
-    n_fit, n_held, length = (3, 3, 48) if quick else (6, 50, 64)  # full: >= 1,000 benign fp32 pairs
+    n_fit, n_held, length = (2, 2, 32) if quick else (6, 50, 64)  # full: >= 1,000 benign fp32 pairs
     regimes = (False, True) if name == "fp32" else (False,)  # rounding bf16 rows is a no-op in bf16
     t0 = time.perf_counter()
     fit = [p for r in regimes for p in benign_pairs(lab, prompts(n_fit, length, 1), rounded_inputs=r)]

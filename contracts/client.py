@@ -26,6 +26,7 @@ from contracts.node_registry import NodeRegistry
 from contracts.payments import Payments
 from contracts.rpc import Rpc, Signer
 from contracts.scheduler import Scheduler
+from contracts.verification import Verification
 
 Account.enable_unaudited_hdwallet_features()
 
@@ -135,6 +136,10 @@ class Chain:
     @property
     def payments(self) -> Payments:
         return self._binding("Payments", Payments)  # type: ignore[no-any-return]
+
+    @property
+    def verification(self) -> Verification:
+        return self._binding("Verification", Verification)  # type: ignore[no-any-return]
 
     def wire_verification(self, verification: str, sender: Signer | None = None) -> None:
         """Give the verification role (slash, jail, refunds, verifier payouts) to `verification`

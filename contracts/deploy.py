@@ -21,6 +21,7 @@ from contracts.build import Artifact, compile_all
 from contracts.errors import ContractsError
 from contracts.manifest import Deployment, Manifest
 from contracts.rpc import Rpc, Signer
+from contracts.verification import VerificationParams
 
 ETH = 10**18
 
@@ -39,6 +40,7 @@ class DeployParams:
     slasher: str | None = None  # the verification contract; wire later when None
     coordinator: str | None = None  # publishes epochs; the deployer when None
     fee_recipient: str | None = None  # protocol fees; the deployer when None
+    verification: VerificationParams = VerificationParams()  # the Verification game's params
 
     @classmethod
     def from_settings(cls, protocol: Any, **roles: str | None) -> DeployParams:
@@ -78,9 +80,17 @@ class DeployParams:
             )
 
 
+def _abi_type(param: dict[str, Any]) -> str:
+    """The canonical type of an ABI parameter, structs spelled out as tuples: `(uint256,bool)[]`."""
+    t = str(param["type"])
+    if t.startswith("tuple"):
+        return "(" + ",".join(_abi_type(c) for c in param["components"]) + ")" + t[len("tuple") :]
+    return t
+
+
 def _deploy_one(rpc: Rpc, signer: Signer, art: Artifact, args: list[Any]) -> tuple[str, int]:
     ctor = next((e for e in art.abi if e.get("type") == "constructor"), None)
-    types = [i["type"] for i in ctor["inputs"]] if ctor else []
+    types = [_abi_type(i) for i in ctor["inputs"]] if ctor else []
     if len(types) != len(args):
         raise ContractsError(f"{art.name} takes {len(types)} constructor args, got {len(args)}")
     data = bytes.fromhex(art.bytecode.removeprefix("0x")) + abi_encode(types, args)
@@ -109,28 +119,44 @@ def _constructor_args(
             p.verifier_share_bps,
             p.fee_recipient or deployer,
         ]
+    if name in ("BlockhashRandomness", "SpotCheck"):
+        return []
+    if name == "Verification":
+        return [
+            deployed["NodeRegistry"],
+            deployed["Payments"],
+            deployed["BlockhashRandomness"],
+            deployed["SpotCheck"],
+            p.verification.as_tuple(),
+        ]
     raise ContractsError(f"no deployment recipe for contract {name!r}")
 
 
 # Dependency order: a contract's constructor may take addresses of those before it.
-DEPLOY_ORDER = ["NodeRegistry", "ModelRegistry", "Scheduler", "Payments"]
+DEPLOY_ORDER = [
+    "NodeRegistry",
+    "ModelRegistry",
+    "Scheduler",
+    "Payments",
+    "BlockhashRandomness",
+    "SpotCheck",
+    "Verification",
+]
 
 
 def _wire_roles(
     rpc: Rpc, signer: Signer, arts: dict[str, Artifact], addrs: dict[str, str], p: DeployParams
 ) -> None:
-    """The verification role (slasher, refunds, verifier payouts) is one address; it stays
-    unset until the verification contract exists, then `Chain.wire_verification` sets it."""
+    """The verification role (slasher, refunds, verifier payouts) is one address: the
+    Verification contract, unless `p.slasher` names another (tests drive the role by hand)."""
     from contracts.node_registry import NodeRegistry
     from contracts.payments import Payments
 
-    if p.slasher:
-        NodeRegistry(rpc, addrs["NodeRegistry"], arts["NodeRegistry"].abi, signer).set_slasher(
-            p.slasher
-        )
-        Payments(rpc, addrs["Payments"], arts["Payments"].abi, signer).set_roles(
-            p.slasher, p.fee_recipient or signer.address
-        )
+    slasher = p.slasher or addrs["Verification"]
+    NodeRegistry(rpc, addrs["NodeRegistry"], arts["NodeRegistry"].abi, signer).set_slasher(slasher)
+    Payments(rpc, addrs["Payments"], arts["Payments"].abi, signer).set_roles(
+        slasher, p.fee_recipient or signer.address
+    )
 
 
 def deploy_all(

@@ -14,6 +14,7 @@ Every error this package raises derives from `ContractsError`:
         ├── ModelsRevert        "models: ..."     (ModelRegistry)
         ├── SchedulerRevert     "scheduler: ..."  (Scheduler)
         ├── PaymentsRevert      "payments: ..."   (Payments)
+        ├── VerificationRevert  "verification: ..." / "randomness: ..." (Verification, its sources)
         ├── OwnershipRevert     "ownable: ..." / "ownable_2step: ..." (snekmate admin modules)
         └── Panic               Panic(uint256): arithmetic overflow, bounds, ... (`.code`)
 
@@ -96,6 +97,10 @@ class PaymentsRevert(Revert):
     module = "payments"
 
 
+class VerificationRevert(Revert):
+    module = "verification"
+
+
 class OwnershipRevert(Revert):
     module = "ownable"
 
@@ -113,6 +118,8 @@ _BY_PREFIX: dict[str, type[Revert]] = {
     "models": ModelsRevert,
     "scheduler": SchedulerRevert,
     "payments": PaymentsRevert,
+    "verification": VerificationRevert,
+    "randomness": VerificationRevert,
     "ownable": OwnershipRevert,
     "ownable_2step": OwnershipRevert,
 }

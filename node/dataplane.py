@@ -168,9 +168,9 @@ class StageServer:
                     # The stream can no longer be framed: answer, then hang up on this sender only.
                     self._send_error(writer, b"\x00" * 32, code_of(e), str(e))
                     await writer.drain()
-                    return
+                    break
                 if buf is None:
-                    return
+                    break
                 frame = None
                 try:
                     frame = parse_frame(buf)

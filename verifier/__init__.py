@@ -5,8 +5,10 @@ the node's job. Modules:
 
 - `encoding`   bf16 bit patterns, leaf / node / root preimages (the byte layout in ENCODING.md)
 - `merkle`     a stage's chunked Merkle tree: commit, open chunks and tokens, verify proofs
-- `tolerance`  exponent / mantissa statistics of claimed vs recomputed rows, `judge`, the chunk rule
+- `chunk_rule` the integer spot-check rule the contract applies to one opened chunk
+- `tolerance`  exponent / mantissa / scaled statistics of claimed vs recomputed rows, `judge`
 - `tokens`     greedy and seeded-sampling token checks against logits
 - `calibrate`  fit `Thresholds` from benign pairs with a margin, and report on held-out pairs
+- `profiles`   the shipped FP32 / BF16 thresholds
 - `errors`     the package's exception tree
 """

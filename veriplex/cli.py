@@ -26,6 +26,8 @@ SUBCOMMANDS: dict[str, str] = {
     "client": "node.cli_client:client",
     "demo": "veriplex.demo:demo",
     "coordinator": "scheduler.service.cli:coordinator",
+    "params": "verifier.cli:params",
+    "explorer": "devnet.explorer.cli:explorer",
 }
 
 # Commands that belong to one package but appear under another's group. `devnet fund` is the

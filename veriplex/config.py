@@ -143,6 +143,20 @@ class CoordinatorSettings(BaseModel):
     max_body_bytes: int = Field(65_536, ge=1024, description="Largest request body accepted.")
 
 
+class ExplorerSettings(BaseModel):
+    """The block explorer (`veriplex explorer`): indexer and web UI."""
+
+    host: str = Field("127.0.0.1", description="Interface the explorer's web UI binds to.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port of the web UI (0: any free port).")
+    db_url: str | None = Field(
+        None, description="SQLAlchemy URL of the index (PostgreSQL or SQLite). Default: "
+        "sqlite:///<home>/explorer.sqlite."
+    )
+    poll_s: float = Field(1.0, gt=0, description="Seconds between polls of the chain head.")
+    batch_blocks: int = Field(200, ge=1, description="Most blocks indexed per database commit.")
+    page_size: int = Field(25, ge=1, le=500, description="Rows per list on a page.")
+
+
 class Settings(BaseSettings):
     """All of Veriplex's settings; one section per package."""
 
@@ -160,6 +174,7 @@ class Settings(BaseSettings):
     coordinator: CoordinatorSettings = Field(
         default_factory=CoordinatorSettings, description="Coordinator service."
     )
+    explorer: ExplorerSettings = Field(default_factory=ExplorerSettings, description="Block explorer.")
 
     @classmethod
     def settings_customise_sources(
@@ -192,6 +207,10 @@ class Settings(BaseSettings):
     @property
     def hidden_store_dir(self) -> Path:
         return self.models.hidden_store_dir or self.home / "hidden-states"
+
+    @property
+    def explorer_db_url(self) -> str:
+        return self.explorer.db_url or f"sqlite:///{self.home / 'explorer.sqlite'}"
 
     @property
     def deployments_dir(self) -> Path:

@@ -20,7 +20,9 @@ def test_build_lists_every_contract_with_its_hash(runner):
     res = runner.invoke(cli, ["contracts", "build", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    assert set(data) == {"NodeRegistry", "ModelRegistry", "Scheduler", "Payments"}
+    from contracts.deploy import DEPLOY_ORDER
+
+    assert set(data) == set(DEPLOY_ORDER)
     assert all(len(v["hash"]) == 64 and v["bytecode_bytes"] > 0 for v in data.values())
 
 

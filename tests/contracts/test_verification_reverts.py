@@ -250,6 +250,8 @@ def test_open_chunks_rejects_bad_openings(g):
         g.ver.open_chunks(tid, t.stage_operator, tampered)
     with boa.reverts("verification: wrong proof length"):
         g.ver.open_chunks(tid, t.stage_operator, [(hi, lo, sib[:-1])] + good[1:])
+    with boa.reverts("verification: wrong proof length"):
+        g.ver.open_chunks(tid, t.stage_operator, [(hi, lo, [*sib, sib[0]])] + good[1:])
     stranger = funded()
     with boa.reverts("verification: party has no revealed verdict"):
         g.ver.open_chunks(tid, stranger, good)
@@ -258,7 +260,8 @@ def test_open_chunks_rejects_bad_openings(g):
         g.ver.open_chunks(tid, t.stage_operator, good)
     m0 = g.round_members(tid)[0]
     with boa.reverts("verification: opening does not match root"):
-        g.ver.open_chunks(tid, m0, good)  # the stage's chunks against m0's root
+        moved = [(int(p_), (int(k) + 1) % 3) for p_, k in spots]  # chunks the draw did not pick
+        g.ver.open_chunks(tid, m0, openings(own[m0], moved))
     g.ver.open_chunks(tid, m0, openings(own[m0], spots))
     with boa.reverts("verification: already opened"):
         g.ver.open_chunks(tid, m0, openings(own[m0], spots))
@@ -290,7 +293,15 @@ def test_padding_of_a_partial_last_chunk_must_be_zero(g):
     bad = Opening.from_values(vals, o.siblings)
     # the spot-check contract itself has no padding rule; Verification refuses the opening
     with boa.reverts("verification: non-zero chunk padding"):
-        g.ver.eval(f"self._check_padding({HIDDEN}, {last}, {bad.hi!r}, {bad.lo!r})")
+        g.ver.internal._check_padding(HIDDEN, last, bad.hi, bad.lo)
+    good = Opening.from_chunk(o)
+    g.ver.internal._check_padding(HIDDEN, last, good.hi, good.lo)
+    # d = 40: chunk 1 holds 8 values, so the tail of `hi` is padding too
+    vals = [1] * 8 + [0] * 24
+    g.ver.internal._check_padding(40, 1, *Opening.from_values(vals, ()).as_tuple()[:2])
+    vals[9] = 3
+    with boa.reverts("verification: non-zero chunk padding"):
+        g.ver.internal._check_padding(40, 1, *Opening.from_values(vals, ()).as_tuple()[:2])
 
 
 def test_randomness_expires_after_256_blocks(g):
@@ -298,4 +309,4 @@ def test_randomness_expires_after_256_blocks(g):
     mine(300)
     with boa.reverts("randomness: block too old"):
         g.rand.value(n)
-    assert g.rand.value(n + 290) != b"\x00" * 32 or True  # readable (boa's blockhash may be zero)
+    g.rand.value(n + 290)  # still among the last 256: readable

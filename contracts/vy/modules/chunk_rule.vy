@@ -41,11 +41,12 @@ def _root(
     for _: uint256 in range(MAX_DEPTH):
         if n <= 1:
             break
-        if i % 2 == 1:
-            h = keccak256(concat(x"01", siblings[k], h))
-            k += 1
-        elif i + 1 < n:
-            h = keccak256(concat(x"01", h, siblings[k]))
+        if i % 2 == 1 or i + 1 < n:
+            assert k < len(siblings), "verification: wrong proof length"
+            if i % 2 == 1:
+                h = keccak256(concat(x"01", siblings[k], h))
+            else:
+                h = keccak256(concat(x"01", h, siblings[k]))
             k += 1
         i = i // 2
         n = (n + 1) // 2
