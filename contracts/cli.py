@@ -100,8 +100,11 @@ def deploy_cmd(
     as_json: bool,
 ) -> None:
     """Deploy every contract and write the deployment manifest."""
+    from dataclasses import replace
+
     from contracts.deploy import DeployParams, deploy_all
     from contracts.rpc import Rpc
+    from contracts.verification import VerificationParams
 
     key = load_key(settings, dev_account, keystore, password_file)
     try:
@@ -111,7 +114,10 @@ def deploy_cmd(
             rpc_url=settings.chain.rpc_url,
             private_key=key,
             manifest_path=path,
-            params=DeployParams.from_settings(settings.protocol, slasher=slasher),
+            params=replace(
+                DeployParams.from_settings(settings.protocol, slasher=slasher),
+                verification=VerificationParams.from_settings(settings.verification),
+            ),
         )
     except ContractsError as exc:
         _fail(exc)

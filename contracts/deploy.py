@@ -73,6 +73,7 @@ class DeployParams:
         for name in ("protocol_fee_bps", "verifier_share_bps"):
             if not 0 <= getattr(self, name) <= 10_000:
                 raise ContractsError(f"{name} ({getattr(self, name)}) must be within 0..10000")
+        self.verification.validate()
         if self.protocol_fee_bps + self.verifier_share_bps > 10_000:
             raise ContractsError(
                 f"protocol_fee_bps + verifier_share_bps ({self.protocol_fee_bps} + "

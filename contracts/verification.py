@@ -84,7 +84,9 @@ class Opening:
     def from_values(cls, values: Sequence[int], siblings: Sequence[bytes]) -> Opening:
         vals = [int(v) for v in values]
         if len(vals) != 32 or any(not 0 <= v < 1 << 16 for v in vals):
-            raise ContractsError(f"a chunk is 32 bf16 bit patterns (0..65535), got {len(vals)} values")
+            raise ContractsError(
+                f"a chunk is 32 bf16 bit patterns (0..65535), got {len(vals)} values"
+            )
         words = [b"".join(v.to_bytes(2, "big") for v in vals[i : i + 16]) for i in (0, 16)]
         return cls(words[0], words[1], tuple(bytes(s) for s in siblings))
 
@@ -118,6 +120,29 @@ class VerificationParams:
     def as_tuple(self) -> tuple[int, ...]:
         return astuple(self)
 
+    def validate(self) -> None:
+        """The contract's own checks, with the values quoted, before anything is sent."""
+        bounds = {
+            "sample_bps": (0, 10_000),
+            "committee_size": (1, 16),
+            "max_rounds": (1, 3),
+            "commit_blocks": (1, None),
+            "reveal_blocks": (1, None),
+            "open_blocks": (1, None),
+            "randomness_delay": (1, None),
+            "spot_chunks": (1, 4),
+            "max_ulp": (0, None),
+            "max_bad": (0, 31),
+            "stage_slash_wei": (0, None),
+            "verifier_slash_wei": (0, None),
+            "verifier_reward_wei": (0, None),
+        }
+        for name, (lo, hi) in bounds.items():
+            v = getattr(self, name)
+            if v < lo or (hi is not None and v > hi):
+                span = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+                raise ContractsError(f"verification {name} ({v}) must be {span}")
+
     @classmethod
     def from_tuple(cls, t: Sequence[Any]) -> VerificationParams:
         return cls(*(int(v) for v in t))
@@ -125,6 +150,11 @@ class VerificationParams:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_settings(cls, section: Any) -> VerificationParams:
+        """From `Settings.verification` (veriplex.config.VerificationSettings)."""
+        return cls(**{name: getattr(section, name) for name in cls.field_names()})
 
 
 @dataclass(frozen=True)
@@ -199,8 +229,15 @@ class Verification(Binding):
     def member(self, task_id: int, operator: str) -> MemberInfo:
         m = self._view("member", task_id, Web3.to_checksum_address(operator))
         return MemberInfo(
-            str(m[0]), int(m[1]), bytes(m[2]), bool(m[3]), bool(m[4]), bytes(m[5]), bool(m[6]),
-            bool(m[7]), bool(m[8]),
+            str(m[0]),
+            int(m[1]),
+            bytes(m[2]),
+            bool(m[3]),
+            bool(m[4]),
+            bytes(m[5]),
+            bool(m[6]),
+            bool(m[7]),
+            bool(m[8]),
         )
 
     def is_sampled(self, batch_id: int, request_id: bytes) -> bool:
@@ -233,7 +270,12 @@ class Verification(Binding):
         return int(tx.event("TaskOpened").args["task_id"]), tx
 
     def commit_verdict(
-        self, task_id: int, verdict: bool, output_root: bytes, salt: bytes, sender: Signer | None = None
+        self,
+        task_id: int,
+        verdict: bool,
+        output_root: bytes,
+        salt: bytes,
+        sender: Signer | None = None,
     ) -> TxResult:
         """Commit (the verdict and salt stay local until `reveal_verdict`)."""
         me = self._sender(sender).address
@@ -241,7 +283,12 @@ class Verification(Binding):
         return self._send("commit_verdict", task_id, c, sender=sender)
 
     def reveal_verdict(
-        self, task_id: int, verdict: bool, output_root: bytes, salt: bytes, sender: Signer | None = None
+        self,
+        task_id: int,
+        verdict: bool,
+        output_root: bytes,
+        salt: bytes,
+        sender: Signer | None = None,
     ) -> TxResult:
         return self._send("reveal_verdict", task_id, verdict, output_root, salt, sender=sender)
 

@@ -25,29 +25,68 @@ def params() -> None:
 
 
 @params.command("check")
-@click.option("--detection", type=click.FloatRange(0.0, 1.0), default=0.99, show_default=True,
-              help="Chance a checked cheating stage is caught (bench/verify.py measures it).")
-@click.option("--compute-cost-fraction", type=click.FloatRange(0.0, 1.0), default=0.5,
-              show_default=True, help="Share of an operator's revenue that is compute cost.")
-@click.option("--stages", type=click.IntRange(1), default=2, show_default=True,
-              help="Stages per pipeline (a sampled request checks one of them).")
-@click.option("--tokens-in", type=click.IntRange(0), default=512, show_default=True,
-              help="Input tokens of the request the gain is estimated for.")
-@click.option("--tokens-out", type=click.IntRange(0), default=128, show_default=True,
-              help="Output tokens of that request.")
-@click.option("--charge-wei", type=click.IntRange(0), default=None,
-              help="Use this charge instead of the registry's prices.")
+@click.option(
+    "--detection",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Chance a checked cheating stage is caught (bench/verify.py measures it). "
+    "Default: settings verification.detection (0.99).",
+)
+@click.option(
+    "--compute-cost-fraction",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Share of an operator's revenue that is compute cost. "
+    "Default: settings verification.compute_cost_fraction (0.5).",
+)
+@click.option(
+    "--stages",
+    type=click.IntRange(1),
+    default=2,
+    show_default=True,
+    help="Stages per pipeline (a sampled request checks one of them).",
+)
+@click.option(
+    "--tokens-in",
+    type=click.IntRange(0),
+    default=512,
+    show_default=True,
+    help="Input tokens of the request the gain is estimated for.",
+)
+@click.option(
+    "--tokens-out",
+    type=click.IntRange(0),
+    default=128,
+    show_default=True,
+    help="Output tokens of that request.",
+)
+@click.option(
+    "--charge-wei",
+    type=click.IntRange(0),
+    default=None,
+    help="Use this charge instead of the registry's prices.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def check_cmd(
-    settings: Any, detection: float, compute_cost_fraction: float, stages: int,
-    tokens_in: int, tokens_out: int, charge_wei: int | None, as_json: bool,
+    settings: Any,
+    detection: float | None,
+    compute_cost_fraction: float | None,
+    stages: int,
+    tokens_in: int,
+    tokens_out: int,
+    charge_wei: int | None,
+    as_json: bool,
 ) -> None:
     """Print p · detection · slash − gain from cheating, and whether it is positive."""
     from contracts.client import Chain
     from contracts.errors import ContractsError
     from contracts.rpc import Rpc
 
+    if detection is None:
+        detection = float(settings.verification.detection)
+    if compute_cost_fraction is None:
+        compute_cost_fraction = float(settings.verification.compute_cost_fraction)
     try:
         rpc = Rpc(settings.chain.rpc_url, timeout_s=settings.chain.timeout_s)
         chain = Chain.connect(settings.chain.rpc_url, settings.manifest_path(rpc.chain_id))
@@ -82,14 +121,19 @@ def check_cmd(
         margins.append((name, equilibrium_margin(inp)))
     ok = all(m.positive for _, m in margins)
     if as_json:
-        click.echo(json.dumps({
-            "chain_id": chain.chain_id,
-            "verification": chain.verification.address,
-            "tokens_in": tokens_in,
-            "tokens_out": tokens_out,
-            "models": [{"model": name, **m.to_json()} for name, m in margins],
-            "positive": ok,
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "chain_id": chain.chain_id,
+                    "verification": chain.verification.address,
+                    "tokens_in": tokens_in,
+                    "tokens_out": tokens_out,
+                    "models": [{"model": name, **m.to_json()} for name, m in margins],
+                    "positive": ok,
+                },
+                indent=2,
+            )
+        )
     else:
         click.echo(f"chain {chain.chain_id}, Verification at {chain.verification.address}")
         click.echo(

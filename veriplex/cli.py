@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "demo": "veriplex.demo:demo",
     "coordinator": "scheduler.service.cli:coordinator",
     "params": "verifier.cli:params",
+    "verify-stage": "node.cli_verify:verify_stage",
     "explorer": "devnet.explorer.cli:explorer",
 }
 

@@ -84,6 +84,29 @@ class ProtocolSettings(BaseModel):
     verifier_share_bps: int = Field(1_000, ge=0, le=10_000, description="Verifier pool's share of each charge.")
 
 
+class VerificationSettings(BaseModel):
+    """The verification game's parameters (written into Verification when it is deployed) and
+    the assumptions `veriplex params check` states when it judges them."""
+
+    sample_bps: int = Field(1_000, ge=0, le=10_000, description="Chance (bps) a settled request is checked.")
+    committee_size: int = Field(3, ge=1, le=16, description="Verifiers in a task's first round; doubles per escalation.")
+    max_rounds: int = Field(2, ge=1, le=3, description="Rounds before a split is decided by the larger agreeing side.")
+    commit_blocks: int = Field(4, ge=1, description="Blocks members have to commit their verdicts.")
+    reveal_blocks: int = Field(4, ge=1, description="Blocks after the commit phase to reveal them.")
+    open_blocks: int = Field(4, ge=1, description="Blocks to open the drawn chunks after the spot randomness.")
+    randomness_delay: int = Field(1, ge=1, description="Blocks between an event and the block whose randomness follows it.")
+    spot_chunks: int = Field(2, ge=1, le=4, description="Chunks each party opens in a spot check.")
+    max_ulp: int = Field(6, ge=0, description="Chunk rule D: scale ulps two values may differ by (BF16 profile).")
+    max_bad: int = Field(4, ge=0, le=31, description="Chunk rule K: elements of 32 allowed beyond D.")
+    stage_slash_wei: int = Field(10**18, ge=0, description="Slash of a stage operator convicted of a wrong output.")
+    verifier_slash_wei: int = Field(2 * 10**17, ge=0, description="Slash of a verifier that hides, withholds or contradicts its evidence.")
+    verifier_reward_wei: int = Field(10**15, ge=0, description="A verifier's reward at full agreement with its peers.")
+    detection: float = Field(0.99, ge=0.0, le=1.0, description="params check: chance a checked cheat is caught.")
+    compute_cost_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="params check: share of an operator's revenue that is compute cost."
+    )
+
+
 class ModelsSettings(BaseModel):
     """Model checkpoints, the stage executor's device, and the node's hidden-state store."""
 
@@ -169,6 +192,9 @@ class Settings(BaseSettings):
     devnet: DevnetSettings = Field(default_factory=DevnetSettings, description="Embedded devnet.")
     wallet: WalletSettings = Field(default_factory=WalletSettings, description="CLI wallet.")
     protocol: ProtocolSettings = Field(default_factory=ProtocolSettings, description="Deployed protocol parameters.")
+    verification: VerificationSettings = Field(
+        default_factory=VerificationSettings, description="Verification game parameters."
+    )
     models: ModelsSettings = Field(default_factory=ModelsSettings, description="Models, executor, hidden store.")
     dataplane: DataPlaneSettings = Field(default_factory=DataPlaneSettings, description="Worker data plane.")
     coordinator: CoordinatorSettings = Field(

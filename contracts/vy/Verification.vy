@@ -553,11 +553,13 @@ def finalize(task_id: uint256):
             fails += 1
             fail_ops.append(op)
 
+    # Accusers agree when each one's chunks pass the rule against the first accuser's: linear,
+    # not pairwise, so a 16-member round stays far below the block gas limit.
     fails_agree: bool = True
     for a: uint256 in range(len(fail_ops), bound=MAX_COMMITTEE):
-        for c: uint256 in range(a + 1, len(fail_ops), bound=MAX_COMMITTEE):
-            if not self._agree(task_id, fail_ops[a], fail_ops[c], n_spots, p):
-                fails_agree = False
+        if a > 0 and not self._agree(task_id, fail_ops[0], fail_ops[a], n_spots, p):
+            fails_agree = False
+            break
 
     status: uint8 = ABSENT
     if not stage_open and passes + fails > 0:
@@ -570,8 +572,8 @@ def finalize(task_id: uint256):
         seed: bytes32 = self.spot_seed[task_id][r]
         if seed == empty(bytes32):
             seed = staticcall self.randomness.value(t.spot_block)
-        log TaskEscalated(task_id=task_id, round=r + 1, passes=passes, fails=fails)
         if self._start_round(task_id, r + 1, keccak256(abi_encode(seed, task_id, r + 1))) > 0:
+            log TaskEscalated(task_id=task_id, round=r + 1, passes=passes, fails=fails)
             return
     if status == ABSENT:
         # Last round (or nobody left to ask): the larger agreeing side decides.
@@ -612,7 +614,7 @@ def is_sampled(batch_id: uint256, request_id: bytes32) -> bool:
     if seed == empty(bytes32):
         b: IVerifierPayments.Batch = staticcall self.payments.batches(batch_id)
         assert b.root != empty(bytes32), "verification: unknown batch"
-        seed = staticcall self.randomness.value(self._anchor(b.release_block))
+        seed = self._fresh_batch_seed(batch_id, b.release_block)
     return self._sampled(seed, request_id)
 
 
@@ -656,13 +658,19 @@ def _anchor(release_block: uint256) -> uint256:
     return release_block - staticcall self.payments.verification_window() + self.params.randomness_delay
 
 
+@view
+@internal
+def _fresh_batch_seed(batch_id: uint256, release_block: uint256) -> bytes32:
+    return keccak256(
+        abi_encode(staticcall self.randomness.value(self._anchor(release_block)), batch_id)
+    )
+
+
 @internal
 def _batch_seed(batch_id: uint256, release_block: uint256) -> bytes32:
     seed: bytes32 = self.batch_seed[batch_id]
     if seed == empty(bytes32):
-        seed = keccak256(
-            abi_encode(staticcall self.randomness.value(self._anchor(release_block)), batch_id)
-        )
+        seed = self._fresh_batch_seed(batch_id, release_block)
         self.batch_seed[batch_id] = seed
     return seed
 
@@ -722,7 +730,10 @@ def _agree(task_id: uint256, a: address, b: address, n: uint256, p: Params) -> b
 def _start_round(task_id: uint256, r: uint256, seed: bytes32) -> uint256:
     """@dev Draw up to committee_size << r members by stake among active nodes not yet picked."""
     p: Params = self.params
-    want: uint256 = min(p.committee_size << r, MAX_COMMITTEE)
+    # Bounded per round and over the task, so a late round can never overflow `members`.
+    want: uint256 = min(
+        min(p.committee_size << r, MAX_COMMITTEE), MAX_MEMBERS - len(self.members[task_id])
+    )
     owners: DynArray[address, MAX_NODES] = []
     ops: DynArray[address, MAX_NODES] = []
     weights: DynArray[uint256, MAX_NODES] = []

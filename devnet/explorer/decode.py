@@ -9,6 +9,7 @@ addresses lowercase, tuples -> dicts keyed by the ABI's component names.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,8 @@ def plain(inp: dict[str, Any], value: Any) -> Any:
         inner = dict(inp, type=typ[: typ.rindex("[")])
         return [plain(inner, v) for v in value]
     if typ == "tuple":
+        if isinstance(value, Mapping):  # web3 returns event tuples keyed by component name
+            return {c["name"]: plain(c, value[c["name"]]) for c in inp["components"]}
         return {c["name"]: plain(c, v) for c, v in zip(inp["components"], value, strict=True)}
     if isinstance(value, bytes | bytearray):
         return "0x" + bytes(value).hex()
@@ -55,23 +58,28 @@ class Decoded:
 class Decoder:
     """Decodes calls and logs of our contracts; anything else stays raw (returns None)."""
 
-    def __init__(self, artifacts: dict[str, Artifact], manifest: Manifest | None = None) -> None:
-        self.by_address: dict[str, str] = {}
-        if manifest is not None:
-            self.by_address = {d.address.lower(): n for n, d in manifest.contracts.items()}
+    def __init__(self, artifacts: dict[str, Artifact],
+                 manifest: Manifest | Sequence[Manifest] | None = None) -> None:
+        manifests = [manifest] if isinstance(manifest, Manifest) else list(manifest or [])
+        # Several deployments on one chain (e.g. a redeploy) are all ours.
+        self.by_address: dict[str, str] = {
+            d.address.lower(): n for m in manifests for n, d in m.contracts.items()}
         self._functions: dict[str, dict[bytes, dict[str, Any]]] = {}
         self._events: dict[str, dict[bytes, dict[str, Any]]] = {}
-        self._any_event: dict[bytes, tuple[str, dict[str, Any]]] = {}
+        self._any_event: dict[bytes, tuple[str | None, dict[str, Any]]] = {}
         for name, art in artifacts.items():
             fns = [e for e in art.abi if e.get("type") == "function"]
             evs = [e for e in art.abi if e.get("type") == "event"]
             self._functions[name] = {function_abi_to_4byte_selector(f): f for f in fns}
             self._events[name] = {event_abi_to_log_topic(e): e for e in evs}
             for e in evs:
-                self._any_event.setdefault(event_abi_to_log_topic(e), (name, e))
+                topic = event_abi_to_log_topic(e)
+                # A signature shared by several contracts (OwnershipTransferred) names none.
+                seen = self._any_event.get(topic)
+                self._any_event[topic] = (name if seen is None else None, e)
 
     @classmethod
-    def load(cls, manifest: Manifest | None) -> Decoder:
+    def load(cls, manifest: Manifest | Sequence[Manifest] | None) -> Decoder:
         return cls(compile_all(), manifest)
 
     def contract_at(self, address: str | None) -> str | None:
@@ -106,7 +114,10 @@ class Decoder:
             hit = self._any_event.get(topics[0])
             if hit is None:
                 return None
-            contract, abi = (contract, hit[1]) if contract else (None, hit[1])
+            # With a manifest, an address outside it is not ours: decode the log, but never
+            # attribute it to our contracts (a look-alike must not forge requests). Without
+            # one, a signature unique to one contract names it.
+            contract, abi = (None if self.by_address else hit[0]), hit[1]
         log = {"address": Web3.to_checksum_address(address), "topics": topics, "data": data, **ctx}
         try:
             ev = get_event_data(_CODEC, abi, log)

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from contracts.errors import ChainError, Revert
 from contracts.rpc import Rpc
 from devnet.explorer.decode import Decoder
-from devnet.explorer.models import BLOCK_SCOPED, Block, Log, Request, Served, Tx
+from devnet.explorer.models import BLOCK_SCOPED, Block, Log, Meta, Request, Served, Tx
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +98,20 @@ class Indexer:
                 for t in block["transactions"]}
 
     def _revert_reason(self, tx: dict[str, Any], number: int) -> str:
-        call = {"from": tx["from"], "to": tx.get("to"), "data": tx.get("input", "0x"),
-                "value": tx.get("value", "0x0"), "gas": tx.get("gas")}
+        """Replay a failed transaction as eth_call on its parent block to recover its reason."""
+        w3 = self.rpc.w3
+        call: dict[str, Any] = {"from": w3.to_checksum_address(tx["from"]),
+                                "data": tx.get("input", "0x"), "value": _int(tx.get("value")),
+                                "gas": _int(tx.get("gas"))}
+        if tx.get("to"):
+            call["to"] = w3.to_checksum_address(tx["to"])
         try:
-            self._call("eth_call", [call, hex(max(number - 1, 0))])
+            self.rpc.request(w3.eth.call, call, max(number - 1, 0))
         except Revert as exc:
             return str(exc)
         except ChainError as exc:
             return f"reverted (reason unavailable: {exc})"
-        return "reverted (the call succeeds when replayed on the parent block)"
+        return "reverted (the call succeeds when replayed on the parent block: likely out of gas)"
 
     # ------------------------------------------------------------------ sync
     def local_tip(self, s: Session) -> Block | None:
@@ -129,6 +134,7 @@ class Indexer:
             for model in BLOCK_SCOPED:
                 s.execute(delete(model).where(model.block_number > k))
             s.execute(delete(Block).where(Block.number > k))
+            set_charged_total(s, sum(int(c) for c in s.scalars(select(Request.charge_wei))))
             s.commit()
             with self.status.lock:
                 self.status.reorgs += 1
@@ -208,7 +214,8 @@ class Indexer:
                      created=_hex(r.get("contractAddress")), value_wei=str(_int(t["value"])),
                      nonce=_int(t["nonce"]), input=t.get("input", "0x"), status=ok,
                      gas_used=gas_used, fee_wei=str(gas_used * price),
-                     contract=dec.contract if dec else self.decoder.contract_at(t.get("to")),
+                     contract=dec.contract if dec else (self.decoder.contract_at(t.get("to"))
+                                                        or self.decoder.contract_at(r.get("contractAddress"))),
                      method=dec.name if dec else None, args=dec.args if dec else None,
                      revert_reason=None if ok else self._revert_reason(t, number)))
             self._add_logs(s, number, h, r.get("logs") or [])
@@ -230,7 +237,7 @@ class Indexer:
                       contract=dec.contract if dec else None, event=dec.name if dec else None,
                       args=dec.args if dec else None))
             if dec and dec.contract == "Payments" and topics[0] == self._topics["RequestSettled"]:
-                settled.append(dec.args)
+                settled.append(dict(dec.args, _payments=lg["address"].lower()))
             elif dec and dec.contract == "Payments" and topics[0] == self._topics["BatchSettled"]:
                 batch = dec.args
         if batch is None:
@@ -238,7 +245,9 @@ class Indexer:
         pipelines = batch.get("pipelines", [])
         for rec in settled:
             pipe = pipelines[rec["pipeline_index"]] if rec["pipeline_index"] < len(pipelines) else {}
+            add_charged(s, int(rec["charge"]))
             s.add(Request(request_id=rec["request_id"], block_number=number, tx_hash=tx_hash,
+                          payments=rec["_payments"],
                           batch_id=rec["batch_id"], gateway=batch["gateway"],
                           key_hash=rec["key_hash"], model_id=int(pipe.get("model_id", 0)),
                           tokens_in=rec["tokens_in"], tokens_out=rec["tokens_out"],
@@ -248,6 +257,23 @@ class Indexer:
                 s.add(Served(block_number=number, operator=st["operator"],
                              request_id=rec["request_id"], layer_start=st["layer_start"],
                              layer_end=st["layer_end"]))
+
+
+CHARGED_KEY = "charged_wei"
+
+
+def set_charged_total(s: Session, total: int) -> None:
+    """The running sum of all settled charges (exact: wei overflow SQL integer sums)."""
+    s.merge(Meta(key=CHARGED_KEY, value=str(total)))
+
+
+def charged_total(s: Session) -> int:
+    row = s.get(Meta, CHARGED_KEY)
+    return int(row.value) if row else 0
+
+
+def add_charged(s: Session, wei: int) -> None:
+    set_charged_total(s, charged_total(s) + wei)
 
 
 def count_rows(engine: Engine) -> dict[str, int]:

@@ -92,6 +92,7 @@ class Request(Base):
     request_id: Mapped[str] = mapped_column(String(66), primary_key=True)
     block_number: Mapped[int] = mapped_column(BigInteger, index=True)
     tx_hash: Mapped[str] = mapped_column(String(66))
+    payments: Mapped[str] = mapped_column(String(42))  # the Payments that settled it
     batch_id: Mapped[int] = mapped_column(BigInteger, index=True)
     gateway: Mapped[str] = mapped_column(String(42))
     key_hash: Mapped[str] = mapped_column(String(66))
@@ -101,6 +102,8 @@ class Request(Base):
     charge_wei: Mapped[str] = mapped_column(String(80))
     commitment_root: Mapped[str] = mapped_column(String(66))
     pipeline: Mapped[Any] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_requests_model_block", "model_id", "block_number"),)
 
 
 class Served(Base):
@@ -113,6 +116,8 @@ class Served(Base):
     request_id: Mapped[str] = mapped_column(String(66))
     layer_start: Mapped[int] = mapped_column(Integer)
     layer_end: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_served_operator_block", "operator", "block_number"),)
 
 
 BLOCK_SCOPED = (Tx, Log, Request, Served)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import Numeric, cast, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from contracts.verification import TaskStatus
 from devnet.explorer import BadQuery, NotFound
+from devnet.explorer.indexer import charged_total
 from devnet.explorer.models import Block, Log, Request, Served, Tx
 
 HASH_RE = re.compile(r"^0x[0-9a-fA-F]{64}$")
@@ -69,6 +71,7 @@ def log_row(lg: Log) -> dict[str, Any]:
 
 def request_row(r: Request) -> dict[str, Any]:
     return {"request_id": r.request_id, "block_number": r.block_number, "tx_hash": r.tx_hash,
+            "payments": r.payments,
             "batch_id": r.batch_id, "gateway": r.gateway, "key_hash": r.key_hash,
             "model_id": r.model_id, "tokens_in": r.tokens_in, "tokens_out": r.tokens_out,
             "charge_wei": r.charge_wei, "commitment_root": r.commitment_root,
@@ -79,7 +82,12 @@ def _events(s: Session, event: str | tuple[str, ...], limit: int = 200, **topics
     names = (event,) if isinstance(event, str) else event
     q = select(Log).where(Log.event.in_(names))
     for col, val in topics.items():
-        q = q.where(getattr(Log, col) == val)
+        if col == "address":
+            # Narrowing only: wrapped so SQLite's planner keeps the (event, topic) index instead
+            # of scanning every log of a busy contract through the address index.
+            q = q.where(func.lower(Log.address) == val)
+        else:
+            q = q.where(getattr(Log, col) == val)
     return list(s.scalars(q.order_by(Log.block_number.desc(), Log.log_index.desc()).limit(limit)))
 
 
@@ -96,8 +104,7 @@ def home(s: Session, n: int = 15) -> dict[str, Any]:
     blocks = s.scalars(select(Block).order_by(Block.number.desc()).limit(n))
     txs = s.scalars(select(Tx).order_by(Tx.block_number.desc(), Tx.tx_index.desc()).limit(n))
     reqs = s.scalars(select(Request).order_by(Request.block_number.desc()).limit(n))
-    # Exact on PostgreSQL; SQLite's NUMERIC is exact below 2^63 wei (9.2 ETH) per sum.
-    charged = s.scalar(select(func.sum(cast(Request.charge_wei, Numeric(78, 0))))) or 0
+    charged = charged_total(s)
     totals = {"blocks": _count(s, Block), "transactions": _count(s, Tx), "events": _count(s, Log),
               "requests": _count(s, Request),
               "charged_wei": str(int(charged)),
@@ -219,21 +226,28 @@ def request(s: Session, request_id: str) -> dict[str, Any]:
     if r is None:
         raise NotFound(f"request {request_id} has not been settled on this chain (or not indexed yet)")
     batch_t = topic_of(r.batch_id)
-    batch = _events(s, "BatchSettled", 1, topic1=batch_t)
-    key = _events(s, "KeyRegistered", 1, topic1=r.key_hash)
-    released = _events(s, "BatchReleased", 1, topic1=batch_t)
-    credits = _events(s, "EarningsCredited", 500, topic2=batch_t)
-    refunds = _events(s, "RequestRefunded", 10, topic2=request_id)
-    tasks = _events(s, "TaskOpened", 100, topic3=request_id)
-    task_topics = [topic_of(int(tk.args["task_id"])) for tk in tasks]
+    # Batch ids restart in every Payments deployment: scope batch events to the one that settled.
+    batch = _events(s, "BatchSettled", 1, topic1=batch_t, address=r.payments)
+    key = _events(s, "KeyRegistered", 1, topic1=r.key_hash, address=r.payments)
+    released = _events(s, "BatchReleased", 1, topic1=batch_t, address=r.payments)
+    credits = _events(s, "EarningsCredited", 500, topic2=batch_t, address=r.payments)
+    refunds = _events(s, "RequestRefunded", 10, topic2=request_id, address=r.payments)
+    tasks = _events(s, "TaskOpened", 100, topic3=request_id)  # request ids are unique per chain
     verification: dict[str, list[dict[str, Any]]] = {e: [] for e in VERIFICATION_EVENTS}
-    if task_topics:
+    for task in tasks:  # task ids restart per Verification deployment: scope to the opener's
         for lg in s.scalars(select(Log).where(Log.event.in_(VERIFICATION_EVENTS),
-                                              Log.contract == "Verification",
-                                              Log.topic1.in_(task_topics))
+                                              Log.address == task.address,
+                                              Log.topic1 == topic_of(int(task.args["task_id"])))
                             .order_by(Log.block_number, Log.log_index)):
             verification[lg.event or ""].append(log_row(lg))
     finals = verification["TaskFinalized"]
+    verdict = None
+    if finals:
+        verdict = dict(finals[-1]["args"])
+        verdict["status_name"] = _status_name(int(verdict["status"]))
+        refunded = verification["ClientRefunded"]
+        if refunded:
+            verdict["status_name"] = "fraud (client refunded)"
     b = batch[0].args if batch else {}
     return {
         "request": request_row(r),
@@ -246,9 +260,16 @@ def request(s: Session, request_id: str) -> dict[str, Any]:
                     "credits": [log_row(c) for c in credits],
                     "refunds": [log_row(x) for x in refunds]},
         "verification": verification,
-        "verdict": finals[-1]["args"] if finals else None,
+        "verdict": verdict,
         "audit_command": f"veriplex audit {request_id}",
     }
+
+
+def _status_name(code: int) -> str:
+    try:
+        return TaskStatus(code).name.lower()
+    except ValueError:
+        return f"status {code}"
 
 
 def epoch(s: Session, number: int) -> dict[str, Any]:

@@ -10,11 +10,8 @@ chain-level conveniences (signing with eth_account, waiting for receipts) throug
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,13 +28,12 @@ from eth_account.signers.local import LocalAccount
 from vyper.compiler.settings import Settings as VyperSettings
 from web3 import Web3
 
+from devnet.testing import running_anvil, running_devnet
 from veriplex.config import DEV_MNEMONIC
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ANVIL_BIN = REPO_ROOT / "node_modules" / ".bin" / "anvil"
 ANVIL_CHAIN_ID = 31337
 PROBE_SOURCE = Path(__file__).with_name("probe.vy")
-START_TIMEOUT_S = 30.0
 RECEIPT_TIMEOUT_S = 15.0
 # Number of dev accounts the tests sign for; anvil and the devnet both fund at least this many.
 DEV_ACCOUNT_COUNT = 4
@@ -222,41 +218,6 @@ class Node:
     block_time: int = 0  # seconds between blocks; 0 = a block per transaction
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_serving(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    payload = {"jsonrpc": "2.0", "id": 1, "method": "web3_clientVersion", "params": []}
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"anvil exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if "result" in httpx.post(url, json=payload, timeout=1.0).json():
-                return
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"anvil did not answer on {url} within {START_TIMEOUT_S} s")
-
-
-def _child_pids(pid: int) -> list[int]:
-    """Direct children of `pid` (from /proc; the npm `anvil` is a node wrapper around the binary)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            # Fields after the parenthesised command: state, ppid, ...
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
-
-
 def _assert_pid_gone(pid: int, kind: str, wait_s: float = 5.0) -> None:
     """Wait up to `wait_s` for `pid` to vanish (zombies included); kill it and fail if it won't."""
     deadline = time.monotonic() + wait_s
@@ -276,40 +237,13 @@ def _assert_pid_gone(pid: int, kind: str, wait_s: float = 5.0) -> None:
 @contextmanager
 def _anvil(workdir: Path, block_time: int = 0) -> Iterator[Node]:
     """anvil on a free loopback port; terminated, reaped and checked gone on exit."""
-    if not ANVIL_BIN.exists():
-        pytest.fail(f"anvil binary missing at {ANVIL_BIN}; `make test` installs it from npm")
-    port = _free_port()
-    log = workdir / "anvil.log"
-    argv = [str(ANVIL_BIN), "--host", "127.0.0.1", "--port", str(port), "--silent"]
-    argv += ["--chain-id", str(ANVIL_CHAIN_ID)]
-    if block_time:
-        argv += ["--block-time", str(block_time)]
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    binaries: list[int] = []
-    try:
-        _wait_until_serving(url, proc, log)
-        binaries = _child_pids(proc.pid)
-        yield Node("anvil", url, ANVIL_CHAIN_ID, proc.pid, block_time)
-    finally:
-        proc.terminate()  # the wrapper forwards SIGTERM to the binary
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        for pid in (proc.pid, *binaries):
-            _assert_pid_gone(pid, "anvil")
+    with running_anvil(workdir, block_time=block_time, chain_id=ANVIL_CHAIN_ID) as anvil:
+        yield Node("anvil", anvil.url, ANVIL_CHAIN_ID, anvil.pid, block_time)
 
 
 @contextmanager
 def _devnet(workdir: Path, block_time: int = 0) -> Iterator[Node]:
     """`veriplex devnet up` (no contract deployment) through the devnet's own test helper."""
-    if importlib.util.find_spec("devnet.testing") is None:
-        pytest.skip("devnet.testing.running_devnet does not exist yet (devnet still being built)")
-    from devnet.testing import running_devnet
-
     with running_devnet(workdir, block_time=float(block_time), deploy=False) as handle:
         yield Node("devnet", handle.url, handle.chain_id, handle.pid, block_time)
     _assert_pid_gone(handle.pid, "devnet")

@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,65 +11,14 @@ import pytest
 from contracts.client import Chain, dev_key
 from contracts.deploy import DeployParams, deploy_all
 from contracts.rpc import Signer
+from devnet.testing import running_anvil
 from veriplex.config import DEV_MNEMONIC
-
-REPO = Path(__file__).resolve().parents[2]
-ANVIL = REPO / "node_modules" / ".bin" / "anvil"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"anvil exited with {proc.returncode}")
-        try:
-            r = httpx.post(
-                url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}, timeout=1.0
-            )
-            if r.status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"anvil did not answer at {url} within {timeout}s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="session")
-def anvil_url() -> Iterator[str]:
-    binary = str(ANVIL) if ANVIL.exists() else shutil.which("anvil")
-    if binary is None:
-        pytest.fail(f"anvil not found at {ANVIL}: run `npm install` (make setup)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--silent", "--hardfork", "cancun"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=dict(os.environ),
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, proc)
-        yield url
-    finally:
-        _stop(proc)
+def anvil_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_anvil(tmp_path_factory.mktemp("anvil")) as anvil:
+        yield anvil.url
 
 
 def dev_signer(index: int) -> Signer:

@@ -4,13 +4,15 @@ split escalated — and the escrow held while a task is open."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import boa
 import pytest
 
 from contracts.verification import TaskStatus
 
 from .boa_helpers import mine
-from .verification_game import PARAMS, WINDOW, Game, Plan
+from .verification_game import PARAMS, WINDOW, Game, Plan, _leaf
 
 
 @pytest.fixture
@@ -141,3 +143,57 @@ def test_committee_excludes_the_pipeline_and_draws_distinct_active_nodes(g):
     assert len(set(members)) == len(members)
     assert not set(members) & {s.operator for s in g.pipeline.stages}
     assert all(g.s.reg.is_active(op) for op in members)
+
+
+def test_accusers_whose_evidence_disagrees_do_not_convict_at_once(g):
+    req = g.settle(cheat_stages=(0, 1))
+    tid = g.open_task(req)
+    # Two accusers computed the right rows; the third made its rows up: the accusations do
+    # not agree with each other, so the committee escalates instead of convicting.
+    g.play_round(tid, req, Plan(cheat=True, behaviours={1: "accuse"}))
+    g.ver.finalize(tid)
+    assert g.ver.tasks(tid).outcome_round == 1
+    g.play_round(tid, req, Plan(cheat=True))
+    assert finish(g, tid) is TaskStatus.FRAUD
+
+
+def test_split_with_nobody_left_to_ask_is_decided_by_the_larger_agreeing_side():
+    small = Game(nodes=5)  # two pipeline nodes and exactly one committee of three
+    req = small.settle()
+    tid = small.open_task(req)
+    accuser = small.round_members(tid)[0]
+    before = small.stake(accuser)
+    small.play_round(tid, req, Plan(behaviours={0: "accuse"}))
+    assert finish(small, tid) is TaskStatus.PASSED
+    assert small.ver.tasks(tid).outcome_round == 0
+    assert small.stake(accuser) == before - PARAMS.verifier_slash_wei
+
+
+def test_an_even_split_in_the_last_round_is_unresolved_and_slashes_no_stage():
+    small = Game(nodes=4)  # two pipeline nodes, a committee of two
+    req = small.settle()
+    tid = small.open_task(req)
+    assert len(small.round_members(tid)) == 2
+    stage_op = small.ver.tasks(tid).stage_operator
+    stage_stake = small.stake(stage_op)
+    small.play_round(tid, req, Plan(behaviours={0: "accuse"}))
+    assert finish(small, tid) is TaskStatus.UNRESOLVED
+    assert small.stake(stage_op) == stage_stake
+    assert small.ver.open_tasks(req.batch_id) == 0
+
+
+def test_is_sampled_predicts_which_requests_open_task_accepts():
+    half = Game(params=replace(PARAMS, sample_bps=5_000))
+    seen = set()
+    for _ in range(10):
+        req = half.settle()
+        mine(2)
+        sampled = half.ver.is_sampled(req.batch_id, req.leaf.request_id)
+        seen.add(sampled)
+        args = (_leaf(req.leaf), req.proof, [half.pipeline.as_tuple()], half.stage_commits(req))
+        if sampled:
+            half.ver.open_task(req.batch_id, *args)
+        else:
+            with boa.reverts("verification: request not sampled"):
+                half.ver.open_task(req.batch_id, *args)
+    assert seen == {True, False}

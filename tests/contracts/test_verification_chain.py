@@ -33,9 +33,17 @@ from .conftest import fresh, mine
 ETH = 10**18
 HW = Hardware("RTX 4090", 24_564, 82_600, 1_008, 10_000, "us-east")
 PARAMS = VerificationParams(
-    sample_bps=10_000, committee_size=2, max_rounds=1, commit_blocks=10, reveal_blocks=10,
-    open_blocks=10, randomness_delay=1, spot_chunks=2, stage_slash_wei=ETH // 2,
-    verifier_slash_wei=ETH // 10, verifier_reward_wei=10**6,
+    sample_bps=10_000,
+    committee_size=2,
+    max_rounds=1,
+    commit_blocks=10,
+    reveal_blocks=10,
+    open_blocks=10,
+    randomness_delay=1,
+    spot_chunks=2,
+    stage_slash_wei=ETH // 2,
+    verifier_slash_wei=ETH // 10,
+    verifier_reward_wei=10**6,
 )
 T, D = 6, 64
 
@@ -44,8 +52,12 @@ T, D = 6, 64
 def game_chain(node_url: str, tmp_path_factory: pytest.TempPathFactory) -> Chain:
     manifest = tmp_path_factory.mktemp("verification") / "manifest.json"
     deploy_all(
-        node_url, dev_key(0, DEV_MNEMONIC), Path(manifest),
-        DeployParams(verification_window_blocks=20, unbonding_period_blocks=40, verification=PARAMS),
+        node_url,
+        dev_key(0, DEV_MNEMONIC),
+        Path(manifest),
+        DeployParams(
+            verification_window_blocks=20, unbonding_period_blocks=40, verification=PARAMS
+        ),
     )
     from .conftest import dev_signer
 
@@ -66,13 +78,20 @@ def test_forged_stage_is_caught_slashed_and_refunded_on_a_real_node(game_chain):
     operators = [fresh(chain, 1) for _ in range(4)]
     for o, op in zip(owners, operators, strict=True):
         chain.node_registry.register(op.address, "http://n", HW, ETH, sender=o)
-    pipeline = Pipeline(model_id, (Stage(operators[0].address, 0, 2), Stage(operators[1].address, 2, 4)))
+    pipeline = Pipeline(
+        model_id, (Stage(operators[0].address, 0, 2), Stage(operators[1].address, 2, 4))
+    )
 
     client, gateway = fresh(chain), fresh(chain)
     chain.payments.deposit(ETH, sender=client)
     signed = create_api_key(
-        bytes(client.account.key), gateway.address, ETH, int(time.time()) + 3600, 1,
-        chain.chain_id, chain.payments.address,
+        bytes(client.account.key),
+        gateway.address,
+        ETH,
+        int(time.time()) + 3600,
+        1,
+        chain.chain_id,
+        chain.payments.address,
     )
     key = chain.payments.register_key(signed, sender=gateway)
 
@@ -83,7 +102,9 @@ def test_forged_stage_is_caught_slashed_and_refunded_on_a_real_node(game_chain):
     rng = np.random.default_rng(3)
     true_rows = [rng.standard_normal((T, D)).astype(np.float32) for _ in range(2)]
     claims = [
-        StageCommitment.build(Domain(chain.chain_id, rid, j), r + rng.standard_normal(r.shape).astype(np.float32))
+        StageCommitment.build(
+            Domain(chain.chain_id, rid, j), r + rng.standard_normal(r.shape).astype(np.float32)
+        )
         for j, r in enumerate(true_rows)
     ]
     sc = [StageCommit(c.root, T, D) for c in claims]
@@ -98,7 +119,9 @@ def test_forged_stage_is_caught_slashed_and_refunded_on_a_real_node(game_chain):
     assert ver.is_sampled(settled.batch_id, rid)
     task_id, tx = ver.open_task(settled.batch_id, leaf, proof, [pipeline], sc, sender=client)
     opened = tx.event("TaskOpened").args
-    assert opened["request_id"] == rid and opened["stage_commit"]["root"] == sc[opened["stage"]].root
+    assert (
+        opened["request_id"] == rid and opened["stage_commit"]["root"] == sc[opened["stage"]].root
+    )
     task = ver.task(task_id)
     assert task.status is TaskStatus.VOTING
     members = ver.committee(task_id)
@@ -120,15 +143,25 @@ def test_forged_stage_is_caught_slashed_and_refunded_on_a_real_node(game_chain):
     mine(chain, 2)
     spots = ver.spot_checks(task_id)
     assert len(spots) == PARAMS.spot_chunks
-    ver.open_chunks(task_id, task.stage_operator, [Opening.from_chunk(claims[stage].open_chunk(p, k)) for p, k in spots])
+    ver.open_chunks(
+        task_id,
+        task.stage_operator,
+        [Opening.from_chunk(claims[stage].open_chunk(p, k)) for p, k in spots],
+    )
     for m in members:
         ver.open_chunks(task_id, m, [Opening.from_chunk(own[m].open_chunk(p, k)) for p, k in spots])
 
     stake_before = chain.node_registry.node(task.stage_owner).stake_wei
     res = ver.finalize(task_id)
     assert res.event("TaskFinalized").args["status"] == TaskStatus.FRAUD
-    assert sum(e.args["amount"] for e in res.events if e.name == "StageSlashed") == PARAMS.stage_slash_wei
-    assert chain.node_registry.node(task.stage_owner).stake_wei == stake_before - PARAMS.stage_slash_wei
+    assert (
+        sum(e.args["amount"] for e in res.events if e.name == "StageSlashed")
+        == PARAMS.stage_slash_wei
+    )
+    assert (
+        chain.node_registry.node(task.stage_owner).stake_wei
+        == stake_before - PARAMS.stage_slash_wei
+    )
 
     mine(chain, 20)
     with pytest.raises(PaymentsRevert, match="verification still open"):

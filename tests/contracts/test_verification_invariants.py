@@ -36,7 +36,11 @@ class VerificationGame(RuleBasedStateMachine):
         self.tasks: list[int] = []
         self.client_deposit = s.pay.deposits(self.g.client)
 
-    @rule(cheat=st.booleans(), b=st.lists(BEHAVIOURS, min_size=3, max_size=3), b2=st.lists(BEHAVIOURS, min_size=6, max_size=6))
+    @rule(
+        cheat=st.booleans(),
+        b=st.lists(BEHAVIOURS, min_size=3, max_size=3),
+        b2=st.lists(BEHAVIOURS, min_size=6, max_size=6),
+    )
     def play_a_task(self, cheat, b, b2) -> None:
         g = self.g
         req = g.settle(cheat_stages=(0, 1) if cheat else ())
@@ -71,9 +75,14 @@ class VerificationGame(RuleBasedStateMachine):
             if len(scored) > 1:
                 amount = PARAMS.verifier_reward_wei * agreeing // (len(scored) - 1)
             else:
-                amount = PARAMS.verifier_reward_wei if (
-                    status is not TaskStatus.UNRESOLVED and m.verdict == (status is TaskStatus.PASSED)
-                ) else 0
+                amount = (
+                    PARAMS.verifier_reward_wei
+                    if (
+                        status is not TaskStatus.UNRESOLVED
+                        and m.verdict == (status is TaskStatus.PASSED)
+                    )
+                    else 0
+                )
             amount = min(amount, pool)
             pool -= amount
             self.paid[m.owner] += amount
@@ -107,12 +116,19 @@ class VerificationGame(RuleBasedStateMachine):
         for owner in s.owners[2:]:  # the pipeline's two owners also earn from releases
             assert s.pay.balances(owner) == self.paid[owner]
         assert s.pay.deposits(self.g.client) == self.client_deposit
-        books = s.pay.total_deposits() + s.pay.total_balances() + s.pay.total_escrow() + s.pay.verifier_pool()
+        books = (
+            s.pay.total_deposits()
+            + s.pay.total_balances()
+            + s.pay.total_escrow()
+            + s.pay.verifier_pool()
+        )
         assert boa.env.get_balance(s.pay.address) == books
 
 
 VerificationGame.TestCase.settings = settings(
-    max_examples=10, stateful_step_count=5, deadline=None,
+    max_examples=10,
+    stateful_step_count=5,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 test_the_verification_game_keeps_its_books = VerificationGame.TestCase

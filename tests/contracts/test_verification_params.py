@@ -5,6 +5,7 @@ and the command reading the deployed parameters from a real chain."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import replace
 
@@ -21,8 +22,14 @@ from veriplex.config import DEV_MNEMONIC
 from .conftest import dev_signer
 
 BASE = MarginInputs(
-    sample_bps=1_000, stage_slash_wei=10**18, protocol_fee_bps=500, verifier_share_bps=1_000,
-    stages=2, charge_wei=10**15, detection=0.99, compute_cost_fraction=0.5,
+    sample_bps=1_000,
+    stage_slash_wei=10**18,
+    protocol_fee_bps=500,
+    verifier_share_bps=1_000,
+    stages=2,
+    charge_wei=10**15,
+    detection=0.99,
+    compute_cost_fraction=0.5,
 )
 
 
@@ -56,7 +63,7 @@ def test_margin_changes_sign_at_the_break_even_sample_rate():
     ],
 )
 def test_margin_refuses_inputs_that_make_no_sense(change, words):
-    with pytest.raises(ParamsError, match=words.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ParamsError, match=re.escape(words)):
         equilibrium_margin(replace(BASE, **change))
 
 
@@ -85,3 +92,26 @@ def test_params_check_reads_the_deployed_parameters(anvil_url, tmp_path):
 
     bad = CliRunner().invoke(cli, [*base, "--detection", "2"])
     assert bad.exit_code == 2 and "detection" in bad.output
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"sample_bps": 10_001}, "sample_bps (10001) must be 0..10000"),
+        ({"committee_size": 0}, "committee_size (0) must be 1..16"),
+        ({"randomness_delay": 0}, "randomness_delay (0) must be >= 1"),
+        ({"max_bad": 32}, "max_bad (32) must be 0..31"),
+    ],
+)
+def test_deploy_params_refuse_verification_params_the_contract_would(change, words):
+    from contracts.errors import ContractsError
+
+    bad = DeployParams(verification=replace(VerificationParams(), **change))
+    with pytest.raises(ContractsError, match=re.escape(words)):
+        bad.validate()
+
+
+def test_settings_defaults_are_the_deployed_defaults():
+    from veriplex.config import Settings
+
+    assert VerificationParams.from_settings(Settings().verification) == VerificationParams()

@@ -10,11 +10,11 @@ import boa
 import pytest
 
 from contracts.batch import Record
-from contracts.verification import Opening, StageCommit, VerificationParams, commitment_root
+from contracts.verification import Opening, StageCommit, commitment_root
 from contracts.verification import verdict_commitment as vc
 
 from .boa_helpers import funded, mine
-from .verification_game import HIDDEN, PARAMS, POSITIONS, WINDOW, Game, Plan, _leaf
+from .verification_game import HIDDEN, PARAMS, WINDOW, Game, _leaf
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,10 @@ def test_open_task_rejects_unknown_released_and_duplicate_requests(g):
     g.s.pay.release(other.batch_id, [g.pipeline.as_tuple()])
     with boa.reverts("verification: batch already released"):
         g.ver.open_task(
-            other.batch_id, _leaf(other.leaf), other.proof, [g.pipeline.as_tuple()],
+            other.batch_id,
+            _leaf(other.leaf),
+            other.proof,
+            [g.pipeline.as_tuple()],
             g.stage_commits(other),
         )
 
@@ -120,7 +123,10 @@ def test_open_task_rejects_unsampled_requests_and_empty_commitments(g):
         assert not g.ver.is_sampled(req.batch_id, req.leaf.request_id)
         with boa.reverts("verification: request not sampled"):
             g.ver.open_task(
-                req.batch_id, _leaf(req.leaf), req.proof, [g.pipeline.as_tuple()],
+                req.batch_id,
+                _leaf(req.leaf),
+                req.proof,
+                [g.pipeline.as_tuple()],
                 g.stage_commits(req),
             )
     finally:
@@ -128,9 +134,19 @@ def test_open_task_rejects_unsampled_requests_and_empty_commitments(g):
             g.ver.set_params(PARAMS.as_tuple())
     # A stage commitment of no rows: the chosen stage has nothing to check.
     g.seq += 1
-    empty = [StageCommit(b"\x05" * 32, 0, HIDDEN).as_tuple(), StageCommit(b"\x06" * 32, 0, HIDDEN).as_tuple()]
-    record = Record(g.seq, 0, 0, 100, 20, 100 * 10**9 + 60 * 10**9, commitment_root(
-        [StageCommit(*e) for e in empty]))
+    empty = [
+        StageCommit(b"\x05" * 32, 0, HIDDEN).as_tuple(),
+        StageCommit(b"\x06" * 32, 0, HIDDEN).as_tuple(),
+    ]
+    record = Record(
+        g.seq,
+        0,
+        0,
+        100,
+        20,
+        100 * 10**9 + 60 * 10**9,
+        commitment_root([StageCommit(*e) for e in empty]),
+    )
     with boa.env.prank(g.gateway):
         bid = g.s.pay.settle_batch([g.key], [g.pipeline.as_tuple()], [record.as_tuple()])
     mine(2)
@@ -165,7 +181,10 @@ def test_commit_rejects_strangers_repeats_empty_and_late_commits(g):
     with boa.reverts("verification: unknown task"):
         g.ver.commit_verdict(10**6, b"\x01" * 32)
     mine(PARAMS.commit_blocks + 1)
-    with boa.env.prank(g.round_members(tid)[1]), boa.reverts("verification: commit deadline passed"):
+    with (
+        boa.env.prank(g.round_members(tid)[1]),
+        boa.reverts("verification: commit deadline passed"),
+    ):
         g.ver.commit_verdict(tid, b"\x01" * 32)
 
 

@@ -25,13 +25,22 @@ def spot():
 
 @settings(max_examples=20, deadline=None)
 @given(
-    st.integers(1, 12), st.integers(1, 100), st.integers(0, 3), st.integers(0, 2**64 - 1),
-    st.binary(min_size=32, max_size=32), st.integers(0, 15), st.data(),
+    st.integers(1, 12),
+    st.integers(1, 100),
+    st.integers(0, 3),
+    st.integers(0, 2**64 - 1),
+    st.binary(min_size=32, max_size=32),
+    st.integers(0, 15),
+    st.data(),
 )
-def test_the_library_derives_the_committed_root_from_any_opening(spot, t, d, n_tok, chain, rid, stage, data):
+def test_the_library_derives_the_committed_root_from_any_opening(
+    spot, t, d, n_tok, chain, rid, stage, data
+):
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32)))
     dom = Domain(chain, rid, stage)
-    c = StageCommitment.build(dom, rng.standard_normal((t, d)).astype(np.float32), tokens=list(range(n_tok)))
+    c = StageCommitment.build(
+        dom, rng.standard_normal((t, d)).astype(np.float32), tokens=list(range(n_tok))
+    )
     pos = data.draw(st.integers(0, t - 1))
     chunk = data.draw(st.integers(0, (d + 31) // 32 - 1))
     o = Opening.from_chunk(c.open_chunk(pos, chunk))
@@ -40,7 +49,9 @@ def test_the_library_derives_the_committed_root_from_any_opening(spot, t, d, n_t
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.integers(0, 2**16 - 1), min_size=64, max_size=64), st.integers(0, 8), st.booleans())
+@given(
+    st.lists(st.integers(0, 2**16 - 1), min_size=64, max_size=64), st.integers(0, 8), st.booleans()
+)
 def test_the_library_counts_bad_elements_like_the_python_rule(spot, bits, max_ulp, near):
     a = np.array(bits[:32], dtype=np.uint16)
     b = np.array(bits[32:], dtype=np.uint16)

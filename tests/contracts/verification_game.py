@@ -100,7 +100,9 @@ class Game:
     def _fund_pool(self) -> None:
         """Settle and release one request nobody checks, so the verifier pool holds coin."""
         with boa.env.prank(self.s.admin):
-            self.ver.set_params(VerificationParams(**{**vars(self.params), "sample_bps": 0}).as_tuple())
+            self.ver.set_params(
+                VerificationParams(**{**vars(self.params), "sample_bps": 0}).as_tuple()
+            )
         req = self.settle()
         mine(WINDOW + 1)
         self.s.pay.release(req.batch_id, [self.pipeline.as_tuple()])
@@ -119,13 +121,19 @@ class Game:
         rows = [self.rng.standard_normal((POSITIONS, HIDDEN)).astype(np.float32) for _ in range(2)]
         commits = []
         for j, r in enumerate(rows):
-            claimed = r + 0.5 * self.rng.standard_normal(r.shape).astype(np.float32) if j in cheat_stages else r
+            claimed = (
+                r + 0.5 * self.rng.standard_normal(r.shape).astype(np.float32)
+                if j in cheat_stages
+                else r
+            )
             commits.append(StageCommitment.build(Domain(self.s.chain_id, rid, j), claimed))
         sc = [StageCommit(c.root, POSITIONS, HIDDEN, 0) for c in commits]
         charge = 100 * 10**9 + 20 * 3 * 10**9
         record = Record(seq, 0, 0, 100, 20, charge, commitment_root(sc))
         with boa.env.prank(self.gateway):
-            batch_id = self.s.pay.settle_batch([self.key], [self.pipeline.as_tuple()], [record.as_tuple()])
+            batch_id = self.s.pay.settle_batch(
+                [self.key], [self.pipeline.as_tuple()], [record.as_tuple()]
+            )
         leaves = leaves_of(self.s.chain_id, self.s.pay.address, self.gateway, [self.key], [record])
         proof = merkle_proof([lf.hash() for lf in leaves], 0)
         return Request(seq, record, leaves[0], proof, batch_id, rows, commits, charge)
@@ -186,7 +194,9 @@ class Game:
             salt = os.urandom(32)
             votes[op] = (verdict, mine_c.root, salt)
             with boa.env.prank(op):
-                self.ver.commit_verdict(task_id, verdict_commitment(task_id, op, verdict, mine_c.root, salt))
+                self.ver.commit_verdict(
+                    task_id, verdict_commitment(task_id, op, verdict, mine_c.root, salt)
+                )
         if len(votes) < len(members):
             mine(self.params.commit_blocks + 1)
         for i, op in enumerate(members):

@@ -8,9 +8,7 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +26,7 @@ from contracts.client import Chain, dev_key
 from contracts.deploy import deploy_all
 from contracts.node_registry import Hardware
 from contracts.rpc import Signer
-from devnet.testing import running_devnet
+from devnet.testing import running_anvil, running_devnet
 from scheduler.model import Plan
 from scheduler.schema import parse_snapshot
 from scheduler.service.chain_io import current_epoch_matching
@@ -45,7 +43,6 @@ from veriplex.config import DEV_MNEMONIC
 
 from .conftest import MODEL, REGION, VRAM_MIB, Operator, beat, operator, wait_for
 
-ANVIL = Path(__file__).resolve().parents[2] / "node_modules" / ".bin" / "anvil"
 READY = re.compile(r"coordinator ready at (http://\S+) ")
 HEARTBEAT_TIMEOUT_S = 2.5
 BEAT_EVERY_S = 0.4
@@ -115,40 +112,13 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def _anvil(home: Path) -> Iterator[tuple[str, Path, Path]]:
     """anvil with the contracts deployed by dev account 0 (as the devnet does)."""
-    binary = str(ANVIL) if ANVIL.exists() else shutil.which("anvil")
-    if binary is None:
-        pytest.fail(f"anvil not found at {ANVIL}: run `npm install` (make setup)")
-    port = _free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--silent", "--hardfork", "cancun"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: proc.poll() is not None or _answers(url), 20, "anvil to answer")
-        assert proc.poll() is None, f"anvil exited with {proc.returncode}"
+    with running_anvil(home) as anvil:
         manifest = home / "deployments" / "anvil.json"
-        deploy_all(url, dev_key(0, DEV_MNEMONIC), manifest)
-        yield url, manifest, home
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        r = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}, timeout=1)
-    except httpx.HTTPError:
-        return False
-    return r.status_code == 200
+        deploy_all(anvil.url, dev_key(0, DEV_MNEMONIC), manifest)
+        yield anvil.url, manifest, home
 
 
 @pytest.fixture(scope="module",
