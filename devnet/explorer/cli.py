@@ -79,6 +79,7 @@ def explorer(settings: Any, rpc_url: str | None, db_url: str | None, host: str |
         sock.bind((bind_host, cfg.port if port is None else port))
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {bind_host}:{port}: {exc}") from exc
+    sock.listen(2048)  # accept connections as soon as "ready" is printed; uvicorn serves them
     real_port = sock.getsockname()[1]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from sqlalchemy.engine import make_url
