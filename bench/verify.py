@@ -26,6 +26,7 @@ Prints one `name: value` line per figure, then a one-line summary.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -42,8 +43,9 @@ import torch  # noqa: E402
 from contracts.verification import VerificationParams  # noqa: E402
 from node.executor import generate_local  # noqa: E402
 from tests.verify_stage.attacks import ATTACKS, SAMPLINGS, VARIANTS, Bench, build_models  # noqa: E402
-from verifier.calibrate import clopper_pearson_upper  # noqa: E402
+from verifier.calibrate import FitOptions, clopper_pearson_upper, fit_thresholds  # noqa: E402
 from verifier.profiles import PROFILES  # noqa: E402
+from verifier.tolerance import Thresholds  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -59,11 +61,28 @@ def _requests(bench: Bench, n: int, seed: int, max_prompt: int, max_new: int, sa
     return out
 
 
-def benign(bench: Bench, name: str, reqs, regimes) -> dict[str, tuple[int, int]]:
-    th = PROFILES[name]
+def fit(bench: Bench, reqs, regimes) -> Thresholds:
+    """Thresholds fitted (verifier.calibrate, default options) on this model's benign pairs: every
+    stage of the fit requests, in each input regime; token tolerances from the worker's logits
+    (its claimed last-stage rows through the final norm and LM head) vs the verifier's."""
+    pairs, logit_pairs = [], []
+    sh = bench.stages[-1].shard
+    for req in reqs:
+        for regime in regimes:
+            for task in bench.tasks(req, rounded=regime == "rounded"):
+                out = bench.stages[task.stage].run(task.x, logits="all" if task.tokens else "none")
+                pairs.append((task.claimed.float().numpy(), out.hidden.float().numpy()))
+                if task.tokens is not None:
+                    with torch.inference_mode():
+                        worker = sh.lm_head(sh.norm(task.claimed.unsqueeze(0)))[0].float()
+                    logit_pairs.append((worker.numpy(), out.logits.numpy()))
+    return fit_thresholds(pairs, FitOptions(), logit_pairs)
+
+
+def benign(bench: Bench, name: str, reqs, regimes, th: Thresholds) -> dict[str, tuple[int, int]]:
     res = {}
     for regime in regimes:
-        fa = n = tok_fa = 0
+        fa = n = tok_fa = row_fa = 0
         shown = 0
         for req in reqs:
             for task in bench.tasks(req, rounded=regime == "rounded"):
@@ -72,19 +91,20 @@ def benign(bench: Bench, name: str, reqs, regimes) -> dict[str, tuple[int, int]]
                 if not c.passed:
                     fa += 1
                     tok_fa += c.tokens is not None and not c.tokens.passed
+                    row_fa += not c.rows.passed
                     if shown < 3:
                         shown += 1
                         why = list(c.rows.reasons) or [f"tokens {c.tokens.mismatches[:2]}"]
                         print(f"  false alarm ({regime}, stage {task.stage}): {why[0]}")
         print(f"{name}_{regime}_false_alarms: {fa}/{n}")
         print(f"{name}_{regime}_false_alarm_upper95: {clopper_pearson_upper(fa, n):.4f}")
+        print(f"{name}_{regime}_row_false_alarms: {row_fa}/{n}")
         print(f"{name}_{regime}_token_false_alarms: {tok_fa}/{len(reqs)}")
         res[regime] = (fa, n)
     return res
 
 
-def attacks(bench: Bench, name: str, reqs, seed: int) -> dict[str, float]:
-    th = PROFILES[name]
+def attacks(bench: Bench, name: str, reqs, seed: int, th: Thresholds) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     rates = {}
     for attack in ATTACKS:
@@ -134,28 +154,38 @@ def main() -> None:
     ap.add_argument("--profiles", default=None, help="comma-separated: fp32, bf16 (default fp32,bf16; quick fp32)")
     ap.add_argument("--benign", type=int, default=None, help="benign requests per profile")
     ap.add_argument("--attack-requests", type=int, default=None, help="requests per attack")
+    ap.add_argument("--fit", type=int, default=None,
+                    help="also fit thresholds on this many other requests and report them (0: off)")
     args = ap.parse_args()
     names = (args.profiles or ("fp32" if args.quick else "fp32,bf16")).split(",")
     n_benign = args.benign or (20 if args.quick else 500)
     n_attack = args.attack_requests or (3 if args.quick else 25)
+    n_fit = args.fit if args.fit is not None else (6 if args.quick else 40)
     vp = VerificationParams()
     p, m = vp.sample_bps / 10_000, vp.committee_size
     t_start = time.perf_counter()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         models = build_models(Path(tmp))
-        detect: dict[str, float] = {}
-        exact_fa = exact_n = 0
+        detect: dict[str, dict[str, float]] = {"shipped": {}, "fitted": {}}
+        totals = {"shipped": [0, 0], "fitted": [0, 0]}
         for name in names:
             bench = Bench(models, dtype=DTYPES[name])
             regimes = ("exact", "rounded") if name == "fp32" else ("exact",)
             reqs = _requests(bench, n_benign, seed=100, max_prompt=48, max_new=24)
-            res = benign(bench, name, reqs, regimes)
-            exact_fa += res["exact"][0]
-            exact_n += res["exact"][1]
             areqs = _requests(bench, n_attack, seed=200, max_prompt=32, max_new=16, same_len=True)
-            for attack, rate in attacks(bench, name, areqs, seed=1).items():
-                detect[f"{name}_{attack}"] = rate
+            sets = [("shipped", PROFILES[name])]
+            if n_fit:
+                fitted = fit(bench, _requests(bench, n_fit, seed=300, max_prompt=48, max_new=24), regimes)
+                print(f"{name}_fitted_thresholds: {json.dumps(fitted.to_json())}")
+                sets.append(("fitted", fitted))
+            for label, th in sets:
+                tag = f"{name}_{label}"
+                res = benign(bench, tag, reqs, regimes, th)
+                totals[label][0] += res["exact"][0]
+                totals[label][1] += res["exact"][1]
+                for attack, rate in attacks(bench, tag, areqs, seed=1, th=th).items():
+                    detect[label][f"{name}_{attack}"] = rate
         bench = Bench(models, dtype=torch.float32)
         positions = 64 if args.quick else 256
         ov = overhead(bench, positions, 64 if args.quick else 512, 16 if args.quick else 128,
@@ -164,7 +194,6 @@ def main() -> None:
     ratio = ov["decode_prefill_s"] / ov["decode_infer_s"]
     v_over = p * m * ov["decode_check_s"] / ov["decode_infer_s"]
     v_mixed = p * m * ov["mixed_check_s"] / ov["mixed_infer_s"]
-    worst = min(detect, key=detect.get)
     print(f"verify_p: {p}")
     print(f"verify_m: {m}")
     print(f"prefill_decode_ratio: {ratio:.4f} (one prefill over T={positions} positions, all {stages} "
@@ -174,12 +203,20 @@ def main() -> None:
     print(f"verify_overhead_mixed: {v_mixed:.4f} (prompt {64 if args.quick else 512} + "
           f"{16 if args.quick else 128} generated: check {ov['mixed_check_s'] * 1e3:.1f} ms vs inference "
           f"{ov['mixed_infer_s'] * 1e3:.1f} ms)")
-    print(f"detect_min: {detect[worst]:.3f} ({worst})")
-    print(f"false_alarms: {exact_fa}/{exact_n} (95 % upper bound {clopper_pearson_upper(exact_fa, exact_n):.4f})")
+    parts = []
+    for label in ("shipped", "fitted"):
+        if not detect[label]:
+            continue
+        worst = min(detect[label], key=detect[label].get)
+        fa, n = totals[label]
+        sfx = "" if label == "shipped" else "_fitted"
+        print(f"detect_min{sfx}: {detect[label][worst]:.3f} ({worst})")
+        print(f"false_alarms{sfx}: {fa}/{n} (95 % upper bound {clopper_pearson_upper(fa, n):.4f})")
+        parts.append(f"{label} thresholds: lowest detection {detect[label][worst]:.1%} ({worst}), "
+                     f"{fa}/{n} false alarms")
     print(f"verify_overhead: {v_over:.4f}")
     print(f"bench_seconds: {time.perf_counter() - t_start:.1f}")
-    print(f"summary: {len(ATTACKS)} attacks × {names}: lowest detection {detect[worst]:.1%} ({worst}); "
-          f"{exact_fa} false alarms in {exact_n} benign stage checks; verification costs "
+    print(f"summary: {len(ATTACKS)} attacks x {names}; " + "; ".join(parts) + f"; verification costs "
           f"{v_over:.2%} of inference at p={p}, m={m} (prefill/decode {ratio:.3f})")
 
 
