@@ -3,6 +3,10 @@
     veriplex node serve --model ~/.veriplex/models/smollm2 --layers 0:10 --port 7070 \
         --operator op1 --password-file pw.txt            # operator key from the wallet
     veriplex node serve ... --operator-key-file key.hex  # or a raw hex key file (mode 0600)
+    veriplex node serve --model DIR --coordinator http://coord:8400 ...  # follow assignments
+
+With `--coordinator` (instead of `--layers`) the worker heartbeats with its operator key and serves
+whatever range the latest epoch assigns it (see `node/follower.py`), printing one line per change.
 
 Operators and gateways are checked against the chain's NodeRegistry (`--directory chain`, the
 default) or against a fixed allow-list (`--allow ADDR` per operator, `--gateway ADDR`). When the
@@ -78,10 +82,30 @@ async def _serve(server) -> None:
     await server.stop()
 
 
+async def _follow(build, client, every_s: float, port: int) -> None:  # type: ignore[no-untyped-def]
+    from node.follower import Follower
+
+    def say(text: str) -> None:
+        click.echo(text)
+        sys.stdout.flush()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await Follower(build, port, say).follow(client, every_s, stop)
+
+
 @click.command("serve")
 @click.option("--model", "model", type=click.Path(exists=True, file_okay=False, path_type=Path),
               required=True, help="Checkpoint directory.")
-@click.option("--layers", required=True, help="Layer range START:END this stage serves.")
+@click.option("--layers", default=None, help="Layer range START:END this stage serves.")
+@click.option("--coordinator", default=None,
+              help="Coordinator URL: follow its assignments instead of --layers.")
+@click.option("--model-id", type=click.IntRange(min=0), default=0,
+              help="Model id reported in heartbeats (with --coordinator).")
+@click.option("--heartbeat-s", type=click.FloatRange(min=0.05), default=2.0,
+              help="Seconds between heartbeats (with --coordinator).")
 @click.option("--host", default=None, help="Interface to bind (default: settings dataplane.host).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
               help="TCP port (0: any free port; default: settings dataplane.port).")
@@ -102,7 +126,8 @@ async def _serve(server) -> None:
               help="KV-cache budget in MiB (default: settings dataplane.kv_budget_bytes).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads.")
 @click.pass_obj
-def serve(settings: Any, model: Path, layers: str, host: str | None, port: int | None,
+def serve(settings: Any, model: Path, layers: str | None, coordinator: str | None,
+          model_id: int, heartbeat_s: float, host: str | None, port: int | None,
           operator: str | None, password_file: Path | None, operator_key_file: Path | None,
           chain_id: int | None, directory: str, allow: tuple[str, ...], gateway: tuple[str, ...],
           store_dir: Path | None, kv_budget_mib: int | None, threads: int | None) -> None:
@@ -111,7 +136,9 @@ def serve(settings: Any, model: Path, layers: str, host: str | None, port: int |
 
     from node.directory import ChainDirectory, StaticDirectory
 
-    rng = parse_layers(layers)
+    if (layers is None) == (coordinator is None):
+        raise click.UsageError("give exactly one of --layers START:END or --coordinator URL")
+    rng = parse_layers(layers) if layers is not None else None
     if (operator is None) == (operator_key_file is None):
         raise click.UsageError("give exactly one of --operator (wallet) or --operator-key-file")
     if operator_key_file is not None:
@@ -137,15 +164,29 @@ def serve(settings: Any, model: Path, layers: str, host: str | None, port: int |
     if store_dir is None:
         store_dir = settings.hidden_store_dir
     budget = kv_budget_mib * 2**20 if kv_budget_mib else dp.kv_budget_bytes
-    server = build_server(model, rng, key, dirx, cid, store_dir, settings, host or dp.host,
-                          dp.port if port is None else port, budget)
-    del key
+    bind = host or dp.host
+    if rng is None:
+        from scheduler.service.client import HeartbeatClient
+
+        hb = HeartbeatClient(coordinator, cid, key, model_id=model_id)  # type: ignore[arg-type]
+
+        def build(r: tuple[int, int], p: int) -> Any:
+            # one store per range: a draining shard and its successor never share a directory
+            return build_server(model, r, key, dirx, cid, store_dir / f"layers-{r[0]}-{r[1]}",  # type: ignore[operator]
+                                settings, bind, p, budget)
+
+        main_coro = _follow(build, hb, heartbeat_s, dp.port if port is None else port)
+    else:
+        server = build_server(model, rng, key, dirx, cid, store_dir, settings, bind,
+                              dp.port if port is None else port, budget)
+        del key
+        main_coro = _serve(server)
     try:
         import uvloop  # libuv's loop: lower per-frame latency than asyncio's selector loop
 
-        uvloop.run(_serve(server))
+        uvloop.run(main_coro)
     except ImportError:
-        asyncio.run(_serve(server))
+        asyncio.run(main_coro)
 
 
 def main() -> None:
