@@ -66,19 +66,16 @@ class Leaf:
     charge: int
     commitment_root: bytes
 
+    def fields(self) -> tuple[bytes, bytes, int, int, int, int, bytes]:
+        """The leaf's fields in the contract's order (its hash preimage and call arguments)."""
+        return (self.request_id, self.key_hash, self.pipeline_index, self.tokens_in,
+                self.tokens_out, self.charge, self.commitment_root)
+
     def hash(self) -> bytes:
         return keccak(
             abi_encode(
                 ["bytes32", "bytes32", "uint256", "uint256", "uint256", "uint256", "bytes32"],
-                [
-                    self.request_id,
-                    self.key_hash,
-                    self.pipeline_index,
-                    self.tokens_in,
-                    self.tokens_out,
-                    self.charge,
-                    self.commitment_root,
-                ],
+                list(self.fields()),
             )
         )
 

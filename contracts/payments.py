@@ -167,13 +167,7 @@ class Payments(Binding):
         return self._send(
             "refund",
             batch_id,
-            leaf.request_id,
-            leaf.key_hash,
-            leaf.pipeline_index,
-            leaf.tokens_in,
-            leaf.tokens_out,
-            leaf.charge,
-            leaf.commitment_root,
+            *leaf.fields(),
             proof,
             sender=sender,
         )

@@ -261,7 +261,7 @@ class Verification(Binding):
         tx = self._send(
             "open_task",
             batch_id,
-            _leaf_tuple(leaf),
+            leaf.fields(),
             list(proof),
             [p.as_tuple() for p in pipelines],
             [s.as_tuple() for s in stage_commits],
@@ -320,15 +320,3 @@ class Verification(Binding):
 
     def set_randomness(self, source: str, sender: Signer | None = None) -> TxResult:
         return self._send("set_randomness", Web3.to_checksum_address(source), sender=sender)
-
-
-def _leaf_tuple(leaf: Leaf) -> tuple[object, ...]:
-    return (
-        leaf.request_id,
-        leaf.key_hash,
-        leaf.pipeline_index,
-        leaf.tokens_in,
-        leaf.tokens_out,
-        leaf.charge,
-        leaf.commitment_root,
-    )

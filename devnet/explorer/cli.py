@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from contracts.errors import ContractsError
+from veriplex.net import ListenError, listen
 
 
 def _manifest(settings: Any, rpc: Any) -> Any:
@@ -41,7 +42,6 @@ def _manifest(settings: Any, rpc: Any) -> Any:
 def explorer(settings: Any, rpc_url: str | None, db_url: str | None, host: str | None,
              port: int | None, no_index: bool) -> None:
     """Index a chain and serve the block explorer's web UI."""
-    import socket
 
     import uvicorn
 
@@ -73,14 +73,10 @@ def explorer(settings: Any, rpc_url: str | None, db_url: str | None, host: str |
                          name="explorer-indexer").start()
     app = create_app(engine, status, ui_rpc)
     bind_host = host or cfg.host
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((bind_host, cfg.port if port is None else port))
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {bind_host}:{port}: {exc}") from exc
-    sock.listen(2048)  # accept connections as soon as "ready" is printed; uvicorn serves them
-    real_port = sock.getsockname()[1]
+    try:  # listening before "ready" is printed: connections wait in the backlog, no start race
+        sock, real_port = listen(bind_host, cfg.port if port is None else port)
+    except ListenError as exc:
+        raise click.ClickException(str(exc)) from None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from sqlalchemy.engine import make_url
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import click
 
 from scheduler.errors import SchedulerError
 from scheduler.service.errors import ServiceError
+from veriplex.net import ListenError, listen
 
 
 def _coordinator_signer(settings: Any, account: str | None, password_file: Path | None,
@@ -106,14 +106,10 @@ def run_cmd(settings: Any, model_id: int | None, model_spec: Path | None,
         raise
     host = host or settings.coordinator.host
     port = settings.coordinator.port if port is None else port
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {e}") from None
-    sock.listen(128)  # connections wait in the backlog until uvicorn accepts: no start race
-    bound = sock.getsockname()[1]
+    try:  # listening before "ready" is printed: connections wait in the backlog, no start race
+        sock, bound = listen(host, port)
+    except ListenError as e:
+        raise click.ClickException(str(e)) from None
     model = coord.state.model
     server = uvicorn.Server(uvicorn.Config(create_app(coord), log_level="warning",
                                            access_log=False))
