@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, str] = {
     "client": "node.cli_client:client",
     "demo": "veriplex.demo:demo",
     "coordinator": "scheduler.service.cli:coordinator",
+    "gateway": "scheduler.gateway.cli:gateway",
     "params": "verifier.cli:params",
     "verify-stage": "node.cli_verify:verify_stage",
     "explorer": "devnet.explorer.cli:explorer",

@@ -166,6 +166,30 @@ class CoordinatorSettings(BaseModel):
     max_body_bytes: int = Field(65_536, ge=1024, description="Largest request body accepted.")
 
 
+class GatewaySettings(BaseModel):
+    """The OpenAI-compatible gateway (`veriplex gateway run`): auth, accounting, settlement."""
+
+    host: str = Field("127.0.0.1", description="Interface the gateway's HTTP API binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port of the HTTP API (0: any free port).")
+    db_url: str | None = Field(
+        None, description="SQLAlchemy URL of the request/batch store. Default: sqlite:///<home>/gateway.sqlite."
+    )
+    coordinator_url: str = Field("http://127.0.0.1:7080", description="Coordinator asked for pipelines.")
+    model_id: int | None = Field(None, ge=1, description="Model served. Default: the only active one.")
+    checkpoint: Path | None = Field(
+        None, description="Checkpoint dir (tokenizer, chat template, context). Default: <models dir>/<name>."
+    )
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none.")
+    batch_size: int = Field(64, ge=1, le=1000, description="Records per settlement batch.")
+    batch_max_age_s: float = Field(10.0, gt=0, description="Oldest unbatched record age that cuts a batch.")
+    settle_tick_s: float = Field(0.5, gt=0, description="Seconds between settlement passes.")
+    chain_cache_s: float = Field(2.0, ge=0, description="Seconds a key/deposit read is reused.")
+    step_timeout_s: float = Field(30.0, gt=0, description="Seconds without a token before a stage is presumed dead.")
+    exit_after_broadcast: bool = Field(
+        False, description="TEST HOOK: exit the process right after a batch is broadcast (crash tests)."
+    )
+
+
 class ExplorerSettings(BaseModel):
     """The block explorer (`veriplex explorer`): indexer and web UI."""
 
@@ -201,6 +225,7 @@ class Settings(BaseSettings):
         default_factory=CoordinatorSettings, description="Coordinator service."
     )
     explorer: ExplorerSettings = Field(default_factory=ExplorerSettings, description="Block explorer.")
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="OpenAI-compatible gateway.")
 
     @classmethod
     def settings_customise_sources(

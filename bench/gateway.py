@@ -1,0 +1,132 @@
+"""Gateway overhead and throughput on a real chain (anvil) and a real 2-stage data-plane pipeline of
+the tiny model (in-process stage servers): `gateway_added_ms` = median latency of a non-streamed
+chat completion through the gateway (HTTP, key check, accounting, record) minus the median of the
+same request sent straight to the pipeline with `PipelineClient`; `gateway_rps` = completed requests
+per second with many concurrent clients. Run: `.venv/bin/python bench/gateway.py [--quick]`."""
+
+from __future__ import annotations  # noqa: E402
+
+import argparse
+import asyncio
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path  # noqa: E402
+
+# bench/devnet.py would shadow the devnet package: drop this script's folder from the path.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import httpx  # noqa: E402
+from coincurve import PrivateKey  # noqa: E402
+from eth_utils import keccak  # noqa: E402
+
+from contracts.apikeys import create_api_key  # noqa: E402
+from contracts.client import Chain, dev_key  # noqa: E402
+from contracts.deploy import DeployParams, deploy_all  # noqa: E402
+from contracts.rpc import Signer  # noqa: E402
+from devnet.testing import running_anvil  # noqa: E402
+from node.models.tiny import build_tiny_model  # noqa: E402
+from node.pipeline_client import PipelineClient  # noqa: E402
+from node.protocol import PipelineRequest  # noqa: E402
+from scheduler.gateway.testing import (  # noqa: E402
+    CHATML,
+    ETH,
+    DataPlane,
+    ServedGateway,
+    free_port,
+    make_gateway,
+    register_operators,
+    rpc,
+)
+from veriplex.config import DEV_MNEMONIC  # noqa: E402
+
+MAX_TOKENS = 4
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    n_lat, n_rps, conc = (20, 60, 8) if args.quick else (100, 300, 16)
+    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    with running_anvil(work) as anvil:
+        manifest = work / "manifest.json"
+        deploy_all(anvil.url, dev_key(0, DEV_MNEMONIC), manifest, DeployParams())
+        admin = Chain.connect(anvil.url, manifest, signer=Signer.from_key(dev_key(0, DEV_MNEMONIC)))
+        mid = admin.model_registry.register_model("tiny-bench", 8, 256, keccak(b"w"), keccak(b"t"),
+                                                  10**9, 3 * 10**9)
+        info = admin.model_registry.model(mid)
+        model = build_tiny_model(work / "model", arch="llama", seed=0)
+        (model / "chat_template.jinja").write_text(CHATML)
+        gsigner = Signer.from_key(dev_key(3, DEV_MNEMONIC))
+        dp = DataPlane(model, work / "stores", [gsigner.address]).start()
+        register_operators(anvil.url, manifest, dp)
+        ckey = "0x" + secrets.token_hex(32)
+        csig = Signer.from_key(ckey)
+        rpc(anvil.url, "anvil_setBalance", csig.address, hex(100 * ETH))
+        cchain = Chain.connect(anvil.url, manifest, signer=csig)
+        cchain.payments.deposit(50 * ETH)
+        signed = create_api_key(ckey, gsigner.address, 40 * ETH, int(time.time()) + 86400, 1,
+                                cchain.chain_id, cchain.payments.address)
+        cchain.payments.register_key(signed)
+        gw = make_gateway(anvil.url, manifest, gsigner, model, info, dp.stages(),
+                          f"sqlite:///{work / 'gw.sqlite'}", batch_size=64, batch_max_age_s=1.0)
+        served = ServedGateway(gw, free_port()).start()
+        try:
+            body = {"model": info.name, "messages": [{"role": "user", "content": "hello"}],
+                    "max_tokens": MAX_TOKENS, "temperature": 0}
+            headers = {"authorization": f"Bearer {signed.token()}"}
+            prompt = gw.model.chat_ids([{"role": "user", "content": "hello"}])
+            client = PipelineClient(PrivateKey(bytes(gsigner.account.key)), gw.chain_id)
+
+            async def direct() -> float:
+                req = PipelineRequest(chain_id=gw.chain_id, request_id="0x" + secrets.token_hex(32),
+                                      gateway=gw.address, stages=dp.stages(), prompt_len=len(prompt),
+                                      max_new_tokens=MAX_TOKENS, stop_ids=gw.model.stop_ids())
+                t = time.perf_counter()
+                await client.generate(req, prompt)
+                return time.perf_counter() - t
+
+            async def via(h: httpx.AsyncClient) -> float:
+                t = time.perf_counter()
+                r = await h.post(served.url + "/v1/chat/completions", json=body, headers=headers)
+                assert r.status_code == 200, r.text
+                return time.perf_counter() - t
+
+            async def run() -> tuple[float, float, float, float]:
+                async with httpx.AsyncClient(timeout=120) as h:
+                    for _ in range(3):
+                        await direct()
+                        await via(h)
+                    d, g = [], []
+                    for _ in range(n_lat):  # interleaved so drift hits both alike
+                        d.append(await direct())
+                        g.append(await via(h))
+                    sem = asyncio.Semaphore(conc)
+
+                    async def one() -> None:
+                        async with sem:
+                            await via(h)
+
+                    t = time.perf_counter()
+                    await asyncio.gather(*(one() for _ in range(n_rps)))
+                    rps = n_rps / (time.perf_counter() - t)
+                return statistics.median(d), statistics.median(g), rps, statistics.mean(g)
+
+            d, g, rps, _ = asyncio.run(run())
+            served.wait_settled(timeout_s=120)
+        finally:
+            served.stop()
+            dp.stop()
+    print(f"pipeline_direct_ms: {d * 1000:.2f}")
+    print(f"gateway_request_ms: {g * 1000:.2f}")
+    print(f"gateway_added_ms: {(g - d) * 1000:.2f}")
+    print(f"gateway_rps: {rps:.1f}")
+    print(f"summary: gateway adds {(g - d) * 1000:.2f} ms per {MAX_TOKENS}-token request "
+          f"(target <= 5 ms) and serves {rps:.1f} req/s at concurrency {conc} on the tiny model")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The settlement batcher: a background thread that cuts batches of served-request records and
+settles them with `Payments.settle_batch`, exactly once.
+
+Per batch: build the call, estimate gas (a revert surfaces here), sign locally, store the tx hash and
+raw bytes, *then* broadcast and wait for the receipt. On any later pass (including after a crash or
+restart) a batch in `broadcast` state is resolved from the chain first: a mined receipt finalises it;
+a batch whose first record's `seq` is already settled on chain (the contract's per-gateway bitmap)
+is finalised without resending; only otherwise is the stored raw transaction rebroadcast (or, if its
+nonce was consumed, a fresh one built). An RPC error leaves the batch for the next pass, so requests
+keep being served while the chain is unreachable."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from eth_utils import to_checksum_address
+
+from contracts.batch import Pipeline, Record, Stage
+from contracts.client import Chain
+from contracts.errors import ChainError, Revert
+from contracts.rpc import _NONCE_LOCK, _NONCES, GAS_MARGIN_DEN, GAS_MARGIN_NUM
+
+from .store import BatchRow, RequestRow, Store
+
+log = logging.getLogger(__name__)
+EXIT_AFTER_BROADCAST_CODE = 77  # test hook's exit status
+
+
+def batch_call(rows: list[RequestRow]) -> tuple[list[bytes], list[Pipeline], list[Record]]:
+    """The `settle_batch` arguments for records: deduplicated key and pipeline tables."""
+    keys: list[bytes] = []
+    pipes: list[Pipeline] = []
+    records: list[Record] = []
+    for r in rows:
+        if r.key_hash not in keys:
+            keys.append(r.key_hash)
+        stages = tuple(Stage(to_checksum_address(op), a, b) for op, a, b in json.loads(r.pipeline))
+        pipe = Pipeline(r.model_id, stages)
+        if pipe not in pipes:
+            pipes.append(pipe)
+        records.append(Record(r.seq, keys.index(r.key_hash), pipes.index(pipe), r.tokens_in,
+                              r.tokens_out, int(r.charge), r.commitment_root))
+    return keys, pipes, records
+
+
+class Settler:
+    """Cuts and sends batches; `on_settled(batch_row_id)` runs after each one is final."""
+
+    def __init__(self, chain: Chain, store: Store, *, batch_size: int, max_age_s: float,
+                 tick_s: float, exit_after_broadcast: bool = False,
+                 on_settled: Callable[[int], None] | None = None) -> None:
+        assert chain.signer is not None, "the gateway's chain client needs its signer"
+        self.chain, self.store = chain, store
+        self.batch_size, self.max_age_s, self.tick_s = batch_size, max_age_s, tick_s
+        self.exit_after_broadcast = exit_after_broadcast
+        self.on_settled = on_settled
+        self.last_error: str | None = None
+        self.settled_batches = 0
+        self.failed_passes = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ loop
+    def start(self) -> Settler:
+        self._thread = threading.Thread(target=self._run, name="gateway-settler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, flush: bool = True) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if flush:
+            try:
+                self.run_once(force=True)
+            except Exception as exc:  # noqa: BLE001 - shutdown: keep the records for next start
+                log.warning("final settlement pass failed (kept for the next start): %s", exc)
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception as exc:  # noqa: BLE001 - keep serving; retry next tick
+                self.failed_passes += 1
+                self.last_error = str(exc)
+                log.warning("settlement pass failed, retrying: %s", exc)
+            self._wake.wait(self.tick_s)
+            self._wake.clear()
+
+    def run_once(self, force: bool = False) -> int:
+        """One pass: resolve/send open batches, cut new ones. Returns batches settled."""
+        done = 0
+        for b in self.store.open_batches():
+            done += self._settle(b)
+        while (bid := self.store.cut_batch(self.batch_size, self.max_age_s, force)) is not None:
+            b = self.store.batch(bid)
+            assert b is not None
+            done += self._settle(b)
+        self.last_error = None
+        return done
+
+    # ------------------------------------------------------------------ one batch
+    def _settle(self, b: BatchRow) -> int:
+        rows = self.store.batch_records(b.id)
+        if b.status == "broadcast" and b.tx_hash:
+            receipt = self._receipt(b.tx_hash)
+            if receipt is not None and receipt["status"] == 1:
+                return self._finalize(b.id, receipt)
+            if self.chain.payments.is_settled(self.chain.signer.address, rows[0].seq):
+                return self._finalize(b.id, None)  # settled by an earlier transaction
+            if receipt is None and self._pending(b.tx_hash):
+                return 0  # still in the mempool: wait
+        keys, pipes, records = batch_call(rows)
+        pay = self.chain.payments
+        data = pay.contract.functions.settle_batch(
+            keys, [p.as_tuple() for p in pipes], [r.as_tuple() for r in records]
+        )._encode_transaction_data()
+        signer = self.chain.signer
+        tx: dict[str, Any] = {"from": signer.address, "to": pay.address, "value": 0,
+                              "data": bytes.fromhex(data[2:])}
+        try:
+            gas = pay.rpc.request(pay.rpc.w3.eth.estimate_gas, tx)
+        except Revert as exc:
+            if "already settled" in str(exc):
+                return self._finalize(b.id, None)
+            self.store.set_batch(b.id, status="failed", error=str(exc)[:1000])
+            log.error("batch %d refused by the contract: %s", b.id, exc)
+            return 0
+        tx["gas"] = gas * GAS_MARGIN_NUM // GAS_MARGIN_DEN
+        rpc = pay.rpc
+        with _NONCE_LOCK:  # share the contracts client's nonce discipline
+            _NONCES.pop((rpc.url, signer.address), None)
+            nonce = rpc.request(rpc.w3.eth.get_transaction_count, signer.address, "pending")
+            signed = signer.account.sign_transaction(
+                {**tx, **rpc._fees(), "chainId": rpc.chain_id, "nonce": nonce})
+            tx_hash = "0x" + bytes(signed.hash).hex()
+            self.store.set_batch(b.id, status="broadcast", tx_hash=tx_hash,
+                                 raw_tx=bytes(signed.raw_transaction), attempts=b.attempts + 1)
+            rpc.request(rpc.w3.eth.send_raw_transaction, signed.raw_transaction)
+        if self.exit_after_broadcast:
+            log.error("TEST HOOK: exiting right after broadcasting batch %d (%s)", b.id, tx_hash)
+            os._exit(EXIT_AFTER_BROADCAST_CODE)
+        receipt = dict(rpc.wait_for_receipt(bytes.fromhex(tx_hash[2:])))
+        if receipt["status"] != 1:
+            raise ChainError(f"settle_batch transaction {tx_hash} failed on chain")
+        return self._finalize(b.id, receipt)
+
+    def _receipt(self, tx_hash: str) -> dict[str, Any] | None:
+        w3 = self.chain.payments.rpc.w3
+        try:
+            return dict(w3.eth.get_transaction_receipt(tx_hash))
+        except Exception:  # noqa: BLE001 - TransactionNotFound and friends: not mined
+            return None
+
+    def _pending(self, tx_hash: str) -> bool:
+        try:
+            self.chain.payments.rpc.w3.eth.get_transaction(tx_hash)
+            return True
+        except Exception:  # noqa: BLE001 - unknown to the node
+            return False
+
+    def _finalize(self, batch_id: int, receipt: dict[str, Any] | None) -> int:
+        values: dict[str, object] = {"status": "settled", "error": None}
+        if receipt is not None:
+            for ev in self.chain.payments.decode_logs(receipt["logs"]):
+                if ev.name == "BatchSettled":
+                    values["chain_batch_id"] = int(ev.args["batch_id"])
+                    values["total_charge"] = str(int(ev.args["total_charge"]))
+        self.store.set_batch(batch_id, **values)
+        self.settled_batches += 1
+        log.info("batch %d settled on chain (batch id %s)", batch_id, values.get("chain_batch_id"))
+        if self.on_settled is not None:
+            self.on_settled(batch_id)
+        return 1

@@ -1,0 +1,233 @@
+"""Harness for the gateway's tests and benchmark (no pytest here): a 2-stage data-plane pipeline
+of in-process stage servers on a background event loop, its operators registered on the
+NodeRegistry, a `Gateway` built against a chain and served by uvicorn on a thread, and a TCP proxy
+that can make the RPC endpoint hang."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from contracts.client import Chain
+from contracts.model_registry import ModelInfo
+from contracts.rpc import Signer
+
+ETH = 10**18
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+RANGES = [(0, 4), (4, 8)]
+
+
+def rpc(url: str, method: str, *params: object) -> object:
+    body = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method,
+                                 "params": list(params)}, timeout=10).json()
+    if "error" in body:
+        raise RuntimeError(f"{method}: {body['error']}")
+    return body["result"]
+
+
+class DataPlane:
+    """Stage servers for RANGES of the tiny model, in an event loop on a background thread."""
+
+    def __init__(self, model: Path, store_root: Path, gateways: list[str], chain_id: int = 31337):
+        from coincurve import PrivateKey
+
+        self.model, self.store_root, self.chain_id = model, store_root, chain_id
+        self.keys = [PrivateKey(bytes([k + 11]) * 32) for k in range(len(RANGES))]
+        self.gateways = gateways
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.servers: list = []
+
+    def start(self) -> DataPlane:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(60)
+        return self
+
+    async def _start(self) -> None:
+        from node.dataplane import StageServer
+        from node.directory import StaticDirectory
+        from node.executor import StageExecutor
+        from node.hidden_store import HiddenStateStore
+        from node.protocol import address_of_key
+        from node.shard import load_shard
+
+        directory = StaticDirectory([address_of_key(k) for k in self.keys], self.gateways)
+        for (a, b), key in zip(RANGES, self.keys, strict=True):
+            store = HiddenStateStore(self.store_root / f"stage-{a}-{b}", 10**9, 600, 600)
+            srv = StageServer(StageExecutor(load_shard(self.model, a, b)), store, key, directory,
+                              self.chain_id, kv_budget_bytes=2**30, session_timeout_s=60)
+            await srv.start()
+            self.servers.append(srv)
+
+    def stages(self) -> list:
+        from node.protocol import StageAssignment, address_of_key
+
+        return [StageAssignment(operator=address_of_key(k), host="127.0.0.1", port=s.port,
+                                start=a, end=b)
+                for (a, b), k, s in zip(RANGES, self.keys, self.servers, strict=True)]
+
+    def stage_args(self) -> list[str]:
+        out = []
+        for s in self.stages():
+            out += ["--stage", f"{s.operator}@{s.host}:{s.port}/{s.start}-{s.end}"]
+        return out
+
+    def stop(self) -> None:
+        async def _stop() -> None:
+            for s in self.servers:
+                await s.stop()
+
+        asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(30)
+
+        async def _drain() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(_drain(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def register_operators(rpc_url: str, deployment: Path, dp: DataPlane) -> None:
+    """Each stage's operator on the NodeRegistry (staked by a fresh owner): settlement pays them."""
+    from contracts.node_registry import Hardware
+
+    for s in dp.stages():
+        owner_key = "0x" + secrets.token_hex(32)
+        owner = Signer.from_key(owner_key)
+        rpc(rpc_url, "anvil_setBalance", owner.address, hex(10 * ETH))
+        chain = Chain.connect(rpc_url, deployment, signer=owner)
+        chain.node_registry.register(s.operator, f"tcp://{s.host}:{s.port}",
+                                     Hardware("cpu", 1024, 1000, 10, 1000, "local"), 2 * ETH)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServedGateway:
+    """A `Gateway` served by uvicorn on a thread; `.url` is the OpenAI base URL's root."""
+
+    def __init__(self, gw, port: int) -> None:  # type: ignore[no-untyped-def]
+        import uvicorn
+
+        from scheduler.gateway.app import create_app
+
+        self.gw, self.port = gw, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(gw), host="127.0.0.1", port=port,
+                                                    log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> ServedGateway:
+        self.gw.start()
+        self.thread.start()
+        for _ in range(200):
+            if self.server.started:
+                return self
+            time.sleep(0.02)
+        raise RuntimeError("gateway did not start")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.gw.stop()
+
+    def openai(self, token: str, **kw):  # type: ignore[no-untyped-def]
+        import openai
+
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=token, max_retries=0, **kw)
+
+    def async_openai(self, token: str, **kw):  # type: ignore[no-untyped-def]
+        import openai
+
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=token, max_retries=0, **kw)
+
+    def wait_settled(self, timeout_s: float = 30.0) -> dict[str, int]:
+        """Until every record is in a settled batch."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.gw.settler.nudge()
+            c = self.gw.store.counts()
+            open_ = c.get("batches_built", 0) + c.get("batches_broadcast", 0)
+            if c["requests_unbatched"] == 0 and open_ == 0:
+                return c
+            time.sleep(0.1)
+        raise AssertionError(f"not settled in {timeout_s} s: {self.gw.store.counts()}, "
+                             f"last error {self.gw.settler.last_error}")
+
+
+def make_gateway(rpc_url: str, deployment: Path, signer: Signer, model: Path, info: ModelInfo,
+                 stages: list, db_url: str, timeout_s: float = 10.0, **kw):  # type: ignore[no-untyped-def]
+    from scheduler.gateway.engine import ServedModel, StaticRouter
+    from scheduler.gateway.service import Gateway
+    from scheduler.gateway.store import Store
+
+    chain = Chain.connect(rpc_url, deployment, signer=signer, timeout_s=timeout_s)
+    opts = {"batch_size": 8, "batch_max_age_s": 0.3, "settle_tick_s": 0.1, **kw}
+    return Gateway(chain, Store(db_url), ServedModel.load(info, model), StaticRouter(stages), **opts)
+
+
+class BlackholeProxy:
+    """A loopback TCP proxy in front of the RPC endpoint; `.blackhole = True` makes it swallow
+    everything (requests time out, as with an RPC provider that hangs), `False` forwards again."""
+
+    def __init__(self, upstream_url: str) -> None:
+        hostport = upstream_url.split("//", 1)[1]
+        self.upstream = (hostport.split(":")[0], int(hostport.split(":")[1]))
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.blackhole = False
+        self.swallowed = 0
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                up = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                conn.close()
+                continue
+            up.settimeout(None)
+            threading.Thread(target=self._pipe, args=(conn, up), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(up, conn), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                if self.blackhole:
+                    self.swallowed += len(data)
+                    continue
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._closed = True
+        self.sock.close()
+
