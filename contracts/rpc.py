@@ -140,12 +140,36 @@ class Rpc:
     def balance(self, address: str) -> int:
         return int(self.request(self.w3.eth.get_balance, Web3.to_checksum_address(address)))
 
+    def raw_request(self, method: str, params: list[Any]) -> Any:
+        """One JSON-RPC call by name, its `result` as the node sent it (hex strings, no decoding)."""
+        reply = self.request(self.w3.provider.make_request, method, params)
+        if "error" in reply:
+            raise ChainError(f"{method} failed at {self.url}: {reply['error']}")
+        return reply.get("result")
+
     def mine(self, blocks: int = 1) -> None:
         """Mine `blocks` empty blocks (dev chains only: `evm_mine`, as anvil and our devnet serve)."""
         for _ in range(blocks):
-            reply = self.request(self.w3.provider.make_request, "evm_mine", [])
-            if "error" in reply:
-                raise ChainError(f"evm_mine failed at {self.url}: {reply['error']}")
+            self.raw_request("evm_mine", [])
+
+    def latest_timestamp(self) -> int:
+        """Timestamp of the latest block (chain time, which API-key expiry is measured in)."""
+        return int(self.request(self.w3.eth.get_block, "latest")["timestamp"])
+
+    def receipt(self, tx_hash: bytes) -> dict[str, Any] | None:
+        """The receipt of a mined transaction, or None while it is not mined (or unknown)."""
+        try:
+            return dict(self.request(self.w3.eth.get_transaction_receipt, tx_hash))
+        except TransactionNotFound:
+            return None
+
+    def is_pending(self, tx_hash: bytes) -> bool:
+        """Whether the node knows the transaction (mined or in its pool)."""
+        try:
+            self.request(self.w3.eth.get_transaction, tx_hash)
+        except TransactionNotFound:
+            return False
+        return True
 
     def code(self, address: str) -> bytes:
         return bytes(self.request(self.w3.eth.get_code, Web3.to_checksum_address(address)))
@@ -174,8 +198,16 @@ class Rpc:
         data: bytes,
         value: int = 0,
         gas: int | None = None,
+        *,
+        on_signed: Callable[[bytes, bytes], None] | None = None,
+        on_sent: Callable[[bytes], None] | None = None,
     ) -> dict[str, Any]:
-        """Sign and send one transaction, wait for its receipt, raise `Revert` if it failed."""
+        """Sign and send one transaction, wait for its receipt, raise `Revert` if it failed.
+
+        `on_signed(tx_hash, raw)` runs after signing and before broadcasting (a caller that must
+        send exactly once persists the raw transaction there); `on_sent(tx_hash)` runs after the
+        node accepted it, before waiting for the receipt.
+        """
         tx: dict[str, Any] = {"from": signer.address, "value": value, "data": data}
         if to is not None:
             tx["to"] = Web3.to_checksum_address(to)
@@ -183,7 +215,10 @@ class Rpc:
             # Reverts surface here, with their reason, before anything is signed.
             gas = self.request(self.w3.eth.estimate_gas, tx) * GAS_MARGIN_NUM // GAS_MARGIN_DEN
         tx["gas"] = gas
-        tx_hash = self._sign_and_send(signer, {**tx, **self._fees(), "chainId": self.chain_id})
+        tx_hash = self._sign_and_send(signer, {**tx, **self._fees(), "chainId": self.chain_id},
+                                      on_signed)
+        if on_sent is not None:
+            on_sent(tx_hash)
         try:
             receipt = self.wait_for_receipt(tx_hash)
         except RpcTimeout:
@@ -195,7 +230,8 @@ class Rpc:
             raise self._failure_reason(tx, receipt)
         return receipt
 
-    def _sign_and_send(self, signer: Signer, tx: dict[str, Any]) -> bytes:
+    def _sign_and_send(self, signer: Signer, tx: dict[str, Any],
+                       on_signed: Callable[[bytes, bytes], None] | None = None) -> bytes:
         """Assign the next nonce, sign, send; after a nonce refusal resync once and retry."""
         slot = (self.url, signer.address)
         for attempt in (1, 2):
@@ -205,7 +241,10 @@ class Rpc:
                         self.w3.eth.get_transaction_count, signer.address, "pending"
                     )
                 nonce = _NONCES[slot]
-                raw = signer.account.sign_transaction({**tx, "nonce": nonce}).raw_transaction
+                signed = signer.account.sign_transaction({**tx, "nonce": nonce})
+                raw = signed.raw_transaction
+                if on_signed is not None:
+                    on_signed(bytes(signed.hash), bytes(raw))
                 try:
                     tx_hash = self.request(self.w3.eth.send_raw_transaction, raw)
                 except RpcRejected as exc:

@@ -135,5 +135,4 @@ def emit(as_json: bool, obj: dict[str, Any], human: str) -> None:
 
 def latest_timestamp(chain: Chain) -> int:
     """Timestamp of the latest block (API keys expire in chain time, not the local clock)."""
-    block = chain.rpc.request(chain.w3.eth.get_block, "latest")
-    return int(block["timestamp"])
+    return chain.rpc.latest_timestamp()

@@ -76,10 +76,7 @@ class Indexer:
 
     # ------------------------------------------------------------------ RPC
     def _call(self, method: str, params: list[Any]) -> Any:
-        reply = self.rpc.request(self.rpc.w3.provider.make_request, method, params)
-        if "error" in reply:
-            raise ChainError(f"{method} failed at {self.rpc.url}: {reply['error']}")
-        return reply.get("result")
+        return self.rpc.raw_request(method, params)
 
     def _block(self, number: int, full: bool = True) -> dict[str, Any] | None:
         return self._call("eth_getBlockByNumber", [hex(number), full])  # type: ignore[no-any-return]

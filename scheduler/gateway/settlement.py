@@ -22,8 +22,7 @@ from eth_utils import to_checksum_address
 
 from contracts.batch import Pipeline, Record, Stage
 from contracts.client import Chain
-from contracts.errors import ChainError, Revert
-from contracts.rpc import _NONCE_LOCK, _NONCES, GAS_MARGIN_DEN, GAS_MARGIN_NUM
+from contracts.errors import Revert
 
 from .store import BatchRow, RequestRow, Store
 
@@ -125,49 +124,39 @@ class Settler:
         data = pay.contract.functions.settle_batch(
             keys, [p.as_tuple() for p in pipes], [r.as_tuple() for r in records]
         )._encode_transaction_data()
-        signer = self.chain.signer
-        tx: dict[str, Any] = {"from": signer.address, "to": pay.address, "value": 0,
-                              "data": bytes.fromhex(data[2:])}
+        attempts = b.attempts
+        signed: list[bytes] = []
+
+        def persist(tx_hash: bytes, raw: bytes) -> None:
+            # Before the broadcast: after a crash the restart finds the hash and checks the chain.
+            signed.append(tx_hash)
+            self.store.set_batch(b.id, status="broadcast", tx_hash="0x" + tx_hash.hex(),
+                                 raw_tx=raw, attempts=attempts + 1)
+
+        def test_hook(tx_hash: bytes) -> None:
+            if self.exit_after_broadcast:
+                log.error("TEST HOOK: exiting right after broadcasting batch %d (0x%s)",
+                          b.id, tx_hash.hex())
+                os._exit(EXIT_AFTER_BROADCAST_CODE)
+
         try:
-            gas = pay.rpc.request(pay.rpc.w3.eth.estimate_gas, tx)
+            receipt = pay.rpc.transact(self.chain.signer, pay.address, bytes.fromhex(data[2:]),
+                                       on_signed=persist, on_sent=test_hook)
         except Revert as exc:
             if "already settled" in str(exc):
                 return self._finalize(b.id, None)
+            if signed:
+                raise  # mined and failed: retried next tick, after a fresh look at the chain
             self.store.set_batch(b.id, status="failed", error=str(exc)[:1000])
             log.error("batch %d refused by the contract: %s", b.id, exc)
             return 0
-        tx["gas"] = gas * GAS_MARGIN_NUM // GAS_MARGIN_DEN
-        rpc = pay.rpc
-        with _NONCE_LOCK:  # share the contracts client's nonce discipline
-            _NONCES.pop((rpc.url, signer.address), None)
-            nonce = rpc.request(rpc.w3.eth.get_transaction_count, signer.address, "pending")
-            signed = signer.account.sign_transaction(
-                {**tx, **rpc._fees(), "chainId": rpc.chain_id, "nonce": nonce})
-            tx_hash = "0x" + bytes(signed.hash).hex()
-            self.store.set_batch(b.id, status="broadcast", tx_hash=tx_hash,
-                                 raw_tx=bytes(signed.raw_transaction), attempts=b.attempts + 1)
-            rpc.request(rpc.w3.eth.send_raw_transaction, signed.raw_transaction)
-        if self.exit_after_broadcast:
-            log.error("TEST HOOK: exiting right after broadcasting batch %d (%s)", b.id, tx_hash)
-            os._exit(EXIT_AFTER_BROADCAST_CODE)
-        receipt = dict(rpc.wait_for_receipt(bytes.fromhex(tx_hash[2:])))
-        if receipt["status"] != 1:
-            raise ChainError(f"settle_batch transaction {tx_hash} failed on chain")
         return self._finalize(b.id, receipt)
 
     def _receipt(self, tx_hash: str) -> dict[str, Any] | None:
-        w3 = self.chain.payments.rpc.w3
-        try:
-            return dict(w3.eth.get_transaction_receipt(tx_hash))
-        except Exception:  # noqa: BLE001 - TransactionNotFound and friends: not mined
-            return None
+        return self.chain.payments.rpc.receipt(bytes.fromhex(tx_hash[2:]))
 
     def _pending(self, tx_hash: str) -> bool:
-        try:
-            self.chain.payments.rpc.w3.eth.get_transaction(tx_hash)
-            return True
-        except Exception:  # noqa: BLE001 - unknown to the node
-            return False
+        return self.chain.payments.rpc.is_pending(bytes.fromhex(tx_hash[2:]))
 
     def _finalize(self, batch_id: int, receipt: dict[str, Any] | None) -> int:
         values: dict[str, object] = {"status": "settled", "error": None}
