@@ -271,14 +271,27 @@ class Rpc:
                 raise
             raise ours from exc
 
-    def _failure_reason(self, tx: dict[str, Any], receipt: dict[str, Any]) -> Revert:
-        """Replay a failed transaction as a call on its parent block to learn why."""
-        call = {k: tx[k] for k in ("from", "to", "value", "data") if k in tx}
-        call["gas"] = tx["gas"]
+    def replay(self, sender: str, to: str | None, data: bytes | str, value: int, gas: int,
+               block: int) -> Revert | None:
+        """Replay a transaction as a call on `block` (its parent): the `Revert` it raises there,
+        or None when the call succeeds (a failure that depended on gas or ordering).
+        Raises `ChainError` when the node cannot answer."""
+        call: dict[str, Any] = {"from": Web3.to_checksum_address(sender), "data": data,
+                                "value": value, "gas": gas}
+        if to:
+            call["to"] = Web3.to_checksum_address(to)
         try:
-            self.request(self.w3.eth.call, call, receipt["blockNumber"] - 1)
+            self.request(self.w3.eth.call, call, max(block, 0))
         except Revert as rev:
             return rev
+        return None
+
+    def _failure_reason(self, tx: dict[str, Any], receipt: dict[str, Any]) -> Revert:
+        """Why a mined transaction failed, learned by replaying it on its parent block."""
+        try:
+            rev = self.replay(tx["from"], tx.get("to"), tx["data"], tx.get("value", 0), tx["gas"],
+                              receipt["blockNumber"] - 1)
         except ChainError:
-            pass
-        return Revert(f"transaction reverted (gas used {receipt['gasUsed']} of {tx['gas']})")
+            rev = None
+        return rev or Revert(
+            f"transaction reverted (gas used {receipt['gasUsed']} of {tx['gas']})")

@@ -21,7 +21,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from contracts.errors import ChainError, Revert
+from contracts.errors import ChainError
 from contracts.rpc import Rpc
 from devnet.explorer.decode import Decoder
 from devnet.explorer.models import BLOCK_SCOPED, Block, Log, Meta, Request, Served, Tx
@@ -96,18 +96,13 @@ class Indexer:
 
     def _revert_reason(self, tx: dict[str, Any], number: int) -> str:
         """Replay a failed transaction as eth_call on its parent block to recover its reason."""
-        w3 = self.rpc.w3
-        call: dict[str, Any] = {"from": w3.to_checksum_address(tx["from"]),
-                                "data": tx.get("input", "0x"), "value": _int(tx.get("value")),
-                                "gas": _int(tx.get("gas"))}
-        if tx.get("to"):
-            call["to"] = w3.to_checksum_address(tx["to"])
         try:
-            self.rpc.request(w3.eth.call, call, max(number - 1, 0))
-        except Revert as exc:
-            return str(exc)
+            rev = self.rpc.replay(tx["from"], tx.get("to"), tx.get("input", "0x"),
+                                  _int(tx.get("value")), _int(tx.get("gas")), number - 1)
         except ChainError as exc:
             return f"reverted (reason unavailable: {exc})"
+        if rev is not None:
+            return str(rev)
         return "reverted (the call succeeds when replayed on the parent block: likely out of gas)"
 
     # ------------------------------------------------------------------ sync
