@@ -2,7 +2,8 @@
 the tiny model (in-process stage servers): `gateway_added_ms` = median latency of a non-streamed
 chat completion through the gateway (HTTP, key check, accounting, record) minus the median of the
 same request sent straight to the pipeline with `PipelineClient`; `gateway_rps` = completed requests
-per second with many concurrent clients. Run: `.venv/bin/python bench/gateway.py [--quick]`."""
+per second with many concurrent clients; `gateway_commit_ms` = median time to collect every stage's
+signed commitment after a direct request (`commit_all`, part of what the gateway adds). Run: `.venv/bin/python bench/gateway.py [--quick]`."""
 
 from __future__ import annotations  # noqa: E402
 
@@ -30,6 +31,7 @@ from devnet.testing import running_anvil  # noqa: E402
 from node.models.tiny import build_tiny_model  # noqa: E402
 from node.pipeline_client import PipelineClient  # noqa: E402
 from node.protocol import PipelineRequest  # noqa: E402
+from node.stage_query import commit_all  # noqa: E402
 from scheduler.gateway.testing import (  # noqa: E402
     CHATML,
     ETH,
@@ -81,13 +83,19 @@ def main() -> None:
             prompt = gw.model.chat_ids([{"role": "user", "content": "hello"}])
             client = PipelineClient(PrivateKey(bytes(gsigner.account.key)), gw.chain_id)
 
+            commit_s: list[float] = []
+
             async def direct() -> float:
                 req = PipelineRequest(chain_id=gw.chain_id, request_id="0x" + secrets.token_hex(32),
                                       gateway=gw.address, stages=dp.stages(), prompt_len=len(prompt),
                                       max_new_tokens=MAX_TOKENS, stop_ids=gw.model.stop_ids())
                 t = time.perf_counter()
-                await client.generate(req, prompt)
-                return time.perf_counter() - t
+                gen = await client.generate(req, prompt)
+                elapsed = time.perf_counter() - t
+                t = time.perf_counter()
+                await commit_all(client.key, gw.chain_id, req, len(prompt) + len(gen.tokens) - 1)
+                commit_s.append(time.perf_counter() - t)
+                return elapsed
 
             async def via(h: httpx.AsyncClient) -> float:
                 t = time.perf_counter()
@@ -124,6 +132,7 @@ def main() -> None:
     print(f"gateway_request_ms: {g * 1000:.2f}")
     print(f"gateway_added_ms: {(g - d) * 1000:.2f}")
     print(f"gateway_rps: {rps:.1f}")
+    print(f"gateway_commit_ms: {statistics.median(commit_s) * 1000:.2f}")
     print(f"summary: gateway adds {(g - d) * 1000:.2f} ms per {MAX_TOKENS}-token request "
           f"(target <= 5 ms) and serves {rps:.1f} req/s at concurrency {conc} on the tiny model")
 

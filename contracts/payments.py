@@ -182,6 +182,14 @@ class Payments(Binding):
     def withdraw(self, sender: Signer | None = None) -> TxResult:
         return self._send("withdraw", sender=sender)
 
+    def set_params(
+        self, verification_window: int, protocol_fee_bps: int, verifier_share_bps: int,
+        sender: Signer | None = None,
+    ) -> TxResult:
+        """Owner: the verification window (blocks a batch stays escrowed) and the fee shares."""
+        return self._send("set_params", verification_window, protocol_fee_bps,
+                          verifier_share_bps, sender=sender)
+
     def set_roles(
         self, verification: str, fee_recipient: str, sender: Signer | None = None
     ) -> TxResult:

@@ -60,6 +60,37 @@ def commitment_root(stage_commits: Sequence[StageCommit]) -> bytes:
     return keccak(abi_encode([STAGE_COMMIT_TYPE], [[s.as_tuple() for s in stage_commits]]))
 
 
+ATTESTATION_DOMAIN = b"veriplex-stage-commit-v1"
+
+
+def attestation_digest(chain_id: int, request_id: bytes, stage: int, sc: StageCommit) -> bytes:
+    """What a stage operator signs for its commitment (VERIFY_SPEC §1): keccak256 of
+    b"veriplex-stage-commit-v1" ‖ u64 chain id ‖ bytes32 request id ‖ u16 stage ‖ root ‖
+    u32 positions ‖ u32 hidden size ‖ u32 n_tokens, integers big-endian."""
+    if not 0 <= chain_id < 2**64:
+        raise ContractsError(f"chain id ({chain_id}) must be in [0, 2**64)")
+    if not isinstance(request_id, bytes | bytearray) or len(request_id) != 32:
+        raise ContractsError(f"request id must be 32 bytes, got {request_id!r:.80}")
+    if not 0 <= stage < 2**16:
+        raise ContractsError(f"stage ({stage}) must be in [0, 2**16)")
+    if not isinstance(sc.root, bytes | bytearray) or len(sc.root) != 32:
+        raise ContractsError(f"stage root must be 32 bytes, got {sc.root!r:.80}")
+    for name in ("positions", "hidden_size", "n_tokens"):
+        v = getattr(sc, name)
+        if not 0 <= v < 2**32:
+            raise ContractsError(f"stage commit {name} ({v}) must be in [0, 2**32)")
+    return keccak(
+        ATTESTATION_DOMAIN
+        + chain_id.to_bytes(8, "big")
+        + bytes(request_id)
+        + stage.to_bytes(2, "big")
+        + bytes(sc.root)
+        + sc.positions.to_bytes(4, "big")
+        + sc.hidden_size.to_bytes(4, "big")
+        + sc.n_tokens.to_bytes(4, "big")
+    )
+
+
 def verdict_commitment(
     task_id: int, member: str, verdict: bool, output_root: bytes, salt: bytes
 ) -> bytes:

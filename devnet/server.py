@@ -247,6 +247,8 @@ async def _run(opts: ServeOptions, store: ChainStore, chain: DevChain) -> int:
     status = 0
     miner: asyncio.Task[None] | None = None
     try:
+        if opts.block_time > 0:  # before deploying: with timed blocks the deployment needs them
+            miner = asyncio.create_task(_mine_every(chain, opts.block_time, fatal))
         if opts.deploy:
             deploying = asyncio.create_task(asyncio.to_thread(_deploy, url, opts, accounts[0].private_key))
             await asyncio.wait({deploying, serving}, return_when=asyncio.FIRST_COMPLETED)
@@ -259,8 +261,6 @@ async def _run(opts: ServeOptions, store: ChainStore, chain: DevChain) -> int:
                 server.should_exit = True
                 status = 1
                 return status
-        if opts.block_time > 0:
-            miner = asyncio.create_task(_mine_every(chain, opts.block_time, fatal))
         print(f"veriplex devnet: ready at {url} (chain id {opts.chain_id}, block "
               f"{chain.head.block_number}, db {opts.db}, manifest {opts.manifest_path})", flush=True)
         while not serving.done():

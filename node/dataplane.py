@@ -18,6 +18,10 @@ that closes while sessions route through it reports STAGE_FAILED(stage) upstream
 re-routes (see `node.pipeline_client`) with an OPEN of a higher epoch carrying the sequence so far,
 and each stage keeps what it has cached, replaying only what it is missing.
 
+After a request ran, any connection may carry COMMIT (the request's gateway asks for the stage's
+signed commitment over its stored rows) and FETCH (the gateway or an active operator reads stored
+rows and token ids); both are answered from the hidden-state store by `node.stored_requests`.
+
 Compute runs inline on the event loop: a stage works on one step at a time anyway, and this keeps
 the per-hop cost to a socket write, a keccak and a signature.
 """
@@ -38,6 +42,7 @@ from node.dataplane_errors import (
     FrameTooLarge,
     NoCapacity,
     NotAssigned,
+    NotStored,
     Replay,
     StageFailed,
     UnknownRequest,
@@ -70,6 +75,7 @@ from node.protocol import (
     token_body,
 )
 from node.sessions import DataSession, SessionTable
+from node.stored_requests import StoredRequests
 
 log = logging.getLogger("veriplex.dataplane")
 
@@ -82,6 +88,7 @@ CODES: list[tuple[type[Exception], ErrorCode]] = [
     (NoCapacity, ErrorCode.NO_CAPACITY),
     (FrameTooLarge, ErrorCode.TOO_LARGE),
     (StageFailed, ErrorCode.STAGE_FAILED),
+    (NotStored, ErrorCode.NOT_STORED),
     (ModelError, ErrorCode.EXECUTION),
 ]
 
@@ -122,6 +129,7 @@ class StageServer:
         self.host, self.port = host, port
         self.max_frame_bytes = max_frame_bytes
         self.sessions = SessionTable(executor, store, kv_budget_bytes, session_timeout_s)
+        self.stored = StoredRequests(store, key, directory, chain_id, self.layers, max_frame_bytes)
         self.links: dict[Endpoint, asyncio.StreamWriter] = {}
         self._link_lock = asyncio.Lock()
         self._server: asyncio.base_events.Server | None = None
@@ -228,6 +236,11 @@ class StageServer:
             await self._on_token(f)
         elif f.kind == Kind.CLOSE:
             await self._on_close(f)
+        elif f.kind == Kind.COMMIT:
+            writer.write((await self.stored.commit(f)).to_bytes())
+        elif f.kind == Kind.FETCH:
+            writer.write(self.stored.fetch(f).to_bytes())
+            await writer.drain()
         elif f.kind == Kind.PING:
             f.signer()  # unsigned pings are refused too
             writer.write(make_frame(self.key, Kind.PONG, self.chain_id, f.request_id, f.step).to_bytes())
@@ -286,6 +299,8 @@ class StageServer:
             raise BadMessage(f"OPEN step {f.step} does not match its {len(ob.tokens)} tokens (step {step})")
         s = self.sessions.admit(req, ob.raw_request, ob.gateway_sig, idx)
         s.upstream = writer
+        self.sessions.note_open(s, ob.tokens)
+        self.stored.forget(req.rid)
         s.expect_step = step
         try:
             if idx + 1 < len(req.stages):
@@ -329,6 +344,7 @@ class StageServer:
         tok, pos, done = parse_token(f.body)
         if pos != len(s.tokens):
             raise BadMessage(f"TOKEN for position {pos}; the sequence holds {len(s.tokens)} tokens")
+        self.sessions.note_token(s.rid, pos, tok)
         if s.upstream is not None and not s.upstream.is_closing():
             s.upstream.write(f.to_bytes())  # stream to the gateway, signed by the sampling stage
         s.tokens.append(tok)
@@ -387,6 +403,7 @@ class StageServer:
             assert out is not None and out.logits is not None
             tok = sample_token(out.logits[-1], ex.session(rid).sampling, end)
             done = step + 1 >= req.max_new_tokens or tok in req.stop_ids
+            self.sessions.note_token(rid, end, tok)
             f = make_frame(self.key, Kind.TOKEN, self.chain_id, rid, step, s.epoch, 0,
                            token_body(tok, end, done))
             if s.index == 0:  # a one-stage pipeline: the ring closes on itself

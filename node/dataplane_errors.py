@@ -12,6 +12,7 @@ serving everyone else::
     ├── NoCapacity          KV-cache or hidden-store budget would overflow            NO_CAPACITY
     ├── FrameTooLarge       frame above the receiver's max_frame_bytes                TOO_LARGE
     ├── StageFailed         a downstream stage is unreachable or went away            STAGE_FAILED
+    ├── NotStored           COMMIT / FETCH for rows or tokens this stage does not hold NOT_STORED
     └── RemoteError         the caller's view of an ERROR frame from the pipeline     (its code)
 
 Executor errors (`node.models.errors.ModelError`) are answered with code EXECUTION.
@@ -58,6 +59,10 @@ class StageFailed(DataPlaneError):
     def __init__(self, message: str, stage: int | None = None):
         super().__init__(message)
         self.stage = stage
+
+
+class NotStored(DataPlaneError):
+    """COMMIT or FETCH for a request, rows or tokens this stage does not hold (never, or evicted)."""
 
 
 class RemoteError(DataPlaneError):

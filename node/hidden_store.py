@@ -20,6 +20,16 @@ read any position range back. One file per (request, stage), named `<request id 
 All integers little-endian. The number of rows held is derived from the file size (a torn final row
 after a crash is ignored and overwritten). Never pickle.
 
+Next to each rows file, a *request file* `<request id hex>-<a>-<b>.vptk` keeps what the stage must
+know to answer COMMIT / FETCH after its session closed: who the gateway was, which stage of how many
+it served, and the token ids it saw (the OPEN's sequence, then every TOKEN received or sampled)::
+
+    offset 0   4s   magic b"VPTK"      4  u16 version (1)     6  u16 stage index
+           8   u16  stages in the pipeline               10  u16 reserved, 0
+          12   20s  gateway address                      32  ...  u32 token ids, position order
+
+It lives and dies with the rows file (same retention, same eviction).
+
 Disk use is bounded by admission, not by failing mid-generation: `open()` reserves
 `header + capacity × row bytes` against `max_bytes`, first evicting every expired request; if the
 reservation still does not fit, it raises `StoreFull` quoting the figures. A request expires
@@ -50,6 +60,24 @@ HEADER = struct.Struct("<4sHBBIIII32sdd")
 HEADER_SIZE = HEADER.size  # 72
 _EXPIRES_OFFSET = HEADER_SIZE - 8
 SUFFIX = ".vphs"
+INFO_MAGIC = b"VPTK"
+INFO_HEADER = struct.Struct("<4sHHHH20s")
+INFO_SUFFIX = ".vptk"
+
+
+@dataclass
+class RequestInfo:
+    """What a stage keeps about a request besides its rows: the gateway, its place, the tokens."""
+
+    gateway: str  # checksum address
+    stage: int
+    n_stages: int
+    tokens: list[int]
+
+    @property
+    def commits_tokens(self) -> bool:
+        """The first and the last stage commit the token sequence; middle stages do not."""
+        return self.stage == 0 or self.stage == self.n_stages - 1
 
 
 @dataclass
@@ -66,6 +94,11 @@ class StoreEntry:
     created_at: float
     expires_at: float
     rows: int  # positions written so far
+    info: RequestInfo | None = None
+
+    @property
+    def info_path(self) -> Path:
+        return self.path.with_suffix(INFO_SUFFIX)
 
     @property
     def row_bytes(self) -> int:
@@ -186,7 +219,52 @@ class HiddenStateStore:
         for k in gone:
             e = self.entries.pop(k)
             e.path.unlink(missing_ok=True)
+            e.info_path.unlink(missing_ok=True)
         return len(gone)
+
+    # ── what the stage knows about the request ────────────────────────────────────────────────
+    def set_info(self, request_id: bytes, layer_start: int, layer_end: int, gateway: str,
+                 stage: int, n_stages: int, tokens: list[int] | tuple[int, ...]) -> RequestInfo:
+        """Record (or, after a re-route, replace) the gateway, the stage's place and the tokens."""
+        from eth_utils import to_canonical_address, to_checksum_address
+
+        e = self.entry(request_id, layer_start, layer_end)
+        if not (0 <= stage < n_stages < 2**16) or any(not 0 <= t < 2**32 for t in tokens):
+            raise StoreError(f"bad request info: stage {stage} of {n_stages}, {len(tokens)} tokens")
+        info = RequestInfo(to_checksum_address(gateway), stage, n_stages, [int(t) for t in tokens])
+        head = INFO_HEADER.pack(INFO_MAGIC, VERSION, stage, n_stages, 0, to_canonical_address(gateway))
+        e.info_path.write_bytes(head + struct.pack(f"<{len(tokens)}I", *info.tokens))
+        e.info = info
+        return info
+
+    def put_token(self, request_id: bytes, layer_start: int, layer_end: int, position: int,
+                  token: int) -> bool:
+        """The token at `position` (dropping any recorded after it); False if it would leave a gap
+        or the request has no info."""
+        e = self.entries.get((request_id, layer_start, layer_end))
+        if e is None or e.info is None or not 0 <= position <= len(e.info.tokens):
+            return False
+        toks = e.info.tokens
+        if position < len(toks) and toks[position] == token and position == len(toks) - 1:
+            return True
+        del toks[position:]
+        toks.append(int(token))
+        with e.info_path.open("r+b") as f:
+            f.truncate(INFO_HEADER.size + 4 * position)
+            f.seek(INFO_HEADER.size + 4 * position)
+            f.write(struct.pack("<I", int(token)))
+        return True
+
+    def info(self, request_id: bytes, layer_start: int, layer_end: int) -> RequestInfo:
+        e = self.entry(request_id, layer_start, layer_end)
+        if e.info is None:
+            raise StoreError(f"request {request_id.hex()} layers [{layer_start}, {layer_end}) has "
+                             "rows but no request record (gateway, stage, tokens)")
+        return e.info
+
+    def find(self, request_id: bytes) -> list[StoreEntry]:
+        """Every entry this store holds for a request (one per layer range served)."""
+        return [e for (rid, _, _), e in self.entries.items() if rid == request_id]
 
     # ── rows ──────────────────────────────────────────────────────────────────────────────────
     def entry(self, request_id: bytes, layer_start: int, layer_end: int) -> StoreEntry:
@@ -256,7 +334,15 @@ class HiddenStateStore:
                 log.warning("hidden store: removing unreadable file %s: %s", path, exc)
                 path.unlink(missing_ok=True)
                 continue
+            if e.info_path.exists():
+                try:
+                    e.info = read_info(e.info_path)
+                except StoreError as exc:
+                    log.warning("hidden store: ignoring unreadable request file: %s", exc)
             self.entries[(e.request_id, e.layer_start, e.layer_end)] = e
+        for path in self.root.glob(f"*{INFO_SUFFIX}"):
+            if not path.with_suffix(SUFFIX).exists():
+                path.unlink(missing_ok=True)  # its rows were evicted before a crash
 
 
 def _check_request_id(request_id: bytes) -> None:
@@ -301,6 +387,22 @@ def read_header(path: Path) -> StoreEntry:
     e = StoreEntry(path, rid, a, b, DTYPE_CODES[code], hidden, capacity, created, expires, 0)
     e.rows = min((size - HEADER_SIZE) // e.row_bytes, capacity)
     return e
+
+
+def read_info(path: Path) -> RequestInfo:
+    """Parse a request file (gateway, stage, tokens); a torn final token is ignored."""
+    from eth_utils import to_checksum_address
+
+    raw = path.read_bytes()
+    if len(raw) < INFO_HEADER.size:
+        raise StoreError(f"{path}: {len(raw)} bytes, shorter than the {INFO_HEADER.size}-byte header")
+    magic, version, stage, n_stages, reserved, gateway = INFO_HEADER.unpack_from(raw, 0)
+    if magic != INFO_MAGIC or version != VERSION or reserved != 0 or not stage < n_stages:
+        raise StoreError(f"{path}: bad header (magic {magic!r}, version {version}, stage {stage} "
+                         f"of {n_stages})")
+    n = (len(raw) - INFO_HEADER.size) // 4
+    tokens = list(struct.unpack_from(f"<{n}I", raw, INFO_HEADER.size))
+    return RequestInfo(to_checksum_address(gateway), stage, n_stages, tokens)
 
 
 def disk_usage(root: str | Path) -> int:

@@ -8,6 +8,9 @@ layers (the scheduler's job; a test passes a spare worker), bumps the request's 
 OPEN carrying the sequence so far. Surviving stages keep their KV caches; the replacement rebuilds
 its cache by replaying every position (see `node.dataplane`). If nothing arrives for
 `step_timeout_s`, the client pings every stage to name the dead one and fails over the same way.
+
+After the generation, the gateway asks every stage of the final pipeline (`Generation.request`) for
+its signed commitment (`node.stage_query.commit_all`) and keeps them in `Generation.commitments`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from node.protocol import (
     parse_token,
     sign_digest,
 )
+from node.stage_query import SignedStageCommit
+
+__all__ = ["Generation", "Handover", "PipelineClient", "SignedStageCommit"]
 
 Replace = Callable[[int, PipelineRequest], StageAssignment]
 
@@ -56,6 +62,8 @@ class Generation:
     tokens: list[int]
     handovers: list[Handover] = field(default_factory=list)
     token_times: list[float] = field(default_factory=list)  # monotonic arrival time of each token
+    request: PipelineRequest | None = None  # as finally routed (after any failover)
+    commitments: list[SignedStageCommit] = field(default_factory=list)  # filled by the gateway
 
 
 class PipelineClient:
@@ -69,12 +77,16 @@ class PipelineClient:
     async def generate(self, request: PipelineRequest, prompt: list[int], *,
                        replace: Replace | None = None, max_failovers: int = 2,
                        step_timeout_s: float = 30.0,
-                       on_token: Callable[[int, int], None] | None = None) -> Generation:
+                       on_token: Callable[[int, int], None] | None = None,
+                       progress: Generation | None = None) -> Generation:
+        """Run `request`; `progress`, if given, is filled in place (and returned), so a caller that
+        cancels the generation still sees the tokens delivered and the pipeline as routed."""
         if len(prompt) != request.prompt_len:
             raise ValueError(f"prompt has {len(prompt)} tokens; the request says {request.prompt_len}")
         req = request
         tokens = list(prompt)
-        out = Generation([])
+        out = progress if progress is not None else Generation([])
+        out.request = req
         conn = await self._connect(req.stages[0])
         try:
             self._send_open(conn[1], req, tokens)
@@ -129,6 +141,7 @@ class PipelineClient:
                         {**req.model_dump(), "epoch": req.epoch + 1,
                          "stages": [s.model_dump() for s in stages]})
                     out.handovers.append(Handover(e.stage, len(out.tokens), old.operator, new.operator))
+                    out.request = req
                     if e.stage == 0:
                         conn[1].close()
                         conn = await self._connect(req.stages[0])

@@ -21,6 +21,14 @@ compare with the operator assigned to the sending stage. Bodies:
     CLOSE   u8 reason (CloseReason)
     ERROR   u16 code (ErrorCode) ‖ u16 stage where it happened ‖ utf-8 message (≤ 1024 bytes)
     PING / PONG   empty
+    COMMIT     u32 positions P (ask stage `frame.stage` for its commitment over rows [0, P))
+    COMMITTED  32s root ‖ u32 positions ‖ u32 hidden size ‖ u32 n_tokens ‖ 65s attestation signature
+               (over `contracts.verification.attestation_digest`, by the stage operator)
+    FETCH      u32 layer start ‖ u32 layer end ‖ u32 pos_from ‖ u32 pos_to (read stored rows)
+    ROWS       u32 start ‖ u32 count ‖ count × u32 token ids ‖ VPT1 float32 tensor (T, d)
+
+COMMIT / FETCH are answered on the connection they came on, after the request ran (see
+`node.stage_query` for the caller's side and node/README.md for who may ask).
 
 Never pickle: tensors are raw bytes behind a typed header, structured requests are a validated,
 frozen pydantic model serialised as JSON and signed by the gateway as exact bytes.
@@ -38,6 +46,7 @@ from coincurve import PrivateKey, PublicKey
 from eth_hash.auto import keccak
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from contracts.verification import StageCommit
 from node.dataplane_errors import BadMessage, BadSignature
 from node.tensor_codec import TensorCodecError, decode_tensor, encode_tensor
 
@@ -60,6 +69,10 @@ class Kind(enum.IntEnum):
     ERROR = 5
     PING = 6
     PONG = 7
+    COMMIT = 8
+    COMMITTED = 9
+    FETCH = 10
+    ROWS = 11
 
 
 class CloseReason(enum.IntEnum):
@@ -77,6 +90,7 @@ class ErrorCode(enum.IntEnum):
     EXECUTION = 7  # the executor refused the input
     STAGE_FAILED = 8  # a downstream stage is unreachable or closed its connection
     NOT_ASSIGNED = 9  # this node is not the stage the request names
+    NOT_STORED = 10  # COMMIT / FETCH: rows or tokens not held here (never stored, or evicted)
 
 
 # ── addresses and signatures ─────────────────────────────────────────────────────────────────
@@ -334,3 +348,97 @@ def parse_error(body: bytes) -> ErrorInfo:
     if code not in ErrorCode._value2member_map_:
         raise BadMessage(f"unknown error code {code}")
     return ErrorInfo(ErrorCode(code), stage, body[_ERROR.size :].decode("utf-8", "replace"))
+
+
+# ── commitments and stored rows (after the request ran) ──────────────────────────────────────
+_COMMITTED = struct.Struct("<32sIII65s")
+_FETCH = struct.Struct("<IIII")
+_ROWS_HEAD = struct.Struct("<II")
+MAX_TOKENS = 2**24  # token ids one ROWS body may carry
+
+
+def commit_body(positions: int) -> bytes:
+    if not 1 <= positions < 2**32:
+        raise BadMessage(f"COMMIT positions ({positions}) must be in [1, 2**32)")
+    return _U32.pack(positions)
+
+
+def parse_commit(body: bytes) -> int:
+    if len(body) != _U32.size:
+        raise BadMessage(f"COMMIT body must be {_U32.size} bytes, got {len(body)}")
+    (positions,) = _U32.unpack(body)
+    if positions == 0:
+        raise BadMessage("COMMIT asks for 0 positions; a commitment covers at least one row")
+    return positions
+
+
+def committed_body(sc: StageCommit, attestation_sig: bytes) -> bytes:
+    if len(sc.root) != 32 or len(attestation_sig) != 65:
+        raise BadMessage(f"COMMITTED needs a 32-byte root and a 65-byte signature, got "
+                         f"{len(sc.root)} and {len(attestation_sig)}")
+    return _COMMITTED.pack(sc.root, sc.positions, sc.hidden_size, sc.n_tokens, attestation_sig)
+
+
+def parse_committed(body: bytes) -> tuple[StageCommit, bytes]:
+    if len(body) != _COMMITTED.size:
+        raise BadMessage(f"COMMITTED body must be {_COMMITTED.size} bytes, got {len(body)}")
+    root, positions, hidden, n_tokens, sig = _COMMITTED.unpack(body)
+    if positions == 0 or hidden == 0:
+        raise BadMessage(f"COMMITTED shape {positions} positions × {hidden} hidden is empty")
+    return StageCommit(bytes(root), positions, hidden, n_tokens), bytes(sig)
+
+
+@dataclass(frozen=True)
+class FetchBody:
+    layer_start: int
+    layer_end: int
+    pos_from: int
+    pos_to: int
+
+
+def fetch_body(layer_start: int, layer_end: int, pos_from: int, pos_to: int) -> bytes:
+    _check_fetch(layer_start, layer_end, pos_from, pos_to)
+    return _FETCH.pack(layer_start, layer_end, pos_from, pos_to)
+
+
+def parse_fetch(body: bytes) -> FetchBody:
+    if len(body) != _FETCH.size:
+        raise BadMessage(f"FETCH body must be {_FETCH.size} bytes, got {len(body)}")
+    fb = FetchBody(*_FETCH.unpack(body))
+    _check_fetch(fb.layer_start, fb.layer_end, fb.pos_from, fb.pos_to)
+    return fb
+
+
+def _check_fetch(a: int, b: int, pos_from: int, pos_to: int) -> None:
+    if not 0 <= a < b < 2**32:
+        raise BadMessage(f"FETCH layer range [{a}, {b}) is empty or out of range")
+    if not 0 <= pos_from <= pos_to < 2**32:
+        raise BadMessage(f"FETCH position range [{pos_from}, {pos_to}) is malformed")
+
+
+def rows_body(start: int, rows: torch.Tensor, tokens: list[int] | tuple[int, ...]) -> bytes:
+    if rows.dim() != 2:
+        raise BadMessage(f"ROWS carries a (T, d) tensor, got shape {tuple(rows.shape)}")
+    if len(tokens) > MAX_TOKENS:
+        raise BadMessage(f"ROWS carries at most {MAX_TOKENS} token ids, got {len(tokens)}")
+    return (_ROWS_HEAD.pack(start, len(tokens)) + struct.pack(f"<{len(tokens)}I", *tokens)
+            + encode_tensor(rows.to(torch.float32)))
+
+
+def parse_rows(body: bytes, d: int | None = None, max_rows: int | None = None
+               ) -> tuple[int, torch.Tensor, list[int]]:
+    """(start position, float32 rows (T, d), token ids); `d` / `max_rows` check the shape."""
+    if len(body) < _ROWS_HEAD.size:
+        raise BadMessage(f"ROWS body of {len(body)} bytes is too short")
+    start, count = _ROWS_HEAD.unpack_from(body, 0)
+    off = _ROWS_HEAD.size + 4 * count
+    if count > MAX_TOKENS or off > len(body):
+        raise BadMessage(f"ROWS says {count} tokens but the body holds {len(body)} bytes")
+    tokens = list(struct.unpack_from(f"<{count}I", body, _ROWS_HEAD.size))
+    try:
+        rows = decode_tensor(memoryview(body)[off:], dtype=torch.float32, shape=(None, d))
+    except TensorCodecError as e:
+        raise BadMessage(f"ROWS tensor: {e}") from None
+    if max_rows is not None and rows.shape[0] > max_rows:
+        raise BadMessage(f"ROWS carries {rows.shape[0]} rows; at most {max_rows} were asked for")
+    return start, rows, tokens

@@ -170,6 +170,18 @@ class SessionTable:
         sh = self.executor.shard
         self.store.truncate(rid, sh.start, sh.end, min(length, self.store.entry(rid, sh.start, sh.end).rows))
 
+    def note_open(self, s: DataSession, tokens: tuple[int, ...] | list[int]) -> None:
+        """Record the gateway, the stage's place and the OPEN's tokens with the stored rows (they
+        outlive the session: COMMIT and FETCH read them after the request finished)."""
+        sh = self.executor.shard
+        req = s.request
+        self.store.set_info(s.rid, sh.start, sh.end, req.gateway, s.index, len(req.stages), tokens)
+
+    def note_token(self, rid: bytes, position: int, token: int) -> None:
+        """A token this stage saw (first stage: received; last stage: sampled) at `position`."""
+        sh = self.executor.shard
+        self.store.put_token(rid, sh.start, sh.end, position, token)
+
     def stored(self, rid: bytes, pos_from: int, pos_to: int) -> torch.Tensor:
         sh = self.executor.shard
         return self.store.read(rid, sh.start, sh.end, pos_from, pos_to)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from veriplex.demo import run_scenario
+from veriplex.demo_chain import run_scenario
 
 ETH = 10**18
 

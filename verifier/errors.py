@@ -9,7 +9,11 @@ Every error this package raises for bad input derives from `VerifierError`::
     │                      number of siblings, leaf index out of range, root mismatch
     ├── ToleranceError     claimed / recomputed rows that cannot be compared (shape mismatch,
     │                      empty input) or thresholds that make no sense
-    └── TokenCheckError    logits / token lists of the wrong shape, bad sampling parameters
+    ├── TokenCheckError    logits / token lists of the wrong shape, bad sampling parameters
+    ├── ReceiptError       a receipt `veriplex audit` cannot read: not JSON, missing request id,
+    │                      malformed fields (a receipt the chain contradicts is a failed check)
+    └── AuditError         an audit that cannot run: RPC unreachable, no deployment found, a model
+                           or signing key that cannot be loaded
 
 Messages quote the offending values. `assert` is used only for internal invariants. A *failed*
 check on well-formed input (rows outside tolerance, a wrong token) is not an error: it is a
@@ -37,3 +41,11 @@ class ToleranceError(VerifierError, ValueError):
 
 class TokenCheckError(VerifierError, ValueError):
     """Inputs to a token check of the wrong shape or with invalid sampling parameters."""
+
+
+class ReceiptError(VerifierError, ValueError):
+    """A receipt file that cannot be read or parsed (missing, not JSON, malformed field)."""
+
+
+class AuditError(VerifierError):
+    """`veriplex audit` cannot run (exit status 2): chain unreachable, no deployment, bad key."""

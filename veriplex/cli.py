@@ -25,9 +25,11 @@ SUBCOMMANDS: dict[str, str] = {
     "rewards": "node.cli_operator:rewards",
     "client": "node.cli_client:client",
     "demo": "veriplex.demo:demo",
+    "up": "veriplex.up:up",
     "coordinator": "scheduler.service.cli:coordinator",
     "gateway": "scheduler.gateway.cli:gateway",
     "params": "verifier.cli:params",
+    "audit": "verifier.audit_cli:audit",
     "verify-stage": "node.cli_verify:verify_stage",
     "explorer": "devnet.explorer.cli:explorer",
 }

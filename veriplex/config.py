@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import (
@@ -105,6 +105,19 @@ class VerificationSettings(BaseModel):
     compute_cost_fraction: float = Field(
         0.5, ge=0.0, le=1.0, description="params check: share of an operator's revenue that is compute cost."
     )
+    # The verifier agent inside `veriplex node serve` (node/verification/).
+    agent_enabled: bool = Field(True, description="Run the verifier agent in `node serve` (with --directory chain).")
+    agent_policy: Literal["honest", "lazy", "accuse", "silent"] = Field(
+        "honest", description="Verifier behaviour: honest, or a fault-injection policy for tests and demos."
+    )
+    agent_poll_s: float = Field(0.5, gt=0, description="Seconds between the agent's reads of the chain head.")
+    agent_state_dir: Path | None = Field(
+        None, description="Where the agent keeps salts and evidence until they are revealed and opened. Default: <home>/verifier."
+    )
+    agent_start_block: int | None = Field(
+        None, ge=0, description="First block whose Verification events the agent reads. Default: the head at start."
+    )
+    agent_job_timeout_s: float = Field(120.0, gt=0, description="Seconds a re-execution may take before it is abandoned.")
 
 
 class ModelsSettings(BaseModel):
@@ -188,6 +201,9 @@ class GatewaySettings(BaseModel):
     exit_after_broadcast: bool = Field(
         False, description="TEST HOOK: exit the process right after a batch is broadcast (crash tests)."
     )
+    open_tasks: bool = Field(True, description="Open verification tasks for sampled settled records.")
+    commit_timeout_s: float = Field(10.0, gt=0, description="Seconds a stage has to answer COMMIT.")
+    commit_attempts: int = Field(3, ge=1, le=10, description="COMMIT tries per stage before a zero root.")
 
 
 class ExplorerSettings(BaseModel):

@@ -1,21 +1,19 @@
-"""`veriplex demo`: the scripted scenario `make demo` runs.
+"""`veriplex demo`: what `make demo` runs — the main job end to end (see `veriplex.demo_main`).
 
-It starts the embedded devnet (a real `veriplex devnet up` process, contracts deployed at start),
-then drives the chain only through the `veriplex` command a user would type, each call a separate
-process: wallets, funding, an operator registering and staking, a client depositing and creating an
-API key, unbonding and withdrawing after the unbonding period, and finally a devnet restart that
-shows the chain state survived. Everything lives in a fresh state directory (removed at the end
-unless `--keep`). Later issues extend this into the full main job (`veriplex up`).
+    veriplex demo [--model smollm2|tiny|PATH] [--workers N] [--data-dir DIR] [--keep]
+    veriplex demo chain      the older chain-only scenario (operators, clients, restarts)
+
+The scenario starts the network with `veriplex up`'s code (one worker serving perturbed
+weights), pays for requests with the `openai` client, and waits for their verification. It exits
+0 only when at least one request was verified PASSED and the perturbed worker was slashed;
+otherwise it says what was missing and exits 1. Everything it started is stopped at the end
+(also on Ctrl-C); its data directory is removed unless `--keep` or `--data-dir` is given.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
 import shutil
-import subprocess
-import sys
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -23,134 +21,69 @@ from typing import Any
 
 import click
 
-
-class DemoError(RuntimeError):
-    """A step of the scenario failed; the message says which and why."""
+from veriplex.demo_chain import chain_demo
 
 
-class Shell:
-    """Runs `veriplex ...` as a child process against one state directory and devnet."""
+@click.group("demo", invoke_without_command=True)
+@click.option("--model", default="smollm2", show_default=True,
+              help="smollm2, tiny (a random test model: fast, answers are gibberish) or a "
+                   "checkpoint directory.")
+@click.option("--workers", type=click.IntRange(min=3), default=4, show_default=True,
+              help="Local workers: 2 form the pipeline, the rest verify.")
+@click.option("--requests", "n_requests", type=click.IntRange(min=1), default=4,
+              show_default=True, help="Requests sent first (more follow until both outcomes).")
+@click.option("--max-requests", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--timeout-s", type=click.FloatRange(min=10), default=300.0, show_default=True,
+              help="How long to wait for the verification outcomes.")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Keep the network's state here (default: a temporary directory).")
+@click.option("--keep", is_flag=True, help="Keep the temporary data directory.")
+@click.pass_context
+def demo(ctx: click.Context, model: str, workers: int, n_requests: int, max_requests: int,
+         timeout_s: float, data_dir: Path | None, keep: bool) -> None:
+    """Run the main job: paid requests on a 2-stage pipeline, verified, a cheater slashed."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from veriplex.demo_main import DemoFailed, DemoOptions, report, run_demo
+    from veriplex.stack import StackError
+    from veriplex.up import UpError, UpOptions
 
-    def __init__(self, home: Path, rpc_url: str, password_file: Path) -> None:
-        self.home, self.rpc_url, self.password_file = home, rpc_url, password_file
+    settings: Any = ctx.obj
+    home = data_dir or Path(tempfile.mkdtemp(prefix="veriplex-demo-"))
+    opts = DemoOptions(
+        up=UpOptions(data_dir=home, models_dir=settings.models_dir, model=model,
+                     workers=workers, stages=2, perturbed=1),
+        requests=n_requests, max_requests=max(max_requests, n_requests), timeout_s=timeout_s)
 
-    def run(self, *args: str, show: bool = True, expect_fail: bool = False) -> str:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VERIPLEX_")}
-        env.update(VERIPLEX_HOME=str(self.home), VERIPLEX_WALLET__SCRYPT_N=str(2**14))
-        cmd = [sys.executable, "-m", "veriplex.cli", "--rpc-url", self.rpc_url, *args]
-        shown = " ".join("<password-file>" if a == str(self.password_file) else a for a in args)
-        click.secho(f"$ veriplex {shown}", fg="cyan")
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        if expect_fail:
-            if proc.returncode == 0:
-                raise DemoError(f"`veriplex {shown}` should have been refused but succeeded")
-            click.echo(f"    refused as expected: {proc.stderr.strip()}")
-            return proc.stderr
-        if proc.returncode != 0:
-            raise DemoError(f"`veriplex {shown}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
-        if show and proc.stdout.strip():
-            click.echo("    " + proc.stdout.strip().replace("\n", "\n    "))
-        return proc.stdout
+    def interrupted(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
 
-    def json(self, *args: str) -> Any:
-        return json.loads(self.run(*args, "--json", show=False))
-
-    def pw(self) -> tuple[str, str]:
-        return ("--password-file", str(self.password_file))
-
-
-def _step(title: str) -> None:
-    click.secho(f"\n== {title}", bold=True)
-
-
-def _mine(rpc_url: str, blocks: int) -> int:
-    from contracts.rpc import Rpc
-
-    rpc = Rpc(rpc_url)
-    rpc.mine(blocks)
-    return rpc.block_number()
-
-
-def run_scenario(home: Path) -> dict[str, Any]:
-    """Run the scenario in `home`; return what it observed (for tests and the summary)."""
-    from contracts.manifest import Manifest
-    from devnet.testing import running_devnet
-
-    password_file = home / "demo-password"
-    home.mkdir(parents=True, exist_ok=True)
-    password_file.write_text(secrets.token_urlsafe(24))
-    password_file.chmod(0o600)
-    seen: dict[str, Any] = {}
-
-    _step("Start the devnet (py-evm over JSON-RPC, state in SQLite) and deploy the contracts")
-    with running_devnet(home) as dn:
-        manifest = Manifest.load(dn.manifest_path)
-        click.echo(f"    devnet at {dn.url}, chain id {dn.chain_id}, database {dn.db_path}")
-        for name, entry in sorted(manifest.contracts.items()):
-            click.echo(f"    {name:<14} {entry.address}")
-        sh = Shell(home, dn.url, password_file)
-
-        _step("Create wallets: an operator's cold owner key, its hot operator key, a client")
-        for name in ("alice", "alice-gpu", "carol"):
-            sh.run("wallet", "new", name, *sh.pw())
-        sh.run("devnet", "fund", "alice", "10")
-        sh.run("devnet", "fund", "carol", "5")
-
-        _step("The operator registers its GPU node and stakes 2 ETH")
-        sh.run("node", "register", "--owner", "alice", "--operator", "alice-gpu",
-               "--endpoint", "http://127.0.0.1:7001", "--stake", "2", *sh.pw())
-        status = sh.json("node", "status", "alice")
-        click.echo(f"    registered={status['registered']} stake_wei={status['stake_wei']} "
-                   f"operator={status['operator']}")
-        seen["registered"] = status["registered"]
-
-        _step("The client deposits 1 ETH and creates an API key (an EIP-712 spending authorization)")
-        sh.run("client", "deposit", "1", "--account", "carol", *sh.pw())
-        key = sh.run("client", "key", "create", "--account", "carol", "--cap", "0.5",
-                     "--expires", "30d", *sh.pw(), show=False).strip()
-        click.echo(f"    API key (bearer token): {key[:18]}… ({len(key)} chars)")
-        seen["deposit_wei"] = sh.json("client", "balance", "carol")["deposit_wei"]
-
-        _step("The operator unbonds; withdrawing early is refused; after the period it succeeds")
-        sh.run("node", "unbond", "alice", *sh.pw())
-        sh.run("node", "withdraw", "alice", *sh.pw(), expect_fail=True)
-        period = int(manifest.params["unbonding_period_blocks"])
-        block = _mine(dn.url, period)
-        click.echo(f"    mined {period} blocks (unbonding period), head is now block {block}")
-        sh.run("node", "withdraw", "alice", *sh.pw())
-        seen["withdrawn_status"] = sh.json("node", "status", "alice")
-        seen["block_before_restart"] = _mine(dn.url, 0)
-
-    _step("Restart the devnet on the same database: state is intact")
-    with running_devnet(home) as dn:
-        sh = Shell(home, dn.url, password_file)
-        seen["block_after_restart"] = _mine(dn.url, 0)
-        seen["deposit_after_restart"] = sh.json("client", "balance", "carol")["deposit_wei"]
-        click.echo(f"    block {seen['block_before_restart']} before, "
-                   f"{seen['block_after_restart']} after; carol's deposit "
-                   f"{seen['deposit_after_restart']} wei before and after")
-    if seen["block_after_restart"] != seen["block_before_restart"]:
-        raise DemoError("the devnet lost blocks across a restart")
-    if seen["deposit_after_restart"] != seen["deposit_wei"]:
-        raise DemoError("the devnet lost the client's deposit across a restart")
-    return seen
-
-
-@click.command("demo")
-@click.option("--keep", is_flag=True, help="Keep the demo's state directory instead of removing it.")
-@click.option("--dir", "state_dir", type=click.Path(path_type=Path), default=None,
-              help="State directory to use (default: a fresh temporary one).")
-def demo(keep: bool, state_dir: Path | None) -> None:
-    """Run the scripted scenario on a fresh devnet and print what it did."""
-    home = state_dir or Path(tempfile.mkdtemp(prefix="veriplex-demo-"))
+    signal.signal(signal.SIGTERM, interrupted)
     started = time.monotonic()
+    missing: list[str] = []
     try:
-        run_scenario(home)
-    except DemoError as exc:
-        raise click.ClickException(str(exc)) from exc
+        obs, net = run_demo(opts, click.echo)
+        try:
+            missing = report(obs, net, click.echo)
+        finally:
+            click.echo(f"\nstopping {len(net.stack.children)} processes …")
+            for line in net.stop():
+                click.echo(line, err=True)
+    except (UpError, StackError, DemoFailed) as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted; everything the demo started was stopped") from None
     finally:
-        if not keep and state_dir is None:
+        if data_dir is None and not keep:
             shutil.rmtree(home, ignore_errors=True)
-    click.secho(f"\ndemo finished in {time.monotonic() - started:.1f} s", fg="green", bold=True)
-    if keep or state_dir is not None:
-        click.echo(f"state kept in {home}")
+        elif data_dir is None:
+            click.echo(f"state kept in {home}")
+    took = time.monotonic() - started
+    if missing:
+        raise click.ClickException("the demo did not show what it must: " + "; ".join(missing)
+                                   + f" (after {took:.0f} s; logs under the data dir with --keep)")
+    click.secho(f"\ndemo finished in {took:.0f} s: requests verified, the cheater slashed",
+                fg="green", bold=True)
+
+
+demo.add_command(chain_demo)

@@ -144,8 +144,12 @@ def create_app(engine: Engine, status: IndexerStatus, rpc: Rpc | None = None) ->
         rid = queries.parse_hash(key, "request id")
         with Session(engine) as s:
             data = queries.request(s, rid)
-        body = json.dumps({"kind": "veriplex.explorer.request", "version": 1, **data},
-                          indent=2, default=str)
+        try:  # `veriplex audit` checks the receipt is for the chain it is pointed at
+            chain_id = rpc.chain_id if rpc is not None else None
+        except ChainError:
+            chain_id = None
+        body = json.dumps({"kind": "veriplex.explorer.request", "version": 1,
+                           "chain_id": chain_id, **data}, indent=2, default=str)
         return Response(body, media_type="application/json", headers={
             "Content-Disposition": f'attachment; filename="request-{rid}.json"'})
 

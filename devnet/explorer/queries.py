@@ -261,7 +261,7 @@ def request(s: Session, request_id: str) -> dict[str, Any]:
                     "refunds": [log_row(x) for x in refunds]},
         "verification": verification,
         "verdict": verdict,
-        "audit_command": f"veriplex audit {request_id}",
+        "audit_command": f"veriplex audit request-{request_id}.json",  # the downloaded receipt
     }
 
 

@@ -55,7 +55,9 @@ def build_gateway(settings: Any, signer: Any, *, router: Any = None, checkpoint:
     return Gateway(chain, store, model, router, default_max_tokens=gs.default_max_tokens,
                    chain_cache_s=gs.chain_cache_s, step_timeout_s=gs.step_timeout_s,
                    batch_size=gs.batch_size, batch_max_age_s=gs.batch_max_age_s,
-                   settle_tick_s=gs.settle_tick_s, exit_after_broadcast=gs.exit_after_broadcast)
+                   settle_tick_s=gs.settle_tick_s, exit_after_broadcast=gs.exit_after_broadcast,
+                   open_tasks=gs.open_tasks, commit_timeout_s=gs.commit_timeout_s,
+                   commit_attempts=gs.commit_attempts)
 
 
 @click.group()

@@ -1,12 +1,14 @@
 """What the gateway serves and how a request reaches a pipeline: the model (registry entry,
 tokenizer, chat template, context length), routers (the coordinator's `/route`, or a fixed pipeline
 for tests and benchmarks) and the runner that signs a `PipelineRequest` with the gateway key and
-streams its tokens through `node.pipeline_client.PipelineClient`, failing over through the router."""
+streams its tokens through `node.pipeline_client.PipelineClient`, failing over through the router,
+then asks every stage for its signed commitment (`Runner.commitments`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +18,14 @@ from coincurve import PrivateKey
 
 from contracts.batch import request_id as chain_request_id
 from contracts.model_registry import ModelInfo
+from node.dataplane_errors import DataPlaneError
 from node.pipeline_client import Generation, PipelineClient
 from node.protocol import PipelineRequest, Sampling, StageAssignment
+from node.stage_query import SignedStageCommit, request_commitment
 
 from .errors import InvalidRequest, ModelNotFound, Unavailable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -135,10 +141,12 @@ class Runner:
     """Signs and runs requests on pipelines as the gateway."""
 
     def __init__(self, key: bytes, chain_id: int, payments: str, gateway: str, router: Router,
-                 step_timeout_s: float = 30.0) -> None:
+                 step_timeout_s: float = 30.0, commit_timeout_s: float = 10.0,
+                 commit_attempts: int = 3) -> None:
         self.client = PipelineClient(PrivateKey(key), chain_id)
         self.chain_id, self.payments, self.gateway = chain_id, payments, gateway
         self.router, self.step_timeout_s = router, step_timeout_s
+        self.commit_timeout_s, self.commit_attempts = commit_timeout_s, commit_attempts
 
     def request_id(self, seq: int) -> str:
         """The on-chain request id the record will settle under (known before any work)."""
@@ -152,9 +160,37 @@ class Runner:
                                prompt_len=prompt_len, max_new_tokens=max_tokens, stop_ids=stop_ids)
 
     async def generate(self, req: PipelineRequest, prompt: list[int],
-                       on_token: Callable[[int, int], None] | None = None) -> Generation:
+                       on_token: Callable[[int, int], None] | None = None,
+                       progress: Generation | None = None) -> Generation:
         def replace(k: int, r: PipelineRequest) -> StageAssignment:
             return self.router.replacement(r.stages[k])
 
         return await self.client.generate(req, prompt, replace=replace,
-                                          step_timeout_s=self.step_timeout_s, on_token=on_token)
+                                          step_timeout_s=self.step_timeout_s, on_token=on_token,
+                                          progress=progress)
+
+    async def commitments(self, req: PipelineRequest, positions: int
+                          ) -> tuple[list[SignedStageCommit], str | None]:
+        """Every stage's signed commitment over rows [0, positions), asked concurrently, each
+        retried up to `commit_attempts` times; on failure ([], why) — the caller records the
+        request with a zero root and the reason (the client already has its tokens)."""
+        async def one(j: int) -> SignedStageCommit:
+            st = req.stages[j]
+            for attempt in range(self.commit_attempts):
+                try:
+                    sc, sig = await request_commitment(self.client.key, self.chain_id, req, j,
+                                                       positions, self.commit_timeout_s)
+                    return SignedStageCommit(j, st.operator, (st.start, st.end), sc, sig)
+                except (DataPlaneError, OSError, TimeoutError) as exc:
+                    if attempt + 1 == self.commit_attempts:
+                        raise DataPlaneError(f"stage {j} ({st.operator} at {st.host}:{st.port}): "
+                                             f"{exc}") from None
+                    await asyncio.sleep(0.05 * 2**attempt)
+            raise AssertionError("unreachable")
+
+        try:
+            return list(await asyncio.gather(*(one(j) for j in range(len(req.stages))))), None
+        except DataPlaneError as exc:
+            why = f"no commitment after {self.commit_attempts} attempts from {exc}"
+            log.error("request %s: %s; recorded with a zero commitment root", req.request_id, why)
+            return [], why

@@ -1,6 +1,11 @@
 """The gateway's request path, independent of HTTP: authorise and reserve (before any work), route
-and sign a pipeline request, generate (streaming token by token), then account the tokens, charge
-them at registry prices, record the request durably for settlement and build its receipt."""
+and sign a pipeline request, generate (streaming token by token), ask every stage for its signed
+commitment, then account the tokens, charge them at registry prices, record the request (with its
+stage commitments and commitment root) durably for settlement and build its receipt.
+
+A request whose stages do not all answer COMMIT (after retries) is still recorded and charged — the
+client has its tokens — with a zero commitment root and `commitments_error` in the receipt; such a
+record cannot be verified (the task opener marks it `no_commitments`)."""
 
 from __future__ import annotations
 
@@ -13,8 +18,12 @@ from typing import Any
 
 from contracts.apikeys import SignedApiKey
 from contracts.client import Chain
+from contracts.errors import ContractsError
+from contracts.verification import commitment_root
 from node.dataplane_errors import DataPlaneError
+from node.pipeline_client import Generation
 from node.protocol import PipelineRequest, Sampling
+from node.stage_query import SignedStageCommit
 
 from .auth import Accounts, Reservation
 from .bodies import ChatBody, Common, CompletionBody
@@ -23,9 +32,8 @@ from .errors import InvalidRequest, ModelNotFound, Unavailable
 from .metrics import Metrics
 from .settlement import Settler
 from .store import Served, Store
+from .tasks import TaskOpener, batch_proof, pipelines_json
 
-NO_COMMITMENTS = ("the data plane does not return stage commitments yet; the record settles with "
-                  "a zero commitment root")
 ZERO_ROOT = bytes(32)
 
 
@@ -61,7 +69,9 @@ class Gateway:
     def __init__(self, chain: Chain, store: Store, model: ServedModel, router: Router, *,
                  default_max_tokens: int = 256, chain_cache_s: float = 2.0,
                  step_timeout_s: float = 30.0, batch_size: int = 64, batch_max_age_s: float = 10.0,
-                 settle_tick_s: float = 0.5, exit_after_broadcast: bool = False) -> None:
+                 settle_tick_s: float = 0.5, exit_after_broadcast: bool = False,
+                 open_tasks: bool = True, commit_timeout_s: float = 10.0,
+                 commit_attempts: int = 3) -> None:
         assert chain.signer is not None
         self.chain, self.store, self.model = chain, store, model
         self.address = chain.signer.address
@@ -70,11 +80,14 @@ class Gateway:
         self.default_max_tokens = default_max_tokens
         self.accounts = Accounts(chain, self.address, store.unsettled_by_key(), chain_cache_s)
         self.runner = Runner(bytes(chain.signer.account.key), self.chain_id, self.payments,
-                             self.address, router, step_timeout_s)
+                             self.address, router, step_timeout_s, commit_timeout_s,
+                             commit_attempts)
         self.metrics = Metrics()
+        self.task_opener = TaskOpener(chain, store) if open_tasks and _has_verification(chain) else None
         self.settler = Settler(chain, store, batch_size=batch_size, max_age_s=batch_max_age_s,
                                tick_s=settle_tick_s, exit_after_broadcast=exit_after_broadcast,
-                               on_settled=self._on_settled)
+                               on_settled=self._on_settled, task_opener=self.task_opener)
+        self._background: set[asyncio.Task] = set()
 
     def start(self) -> Gateway:
         self.settler.start()
@@ -131,6 +144,7 @@ class Gateway:
         hold = max((len(s) for s in stops), default=1) - 1
         queue: asyncio.Queue[int | None] = asyncio.Queue()
         tokens: list[int] = []
+        progress = Generation([])
         state = {"emitted": 0, "stopped_at": None}
 
         def on_token(_i: int, tok: int) -> None:
@@ -145,7 +159,7 @@ class Gateway:
 
         async def run() -> None:
             try:
-                await self.runner.generate(job.request, job.prompt, on_token)
+                await self.runner.generate(job.request, job.prompt, on_token, progress)
             except _StopSequence:
                 pass
             finally:
@@ -186,7 +200,7 @@ class Gateway:
                 reason = "stop"
             else:
                 reason = "length" if len(tokens) >= job.max_tokens else "stop"
-            outcome = self._charge(job, tokens, text, reason)
+            outcome = await self._finish(job, progress, tokens, text, reason)
             charged = True
             yield outcome
         finally:
@@ -196,9 +210,15 @@ class Gateway:
                 with _suppress():
                     await task
             if not charged:
-                # Refused or failed mid-way: partial work is charged only if tokens were delivered.
+                # Refused or failed mid-way: partial work is charged only if tokens were delivered,
+                # after asking for the commitments — in a task of its own, since this generator
+                # may be closing inside a cancelled scope.
                 if tokens:
-                    self._charge(job, tokens, self.model.decode(tokens), "cancelled")
+                    t = asyncio.get_running_loop().create_task(
+                        self._finish(job, progress, list(tokens), self.model.decode(tokens),
+                                     "cancelled"))
+                    self._background.add(t)
+                    t.add_done_callback(self._background.discard)
                 else:
                     self.accounts.finish(job.reservation, None)
 
@@ -210,15 +230,32 @@ class Gateway:
         assert out is not None
         return out
 
-    def _charge(self, job: Job, tokens: list[int], text: str, reason: str) -> Outcome:
-        assert job.request is not None
+    async def _finish(self, job: Job, gen: Generation, tokens: list[int], text: str,
+                      reason: str) -> Outcome:
+        """Ask the stages for their commitments over P = prompt + generated - 1 rows, then
+        record and charge."""
+        req = gen.request or job.request
+        assert req is not None
+        commits: list[SignedStageCommit] = []
+        error: str | None = None
+        positions = len(job.prompt) + len(tokens) - 1
+        if tokens and positions >= 1:
+            commits, error = await self.runner.commitments(req, positions)
+        gen.commitments = commits
+        return self._charge(job, req, tokens, text, reason, commits, error)
+
+    def _charge(self, job: Job, req: PipelineRequest, tokens: list[int], text: str, reason: str,
+                commits: list[SignedStageCommit], commits_error: str | None) -> Outcome:
         info = self.model.info
         tin, tout = len(job.prompt), len(tokens)
         charge = info.charge(tin, tout)
-        stages = [[s.operator, s.start, s.end] for s in job.request.stages]
+        stages = [[s.operator, s.start, s.end] for s in req.stages]
+        root = commitment_root([c.commit for c in commits]) if commits else ZERO_ROOT
+        commits_json = [c.to_json() for c in commits]
         if tout:
             self.store.record(Served(job.seq, job.request_id, job.reservation.key_hash, info.model_id,
-                                     json.dumps(stages), tin, tout, charge, ZERO_ROOT))
+                                     json.dumps(stages), tin, tout, charge, root,
+                                     json.dumps(commits_json) if commits else None, commits_error))
             self.settler.nudge()
         self.accounts.finish(job.reservation, charge if tout else None)
         self.metrics.served(tin, tout, charge if tout else 0)
@@ -228,8 +265,10 @@ class Gateway:
             "batch": {"status": "pending", "batch_id": None,
                       "lookup": f"/v1/receipts/{job.request_id}"},
             "pipeline": [{"operator": s.operator, "host": s.host, "port": s.port,
-                          "layers": [s.start, s.end]} for s in job.request.stages],
-            "commitment_roots": [], "commitment_roots_note": NO_COMMITMENTS,
+                          "layers": [s.start, s.end]} for s in req.stages],
+            "commitment_root": "0x" + root.hex(), "commitments": commits_json,
+            "commitment_roots": [c["root"] for c in commits_json],
+            "commitments_error": commits_error,
             "model": {"id": info.model_id, "name": info.name},
             "model_hash": "0x" + info.weights_root.hex(),
             "tokens": {"prompt": tin, "completion": tout},
@@ -246,18 +285,45 @@ class Gateway:
             raise ModelNotFound(f"no request {request_id} was served by this gateway",
                                 "request_not_found", "request_id")
         out: dict[str, Any] = {
-            "request_id": row.request_id, "seq": row.seq, "model_id": row.model_id,
+            "request_id": row.request_id, "seq": row.seq, "gateway": self.address,
+            "chain_id": self.chain_id, "payments": self.payments, "model_id": row.model_id,
             "pipeline": json.loads(row.pipeline),
             "tokens": {"prompt": row.tokens_in, "completion": row.tokens_out},
             "charge_wei": row.charge, "commitment_root": "0x" + row.commitment_root.hex(),
+            "commitments": json.loads(row.commitments) if row.commitments else [],
+            "commitments_error": row.commitments_error,
             "batch": {"status": "pending", "batch_id": None, "tx_hash": None},
+            "batch_id": None, "tx_hash": None, "leaf_index": None, "proof": None,
+            "pipelines": None, "record": None,
+            "task": {"state": row.task_state, "task_id": row.task_id, "error": row.task_error},
         }
         if row.batch is not None:
             b = self.store.batch(row.batch)
             if b is not None:
                 out["batch"] = {"status": b.status, "batch_id": b.chain_batch_id,
                                 "tx_hash": b.tx_hash, "error": b.error}
+                if b.status == "settled":
+                    bp = batch_proof(self.chain_id, self.payments, self.address,
+                                     self.store.batch_records(row.batch), row.request_id)
+                    lf = bp.leaf
+                    out.update(
+                        batch_id=b.chain_batch_id, tx_hash=b.tx_hash, leaf_index=bp.leaf_index,
+                        proof=["0x" + p.hex() for p in bp.proof],
+                        pipelines=pipelines_json(bp.pipelines),
+                        record={"request_id": "0x" + lf.request_id.hex(),
+                                "key_hash": "0x" + lf.key_hash.hex(),
+                                "pipeline_index": lf.pipeline_index, "tokens_in": lf.tokens_in,
+                                "tokens_out": lf.tokens_out, "charge": str(lf.charge),
+                                "commitment_root": "0x" + lf.commitment_root.hex()})
         return out
+
+
+def _has_verification(chain: Chain) -> bool:
+    try:
+        chain.verification.address  # noqa: B018 - raises if the manifest has no Verification
+    except ContractsError:
+        return False
+    return True
 
 
 class _suppress:

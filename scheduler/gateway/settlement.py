@@ -7,7 +7,8 @@ restart) a batch in `broadcast` state is resolved from the chain first: a mined 
 a batch whose first record's `seq` is already settled on chain (the contract's per-gateway bitmap)
 is finalised without resending; only otherwise is the stored raw transaction rebroadcast (or, if its
 nonce was consumed, a fresh one built). An RPC error leaves the batch for the next pass, so requests
-keep being served while the chain is unreachable."""
+keep being served while the chain is unreachable. After each pass the `TaskOpener` (tasks.py) opens
+verification tasks for sampled records of settled batches."""
 
 from __future__ import annotations
 
@@ -52,12 +53,14 @@ class Settler:
 
     def __init__(self, chain: Chain, store: Store, *, batch_size: int, max_age_s: float,
                  tick_s: float, exit_after_broadcast: bool = False,
-                 on_settled: Callable[[int], None] | None = None) -> None:
+                 on_settled: Callable[[int], None] | None = None,
+                 task_opener: Any = None) -> None:
         assert chain.signer is not None, "the gateway's chain client needs its signer"
         self.chain, self.store = chain, store
         self.batch_size, self.max_age_s, self.tick_s = batch_size, max_age_s, tick_s
         self.exit_after_broadcast = exit_after_broadcast
         self.on_settled = on_settled
+        self.task_opener = task_opener  # tasks.TaskOpener: run after every pass
         self.last_error: str | None = None
         self.settled_batches = 0
         self.failed_passes = 0
@@ -106,6 +109,12 @@ class Settler:
             assert b is not None
             done += self._settle(b)
         self.last_error = None
+        if self.task_opener is not None:
+            try:
+                self.task_opener.run_once()
+            except Exception as exc:  # noqa: BLE001 - tasks are retried next tick; keep settling
+                self.task_opener.last_error = str(exc)
+                log.warning("verification task pass failed, retrying: %s", exc)
         return done
 
     # ------------------------------------------------------------------ one batch

@@ -4,7 +4,13 @@ batch row is cut (records assigned) in one transaction, and its signed transacti
 bytes are stored before the transaction is broadcast, so a restart can tell a batch that reached
 the chain from one that did not. Sequence numbers (the contract's per-gateway `seq`) start at a
 random 48-bit offset chosen when the store is created, so a fresh store on a long-lived chain does
-not collide with an earlier one's settled seqs."""
+not collide with an earlier one's settled seqs.
+
+A record also keeps its stages' signed commitments (JSON, as in the receipt) or why they could not
+be obtained, and its verification-task state (`task_state`: NULL until decided, then `opened`,
+`not_sampled`, `no_commitments`, `randomness_expired`, `released` or `failed`); a batch's
+`tasks_done` is set once every record of it is decided. Columns added since a store was created
+are added in place when it is opened (`_migrate`), so old databases keep working."""
 
 from __future__ import annotations
 
@@ -18,10 +24,13 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     create_engine,
     event,
     func,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -50,6 +59,11 @@ class RequestRow(Base):
     commitment_root: Mapped[bytes] = mapped_column(LargeBinary(32))
     created_at: Mapped[float] = mapped_column()
     batch: Mapped[int | None] = mapped_column(Integer, index=True, nullable=True)
+    commitments: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list, as in receipts
+    commitments_error: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    task_state: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    task_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    task_error: Mapped[str | None] = mapped_column(String(1000), nullable=True)
 
 
 class BatchRow(Base):
@@ -63,6 +77,7 @@ class BatchRow(Base):
     total_charge: Mapped[str | None] = mapped_column(String(80), nullable=True)
     error: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    tasks_done: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,8 @@ class Served:
     tokens_out: int
     charge: int
     commitment_root: bytes
+    commitments: str | None = None  # JSON list of the stages' signed commitments
+    commitments_error: str | None = None
 
 
 def _sqlite_pragmas(conn: object, _record: object) -> None:
@@ -98,6 +115,7 @@ class Store:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        self._migrate()
         self._lock = threading.Lock()
         with Session(self.engine) as s, s.begin():
             base = s.get(Meta, "seq_base")
@@ -106,6 +124,19 @@ class Store:
         with Session(self.engine) as s:
             top = s.scalar(select(func.max(RequestRow.seq)))
             self._next_seq = (top + 1) if top is not None else int(s.get(Meta, "seq_base").value)
+
+    def _migrate(self) -> None:
+        """Add nullable columns a store created by an older gateway lacks (SQLite ADD COLUMN)."""
+        have = inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in (RequestRow.__table__, BatchRow.__table__):
+                cols = {c["name"] for c in have.get_columns(table.name)}
+                for col in table.columns:
+                    if col.name not in cols:
+                        if not col.nullable:
+                            raise RuntimeError(f"cannot add NOT NULL column {table.name}.{col.name}")
+                        ddl = col.type.compile(dialect=self.engine.dialect)
+                        conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}'))
 
     def next_seq(self) -> int:
         with self._lock:
@@ -117,7 +148,8 @@ class Store:
             s.add(RequestRow(seq=r.seq, request_id=r.request_id, key_hash=r.key_hash,
                              model_id=r.model_id, pipeline=r.pipeline, tokens_in=r.tokens_in,
                              tokens_out=r.tokens_out, charge=str(r.charge),
-                             commitment_root=r.commitment_root, created_at=time.time()))
+                             commitment_root=r.commitment_root, created_at=time.time(),
+                             commitments=r.commitments, commitments_error=r.commitments_error))
 
     def unsettled_by_key(self) -> dict[bytes, int]:
         """Charges of records not yet in a settled batch, per key (reserved against caps)."""
@@ -167,6 +199,19 @@ class Store:
     def request(self, request_id: str) -> RequestRow | None:
         with Session(self.engine, expire_on_commit=False) as s:
             return s.scalar(select(RequestRow).where(RequestRow.request_id == request_id))
+
+    def batches_awaiting_tasks(self) -> list[BatchRow]:
+        """Settled batches with records whose verification task is not decided yet."""
+        with Session(self.engine, expire_on_commit=False) as s:
+            return list(s.scalars(select(BatchRow).where(BatchRow.status == "settled",
+                                                         BatchRow.tasks_done.is_(None))
+                                  .order_by(BatchRow.id)))
+
+    def set_task(self, seq: int, state: str | None, task_id: int | None = None,
+                 error: str | None = None) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.execute(update(RequestRow).where(RequestRow.seq == seq).values(
+                task_state=state, task_id=task_id, task_error=None if error is None else error[:1000]))
 
     def counts(self) -> dict[str, int]:
         with Session(self.engine) as s:

@@ -160,6 +160,15 @@ class ServedGateway:
         while time.monotonic() < deadline:
             self.gw.settler.nudge()
             c = self.gw.store.counts()
+            if c.get("batches_failed", 0):
+                from sqlalchemy import select
+                from sqlalchemy.orm import Session
+
+                from scheduler.gateway.store import BatchRow
+
+                with Session(self.gw.store.engine) as s:
+                    errors = list(s.scalars(select(BatchRow.error).where(BatchRow.status == "failed")))
+                raise AssertionError(f"a settlement batch was refused: {errors}")
             open_ = c.get("batches_built", 0) + c.get("batches_broadcast", 0)
             if c["requests_unbatched"] == 0 and open_ == 0:
                 return c

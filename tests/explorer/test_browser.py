@@ -59,7 +59,7 @@ def test_an_auditor_goes_from_the_home_page_to_the_requests_proof_view(
     assert page.inner_text("#commitment-root") == activity.commitment_root
     assert page.inner_text("#charge") == fmt_eth(activity.charge)
     assert page.inner_text("#tokens") == f"{activity.tokens_in} / {activity.tokens_out}"
-    assert page.inner_text("#audit-command") == f"veriplex audit {activity.request_id}"
+    assert page.inner_text("#audit-command") == f"veriplex audit request-{activity.request_id}.json"
     assert "Batch released" in page.inner_text("#released")
     assert "Not sampled" in page.inner_text("#verification")
     with page.expect_download() as dl:

@@ -36,7 +36,7 @@ def test_the_request_page_shows_payment_pipeline_commitment_and_payouts(
     assert released["operators_total"] + released["verifier_pool"] + released["protocol_fee"] \
         == activity.charge
     assert d["verdict"] is None and d["verification"]["TaskOpened"] == []
-    assert d["audit_command"] == f"veriplex audit {activity.request_id}"
+    assert d["audit_command"] == f"veriplex audit request-{activity.request_id}.json"
     html = client.get(f"/request/{activity.request_id}").text
     for shown in (activity.commitment_root, fmt_eth(activity.charge), "Not sampled",
                   d["audit_command"], "Download receipt"):

@@ -9,6 +9,10 @@ import asyncio
 import httpx
 import pytest
 
+from contracts.batch import Leaf, verify_proof
+from contracts.verification import commitment_root
+from node.stage_query import SignedStageCommit
+
 pytestmark = pytest.mark.anvil
 
 
@@ -33,7 +37,16 @@ def test_chat_completion_returns_text_usage_and_a_receipt_and_is_settled_once(
     assert int(receipt["charge_wei"]) == charge
     assert [s["layers"] for s in receipt["pipeline"]] == [[0, 4], [4, 8]]
     assert receipt["model_hash"] == "0x" + model_info.weights_root.hex()
-    assert receipt["commitment_roots"] == [] and "commitment" in receipt["commitment_roots_note"]
+    commits = [SignedStageCommit.from_json(c) for c in receipt["commitments"]]
+    assert [c.operator for c in commits] == [s["operator"] for s in receipt["pipeline"]]
+    rid = bytes.fromhex(receipt["request_id"][2:])
+    for c in commits:  # each attested by its stage's operator
+        c.check(receipt["chain_id"], rid)
+        assert c.commit.positions == resp.usage.prompt_tokens + resp.usage.completion_tokens - 1
+    assert [c.commit.n_tokens for c in commits] == [c.commit.positions + 1] * 2
+    assert receipt["commitment_root"] == "0x" + commitment_root([c.commit for c in commits]).hex()
+    assert receipt["commitment_roots"] == [c["root"] for c in receipt["commitments"]]
+    assert receipt["commitments_error"] is None
 
     gateway.wait_settled()
     pay = chain_of(gateway).payments
@@ -42,6 +55,20 @@ def test_chat_completion_returns_text_usage_and_a_receipt_and_is_settled_once(
     assert pay.is_settled(gateway.gw.address, receipt["seq"])
     status = httpx.get(f"{gateway.url}/v1/receipts/{receipt['request_id']}").json()
     assert status["batch"]["status"] == "settled" and status["batch"]["batch_id"] is not None
+    assert status["commitments"] == receipt["commitments"]
+    assert status["commitment_root"] == receipt["commitment_root"]
+    # everything open_task and an auditor need: the record's leaf is proven in the settled root
+    rec = status["record"]
+    leaf = Leaf(bytes.fromhex(rec["request_id"][2:]), bytes.fromhex(rec["key_hash"][2:]),
+                rec["pipeline_index"], rec["tokens_in"], rec["tokens_out"], int(rec["charge"]),
+                bytes.fromhex(rec["commitment_root"][2:]))
+    root = pay.batch(status["batch_id"]).root
+    assert verify_proof([bytes.fromhex(p[2:]) for p in status["proof"]], root, leaf.hash())
+    assert status["tx_hash"] == status["batch"]["tx_hash"] and status["leaf_index"] >= 0
+    settled = pay.batch_pipelines(status["batch_id"])
+    assert [[s["operator"], s["layer_start"], s["layer_end"]] for s in
+            status["pipelines"][rec["pipeline_index"]]["stages"]] == [
+        [s.operator, s.layer_start, s.layer_end] for s in settled[rec["pipeline_index"]].stages]
 
 
 def test_streamed_chat_equals_the_plain_answer_and_ends_with_usage_and_receipt(

@@ -1,0 +1,339 @@
+"""`VerifierAgent`: follows the Verification contract and plays every role this node has in a task.
+
+Each poll (`verification.agent_poll_s`) reads the head, picks up new TaskOpened events, and moves
+each live task along by what the chain says now — nothing is assumed from earlier polls, so a
+restart (votes come back from `AgentState`) or a race with another keeper changes nothing:
+
+- VOTING: a member of the current round starts its job (`jobs.prepare_vote`) once, commits the
+  vote (saved to disk first) before the commit deadline, reveals it once every member committed or
+  the commit phase is over (policy `silent` never does); anyone closes the votes once every member
+  revealed or the reveal deadline passed.
+- OPENING: once the spot draw exists, a revealed member opens its own evidence at the drawn
+  chunks, the checked stage's operator opens its own rows read from its hidden store (the running
+  server's, or the store directory of a range it no longer serves); anyone finalizes
+  once everything is open or the open deadline passed.
+- FRAUD: anyone refunds the client (proof rebuilt from the batch's settlement events).
+
+Chain calls are synchronous and run in worker threads; re-executions run on the event loop next to
+the data plane. A transaction another keeper beat us to reverts and is logged at debug level only.
+Blocks are counted as the contract does: a transaction sent at head `h` is mined at `h + 1` or
+later, so a phase that ends at block `D` is only acted in while `h < D`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from coincurve import PrivateKey
+
+from contracts.errors import ChainError, Revert
+from contracts.rpc import Signer
+from contracts.verification import TaskStatus
+from node.protocol import address_of_key
+from node.verification.errors import AgentError
+from node.verification.evidence import check_against_root, openings
+from node.verification.jobs import JobContext, prepare_vote
+from node.verification.policy import Policy
+from node.verification.rerun import Listener, ServerPool
+from node.verification.state import AgentState, Vote
+from node.verification.task_data import TaskData, load_task_data
+
+log = logging.getLogger("veriplex.verifier")
+ZERO = "0x" + "00" * 20
+DONE = (TaskStatus.PASSED, TaskStatus.UNRESOLVED, TaskStatus.REFUNDED)
+
+
+@dataclass
+class Tracked:
+    """A task this agent follows, as its TaskOpened event announced it."""
+
+    task_id: int
+    stage: int
+    stage_operator: str
+    tx_hash: str
+    data: TaskData | None = None
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    policy: Policy = Policy.HONEST
+    poll_s: float = 0.5
+    job_timeout_s: float = 120.0
+    start_block: int | None = None  # None: the head when the agent starts
+
+
+class VerifierAgent:
+    """One node's verifier, stage-operator and keeper roles in the Verification game."""
+
+    def __init__(self, chain: Any, key: bytes, pool: ServerPool, state: AgentState,
+                 config: AgentConfig = AgentConfig(), say: Callable[[str], None] | None = None,
+                 stores: Callable[[tuple[int, int]], Any] | None = None):
+        self.chain = chain
+        self.ver = chain.verification
+        self.pkey = PrivateKey(key)
+        self.signer = Signer.from_key(key)
+        self.me = address_of_key(self.pkey)
+        self.pool, self.state, self.config = pool, state, config
+        self.say = say or (lambda text: log.info("%s", text))
+        self.stores = stores  # layers -> HiddenStateStore of a range no running server holds
+        self.listener = Listener()
+        self.tasks: dict[int, Tracked] = {}
+        self.votes: dict[tuple[int, int], Vote] = {}
+        self.trees: dict[tuple[int, int], Any] = {}
+        self.jobs: dict[tuple[int, int], asyncio.Task] = {}
+        self.next_block: int | None = config.start_block
+        self.chain_id = chain.chain_id
+        self.events: list[str] = []  # one line per thing this agent did (tests, logs)
+        self.stage_opened: set[tuple[int, int]] = set()
+
+    # ── lifecycle ─────────────────────────────────────────────────────────────────────────────
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.listener.start()
+        self.say(f"verifier: agent on as {self.me} (policy {self.config.policy}), following "
+                 f"Verification at {self.ver.address}")
+        restored = False
+        try:
+            while not stop.is_set():
+                try:
+                    if not restored:  # the chain may not answer yet: retried every poll
+                        await asyncio.to_thread(self._restore)
+                        restored = True
+                    await self.step()
+                except (ChainError, AgentError) as e:
+                    log.warning("verifier agent: %s", e)
+                except Exception:
+                    log.exception("verifier agent: unexpected error (retrying next poll)")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.config.poll_s)
+        finally:
+            for t in self.jobs.values():
+                t.cancel()
+            await self.listener.stop()
+            await self.pool.stop()
+
+    def _restore(self) -> None:
+        """Votes saved before a restart: follow their tasks again. Warn about an unfunded key."""
+        if self.chain.balance(self.me) == 0:
+            self.say(f"verifier: WARNING operator {self.me} holds no coin for gas: it cannot vote, open "
+                     "or keep (and a member that does not reveal is slashed); fund the operator key")
+        for v in self.state.votes():
+            self.votes[(v.task_id, v.round)] = v
+            if v.task_id not in self.tasks:
+                evs = self.ver.events("TaskOpened", task_id=v.task_id)
+                if evs:
+                    self._track(evs[0])
+
+    def _track(self, ev: Any) -> None:
+        a = ev.args
+        tid = int(a["task_id"])
+        if tid not in self.tasks:
+            self.tasks[tid] = Tracked(tid, int(a["stage"]), str(a["stage_operator"]), ev.tx_hash)
+
+    def _note(self, text: str) -> None:
+        self.events.append(text)
+        self.say(f"verifier: {text}")
+
+    # ── one poll ──────────────────────────────────────────────────────────────────────────────
+    async def step(self) -> None:
+        head = await asyncio.to_thread(self._scan)
+        for tid in list(self.tasks):
+            await self._advance(tid, head)
+
+    def _scan(self) -> int:
+        head = self.chain.block_number()
+        if self.next_block is None:
+            self.next_block = head
+        if head >= self.next_block:
+            for ev in self.ver.events("TaskOpened", from_block=self.next_block, to_block=head):
+                self._track(ev)
+            self.next_block = head + 1
+        return head
+
+    async def _advance(self, tid: int, head: int) -> None:
+        t = await asyncio.to_thread(self.ver.task, tid)
+        if t is None or t.status in DONE:
+            self._drop(tid)
+            return
+        if t.status is TaskStatus.VOTING:
+            await self._voting(self.tasks[tid], t, head)
+        elif t.status is TaskStatus.OPENING:
+            await self._opening(self.tasks[tid], t, head)
+        elif t.status is TaskStatus.FRAUD:
+            await self._keep("refund_client", tid, lambda: self._refund(t))
+
+    def _drop(self, tid: int) -> None:
+        self.tasks.pop(tid, None)
+        for k in [k for k in self.votes if k[0] == tid]:
+            self.votes.pop(k, None)
+            self.trees.pop(k, None)
+            job = self.jobs.pop(k, None)
+            if job is not None:
+                job.cancel()
+        self.state.forget(tid)
+
+    def _members(self, tid: int, rnd: int) -> list[tuple[str, Any]]:
+        out = []
+        for op in self.ver.committee(tid):
+            m = self.ver.member(tid, op)
+            if m.round == rnd:
+                out.append((op, m))
+        return out
+
+    # ── VOTING ────────────────────────────────────────────────────────────────────────────────
+    async def _voting(self, tr: Tracked, t: Any, head: int) -> None:
+        key = (tr.task_id, t.round)
+        members = await asyncio.to_thread(self._members, tr.task_id, t.round)
+        mine = next((m for op, m in members if op.lower() == self.me.lower()), None)
+        if mine is not None:
+            vote = self.votes.get(key)
+            if mine.commitment == b"\x00" * 32:
+                if head >= t.commit_deadline:
+                    pass  # too late to commit: close_votes will slash the missing reveal
+                elif vote is None:
+                    self._start_job(tr, t, key)
+                else:
+                    await self._commit(vote)
+            elif vote is not None and not mine.revealed and self.config.policy.reveals:
+                all_committed = all(m.commitment != b"\x00" * 32 for _, m in members)
+                if (head >= t.commit_deadline or all_committed) and head < t.reveal_deadline:
+                    await self._reveal(vote)
+        all_revealed = bool(members) and all(m.revealed for _, m in members)
+        if head > t.reveal_deadline or all_revealed:
+            await self._keep("close_votes", tr.task_id, lambda: self.ver.close_votes(tr.task_id, sender=self.signer))
+
+    def _start_job(self, tr: Tracked, t: Any, key: tuple[int, int]) -> None:
+        job = self.jobs.get(key)
+        if job is not None and not job.done():
+            return
+        self.jobs[key] = asyncio.get_running_loop().create_task(self._job(tr, t, key))
+
+    async def _job(self, tr: Tracked, t: Any, key: tuple[int, int]) -> None:
+        try:
+            if tr.data is None:
+                tr.data = await asyncio.to_thread(load_task_data, self.chain, tr.task_id, tr.stage, tr.tx_hash)
+            ctx = JobContext(self.chain, self.chain_id, self.pkey, self.pool, self.listener,
+                             self.config.job_timeout_s)
+            vote, tree = await prepare_vote(ctx, tr.data, t.round, self.config.policy)
+            await asyncio.to_thread(self.state.save, vote, tree.bits[:, : tree.shape.hidden_size])
+            self.votes[key], self.trees[key] = vote, tree
+            self._note(f"task {tr.task_id} round {t.round}: verdict {'OK' if vote.verdict else 'FRAUD'} "
+                       f"({vote.note}; output root 0x{vote.output_root.hex()[:16]}…)")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # retried next poll while the commit phase lasts
+            log.warning("verifier: task %d job failed: %s", tr.task_id, e)
+            self.jobs.pop(key, None)
+
+    async def _commit(self, vote: Vote) -> None:
+        try:
+            await asyncio.to_thread(self.ver.commit_verdict, vote.task_id, vote.verdict,
+                                    vote.output_root, vote.salt, sender=self.signer)
+        except Revert as e:
+            log.info("verifier: commit on task %d refused: %s", vote.task_id, e)
+            return
+        vote.committed = True
+        await asyncio.to_thread(self.state.save, vote)
+        self._note(f"task {vote.task_id} round {vote.round}: committed")
+
+    async def _reveal(self, vote: Vote) -> None:
+        try:
+            await asyncio.to_thread(self.ver.reveal_verdict, vote.task_id, vote.verdict,
+                                    vote.output_root, vote.salt, sender=self.signer)
+        except Revert as e:
+            log.info("verifier: reveal on task %d refused: %s", vote.task_id, e)
+            return
+        vote.revealed = True
+        await asyncio.to_thread(self.state.save, vote)
+        self._note(f"task {vote.task_id} round {vote.round}: revealed {'OK' if vote.verdict else 'FRAUD'}")
+
+    # ── OPENING ───────────────────────────────────────────────────────────────────────────────
+    async def _opening(self, tr: Tracked, t: Any, head: int) -> None:
+        tid = tr.task_id
+        try:
+            spots = await asyncio.to_thread(self.ver.spot_checks, tid)
+        except Revert:
+            return  # the spot block is not there yet
+        members = await asyncio.to_thread(self._members, tid, t.round)
+        if head < t.open_deadline:
+            vote = self.votes.get((tid, t.round))
+            mine = next((m for op, m in members if op.lower() == self.me.lower()), None)
+            # The chain, not the local flags, says what is left to do (a crash may sit in between).
+            if vote is not None and mine is not None and mine.revealed and not mine.opened:
+                await self._open_own(vote, tr, spots)
+            if tr.stage_operator.lower() == self.me.lower():
+                await self._open_stage(tr, t, spots)
+        if head > t.open_deadline or all(m.opened or not m.revealed for _, m in members):
+            await self._keep("finalize", tid, lambda: self.ver.finalize(tid, sender=self.signer))
+
+    async def _open_own(self, vote: Vote, tr: Tracked, spots: list[tuple[int, int]]) -> None:
+        key = (vote.task_id, vote.round)
+        tree = self.trees.get(key)
+        if tree is None:
+            rid = (await asyncio.to_thread(self.ver.task, vote.task_id)).request_id
+            tree = await asyncio.to_thread(self.state.evidence, vote, self.chain_id, rid)
+            self.trees[key] = tree
+        try:
+            await asyncio.to_thread(self.ver.open_chunks, vote.task_id, self.me, openings(tree, spots),
+                                    sender=self.signer)
+        except Revert as e:
+            log.info("verifier: opening on task %d refused: %s", vote.task_id, e)
+            return
+        vote.opened = True
+        await asyncio.to_thread(self.state.save, vote)
+        self._note(f"task {vote.task_id} round {vote.round}: opened {len(spots)} chunks of its evidence")
+
+    async def _open_stage(self, tr: Tracked, t: Any, spots: list[tuple[int, int]]) -> None:
+        """As the checked stage's operator: open its committed rows, read back from its own store."""
+        done_key = (tr.task_id, t.round)
+        if done_key in self.stage_opened:
+            return
+        if tr.data is None:
+            tr.data = await asyncio.to_thread(load_task_data, self.chain, tr.task_id, tr.stage, tr.tx_hash)
+        td = tr.data
+        sc = td.stage_commits[td.stage]
+        try:
+            rows, toks = await asyncio.to_thread(self._stored_rows, td, sc.positions)
+            tree = await asyncio.to_thread(check_against_root, self.chain_id, td.request_id, td.stage,
+                                           sc, rows, toks)
+            await asyncio.to_thread(self.ver.open_chunks, tr.task_id, self.me, openings(tree, spots),
+                                    sender=self.signer)
+        except Revert as e:
+            log.info("verifier: stage opening on task %d refused: %s", tr.task_id, e)
+        except Exception as e:
+            log.warning("verifier: cannot open our stage's chunks for task %d: %s", tr.task_id, e)
+            return
+        self.stage_opened.add(done_key)
+        self._note(f"task {tr.task_id} round {t.round}: opened our stage's {len(spots)} chunks")
+
+    def _stored_rows(self, td: TaskData, positions: int) -> tuple[Any, list[int]]:
+        """Our stage's rows [0, P) and tokens, read from the hidden store that served them: the
+        running server's, else (a shard swapped out since) the store directory for that range."""
+        a, b = td.layers
+        srv = next((s for s in self.pool.own() if tuple(s.layers) == (a, b)), None)
+        store = srv.sessions.store if srv is not None else (self.stores(td.layers) if self.stores else None)
+        if store is None:
+            raise AgentError(f"no hidden store of layers [{a}, {b}) on this node")
+        rows = store.read(td.request_id, a, b, 0, positions)
+        return rows, list(store.info(td.request_id, a, b).tokens)
+
+    # ── keeper ────────────────────────────────────────────────────────────────────────────────
+    def _refund(self, t: Any) -> Any:
+        from node.verification.task_data import refund_proof
+
+        proof = refund_proof(self.chain, t.batch_id, t.request_id)
+        return self.ver.refund_client(t.task_id, proof, sender=self.signer)
+
+    async def _keep(self, what: str, tid: int, call: Callable[[], Any]) -> None:
+        """A keeper transaction; a revert means someone else was first (or it is not due yet)."""
+        try:
+            await asyncio.to_thread(call)
+        except Revert as e:
+            log.debug("verifier: %s on task %d: %s", what, tid, e)
+            return
+        self._note(f"task {tid}: {what}")
+

@@ -1,0 +1,271 @@
+"""The main job, scripted: `veriplex up` with one cheating worker, then a paying client.
+
+`run_demo(options)` brings the network up (`veriplex.up.bring_up`: SmolLM2 — or a tiny model —
+split into a 2-stage pipeline, two standby workers free to verify, one pipeline worker serving
+perturbed weights), then acts as a client would, through the `veriplex` CLI and the unmodified
+`openai` package: a wallet, funds, a deposit, an API key for the gateway, then paid chat
+requests, plain and streaming. It follows each request on chain — settled in a batch, a
+verification task opened (every request is sampled in the demo), the committee's revealed
+verdicts, the final status, slashes and refunds — and sends more requests (up to a bound) until
+it has seen both what the demo is about: a request verified PASSED and the perturbed worker
+slashed. `Observed` is what it saw; the command prints it and fails unless both happened.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from veriplex.up import Network, UpError, UpOptions, bring_up
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Name three primary colours.",
+    "Write one sentence about the sea.",
+    "What is 12 plus 30?",
+    "Give a synonym for 'quick'.",
+    "What do bees make?",
+    "Say hello in Spanish.",
+    "What colour is the sky on a clear day?",
+]
+FINAL = {"PASSED", "FRAUD", "REFUNDED", "UNRESOLVED"}
+
+
+class DemoFailed(RuntimeError):
+    """The scenario ran but did not show what it must (or a step failed); says what and why."""
+
+
+@dataclass
+class Request:
+    kind: str  # "chat" | "stream"
+    prompt: str
+    request_id: str
+    answer: str
+    charge_wei: int
+    tokens: tuple[int, int]
+    task_id: int = 0
+    stage: int | None = None
+    stage_operator: str = ""
+    verdicts: dict[str, bool] = field(default_factory=dict)
+    status: str = "waiting"
+    refunded_wei: int = 0
+
+
+@dataclass
+class Observed:
+    requests: list[Request] = field(default_factory=list)
+    slashes: list[dict[str, Any]] = field(default_factory=list)  # StageSlashed events
+    perturbed: list[str] = field(default_factory=list)
+    stake_before: dict[str, int] = field(default_factory=dict)
+    stake_after: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def passed(self) -> list[Request]:
+        return [r for r in self.requests if r.status == "PASSED"]
+
+    def perturbed_slashed(self) -> list[dict[str, Any]]:
+        bad = {a.lower() for a in self.perturbed}
+        return [s for s in self.slashes if s["stage_operator"].lower() in bad]
+
+    def done(self) -> bool:
+        return bool(self.passed()) and bool(self.perturbed_slashed())
+
+
+@dataclass
+class DemoOptions:
+    up: UpOptions
+    requests: int = 4  # sent first; more follow (up to max_requests) until both outcomes show
+    max_requests: int = 10
+    max_tokens: int = 24
+    timeout_s: float = 300.0  # for the verification outcomes, after the first request
+
+
+def client_setup(net: Network) -> str:
+    """A client wallet, funded, with a deposit and an API key naming the gateway: the token."""
+    pw = ["--password-file", str(net.password_file)]
+    net.cli("wallet", "new", "client", *pw)
+    net.cli("devnet", "fund", "client", "5", "--from-account", "9")
+    net.cli("client", "deposit", "1", "--account", "client", *pw)
+    out = net.cli("client", "key", "create", "--account", "client", "--cap", "0.5", "--expires",
+                  "1d", "--gateway", net.gateway_address, *pw, "--json")
+    return str(json.loads(out)["api_key"])
+
+
+def ask(api: Any, model: str, prompt: str, stream: bool, max_tokens: int) -> Request:
+    """One paid chat request through the official client; its answer and receipt."""
+    messages = [{"role": "user", "content": prompt}]
+    if not stream:
+        r = api.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
+                                        temperature=0)
+        receipt = r.model_extra["veriplex"]
+        text = r.choices[0].message.content or ""
+    else:
+        parts: list[str] = []
+        receipt = None
+        for chunk in api.chat.completions.create(model=model, messages=messages,
+                                                 max_tokens=max_tokens, temperature=0,
+                                                 stream=True):
+            if chunk.choices and chunk.choices[0].delta.content:
+                parts.append(chunk.choices[0].delta.content)
+            extra = chunk.model_extra or {}
+            if extra.get("veriplex"):
+                receipt = extra["veriplex"]
+        if receipt is None:
+            raise DemoFailed("the stream ended without its veriplex receipt")
+        text = "".join(parts)
+    tokens = receipt.get("tokens") or {}
+    return Request("stream" if stream else "chat", prompt, receipt["request_id"], text,
+                   int(receipt["charge_wei"]),
+                   (int(tokens.get("prompt", 0)), int(tokens.get("completion", 0))))
+
+
+def follow(chain: Any, reqs: list[Request], obs: Observed, from_block: int) -> None:
+    """Refresh every request's verification state and the slashes from chain events."""
+    from contracts.verification import TaskStatus
+
+    v = chain.verification
+    for r in reqs:
+        if r.status in FINAL:
+            continue
+        rid = bytes.fromhex(r.request_id[2:])
+        if not r.task_id:
+            r.task_id = v.task_of(rid)
+            if not r.task_id:
+                continue
+        t = v.task(r.task_id)
+        if t is None:
+            continue
+        r.stage, r.stage_operator = t.stage, t.stage_operator
+        for e in v.events("VerdictRevealed", from_block=from_block, task_id=r.task_id):
+            r.verdicts[str(e.args["member"])] = bool(e.args["verdict"])
+        r.status = t.status.name if t.status not in (TaskStatus.VOTING, TaskStatus.OPENING) \
+            else t.status.name.lower()
+        for e in v.events("ClientRefunded", from_block=from_block, task_id=r.task_id):
+            r.refunded_wei = int(e.args["charge"])
+    obs.slashes = [{"task_id": int(e.args["task_id"]),
+                    "stage_operator": str(e.args["stage_operator"]), "owner": str(e.args["owner"]),
+                    "amount": int(e.args["amount"]), "prover": str(e.args["prover"]),
+                    "tx": e.tx_hash}
+                   for e in v.events("StageSlashed", from_block=from_block)]
+
+
+def stake_of(chain: Any, owner_addresses: dict[str, str]) -> dict[str, int]:
+    return {op: chain.node_registry.node(owner).stake_wei for op, owner in owner_addresses.items()}
+
+
+def run_demo(opts: DemoOptions, say: Callable[[str], None]) -> tuple[Observed, Network]:
+    """Bring the network up and run the scenario; the caller stops `Network` (also on error:
+    DemoFailed carries no network, so this function stops it itself before raising)."""
+    import openai
+
+    from contracts.client import Chain
+
+    obs = Observed()
+    t0 = time.monotonic()
+    say("== veriplex up: devnet, explorer, coordinator + gateway, workers")
+    net = bring_up(opts.up, say)
+    obs.timings["up_s"] = time.monotonic() - t0
+    try:
+        say("\nVeriplex is up:\n" + net.summary())
+        chain = Chain.connect(net.rpc_url, net.manifest)
+        start_block = chain.block_number()
+        obs.perturbed = [w.address for w in net.workers if w.perturbed]
+        owners = {w.address: json.loads(net.cli("node", "status", w.owner, "--json"))["owner"]
+                  for w in net.workers if w.role == "pipeline"}
+        obs.stake_before = stake_of(chain, owners)
+
+        say("\n== A client: wallet, 5 ETH from a dev account, 1 ETH deposit, an API key")
+        token = client_setup(net)
+        say(f"   API key for gateway {net.gateway_address}: {token[:14]}… ({len(token)} chars)")
+        api = openai.OpenAI(base_url=net.gateway_url + "/v1", api_key=token, max_retries=0,
+                            timeout=120)
+
+        say(f"\n== Paid requests with the openai client (model {net.model_name!r})")
+        t1 = time.monotonic()
+        sent = 0
+
+        def send(n: int) -> None:
+            nonlocal sent
+            for _ in range(n):
+                stream = sent % 2 == 1
+                r = ask(api, net.model_name, PROMPTS[sent % len(PROMPTS)], stream, opts.max_tokens)
+                obs.requests.append(r)
+                sent += 1
+                say(f"   [{r.kind:6}] {r.request_id}  {r.tokens[0]}+{r.tokens[1]} tokens, "
+                    f"{r.charge_wei / 1e9:g} gwei\n            Q: {r.prompt}\n"
+                    f"            A: {r.answer.strip()[:100]!r}")
+
+        send(opts.requests)
+        obs.timings["first_requests_s"] = time.monotonic() - t1
+        say("\n== Settlement and verification (every request is sampled; a committee of the "
+            "standby workers re-executes one stage of each)")
+        deadline = time.monotonic() + opts.timeout_s
+        shown: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            follow(chain, obs.requests, obs, start_block)
+            for r in obs.requests:
+                state = f"{r.status}:{len(r.verdicts)}"
+                if shown.get(r.request_id) != state and r.task_id:
+                    shown[r.request_id] = state
+                    say(f"   task {r.task_id} for {r.request_id[:18]}…: stage {r.stage} "
+                        f"({r.stage_operator[:10]}…) {r.status}, verdicts "
+                        f"{_verdicts(r.verdicts)}")
+            if obs.done():
+                break
+            settled_all = all(r.status in FINAL for r in obs.requests)
+            if settled_all and sent < opts.max_requests:
+                say("   not yet both outcomes (a pass and the cheater slashed): one more request")
+                send(1)
+            time.sleep(1.0)
+        obs.timings["verification_s"] = time.monotonic() - t1
+        obs.stake_after = stake_of(chain, owners)
+        return obs, net
+    except BaseException:
+        net.stop()
+        raise
+
+
+def _verdicts(v: dict[str, bool]) -> str:
+    if not v:
+        return "none revealed yet"
+    return ", ".join(f"{m[:10]}…={'OK' if ok else 'FRAUD'}" for m, ok in v.items())
+
+
+def report(obs: Observed, net: Network, say: Callable[[str], None]) -> list[str]:
+    """Print the outcome table; returns the list of what is missing (empty: success)."""
+    say("\n== Requests")
+    for r in obs.requests:
+        say(f"   {r.request_id}  [{r.kind}] {r.status}"
+            + (f" (stage {r.stage}, verdicts {_verdicts(r.verdicts)})" if r.task_id else "")
+            + (f", client refunded {r.refunded_wei / 1e9:g} gwei" if r.refunded_wei else ""))
+        say(f"      explorer: {net.explorer_url}/request/{r.request_id}")
+    say("\n== Slashes")
+    if not obs.slashes:
+        say("   none")
+    bad = {a.lower() for a in obs.perturbed}
+    by_task: dict[int, list[dict[str, Any]]] = {}
+    for s in obs.slashes:  # the contract splits a stage's slash among the accusers (provers)
+        by_task.setdefault(s["task_id"], []).append(s)
+    for task_id, parts in sorted(by_task.items()):
+        op = parts[0]["stage_operator"]
+        who = "the PERTURBED worker" if op.lower() in bad else "an honest worker"
+        say(f"   task {task_id}: stage operator {op} ({who}) slashed "
+            f"{sum(p['amount'] for p in parts) / 1e18:g} ETH, shared by {len(parts)} prover(s); "
+            f"explorer: {net.explorer_url}/node/{op}")
+    for op in obs.stake_before:
+        if obs.stake_before[op] != obs.stake_after.get(op):
+            say(f"   stake of {op}: {obs.stake_before[op] / 1e18:g} -> "
+                f"{obs.stake_after.get(op, 0) / 1e18:g} ETH")
+    missing = []
+    if not obs.passed():
+        missing.append("no request was verified PASSED")
+    if not obs.perturbed_slashed():
+        missing.append(f"the perturbed worker ({', '.join(obs.perturbed) or 'none started'}) "
+                       f"was not slashed")
+    return missing
+
+
+__all__ = ["DemoFailed", "DemoOptions", "Observed", "UpError", "report", "run_demo"]

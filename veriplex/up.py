@@ -1,0 +1,541 @@
+"""`veriplex up`: the whole network on one machine, each part its own process.
+
+    veriplex up [--workers N] [--stages S] [--model smollm2|tiny|PATH] [--data-dir DIR]
+                [--port-base P] [--perturbed K] [--verifier-policy honest|lazy|accuse|silent]
+
+In order: the devnet (1 s blocks, contracts deployed), the demo's chain settings sent with the
+devnet owner key through `contracts.client` (the model on the ModelRegistry if absent, the
+Verification game's parameters — every request sampled, a small committee, short phases — and a
+verification window long enough for them), the explorer, then N workers set up exactly as an
+operator would (each `veriplex wallet new` for an owner and an operator key, `veriplex devnet
+fund`, `veriplex node register` with the measured hardware profile), the coordinator, the
+gateway, and the workers' `veriplex node serve --coordinator` processes. Pipeline workers register
+a device memory sized to hold about 1/S of the model (see `veriplex.up_plan`), so SmolLM2 really
+runs as an S-stage pipeline; the rest register too little memory for any layer and stay standby,
+free to verify. `up` returns once the coordinator routes a complete pipeline whose stages accept
+connections and the gateway answers `/v1/models`. Every child logs to `<data dir>/logs/`; wallet
+passwords live in a 0600 file there and never reach argv or a log.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from veriplex.stack import Child, Stack, StackError, clean_env, tail, veriplex_argv
+
+ETH = 10**18
+GATEWAY_DEV_INDEX = 3  # the gateway's key: a dev account of its own (the coordinator uses 0)
+FUNDER_DEV_INDEX = 4  # the dev account that funds the workers (clients: 9)
+PRICE_IN_WEI, PRICE_OUT_WEI = 10**9, 3 * 10**9  # per token
+WORKER_STAKE_ETH = "2"
+START_TIMEOUT_S = 240.0
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+class UpError(RuntimeError):
+    """`veriplex up` could not bring the network up; the message says which part and why."""
+
+
+@dataclass
+class UpOptions:
+    data_dir: Path
+    models_dir: Path  # where `veriplex model import smollm2` keeps its checkpoint
+    model: str = "smollm2"  # smollm2 | tiny | a checkpoint directory
+    workers: int = 4
+    stages: int = 2
+    verifiers: int | None = None  # default: what is left after one replica, at most 2
+    perturbed: int = 0
+    perturb_std: float = 0.05
+    verifier_policy: str | None = None
+    port_base: int | None = None  # None: free ports
+    block_time: float = 1.0
+    sample_bps: int = 10_000
+    committee_size: int = 2
+
+    def roles(self) -> tuple[int, int]:
+        """(pipeline workers, verifier-only workers)."""
+        v = self.verifiers if self.verifiers is not None else max(0, min(2, self.workers - self.stages))
+        if self.workers < 1 or v < 0 or self.workers - v < self.stages:
+            raise UpError(f"{self.workers} workers with {v} verifier-only ones cannot fill a "
+                          f"{self.stages}-stage pipeline")
+        if not 0 <= self.perturbed <= self.workers - v:
+            raise UpError(f"--perturbed {self.perturbed}: only {self.workers - v} pipeline workers")
+        return self.workers - v, v
+
+
+@dataclass
+class Worker:
+    index: int
+    owner: str  # wallet account names
+    operator: str
+    port: int
+    vram_mib: int
+    role: str  # "pipeline" | "verifier"
+    perturbed: bool
+    address: str = ""
+    child: Child | None = None
+
+
+@dataclass
+class Network:
+    """A running `veriplex up`: its URLs, accounts and processes."""
+
+    data_dir: Path
+    stack: Stack
+    rpc_url: str
+    chain_id: int
+    manifest: Path
+    explorer_url: str
+    coordinator_url: str
+    gateway_url: str
+    gateway_address: str
+    checkpoint: Path
+    model_id: int
+    model_name: str
+    password_file: Path
+    workers: list[Worker] = field(default_factory=list)
+    pipeline: list[Any] = field(default_factory=list)  # StageAssignment of the first route
+
+    def cli(self, *args: str) -> str:
+        """Run `veriplex --rpc-url … --manifest … ARGS` against this network; its stdout."""
+        return run_cli(self.data_dir, ["--rpc-url", self.rpc_url, "--manifest", str(self.manifest),
+                                       *args])
+
+    def summary(self) -> str:
+        lines = [f"  RPC          {self.rpc_url}  (chain id {self.chain_id})",
+                 f"  explorer     {self.explorer_url}",
+                 f"  coordinator  {self.coordinator_url}",
+                 f"  gateway      {self.gateway_url}/v1  (OpenAI API; model {self.model_name!r}, "
+                 f"gateway {self.gateway_address})",
+                 f"  manifest     {self.manifest}",
+                 f"  data dir     {self.data_dir}  (logs in {self.data_dir / 'logs'})"]
+        for w in self.workers:
+            tag = " PERTURBED" if w.perturbed else ""
+            lines.append(f"  worker {w.index}     {w.address} {w.role} on 127.0.0.1:{w.port}{tag}")
+        lines.append("  pipeline     " + " -> ".join(
+            f"{s.operator[:10]}… [{s.start},{s.end})" for s in self.pipeline))
+        return "\n".join(lines)
+
+    def stop(self) -> list[str]:
+        return self.stack.stop()
+
+
+_CLI_LOCK = threading.Lock()
+
+
+def cli_config(home: Path) -> Path:
+    """The settings file `run_cli` passes: this network's keystores, with a cheaper scrypt (2^14:
+    throw-away local wallets; their password is in a 0600 file beside them)."""
+    path = home / "veriplex.toml"
+    if not path.is_file():
+        path.write_text(f"[wallet]\nscrypt_n = {2**14}\n")
+    return path
+
+
+def run_cli(home: Path, args: list[str]) -> str:
+    """`veriplex ARGS` — the very commands an operator or client types — run in this process
+    (one at a time) with this network's settings; returns what it printed. A failure raises
+    UpError with the command's own message (a password file path is never shown)."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from veriplex.cli import cli
+
+    shown = " ".join(a if not a.endswith("password") else "<password-file>" for a in args)
+    out, err = io.StringIO(), io.StringIO()
+    with _CLI_LOCK, redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = cli.main(["--config", str(cli_config(home)), "--keystore-dir",
+                             str(home / "keystores"), *args], prog_name="veriplex",
+                            standalone_mode=False)
+        except click.ClickException as exc:
+            raise UpError(f"`veriplex {shown}` failed: {exc.format_message()}") from None
+        except click.Abort:
+            raise UpError(f"`veriplex {shown}` was aborted (it wanted input)") from None
+    if code not in (None, 0):
+        raise UpError(f"`veriplex {shown}` exited with {code}: {err.getvalue().strip()}")
+    return out.getvalue()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port(opts: UpOptions, offset: int) -> int:
+    return _free_port() if opts.port_base is None else opts.port_base + offset
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------- model
+def resolve_checkpoint(opts: UpOptions, say: Callable[[str], None]) -> tuple[Path, str, bytes, bytes]:
+    """(checkpoint dir, registry name, weights root, tokenizer hash) of `opts.model`."""
+    from node.models.hashing import model_hashes
+
+    if opts.model == "smollm2":
+        from node.models.importer import import_model
+
+        out = opts.models_dir / "smollm2"
+        say(f"model: SmolLM2-135M-Instruct at {out} (imported once, then reused)")
+        r = import_model("smollm2", out, progress=say)
+        return Path(r.path), "smollm2", bytes.fromhex(r.weights_root[2:]), \
+            bytes.fromhex(r.tokenizer_hash[2:])
+    if opts.model == "tiny":
+        from node.models.tiny import build_tiny_model
+
+        ckpt = opts.data_dir / "models" / "tiny"
+        if not (ckpt / "config.json").is_file():
+            say(f"model: building a tiny random Llama (8 layers) at {ckpt}")
+            build_tiny_model(ckpt, arch="llama", seed=0)
+            (ckpt / "chat_template.jinja").write_text(CHATML)
+        name = "tiny"
+    else:
+        ckpt = Path(opts.model).expanduser().resolve()
+        if not (ckpt / "config.json").is_file():
+            raise UpError(f"--model {opts.model}: no config.json there (give smollm2, tiny or a "
+                          f"checkpoint directory)")
+        name = ckpt.name
+    h = model_hashes(ckpt)
+    return ckpt, name, h.weights_root, h.tokenizer_hash
+
+
+# ----------------------------------------------------------------------------- chain settings
+def configure_chain(rpc_url: str, manifest: Path, mnemonic: str, name: str, layers: int,
+                    hidden: int, weights_root: bytes, tokenizer_hash: bytes, opts: UpOptions,
+                    say: Callable[[str], None]) -> int:
+    """Owner-key settings for a demo network; returns the model id (registered if absent)."""
+    from dataclasses import replace
+
+    from contracts.client import Chain, dev_key
+    from contracts.rpc import Signer
+
+    admin = Chain.connect(rpc_url, manifest, signer=Signer.from_key(dev_key(0, mnemonic)))
+    info = admin.model_registry.model_by_name(name)
+    if info is None:
+        model_id = admin.model_registry.register_model(name, layers, hidden, weights_root,
+                                                       tokenizer_hash, PRICE_IN_WEI, PRICE_OUT_WEI)
+        say(f"ModelRegistry: registered {name!r} as model {model_id} (weights root "
+            f"0x{weights_root.hex()[:16]}…)")
+    else:
+        if info.weights_root != weights_root:
+            raise UpError(f"model {name!r} is on the ModelRegistry with other weights "
+                          f"(0x{info.weights_root.hex()[:16]}…); use a fresh --data-dir")
+        model_id = info.model_id
+        say(f"ModelRegistry: {name!r} is model {model_id}")
+    v = admin.verification
+    # Phases of ~10 s: room for a verifier on a loaded 2-core machine to load the layers and
+    # re-execute before it must commit, yet a whole task takes well under a minute.
+    phases = max(4, round(10 / max(opts.block_time, 0.2)))
+    want = replace(v.params(), sample_bps=opts.sample_bps, committee_size=opts.committee_size,
+                   max_rounds=1, commit_blocks=phases * 2, reveal_blocks=phases,
+                   open_blocks=phases, randomness_delay=1)
+    if v.params() != want:
+        want.validate()
+        v.set_params(want)
+    say(f"Verification: sample {want.sample_bps / 100:g}% of requests, committee of "
+        f"{want.committee_size}, commit/reveal/open {want.commit_blocks}/{want.reveal_blocks}/"
+        f"{want.open_blocks} blocks")
+    window = 2 * (want.commit_blocks + want.reveal_blocks + want.open_blocks) + 30
+    pay = admin.payments.params()
+    if int(pay["verification_window"]) < window:
+        admin.payments.set_params(window, int(pay["protocol_fee_bps"]), int(pay["verifier_share_bps"]))
+    reg = admin.node_registry.params()
+    if reg.unbonding_period <= window + 10:
+        admin.node_registry.set_params(reg.min_stake_wei, window + 20, reg.prover_share_bps)
+    say(f"Payments: batches stay escrowed {max(window, int(pay['verification_window']))} blocks "
+        f"(the verification window)")
+    return model_id
+
+
+# ----------------------------------------------------------------------------- workers
+def _serve_supports(option: str) -> bool:
+    from node.cli_serve import serve
+
+    return any(option in p.opts for p in serve.params)
+
+
+def setup_worker(net_home: Path, rpc_url: str, manifest: Path, w: Worker, password_file: Path,
+                 funder: int) -> str:
+    """Wallets, funding and registration of one worker, through the operator's CLI commands."""
+    root = ["--rpc-url", rpc_url, "--manifest", str(manifest)]
+    pw = ["--password-file", str(password_file)]
+    for name in (w.owner, w.operator):
+        run_cli(net_home, [*root, "wallet", "new", name, *pw])
+    run_cli(net_home, [*root, "devnet", "fund", w.owner, "5", "--from-account", str(funder)])
+    # the operator (hot) key pays the gas of its verifier agent's transactions
+    run_cli(net_home, [*root, "devnet", "fund", w.operator, "1", "--from-account", str(funder)])
+    out = run_cli(net_home, [*root, "node", "register", "--owner", w.owner, "--operator",
+                             w.operator, "--endpoint", f"http://127.0.0.1:{w.port}", "--stake",
+                             WORKER_STAKE_ETH, "--vram-mib", str(w.vram_mib), "--net-bw-mbps",
+                             "10000", "--region", "local", *pw, "--json"])
+    return str(json.loads(out)["operator"])
+
+
+# ----------------------------------------------------------------------------- bring up
+def bring_up(opts: UpOptions, say: Callable[[str], None] = click.echo) -> Network:
+    """Start everything; on failure stop what was started and raise UpError."""
+    from veriplex.up_plan import PlanError, model_spec, pipeline_vram_mib, verifier_vram_mib
+
+    n_pipe, n_ver = opts.roles()
+    for flag, wanted in (("--perturb-weights", opts.perturbed > 0),
+                         ("--verifier-policy", opts.verifier_policy is not None)):
+        if wanted and not _serve_supports(flag):
+            raise UpError(f"`veriplex node serve` has no {flag} option in this build (VERIFY_SPEC "
+                          f"§3); cannot start workers with it")
+    data = opts.data_dir.expanduser().resolve()
+    opts.data_dir = data
+    data.mkdir(parents=True, exist_ok=True)
+    data.chmod(0o700)
+    cli_config(data)
+    secrets_dir = data / "secrets"
+    secrets_dir.mkdir(mode=0o700, exist_ok=True)
+    password_file = secrets_dir / "wallet-password"
+    if not password_file.is_file():
+        password_file.touch(mode=0o600)
+        password_file.write_text(secrets.token_urlsafe(24) + "\n")
+    ckpt, name, weights_root, tok_hash = resolve_checkpoint(opts, say)
+    spec = model_spec(ckpt, name)
+    try:
+        pipe_vram = pipeline_vram_mib(spec, opts.stages)
+    except PlanError as exc:
+        raise UpError(str(exc)) from None
+    ver_vram = verifier_vram_mib(spec)
+    stack = Stack(data / "logs")
+    t0 = time.monotonic()
+    try:
+        return _start_all(opts, say, stack, data, password_file, ckpt, name, spec, weights_root,
+                          tok_hash, n_pipe, n_ver, pipe_vram, ver_vram, t0)
+    except BaseException:
+        stack.stop(grace_s=10)
+        raise
+
+
+def _start_all(opts: UpOptions, say: Callable[[str], None], stack: Stack, data: Path,
+               password_file: Path, ckpt: Path, name: str, spec: Any, weights_root: bytes,
+               tok_hash: bytes, n_pipe: int, n_ver: int, pipe_vram: int, ver_vram: int,
+               t0: float) -> Network:
+    from contracts.client import Chain, dev_key
+    from contracts.rpc import Signer
+    from veriplex.config import DEV_MNEMONIC
+
+    def took() -> str:
+        return f"[{time.monotonic() - t0:5.1f} s]"
+
+    env = clean_env(data)
+    rpc_port = _port(opts, 0)
+    ready = r"ready at (http://\S+) \(chain id (\d+), .* manifest (.+)\)$"
+
+    def devnet_argv(block_time: float) -> list[str]:
+        return veriplex_argv("devnet", "up", "--host", "127.0.0.1", "--port", str(rpc_port),
+                             "--db", str(data / "devnet.sqlite"), "--block-time", str(block_time))
+
+    # Set-up transactions are mined at once (a block per transaction); then the same chain is
+    # restarted with timed blocks, which the verification game's deadlines need.
+    setup = stack.start("devnet-setup", devnet_argv(0), env)
+    m = setup.wait_line(ready, 120)
+    rpc_url, chain_id, manifest = m[1], int(m[2]), Path(m[3])
+    say(f"{took()} devnet up at {rpc_url} (chain id {chain_id}); contracts deployed")
+    model_id = configure_chain(rpc_url, manifest, DEV_MNEMONIC, name, spec.layers, spec.hidden,
+                               weights_root, tok_hash, opts, say)
+    workers = [Worker(i, f"owner-{i}", f"operator-{i}", _port(opts, 10 + i),
+                      pipe_vram if i < n_pipe else ver_vram,
+                      "pipeline" if i < n_pipe else "verifier", i < opts.perturbed)
+               for i in range(n_pipe + n_ver)]
+    say(f"{took()} setting up {len(workers)} workers as operators (wallets, funding, "
+        f"registration with {WORKER_STAKE_ETH} ETH stake; {n_pipe} × {pipe_vram} MiB, "
+        f"{n_ver} × {ver_vram} MiB)")
+    for w in workers:
+        w.address = setup_worker(data, rpc_url, manifest, w, password_file, FUNDER_DEV_INDEX)
+    say(f"{took()} workers registered: " + ", ".join(w.address for w in workers))
+    stack.retire(setup)
+    devnet = stack.start("devnet", devnet_argv(opts.block_time), env)
+    devnet.wait_line(ready, 120)
+    say(f"{took()} devnet restarted on the same database with {opts.block_time:g} s blocks")
+    root = ["--rpc-url", rpc_url, "--manifest", str(manifest)]
+    explorer = stack.start("explorer", veriplex_argv(*root, "explorer", "--port",
+                                                     str(_port(opts, 1))), env)
+
+    coord_env = clean_env(data, {"VERIPLEX_COORDINATOR__TICK_S": "0.3",
+                                 "VERIPLEX_COORDINATOR__REGISTRY_POLL_S": "1",
+                                 "VERIPLEX_COORDINATOR__HEARTBEAT_TIMEOUT_S": "20"})
+    coord = stack.start("coordinator", veriplex_argv(
+        *root, "coordinator", "run", "--dev-account", "0", "--checkpoint", str(ckpt),
+        "--model-id", str(model_id), "--port", str(_port(opts, 2))), coord_env)
+    coordinator_url = coord.wait_line(r"coordinator ready at (http://\S+) ", 120)[1]
+    say(f"{took()} coordinator ready at {coordinator_url}")
+    gw_env = clean_env(data, {"VERIPLEX_GATEWAY__BATCH_MAX_AGE_S": "2",
+                              "VERIPLEX_GATEWAY__SETTLE_TICK_S": "0.5",
+                              "VERIPLEX_GATEWAY__STEP_TIMEOUT_S": "20"})
+    gw = stack.start("gateway", veriplex_argv(
+        *root, "gateway", "run", "--dev-account", str(GATEWAY_DEV_INDEX), "--checkpoint",
+        str(ckpt), "--model-id", str(model_id), "--coordinator", coordinator_url, "--port",
+        str(_port(opts, 3))), gw_env)
+
+    for w in workers:
+        args = [*root, "node", "serve", "--model", str(ckpt), "--coordinator", coordinator_url,
+                "--model-id", str(model_id), "--heartbeat-s", "1", "--port", str(w.port),
+                "--operator", w.operator, "--password-file", str(password_file),
+                "--store-dir", str(data / "workers" / str(w.index) / "hidden-states"),
+                "--threads", "1"]
+        if w.perturbed:
+            args += ["--perturb-weights", str(opts.perturb_std)]
+        if opts.verifier_policy is not None:
+            args += ["--verifier-policy", opts.verifier_policy]
+        # each worker's own state: its verifier agent's votes and re-execution stores
+        w_env = clean_env(data, {"VERIPLEX_VERIFICATION__AGENT_STATE_DIR":
+                                 str(data / "workers" / str(w.index) / "verifier")})
+        w.child = stack.start(f"worker-{w.index}", veriplex_argv(*args), w_env)
+    gateway_url = gw.wait_line(r"gateway ready at (http://\S+) ", 120)[1]
+    explorer_url = explorer.wait_line(r"explorer ready at (http://\S+) ", 120)[1]
+    say(f"{took()} gateway ready at {gateway_url}; explorer at {explorer_url}")
+
+    chain = Chain.connect(rpc_url, manifest)
+    gateway_address = Signer.from_key(dev_key(GATEWAY_DEV_INDEX, DEV_MNEMONIC)).address
+    net = Network(data, stack, rpc_url, chain_id, manifest, explorer_url, coordinator_url,
+                  gateway_url, gateway_address, ckpt, model_id, name, password_file, workers)
+    net.pipeline = wait_for_pipeline(net, chain, opts.stages, START_TIMEOUT_S)
+    say(f"{took()} coordinator published epoch {chain.scheduler.epoch()}; pipeline of "
+        f"{len(net.pipeline)} stages serving")
+    return net
+
+
+def wait_for_pipeline(net: Network, chain: Any, stages: int, timeout_s: float) -> list[Any]:
+    """Until an epoch is on chain, the coordinator routes a complete pipeline of at least
+    min(stages, 2) stages whose endpoints accept connections, and the gateway lists the model."""
+    import httpx
+
+    from scheduler.service.client import CoordinatorClient
+    from scheduler.service.messages import RouteRequest
+
+    client = CoordinatorClient(net.coordinator_url)
+    deadline = time.monotonic() + timeout_s
+    last = "nothing yet"
+    while time.monotonic() < deadline:
+        dead = net.stack.dead()
+        if dead:
+            c = dead[0]
+            raise UpError(f"{c.name} exited with status {c.proc.returncode}; the end of "
+                          f"{c.log}:\n{tail(c.log)}")
+        try:
+            if chain.scheduler.epoch() > 0:
+                r = client.route(RouteRequest(model_id=net.model_id, prompt_tokens=1,
+                                              output_tokens=1))
+                route = list(r.stages)
+                if len(route) >= min(stages, 2) and all(_accepts(s.host, s.port) for s in route):
+                    models = httpx.get(net.gateway_url + "/v1/models", timeout=5).json()
+                    if any(m.get("id") == net.model_name for m in models.get("data", [])):
+                        return route
+                    last = f"gateway lists {models}"
+                else:
+                    last = f"route {[(s.operator, s.start, s.end) for s in route]}"
+            else:
+                last = "no epoch published yet"
+        except Exception as exc:  # noqa: BLE001 - not ready yet; say what we saw on timeout
+            last = str(exc)
+        time.sleep(0.5)
+    logs = "\n".join(f"--- {c.name}\n{tail(c.log, 8)}" for c in net.stack.children)
+    raise UpError(f"no complete pipeline after {timeout_s:.0f} s (last: {last})\n{logs}")
+
+
+# ----------------------------------------------------------------------------- command
+def wait_for_signal(net: Network, say: Callable[[str], None]) -> int:
+    """Block until SIGINT/SIGTERM (0) or until a child dies (1); the caller stops the stack."""
+    stop = threading.Event()
+    got: list[int] = []
+
+    def handler(signum: int, _frame: Any) -> None:
+        got.append(signum)
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(1.0):
+            dead = net.stack.dead()
+            if dead:
+                c = dead[0]
+                say(f"{c.name} exited with status {c.proc.returncode}; stopping everything. "
+                    f"The end of {c.log}:\n{tail(c.log)}")
+                return 1
+        say(f"\n{signal.Signals(got[0]).name}: stopping {len(net.stack.children)} processes …")
+        return 0
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@click.command("up")
+@click.option("--workers", type=click.IntRange(min=1, max=32), default=4, show_default=True,
+              help="Local worker nodes (pipeline workers plus verifier-only ones).")
+@click.option("--stages", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Stages each pipeline worker's simulated memory forces the model into.")
+@click.option("--verifiers", type=click.IntRange(min=0), default=None,
+              help="Workers with no room for layers, left free to verify (default: "
+                   "min(2, workers - stages)).")
+@click.option("--model", default="smollm2", show_default=True,
+              help="smollm2 (imported once into the models dir), tiny (a random test model), or a "
+                   "checkpoint directory.")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where the chain, wallets, stores and logs live (default: $VERIPLEX_HOME/up).")
+@click.option("--port-base", type=click.IntRange(1024, 65000), default=None,
+              help="Ports P (RPC), P+1 (explorer), P+2 (coordinator), P+3 (gateway), P+10+i "
+                   "(worker i); default: free ports.")
+@click.option("--perturbed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Start this many pipeline workers with --perturb-weights (cheaters).")
+@click.option("--perturb-std", type=click.FloatRange(min=0, min_open=True), default=0.05,
+              show_default=True, help="Noise std of the perturbed workers' weights.")
+@click.option("--verifier-policy", type=click.Choice(["honest", "lazy", "accuse", "silent"]),
+              default=None, help="Passed to every worker's verifier agent (default: its own).")
+@click.option("--block-time", type=click.FloatRange(min=0.2), default=1.0, show_default=True,
+              help="Seconds between devnet blocks.")
+@click.pass_obj
+def up(settings: Any, workers: int, stages: int, verifiers: int | None, model: str,
+       data_dir: Path | None, port_base: int | None, perturbed: int, perturb_std: float,
+       verifier_policy: str | None, block_time: float) -> None:
+    """Start the devnet, explorer, coordinator, gateway and N workers; Ctrl-C stops them all."""
+    opts = UpOptions(data_dir=data_dir or settings.home / "up", models_dir=settings.models_dir,
+                     model=model, workers=workers, stages=stages, verifiers=verifiers,
+                     perturbed=perturbed, perturb_std=perturb_std,
+                     verifier_policy=verifier_policy, port_base=port_base,
+                     block_time=block_time)
+    def interrupted(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)  # a SIGTERM while starting stops what started
+    try:
+        net = bring_up(opts, say=click.echo)
+    except (UpError, StackError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted while starting; everything started was stopped") from None
+    click.secho("\nVeriplex is up:", bold=True)
+    click.echo(net.summary())
+    click.echo(f"\n  try: OPENAI_BASE_URL={net.gateway_url}/v1 (API key: `veriplex --rpc-url "
+               f"{net.rpc_url} client key create --account NAME --cap 0.1 --expires 1d --gateway "
+               f"{net.gateway_address}` with VERIPLEX_HOME={net.data_dir})")
+    click.echo("  Ctrl-C stops everything.")
+    code = wait_for_signal(net, click.echo)
+    forced = net.stop()
+    for line in forced:
+        click.echo(line, err=True)
+    click.echo("stopped.")
+    raise SystemExit(code or (1 if forced else 0))
