@@ -1,4 +1,14 @@
-"""`make demo`'s scenario runs to the end on a fresh devnet and observes what it should."""
+"""`make demo`'s scenarios run to the end on fresh state and observe what they should.
+
+The main job (`veriplex demo`) runs here on the tiny model — `make demo` runs it on SmolLM2 — as a
+user runs it, in its own process: it must exit 0, which it does only when a request was verified
+PASSED and the perturbed worker was slashed, and print each request's explorer URL. The chain-only
+scenario (`veriplex demo chain`) is checked through what it returns."""
+
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -8,7 +18,27 @@ ETH = 10**18
 
 
 @pytest.mark.slow
-def test_demo_scenario_registers_stakes_pays_withdraws_and_survives_a_restart(tmp_path):
+@pytest.mark.timeout(600)
+def test_demo_on_the_tiny_model_verifies_a_request_and_slashes_the_perturbed_worker(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VERIPLEX_")}
+    env.update(VERIPLEX_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "veriplex.cli", "demo", "--model", "tiny",
+                           "--data-dir", str(tmp_path / "demo"), "--timeout-s", "240"],
+                          env=env, capture_output=True, text=True, timeout=580)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "requests verified, the cheater slashed" in out
+    passed = re.findall(r"^   (0x[0-9a-f]{64})  \[(?:chat|stream)\] PASSED", out, re.M)
+    assert passed, out[-4000:]
+    explorer = re.search(r"^  explorer\s+(http://\S+)", out, re.M)[1]
+    for rid in passed:
+        assert f"explorer: {explorer}/request/{rid}" in out
+    assert re.search(r"\(the PERTURBED worker\) slashed [0-9.]+ ETH", out)
+    assert "stopping" in out and "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_demo_chain_scenario_registers_stakes_pays_withdraws_and_survives_a_restart(tmp_path):
     seen = run_scenario(tmp_path / "demo")
     assert seen["registered"] is True
     assert seen["deposit_wei"] == ETH

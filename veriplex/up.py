@@ -57,7 +57,7 @@ class UpOptions:
     stages: int = 2
     verifiers: int | None = None  # default: what is left after one replica, at most 2
     perturbed: int = 0
-    perturb_std: float = 0.05
+    perturb_std: float = 0.01
     verifier_policy: str | None = None
     port_base: int | None = None  # None: free ports
     block_time: float = 1.0
@@ -501,7 +501,7 @@ def wait_for_signal(net: Network, say: Callable[[str], None]) -> int:
                    "(worker i); default: free ports.")
 @click.option("--perturbed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Start this many pipeline workers with --perturb-weights (cheaters).")
-@click.option("--perturb-std", type=click.FloatRange(min=0, min_open=True), default=0.05,
+@click.option("--perturb-std", type=click.FloatRange(min=0, min_open=True), default=0.01,
               show_default=True, help="Noise std of the perturbed workers' weights.")
 @click.option("--verifier-policy", type=click.Choice(["honest", "lazy", "accuse", "silent"]),
               default=None, help="Passed to every worker's verifier agent (default: its own).")

@@ -13,6 +13,7 @@ check judges rows only, so a token-only accusation would contradict the member's
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from coincurve import PrivateKey
 
+from node.stage_query import fetch_rows
 from node.verification.errors import AgentError, RerunError
 from node.verification.evidence import check_against_root, forged_evidence
 from node.verification.policy import Claimed, Policy, Recomputed, decide
@@ -47,8 +49,6 @@ class JobContext:
 
 async def fetch_stage(ctx: JobContext, td: TaskData, stage: int) -> tuple[torch.Tensor, list[int], StageCommitment]:
     """Stage `stage`'s rows and tokens from its operator, proven against its committed root."""
-    import asyncio
-
     st = td.pipeline.stages[stage]
     sc = td.stage_commits[stage]
     host, port = await asyncio.to_thread(endpoint_of, ctx.chain, st.operator)
@@ -65,12 +65,8 @@ async def _sequence(ctx: JobContext, td: TaskData, have: list[int]) -> list[int]
     if len(have) >= P:
         return have
     try:
-        import asyncio
-
         st = td.pipeline.stages[0]
         host, port = await asyncio.to_thread(endpoint_of, ctx.chain, st.operator)
-        from node.stage_query import fetch_rows
-
         _, toks = await fetch_rows(ctx.key, ctx.chain_id, host, port, td.request_id, 0,
                                    (st.layer_start, st.layer_end), 0, 0, operator=st.operator,
                                    timeout_s=ctx.timeout_s)
@@ -93,8 +89,8 @@ async def prepare_vote(ctx: JobContext, td: TaskData, rnd: int, policy: Policy) 
     job: RerunJob | None = None
     if policy.computes:
         try:
-            if j == 0:
-                rows0, toks0, tree0 = await fetch_stage(ctx, td, 0)
+            if j == 0:  # the tokens stage 0 committed to having consumed (its own claim)
+                _, toks0, _ = await fetch_stage(ctx, td, 0)
                 seq = toks0[: sc.n_tokens]
                 job = RerunJob(cid, rid, 0, td.ranges, torch.tensor(seq[:P], dtype=torch.int64), tuple(seq))
             else:

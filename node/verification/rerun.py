@@ -121,8 +121,8 @@ class Listener:
                 q = self.queues.get(f.request_id)
                 if q is not None:
                     q.put_nowait(f)
-        except (DataPlaneError, ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (DataPlaneError, ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # a peer that hung up or sent garbage, or the listener stopping: nothing to keep
         finally:
             self._writers.discard(writer)
             writer.close()

@@ -4,7 +4,7 @@
 same layers, the request completes through the spare (the gateway's router hands the stage over and
 the spare rebuilds its KV cache by replaying the sequence), the receipt names the spare, and the
 client is charged once, for exactly the tokens it got. Without a spare the stream ends with an
-OpenAI-shaped error, and only the tokens delivered before the failure are charged.
+OpenAI-shaped error, and only the tokens generated before the failure are charged, once.
 (b) The RPC endpoint timing out (a proxy that swallows every byte): a client the gateway has never
 seen — so nothing is cached for it — gets a clear OpenAI-shaped 503 within the chain timeout, not
 a hang, and is charged nothing; once the endpoint answers again the same key is served and its
@@ -191,6 +191,10 @@ def test_without_a_spare_the_stream_ends_with_an_openai_error_and_only_delivered
         _, receipt, error = stream_and_kill(api, model_info.name, middle, max_tokens=200)
         assert receipt is None and error is not None
         assert "no spare serves layers [4, 8)" in str(error)
+        # the partial record is written once the gateway gave up asking the dead stage to commit
+        deadline = time.monotonic() + 60
+        while not _request_ids(served) and time.monotonic() < deadline:
+            time.sleep(0.2)
         served.wait_settled(timeout_s=60)
         records = served.gw.store.counts()
         rows = [served.gw.receipt_status(r) for r in _request_ids(served)]
