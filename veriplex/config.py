@@ -202,7 +202,7 @@ class GatewaySettings(BaseModel):
         False, description="TEST HOOK: exit the process right after a batch is broadcast (crash tests)."
     )
     open_tasks: bool = Field(True, description="Open verification tasks for sampled settled records.")
-    commit_timeout_s: float = Field(10.0, gt=0, description="Seconds a stage has to answer COMMIT.")
+    commit_timeout_s: float = Field(5.0, gt=0, description="Seconds a stage has to answer COMMIT.")
     commit_attempts: int = Field(3, ge=1, le=10, description="COMMIT tries per stage before a zero root.")
 
 

@@ -128,8 +128,8 @@ def follow(chain: Any, reqs: list[Request], obs: Observed, from_block: int) -> N
 
     v = chain.verification
     for r in reqs:
-        if r.status in FINAL:
-            continue
+        if r.status in FINAL and (r.status != "FRAUD" or r.refunded_wei):
+            continue  # a convicted stage's client is refunded after the verdict: keep looking
         rid = bytes.fromhex(r.request_id[2:])
         if not r.task_id:
             r.task_id = v.task_of(rid)
@@ -216,10 +216,17 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None]) -> tuple[Observed, N
             if obs.done():
                 break
             settled_all = all(r.status in FINAL for r in obs.requests)
-            if settled_all and sent < opts.max_requests:
+            if settled_all and sent >= opts.max_requests:
+                break  # every task is over and no request is left to send
+            if settled_all:
                 say("   not yet both outcomes (a pass and the cheater slashed): one more request")
                 send(1)
             time.sleep(1.0)
+        grace = time.monotonic() + 15  # a convicted stage's client is refunded just after
+        while any(r.status == "FRAUD" and not r.refunded_wei for r in obs.requests) and \
+                time.monotonic() < grace:
+            time.sleep(1.0)
+            follow(chain, obs.requests, obs, start_block)
         obs.timings["verification_s"] = time.monotonic() - t1
         obs.stake_after = stake_of(chain, owners)
         return obs, net
@@ -234,14 +241,44 @@ def _verdicts(v: dict[str, bool]) -> str:
     return ", ".join(f"{m[:10]}…={'OK' if ok else 'FRAUD'}" for m, ok in v.items())
 
 
+def explorer_views(net: Network, reqs: list[Request], timeout_s: float = 20.0) -> dict[str, str]:
+    """What the explorer's request page says of each request's verification (its JSON twin),
+    waiting for the indexer to catch up with the last outcome."""
+    import httpx
+
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for r in reqs:
+            if seen.get(r.request_id, "").lower().startswith(r.status.lower()[:4]):
+                continue
+            try:
+                resp = httpx.get(f"{net.explorer_url}/api/request/{r.request_id}", timeout=5)
+            except httpx.HTTPError as exc:
+                seen[r.request_id] = f"unreachable ({exc})"
+                continue
+            if resp.status_code != 200:
+                seen[r.request_id] = f"not indexed yet (HTTP {resp.status_code})"
+                continue
+            verdict = (resp.json().get("data") or {}).get("verdict") or {}
+            seen[r.request_id] = str(verdict.get("status_name") or "settled, no verdict yet")
+        done = all(seen.get(r.request_id, "").lower().startswith(r.status.lower()[:4])
+                   for r in reqs if r.status in FINAL)
+        if done or time.monotonic() > deadline:
+            return seen
+        time.sleep(1.0)
+
+
 def report(obs: Observed, net: Network, say: Callable[[str], None]) -> list[str]:
     """Print the outcome table; returns the list of what is missing (empty: success)."""
-    say("\n== Requests")
+    say("\n== Requests (and what the explorer's page for each says)")
+    views = explorer_views(net, obs.requests)
     for r in obs.requests:
         say(f"   {r.request_id}  [{r.kind}] {r.status}"
             + (f" (stage {r.stage}, verdicts {_verdicts(r.verdicts)})" if r.task_id else "")
             + (f", client refunded {r.refunded_wei / 1e9:g} gwei" if r.refunded_wei else ""))
-        say(f"      explorer: {net.explorer_url}/request/{r.request_id}")
+        say(f"      explorer: {net.explorer_url}/request/{r.request_id}  "
+            f"[{views.get(r.request_id, '?')}]")
     say("\n== Slashes")
     if not obs.slashes:
         say("   none")
@@ -265,6 +302,13 @@ def report(obs: Observed, net: Network, say: Callable[[str], None]) -> list[str]
     if not obs.perturbed_slashed():
         missing.append(f"the perturbed worker ({', '.join(obs.perturbed) or 'none started'}) "
                        f"was not slashed")
+    if missing:  # say where it stopped, so the log to read is obvious
+        if not any(r.task_id for r in obs.requests):
+            missing.append("no verification task was opened for any request (the gateway opens "
+                           "them after settlement: see logs/gateway.log)")
+        elif not any(r.verdicts for r in obs.requests):
+            missing.append("tasks were opened but no committee member revealed a verdict (the "
+                           "workers' verifier agents: see logs/worker-*.log)")
     return missing
 
 

@@ -141,7 +141,7 @@ class Runner:
     """Signs and runs requests on pipelines as the gateway."""
 
     def __init__(self, key: bytes, chain_id: int, payments: str, gateway: str, router: Router,
-                 step_timeout_s: float = 30.0, commit_timeout_s: float = 10.0,
+                 step_timeout_s: float = 30.0, commit_timeout_s: float = 5.0,
                  commit_attempts: int = 3) -> None:
         self.client = PipelineClient(PrivateKey(key), chain_id)
         self.chain_id, self.payments, self.gateway = chain_id, payments, gateway

@@ -70,7 +70,7 @@ class Gateway:
                  default_max_tokens: int = 256, chain_cache_s: float = 2.0,
                  step_timeout_s: float = 30.0, batch_size: int = 64, batch_max_age_s: float = 10.0,
                  settle_tick_s: float = 0.5, exit_after_broadcast: bool = False,
-                 open_tasks: bool = True, commit_timeout_s: float = 10.0,
+                 open_tasks: bool = True, commit_timeout_s: float = 5.0,
                  commit_attempts: int = 3) -> None:
         assert chain.signer is not None
         self.chain, self.store, self.model = chain, store, model

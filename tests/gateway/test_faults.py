@@ -170,6 +170,10 @@ def test_a_stage_killed_mid_stream_hands_over_to_the_spare_and_charges_once_for_
         tin, tout = receipt["tokens"]["prompt"], receipt["tokens"]["completion"]
         assert tout >= 1 and text  # the client got the whole answer, across the hand-over
         assert int(receipt["charge_wei"]) == model_info.charge(tin, tout)
+        # the spare, which rebuilt the whole sequence, commits to it like any stage
+        assert receipt["commitments_error"] is None
+        assert [c["operator"] for c in receipt["commitments"]] == [first.address, spare.address]
+        assert {c["positions"] for c in receipt["commitments"]} == {tin + tout - 1}
         served.wait_settled(timeout_s=60)
     finally:
         served.stop()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from veriplex.up import CHATML
+from veriplex.up_setup import CHATML
 
 
 @pytest.fixture(scope="session")
