@@ -6,6 +6,13 @@ building the commitment of a 1,024-position × 576-dim float32 stage output (bf1
 the Vyper reference (`tests/verifier/chunk_check.vy`) verifying that opening and applying the chunk
 rule (execution only: add 21,000 + calldata for a transaction). `--quick` uses fewer repeats.
 
+Then the grown tree (`verifier.merkle.IncrementalCommitment`, what a stage keeps as it stores rows)
+against building at COMMIT, for 128 and 1,024 positions × 576: `commit_ms_*` builds everything at
+COMMIT (the old path; `_tokens` with the P + 1 token leaves a first or last stage commits);
+`grown_commit_ms_*` is what is left at COMMIT with a grown tree (token leaves and the right edge);
+`grow_us_per_decoded_row_576` the cost added to each decode step (one row: bf16, 18 leaves, the
+inner nodes it completes); `grow_ms_prefill_*` the cost added to a prefill of that many rows.
+
     .venv/bin/python bench/commit.py [--quick]
 """
 
@@ -24,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from verifier import encoding as enc  # noqa: E402
 from verifier.encoding import Domain  # noqa: E402
-from verifier.merkle import StageCommitment, verify_chunk  # noqa: E402
+from verifier.merkle import IncrementalCommitment, StageCommitment, verify_chunk  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
@@ -82,6 +89,8 @@ def main() -> None:
     print(f"verify_chunk_us: {t_verify * 1e6:.1f}")
     print(f"proof_siblings_1024x576: {len(o.siblings)}")
 
+    grown = incremental(dom, repeats)
+
     gas = ""
     try:
         import boa
@@ -103,7 +112,45 @@ def main() -> None:
         print(f"gas_chunk_rule: {g_rule}")
         gas = f", on-chain proof {g_proof} gas + chunk rule {g_rule} gas"
     print(f"summary: a 1024x576 stage commits in {t_commit * 1e3:.0f} ms with {enc.KECCAK_BACKEND}"
-          f" ({len(o.siblings)}-sibling proofs){gas}")
+          f" ({len(o.siblings)}-sibling proofs), {grown} with a tree grown as rows are stored{gas}")
+
+
+def incremental(dom: Domain, repeats: int) -> str:
+    """Building at COMMIT vs growing the tree as rows are stored (see the module docstring)."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    out = ""
+    for n in (128, 1024):
+        x = torch.from_numpy(rng.standard_normal((n, 576)).astype(np.float32))
+        toks = [int(t) for t in rng.integers(0, 49152, n + 1)]
+        acc = IncrementalCommitment(dom, 576)
+        acc.append(0, x)
+        assert acc.root(n, toks)[0] == StageCommitment.build(dom, x, toks).root
+        t_build = timed(lambda x=x: StageCommitment.build(dom, x), repeats)
+        t_build_tok = timed(lambda x=x, toks=toks: StageCommitment.build(dom, x, toks), repeats)
+        t_grown = timed(lambda acc=acc, n=n: acc.root(n), repeats)
+        t_grown_tok = timed(lambda acc=acc, n=n, toks=toks: acc.root(n, toks), repeats)
+        t_prefill = timed(lambda x=x: IncrementalCommitment(dom, 576).append(0, x), repeats)
+        if n == 128:
+            print(f"commit_ms_{n}x576: {t_build * 1e3:.2f}")
+        print(f"commit_ms_{n}x576_tokens: {t_build_tok * 1e3:.2f}")
+        print(f"grown_commit_ms_{n}x576: {t_grown * 1e3:.3f}")
+        print(f"grown_commit_ms_{n}x576_tokens: {t_grown_tok * 1e3:.2f}")
+        print(f"grow_ms_prefill_{n}x576: {t_prefill * 1e3:.2f}")
+        print(f"grown_tree_kib_{n}x576: {acc.nbytes / 1024:.0f}")
+        out = (f"{t_grown_tok * 1e3:.1f} ms (with {n + 1} token leaves; "
+               f"{t_grown * 1e3:.2f} ms without)")
+    rows = [x[i:i + 1] for i in range(len(x))]  # decode: one row per step, as SessionTable stores them
+
+    def decode() -> None:
+        acc = IncrementalCommitment(dom, 576)
+        for i, r in enumerate(rows):
+            acc.append(i, r)
+
+    t_decode = timed(decode, repeats) / len(rows)
+    print(f"grow_us_per_decoded_row_576: {t_decode * 1e6:.1f}")
+    return f"{out} at {t_decode * 1e6:.0f} us per decoded row"
 
 
 if __name__ == "__main__":

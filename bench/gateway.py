@@ -3,7 +3,10 @@ the tiny model (in-process stage servers): `gateway_added_ms` = median latency o
 chat completion through the gateway (HTTP, key check, accounting, record) minus the median of the
 same request sent straight to the pipeline with `PipelineClient`; `gateway_rps` = completed requests
 per second with many concurrent clients; `gateway_commit_ms` = median time to collect every stage's
-signed commitment after a direct request (`commit_all`, part of what the gateway adds). Run: `.venv/bin/python bench/gateway.py [--quick]`."""
+signed commitment after a direct request (`commit_all`, part of what the gateway adds);
+`gateway_added_ms_paired` = the median of the differences of back-to-back (direct, gateway) pairs,
+steadier than the difference of medians on a shared, loaded machine. Run: `.venv/bin/python
+bench/gateway.py [--quick]`."""
 
 from __future__ import annotations  # noqa: E402
 
@@ -121,9 +124,10 @@ def main() -> None:
                     t = time.perf_counter()
                     await asyncio.gather(*(one() for _ in range(n_rps)))
                     rps = n_rps / (time.perf_counter() - t)
-                return statistics.median(d), statistics.median(g), rps, statistics.mean(g)
+                paired = statistics.median(b - a for a, b in zip(d, g, strict=True))
+                return statistics.median(d), statistics.median(g), rps, paired
 
-            d, g, rps, _ = asyncio.run(run())
+            d, g, rps, paired = asyncio.run(run())
             served.wait_settled(timeout_s=120)
         finally:
             served.stop()
@@ -131,6 +135,7 @@ def main() -> None:
     print(f"pipeline_direct_ms: {d * 1000:.2f}")
     print(f"gateway_request_ms: {g * 1000:.2f}")
     print(f"gateway_added_ms: {(g - d) * 1000:.2f}")
+    print(f"gateway_added_ms_paired: {paired * 1000:.2f}")
     print(f"gateway_rps: {rps:.1f}")
     print(f"gateway_commit_ms: {statistics.median(commit_s) * 1000:.2f}")
     print(f"summary: gateway adds {(g - d) * 1000:.2f} ms per {MAX_TOKENS}-token request "

@@ -129,7 +129,8 @@ class StageServer:
         self.host, self.port = host, port
         self.max_frame_bytes = max_frame_bytes
         self.sessions = SessionTable(executor, store, kv_budget_bytes, session_timeout_s)
-        self.stored = StoredRequests(store, key, directory, chain_id, self.layers, max_frame_bytes)
+        self.stored = StoredRequests(store, key, directory, chain_id, self.layers, max_frame_bytes,
+                                     leaves=self.sessions.leaves)
         self.links: dict[Endpoint, asyncio.StreamWriter] = {}
         self._link_lock = asyncio.Lock()
         self._server: asyncio.base_events.Server | None = None

@@ -25,6 +25,8 @@ from node.executor import SamplingParams, StageExecutor
 from node.hidden_store import HiddenStateStore
 from node.models.errors import StoreFull
 from node.protocol import PipelineRequest
+from node.stored_requests import CommitLeaves
+from verifier.encoding import Domain
 
 
 @dataclass
@@ -56,9 +58,10 @@ class SessionTable:
 
     def __init__(self, executor: StageExecutor, store: HiddenStateStore, kv_budget_bytes: int,
                  session_timeout_s: float = 60.0, replay_window_s: float = 600.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, leaves: CommitLeaves | None = None):
         self.executor = executor
         self.store = store
+        self.leaves = leaves if leaves is not None else CommitLeaves()  # commitment trees, grown
         self.kv_budget_bytes = kv_budget_bytes
         self.session_timeout_s = session_timeout_s
         self.replay_window_s = replay_window_s
@@ -150,7 +153,8 @@ class SessionTable:
         return self.executor.session(rid).length
 
     def store_rows(self, rid: bytes, start: int, rows: torch.Tensor) -> None:
-        """Append this stage's output rows, skipping positions already stored (after a re-route)."""
+        """Append this stage's output rows, skipping positions already stored (after a re-route),
+        and hash them into the request's commitment tree (`self.leaves`)."""
         sh = self.executor.shard
         held = self.store.entry(rid, sh.start, sh.end).rows
         if start + rows.shape[0] <= held:
@@ -158,6 +162,10 @@ class SessionTable:
         if start < held:
             rows, start = rows[held - start :], held
         self.store.append(rid, sh.start, sh.end, start, rows)
+        s = self.sessions.get(rid)
+        if s is not None:
+            domain = Domain(s.request.chain_id, rid, s.index)
+            self.leaves.stored(rid, domain, sh.hidden_size, start, rows)
 
     def rewind(self, rid: bytes, length: int) -> None:
         """Forget positions from `length` on: KV cache and stored rows (a re-route resumes earlier)."""
@@ -168,7 +176,9 @@ class SessionTable:
             sess.cache.crop(length - sess.length)  # crop(-k) drops the last k positions
             sess.length = length
         sh = self.executor.shard
-        self.store.truncate(rid, sh.start, sh.end, min(length, self.store.entry(rid, sh.start, sh.end).rows))
+        keep = min(length, self.store.entry(rid, sh.start, sh.end).rows)
+        self.store.truncate(rid, sh.start, sh.end, keep)
+        self.leaves.rewound(rid, keep)
 
     def note_open(self, s: DataSession, tokens: tuple[int, ...] | list[int]) -> None:
         """Record the gateway, the stage's place and the OPEN's tokens with the stored rows (they

@@ -214,19 +214,19 @@ def root_hash(positions: int, hidden_size: int, n_tokens: int, top: bytes) -> by
     return keccak(_ROOT.pack(PREFIX_ROOT, TAG, VERSION, positions, hidden_size, n_tokens, top))
 
 
-def hidden_leaves(domain: Domain, bits: np.ndarray) -> np.ndarray:
+def hidden_leaves(domain: Domain, bits: np.ndarray, start: int = 0) -> np.ndarray:
     """All hidden leaf preimages of (T, d) bits at once: uint8 (T × chunks, 118), row-major by
-    (position, chunk) — the leaf order of the tree."""
+    (position, chunk) — the leaf order of the tree. Row i is position `start + i`."""
     t, _ = bits.shape
-    if t - 1 > MAX_POSITION:
-        raise EncodingError(f"positions ({t}) must be at most 2**32")
+    if start < 0 or start + t - 1 > MAX_POSITION:
+        raise EncodingError(f"positions [{start}, {start + t}) must lie in [0, 2**32)")
     padded = pad_rows(bits)
     c = padded.shape[1] // CHUNK
     if c - 1 > MAX_CHUNK:
         raise EncodingError(f"hidden size {bits.shape[1]} needs {c} chunks, more than 2**16")
     out = np.empty((t, c, HIDDEN_LEAF_LEN), dtype=np.uint8)
     out[:, :, :HEADER_LEN] = np.frombuffer(domain.header(KIND_HIDDEN, 0, 0), dtype=np.uint8)
-    out[:, :, 48:52] = np.arange(t, dtype=">u4").view(np.uint8).reshape(t, 1, 4)
+    out[:, :, 48:52] = np.arange(start, start + t, dtype=">u4").view(np.uint8).reshape(t, 1, 4)
     out[:, :, 52:54] = np.arange(c, dtype=">u2").view(np.uint8).reshape(1, c, 2)
     out[:, :, HEADER_LEN:] = padded.astype(">u2").view(np.uint8).reshape(t, c, PAYLOAD_LEN)
     return out.reshape(t * c, HIDDEN_LEAF_LEN)
@@ -239,3 +239,28 @@ def hash_rows(rows: np.ndarray) -> np.ndarray:
     return np.frombuffer(
         b"".join([keccak(buf[i * width:(i + 1) * width]) for i in range(n)]), dtype=np.uint8
     ).reshape(n, 32)
+
+
+def token_leaves(domain: Domain, tokens: Any) -> np.ndarray:
+    """All token leaf preimages at once: uint8 (n, 58), token i at index (position) i."""
+    ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    n = len(ids)
+    if n and (ids.min() < 0 or ids.max() > MAX_TOKEN):
+        raise EncodingError(f"token ids must be in [0, 2**32); got one of {ids.min()}..{ids.max()}")
+    if n - 1 > MAX_POSITION:
+        raise EncodingError(f"token count ({n}) must be at most 2**32")
+    out = np.empty((n, TOKEN_LEAF_LEN), dtype=np.uint8)
+    out[:, :HEADER_LEN] = np.frombuffer(domain.header(KIND_TOKEN, 0, 0), dtype=np.uint8)
+    out[:, 48:52] = np.arange(n, dtype=">u4").view(np.uint8).reshape(n, 4)
+    out[:, HEADER_LEN:] = ids.astype(">u4").view(np.uint8).reshape(n, 4)
+    return out
+
+
+def hash_pairs(nodes: bytes | bytearray | memoryview) -> bytes:
+    """Inner nodes over consecutive (left, right) pairs: `nodes` is 64·k bytes, the answer 32·k
+    bytes, node i = keccak256(0x01 ‖ nodes[64i : 64i + 64])."""
+    mv = memoryview(nodes).cast("B")
+    if len(mv) % 64:
+        raise EncodingError(f"pairs of 32-byte nodes take a multiple of 64 bytes, got {len(mv)}")
+    prefix = bytes([PREFIX_NODE])
+    return b"".join([keccak(prefix + mv[i:i + 64]) for i in range(0, len(mv), 64)])

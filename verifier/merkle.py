@@ -11,6 +11,9 @@ that knows the root derives every leaf's index and the exact proof length from t
 `StageCommitment.build` commits; `open_chunk` / `open_token` produce openings; `check_chunk` /
 `check_token` verify an opening against a root (raising `ProofError` with the reason) and
 `verify_chunk` / `verify_token` return a bool. The contract does the same walk (ENCODING.md).
+`StageCommitment.from_leaves` commits from hidden leaf hashes computed earlier, and
+`IncrementalCommitment` grows the tree as rows arrive (what a stage does while it serves), so that
+committing hashes only the token leaves and the right edge; both give `build`'s bytes exactly.
 """
 
 from __future__ import annotations
@@ -102,6 +105,41 @@ def _sibling(siblings: Sequence[bytes], k: int) -> bytes:
     return bytes(s)
 
 
+def _levels(level: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Every level of the tree over leaf hashes `level` (uint8 (n, 32)), leaves first, top last."""
+    levels = [level]
+    while len(level) > 1:
+        n = len(level)
+        pairs = np.empty((n // 2, enc.NODE_LEN), dtype=np.uint8)
+        pairs[:, 0] = enc.PREFIX_NODE
+        pairs[:, 1:] = level[: n - n % 2].reshape(n // 2, 64)
+        nxt = enc.hash_rows(pairs)
+        if n % 2:
+            nxt = np.concatenate([nxt, level[-1:]])
+        levels.append(nxt)
+        level = nxt
+    return tuple(levels)
+
+
+def _token_hashes(domain: Domain, tokens: Sequence[int]) -> np.ndarray:
+    if not len(tokens):
+        return np.empty((0, 32), dtype=np.uint8)
+    return enc.hash_rows(enc.token_leaves(domain, tokens))
+
+
+def _node_array(nodes: Any, count: int, what: str) -> np.ndarray:
+    """32-byte hashes as uint8 (count, 32), from such an array or their concatenation."""
+    if isinstance(nodes, bytes | bytearray | memoryview):
+        arr = np.frombuffer(bytes(nodes), dtype=np.uint8)
+    else:
+        arr = np.asarray(nodes)
+        if arr.dtype != np.uint8:
+            raise EncodingError(f"{what} must be uint8, got {arr.dtype}")
+    if arr.size != count * 32 or (arr.ndim == 2 and arr.shape[1] != 32) or arr.ndim > 2:
+        raise EncodingError(f"want {count} {what} of 32 bytes, got an array of shape {arr.shape}")
+    return np.ascontiguousarray(arr).reshape(count, 32)
+
+
 @dataclass(frozen=True)
 class ChunkOpening:
     """One opened hidden chunk: its 32 bf16 bit patterns and the Merkle siblings, leaf to top."""
@@ -145,7 +183,7 @@ class StageCommitment:
     domain: Domain
     shape: Shape
     levels: tuple[np.ndarray, ...]  # uint8 (n_level, 32) each
-    bits: np.ndarray  # uint16 (positions, chunks × 32), padded
+    bits: np.ndarray | None  # uint16 (positions, chunks × 32), padded; None: built from leaf hashes
     tokens: tuple[int, ...]
 
     @classmethod
@@ -162,18 +200,27 @@ class StageCommitment:
                 b"".join(enc.keccak(enc.token_leaf(domain, i, t)) for i, t in enumerate(toks)),
                 dtype=np.uint8).reshape(len(toks), 32))
         level = np.concatenate(leaf_rows) if len(leaf_rows) > 1 else leaf_rows[0]
-        levels = [level]
-        while len(level) > 1:
-            n = len(level)
-            pairs = np.empty((n // 2, enc.NODE_LEN), dtype=np.uint8)
-            pairs[:, 0] = enc.PREFIX_NODE
-            pairs[:, 1:] = level[: n - n % 2].reshape(n // 2, 64)
-            nxt = enc.hash_rows(pairs)
-            if n % 2:
-                nxt = np.concatenate([nxt, level[-1:]])
-            levels.append(nxt)
-            level = nxt
-        return cls(domain, shape, tuple(levels), enc.pad_rows(bits), toks)
+        return cls(domain, shape, _levels(level), enc.pad_rows(bits), toks)
+
+    @classmethod
+    def from_leaves(cls, domain: Domain, shape: Shape, hidden_leaf_hashes: Any,
+                    tokens: Sequence[int] = (), bits: Any = None) -> StageCommitment:
+        """The commitment `build` gives, from hidden leaf hashes already computed (uint8
+        (positions × chunks, 32), or their 32-byte concatenation, in leaf order) and the tokens:
+        only the token leaves and the inner nodes are hashed. Without `bits` (the (positions, d)
+        rows) the result has the root and every proof but cannot open chunk values."""
+        toks = tuple(int(t) for t in tokens)
+        if len(toks) != shape.n_tokens:
+            raise EncodingError(f"{shape} commits {shape.n_tokens} tokens, got {len(toks)}")
+        hidden = _node_array(hidden_leaf_hashes, shape.positions * shape.chunks, "hidden leaf hashes")
+        padded = None
+        if bits is not None:
+            b = enc.bf16_bits(bits)
+            if b.shape != (shape.positions, shape.hidden_size):
+                raise EncodingError(f"rows of shape {b.shape} do not match {shape}")
+            padded = enc.pad_rows(b)
+        level = np.concatenate([hidden, _token_hashes(domain, toks)]) if toks else hidden
+        return cls(domain, shape, _levels(level), padded, toks)
 
     @property
     def top(self) -> bytes:
@@ -197,6 +244,9 @@ class StageCommitment:
 
     def open_chunk(self, position: int, chunk: int) -> ChunkOpening:
         i = self.shape.hidden_index(position, chunk)
+        if self.bits is None:
+            raise ProofError("this commitment was made from leaf hashes without the rows; "
+                             "it cannot open chunk values (pass bits= to from_leaves)")
         vals = self.bits[position, chunk * enc.CHUNK:(chunk + 1) * enc.CHUNK].copy()
         return ChunkOpening(position, chunk, vals, self._siblings(i))
 
@@ -249,3 +299,114 @@ def verify_token(root: bytes, domain: Domain, shape: Shape, opening: TokenOpenin
     except ProofError:
         return False
     return True
+
+
+class IncrementalCommitment:
+    """A stage's commitment grown row by row: hidden leaf hashes and every *complete* inner node
+    over them (a node whose leaves are all hidden leaves already held) are hashed as rows arrive,
+    so committing later hashes only the token leaves and the right edge of the tree.
+
+    Sound because a tree level pairs nodes (2i, 2i + 1) from the left whatever the leaf count:
+    node k of level ℓ covering leaves [k·2^ℓ, (k + 1)·2^ℓ) ⊆ [0, positions × chunks) is the same in
+    every tree that starts with those hidden leaves; only nodes touching the end of the hidden
+    leaves (and the token leaves after them) depend on the committed positions and tokens.
+    `commitment(...)` / `root(...)` equal `StageCommitment.build` over the first `positions` rows
+    byte for byte. `append` takes rows in order; `truncate` forgets rows from a position on.
+    """
+
+    def __init__(self, domain: Domain, hidden_size: int):
+        Shape(1, hidden_size)  # validates the size
+        self.domain, self.hidden_size = domain, hidden_size
+        self.chunks = enc.chunk_count(hidden_size)
+        self.rows = 0
+        self._levels: list[bytearray] = [bytearray()]  # level ℓ: the (rows × chunks) >> ℓ complete nodes
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(level) for level in self._levels)
+
+    def copy(self) -> IncrementalCommitment:
+        """An independent copy (rows appended to either later do not reach the other)."""
+        c = IncrementalCommitment(self.domain, self.hidden_size)
+        c.rows, c._levels = self.rows, [bytearray(level) for level in self._levels]
+        return c
+
+    def leaf_hashes(self, positions: int | None = None) -> np.ndarray:
+        """Hidden leaf hashes of rows [0, positions) (default: all held), uint8 (positions × chunks, 32)."""
+        p = self.rows if positions is None else positions
+        if not 0 <= p <= self.rows:
+            raise EncodingError(f"positions {p} outside the {self.rows} rows held")
+        return np.frombuffer(bytes(self._levels[0][: 32 * p * self.chunks]), dtype=np.uint8).reshape(-1, 32)
+
+    def append(self, start: int, hidden: Any) -> None:
+        """Hash rows (T, d) for positions [start, start + T); `start` must be the rows held."""
+        if start != self.rows:
+            raise EncodingError(f"rows must arrive in order: got position {start}, {self.rows} held")
+        bits = enc.bf16_bits(hidden)
+        if bits.ndim != 2 or bits.shape[1] != self.hidden_size:
+            raise EncodingError(f"rows must be (T, {self.hidden_size}), got shape {bits.shape}")
+        if not len(bits):
+            return
+        self._levels[0] += enc.hash_rows(enc.hidden_leaves(self.domain, bits, start)).tobytes()
+        self.rows += len(bits)
+        lv = 0
+        while len(self._levels[lv]) >= 64:
+            if lv + 1 == len(self._levels):
+                self._levels.append(bytearray())
+            below, above = self._levels[lv], self._levels[lv + 1]
+            have, want = len(above) // 32, len(below) // 64
+            if have == want:  # this level did not grow, so no level above it does
+                break
+            above += enc.hash_pairs(below[64 * have: 64 * want])
+            lv += 1
+
+    def truncate(self, rows: int) -> None:
+        """Forget rows from position `rows` on (complete nodes below it stay valid)."""
+        if not 0 <= rows <= self.rows:
+            raise EncodingError(f"cannot truncate {self.rows} rows to {rows}")
+        n = rows * self.chunks
+        for lv, level in enumerate(self._levels):
+            del level[32 * (n >> lv):]
+        self.rows = rows
+
+    def _tails(self, positions: int, tokens: Sequence[int]) -> tuple[Shape, tuple[int, ...],
+                                                                      list[tuple[int, bytes]]]:
+        """Per level: (a, tail) — the level is the first `a` complete nodes, then `tail`."""
+        if not 1 <= positions <= self.rows:
+            raise EncodingError(f"a commitment over {positions} positions needs them held; "
+                                f"{self.rows} rows are")
+        toks = tuple(int(t) for t in tokens)
+        shape = Shape(positions, self.hidden_size, len(toks))
+        h = positions * self.chunks
+        tail = _token_hashes(self.domain, toks).tobytes()
+        out, lv = [], 0
+        while True:
+            a = h >> lv
+            out.append((a, tail))
+            if a + len(tail) // 32 == 1:
+                return shape, toks, out
+            seq = (bytes(self._levels[lv][32 * (a - 1): 32 * a]) if a % 2 else b"") + tail
+            m = len(seq) // 32
+            tail = enc.hash_pairs(seq[: 64 * (m // 2)]) + (seq[-32:] if m % 2 else b"")
+            lv += 1
+
+    def root(self, positions: int, tokens: Sequence[int] = ()) -> tuple[bytes, Shape]:
+        """The stage root over rows [0, positions) and `tokens`, with the shape it binds."""
+        shape, _, tails = self._tails(positions, tokens)
+        a, tail = tails[-1]
+        top = bytes(self._levels[len(tails) - 1][:32]) if a else tail
+        return enc.root_hash(shape.positions, shape.hidden_size, shape.n_tokens, top), shape
+
+    def commitment(self, positions: int, tokens: Sequence[int] = (), bits: Any = None) -> StageCommitment:
+        """The whole tree over rows [0, positions) and `tokens` (`bits` as in `from_leaves`)."""
+        shape, toks, tails = self._tails(positions, tokens)
+        levels = tuple(np.frombuffer((bytes(self._levels[lv][: 32 * a]) if a else b"") + tail,
+                                     dtype=np.uint8).reshape(-1, 32)
+                       for lv, (a, tail) in enumerate(tails))
+        padded = None
+        if bits is not None:
+            b = enc.bf16_bits(bits)
+            if b.shape != (positions, self.hidden_size):
+                raise EncodingError(f"rows of shape {b.shape} do not match {shape}")
+            padded = enc.pad_rows(b)
+        return StageCommitment(self.domain, shape, levels, padded, toks)

@@ -7,7 +7,8 @@ The scenario starts the network with `veriplex up`'s code (one worker serving pe
 weights), pays for requests with the `openai` client, and waits for their verification. It exits
 0 only when at least one request was verified PASSED and the perturbed worker was slashed;
 otherwise it says what was missing and exits 1. Everything it started is stopped at the end
-(also on Ctrl-C); its data directory is removed unless `--keep` or `--data-dir` is given.
+(also on Ctrl-C); its temporary data directory is removed after a success (unless `--keep`) and
+kept, with its logs, after a failure.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def demo(ctx: click.Context, model: str, workers: int, n_requests: int, max_requ
 
     signal.signal(signal.SIGTERM, interrupted)
     started = time.monotonic()
-    missing: list[str] = []
+    missing: list[str] = ["it did not run to the end"]
     try:
         obs, net = run_demo(opts, click.echo)
         try:
@@ -74,14 +75,14 @@ def demo(ctx: click.Context, model: str, workers: int, n_requests: int, max_requ
     except KeyboardInterrupt:
         raise click.ClickException("interrupted; everything the demo started was stopped") from None
     finally:
-        if data_dir is None and not keep:
+        if data_dir is None and not keep and not missing:
             shutil.rmtree(home, ignore_errors=True)
-        elif data_dir is None:
-            click.echo(f"state kept in {home}")
+        elif data_dir is None:  # kept on failure: its logs say why
+            click.echo(f"state and logs kept in {home}")
     took = time.monotonic() - started
     if missing:
         raise click.ClickException("the demo did not show what it must: " + "; ".join(missing)
-                                   + f" (after {took:.0f} s; logs under the data dir with --keep)")
+                                   + f" (after {took:.0f} s; logs in {home / 'logs'})")
     click.secho(f"\ndemo finished in {took:.0f} s: requests verified, the cheater slashed",
                 fg="green", bold=True)
 

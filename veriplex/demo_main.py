@@ -157,8 +157,8 @@ def stake_of(chain: Any, owner_addresses: dict[str, str]) -> dict[str, int]:
 
 
 def run_demo(opts: DemoOptions, say: Callable[[str], None]) -> tuple[Observed, Network]:
-    """Bring the network up and run the scenario; the caller stops `Network` (also on error:
-    DemoFailed carries no network, so this function stops it itself before raising)."""
+    """Bring the network up and run the scenario. On success the caller reports and stops the
+    `Network`; on any error this function stops it before raising."""
     import openai
 
     from contracts.client import Chain
@@ -191,7 +191,12 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None]) -> tuple[Observed, N
             nonlocal sent
             for _ in range(n):
                 stream = sent % 2 == 1
-                r = ask(api, net.model_name, PROMPTS[sent % len(PROMPTS)], stream, opts.max_tokens)
+                try:
+                    r = ask(api, net.model_name, PROMPTS[sent % len(PROMPTS)], stream,
+                            opts.max_tokens)
+                except openai.APIError as exc:
+                    raise DemoFailed(f"request {sent + 1} through the gateway failed: {exc} "
+                                     f"(see {net.data_dir / 'logs'})") from None
                 obs.requests.append(r)
                 sent += 1
                 say(f"   [{r.kind:6}] {r.request_id}  {r.tokens[0]}+{r.tokens[1]} tokens, "

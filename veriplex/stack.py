@@ -62,6 +62,7 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
+    log_start: int = 0  # the log's size when this run started (logs are appended to)
 
     @property
     def pid(self) -> int:
@@ -76,7 +77,9 @@ class Child:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                text = self.log.read_text(errors="replace")
+                with self.log.open("rb") as f:
+                    f.seek(self.log_start)
+                    text = f.read().decode(errors="replace")
             except OSError:
                 text = ""
             for line in text.splitlines():
@@ -103,10 +106,11 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
         with log.open("ab") as sink:
+            start = sink.tell()
             proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=sink,
                                     stderr=subprocess.STDOUT, env=env, process_group=0,
                                     preexec_fn=_die_with_parent)
-        child = Child(name, proc, log)
+        child = Child(name, proc, log, start)
         self.children.append(child)
         return child
 

@@ -292,20 +292,18 @@ def wait_for_signal(net: Network, say: Callable[[str], None]) -> int:
         got.append(signum)
         stop.set()
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not stop.wait(1.0):
-            dead = net.stack.dead()
-            if dead:
-                c = dead[0]
-                say(f"{c.name} exited with status {c.proc.returncode}; stopping everything. "
-                    f"The end of {c.log}:\n{tail(c.log)}")
-                return 1
-        say(f"\n{signal.Signals(got[0]).name}: stopping {len(net.stack.children)} processes …")
-        return 0
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    # kept after return: a second Ctrl-C while the children stop does not cut the stop short
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, handler)
+    while not stop.wait(1.0):
+        dead = net.stack.dead()
+        if dead:
+            c = dead[0]
+            say(f"{c.name} exited with status {c.proc.returncode}; stopping everything. "
+                f"The end of {c.log}:\n{tail(c.log)}")
+            return 1
+    say(f"\n{signal.Signals(got[0]).name}: stopping {len(net.stack.children)} processes …")
+    return 0
 
 
 @click.command("up")
@@ -352,14 +350,19 @@ def up(settings: Any, workers: int, stages: int, verifiers: int | None, model: s
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         raise click.ClickException("interrupted while starting; everything started was stopped") from None
-    click.secho("\nVeriplex is up:", bold=True)
-    click.echo(net.summary())
-    click.echo(f"\n  try: OPENAI_BASE_URL={net.gateway_url}/v1 (API key: `veriplex --rpc-url "
-               f"{net.rpc_url} client key create --account NAME --cap 0.1 --expires 1d --gateway "
-               f"{net.gateway_address}` with VERIPLEX_HOME={net.data_dir})")
-    click.echo("  Ctrl-C stops everything.")
-    code = wait_for_signal(net, click.echo)
-    forced = net.stop()
+    code = 0
+    try:
+        click.secho("\nVeriplex is up:", bold=True)
+        click.echo(net.summary())
+        click.echo(f"\n  try: OPENAI_BASE_URL={net.gateway_url}/v1 (API key: `veriplex --rpc-url "
+                   f"{net.rpc_url} client key create --account NAME --cap 0.1 --expires 1d "
+                   f"--gateway {net.gateway_address}` with VERIPLEX_HOME={net.data_dir})")
+        click.echo("  Ctrl-C stops everything.")
+        code = wait_for_signal(net, click.echo)
+    except KeyboardInterrupt:  # a signal before the handler was in place: stop all the same
+        click.echo("\ninterrupted: stopping …")
+    finally:
+        forced = net.stop()
     for line in forced:
         click.echo(line, err=True)
     click.echo("stopped.")

@@ -194,16 +194,33 @@ def configure_chain(rpc_url: str, manifest: Path, mnemonic: str, name: str, laye
 
 def setup_worker(net_home: Path, rpc_url: str, manifest: Path, w: Worker, password_file: Path,
                  funder: int) -> str:
-    """Wallets, funding and registration of one worker, through the operator's CLI commands."""
+    """Wallets, funding and registration of one worker, through the operator's CLI commands.
+    On a data dir used before, what is there is kept: existing wallets, a registered node (its
+    endpoint updated to this run's port, its stake topped up if a slash left it inactive)."""
     root = ["--rpc-url", rpc_url, "--manifest", str(manifest)]
     pw = ["--password-file", str(password_file)]
+    url = f"http://127.0.0.1:{w.port}"
+    have = {a["name"] for a in json.loads(run_cli(net_home, [*root, "wallet", "list",
+                                                             "--json"]))["accounts"]}
     for name in (w.owner, w.operator):
-        run_cli(net_home, [*root, "wallet", "new", name, *pw])
-    run_cli(net_home, [*root, "devnet", "fund", w.owner, "5", "--from-account", str(funder)])
-    # the operator (hot) key pays the gas of its verifier agent's transactions
-    run_cli(net_home, [*root, "devnet", "fund", w.operator, "1", "--from-account", str(funder)])
-    out = run_cli(net_home, [*root, "node", "register", "--owner", w.owner, "--operator",
-                             w.operator, "--endpoint", f"http://127.0.0.1:{w.port}", "--stake",
-                             WORKER_STAKE_ETH, "--vram-mib", str(w.vram_mib), "--net-bw-mbps",
-                             "10000", "--region", "local", *pw, "--json"])
-    return str(json.loads(out)["operator"])
+        if name not in have:
+            run_cli(net_home, [*root, "wallet", "new", name, *pw])
+    state = json.loads(run_cli(net_home, [*root, "node", "status", w.owner, "--json"]))
+    if not state["registered"]:
+        run_cli(net_home, [*root, "devnet", "fund", w.owner, "5", "--from-account", str(funder)])
+        # the operator (hot) key pays the gas of its verifier agent's transactions
+        run_cli(net_home, [*root, "devnet", "fund", w.operator, "1", "--from-account",
+                           str(funder)])
+        state = json.loads(run_cli(net_home, [
+            *root, "node", "register", "--owner", w.owner, "--operator", w.operator,
+            "--endpoint", url, "--stake", WORKER_STAKE_ETH, "--vram-mib", str(w.vram_mib),
+            "--net-bw-mbps", "10000", "--region", "local", *pw, "--json"]))
+        return str(state["operator"])
+    if state["endpoint"] != url or state["hardware"]["vram_mib"] != w.vram_mib:
+        run_cli(net_home, [*root, "node", "update", w.owner, "--endpoint", url, "--vram-mib",
+                           str(w.vram_mib), *pw])
+    if not state["active"] and not state["jailed"]:  # slashed below the minimum last time
+        run_cli(net_home, [*root, "devnet", "fund", w.owner, WORKER_STAKE_ETH, "--from-account",
+                           str(funder)])
+        run_cli(net_home, [*root, "node", "stake", w.owner, WORKER_STAKE_ETH, *pw])
+    return str(state["operator"])

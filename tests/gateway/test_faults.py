@@ -10,8 +10,10 @@ seen — so nothing is cached for it — gets a clear OpenAI-shaped 503 within t
 a hang, and is charged nothing; once the endpoint answers again the same key is served and its
 request settled exactly once.
 
-The stages in (a) are real `veriplex node serve` processes (static directory) on the tiny model;
-the chain is the gateway tests' anvil (fixtures in tests/gateway/conftest.py).
+The stages in (a) are real `veriplex node serve` processes (static directory) on the tiny model,
+routed by a fixed router with a spare; the same hand-over through the coordinator's router, with
+workers following its epochs under `veriplex up`, is tests/up/test_failover.py. The chain is the
+gateway tests' anvil (fixtures in tests/gateway/conftest.py).
 """
 
 from __future__ import annotations

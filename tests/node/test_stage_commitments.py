@@ -120,16 +120,18 @@ def test_stages_commit_the_rows_and_tokens_the_whole_model_computes(in_process_p
             commits = await commit_all(p.gateway, p.chain_id, req, P)
             again = await commit_all(p.gateway, p.chain_id, req, P)
             built = [s.stored.commits_built for s in p.servers]
+            grown = [s.stored.commits_grown for s in p.servers]
             fetched = [await fetch_rows(p.gateway, p.chain_id, st.host, st.port, req.rid, j,
                                         (st.start, st.end), 0, P, operator=st.operator)
                        for j, st in enumerate(req.stages)]
-            return req, gen, commits, again, built, fetched
+            return req, gen, commits, again, built, grown, fetched
         finally:
             await p.stop()
 
-    req, gen, commits, again, built, fetched = asyncio.run(main())
+    req, gen, commits, again, built, grown, fetched = asyncio.run(main())
     assert gen.tokens == ref.tokens
     assert again == commits and built == [1] * len(ranges)  # repeated COMMITs hit the cache
+    assert grown == [1] * len(ranges)  # from the trees grown while the rows were stored
     for j, (c, rows) in enumerate(zip(commits, ref.stage_hidden, strict=True)):
         tokens = seq if j in (0, len(ranges) - 1) else []
         want = StageCommitment.build(Domain(31337, req.rid, j), rows[:P], tokens)
@@ -220,3 +222,166 @@ def test_request_info_survives_a_store_restart_and_goes_with_eviction(tmp_path):
     clock[0] += 10
     assert again.evict_expired() == 1
     assert list(tmp_path.iterdir()) == []
+
+
+# ── commitment trees grown as rows are stored ─────────────────────────────────────────────────
+def _commit_root(stored, gateway: PrivateKey, rid: bytes, positions: int) -> StageCommit:
+    f = make_frame(gateway, Kind.COMMIT, 31337, rid, 0, 0, 0, commit_body(positions))
+    answer = asyncio.run(stored.commit(parse_frame(f.to_bytes()[4:])))
+    return parse_committed(answer.body)[0]
+
+
+def test_a_stage_commits_from_its_grown_tree_through_rewinds_and_rebuilds_it_after_a_restart(
+        tiny_llama, tmp_path, monkeypatch):
+    from node.directory import StaticDirectory
+    from node.protocol import PipelineRequest, StageAssignment, address_of_key
+    from node.sessions import SessionTable
+    from node.stored_requests import StoredRequests
+
+    op, gw = PrivateKey(b"\x31" * 32), PrivateKey(b"\x32" * 32)
+    ex = StageExecutor(load_shard(tiny_llama, 0, 8))
+    store = HiddenStateStore(tmp_path, 10**8, 600, 600)
+    table = SessionTable(ex, store, kv_budget_bytes=2**30)
+    req = PipelineRequest(chain_id=31337, request_id="0x" + "cd" * 32, gateway=address_of_key(gw),
+                          stages=[StageAssignment(operator=address_of_key(op), host="h", port=1,
+                                                  start=0, end=8)],
+                          prompt_len=len(PROMPT), max_new_tokens=8)
+    rid = req.rid
+    table.note_open(table.admit(req, b"", b"", 0), PROMPT)
+    table.store_rows(rid, 0, ex.forward(rid, torch.tensor(PROMPT), 0).hidden)
+
+    def decode(tokens):
+        for tok in tokens:
+            p = table.cached(rid)
+            table.note_token(rid, p, tok)
+            table.store_rows(rid, p, ex.forward(rid, torch.tensor([tok]), p).hidden)
+
+    decode([3, 4, 5])
+    table.rewind(rid, len(PROMPT) + 1)  # a re-route resumes earlier, with other tokens
+    assert table.leaves.get(rid, Domain(31337, rid, 0), len(PROMPT) + 1) is not None
+    decode([6, 7])
+    P = len(PROMPT) + 3
+    table.note_token(rid, P, 8)
+    seq = store.info(rid, 0, 8).tokens
+    assert seq == PROMPT + [3, 6, 7, 8]
+    stored = StoredRequests(store, op, StaticDirectory([address_of_key(op)]), 31337, (0, 8), 2**20,
+                            leaves=table.leaves)
+    want = StageCommitment.build(Domain(31337, rid, 0), store.read(rid, 0, 8, 0, P), seq)
+    assert _commit_root(stored, gw, rid, P).root == want.root
+    assert stored.commits_grown == 1
+    monkeypatch.setattr("node.stored_requests.INLINE_TOKENS", 0)  # long requests: in a thread
+    threaded = StoredRequests(store, op, StaticDirectory([]), 31337, (0, 8), 2**20, leaves=table.leaves)
+    assert _commit_root(threaded, gw, rid, P).root == want.root and threaded.commits_grown == 1
+
+    table.close(rid)
+    restarted = HiddenStateStore(tmp_path, 10**8, 600, 600)  # trees live in memory only
+    fresh = StoredRequests(restarted, op, StaticDirectory([address_of_key(op)]), 31337, (0, 8), 2**20)
+    assert rid not in fresh.leaves
+    assert _commit_root(fresh, gw, rid, P).root == want.root
+    assert fresh.commits_grown == 0 and rid in fresh.leaves  # rebuilt from the rows, then kept
+    shorter = StageCommitment.build(Domain(31337, rid, 0), store.read(rid, 0, 8, 0, P - 1), seq[:P])
+    assert _commit_root(fresh, gw, rid, P - 1).root == shorter.root
+    assert fresh.commits_grown == 1
+
+
+def test_commit_leaves_drop_trees_they_cannot_trust_and_stay_within_their_byte_budget():
+    from node.stored_requests import CommitLeaves
+
+    rows = torch.randn(4, 40)
+    a, b = b"\x01" * 32, b"\x02" * 32
+    dom_a, dom_b = Domain(1, a, 0), Domain(1, b, 0)
+    leaves = CommitLeaves()
+    leaves.stored(a, dom_a, 40, 2, rows)  # rows before position 2 were never seen
+    assert a not in leaves
+    leaves.stored(a, dom_a, 40, 0, rows)
+    assert leaves.get(a, dom_a, 4) is not None
+    assert leaves.get(a, Domain(1, a, 1), 4) is None and leaves.get(a, dom_a, 3) is None
+    leaves.stored(a, Domain(1, a, 1), 40, 4, rows)  # re-routed to another stage index
+    assert a not in leaves
+    leaves.stored(a, dom_a, 40, 0, rows)
+    leaves.stored(a, dom_a, 40, 4, torch.full((1, 40), float("nan")))
+    assert a not in leaves and leaves.nbytes == 0  # COMMIT rebuilds from the store and says why
+    leaves.stored(a, dom_a, 40, 0, rows)
+    leaves.rewound(a, 2)
+    assert leaves.get(a, dom_a, 2).root(2)[0] == StageCommitment.build(dom_a, rows[:2]).root
+    leaves.rewound(a, 3)  # more rows than the tree holds: it cannot be current
+    assert a not in leaves
+
+    one = CommitLeaves()
+    one.stored(a, dom_a, 40, 0, rows)
+    small = CommitLeaves(max_bytes=one.nbytes)
+    small.stored(a, dom_a, 40, 0, rows)
+    small.stored(b, dom_b, 40, 0, rows)  # the least recently used tree goes
+    assert a not in small and b in small and small.nbytes == one.nbytes
+
+
+def test_rows_are_hashed_after_the_step_yields_and_anything_reading_the_tree_waits_for_them():
+    from node.stored_requests import CommitLeaves
+
+    rid, dom = b"\x03" * 32, Domain(1, b"\x03" * 32, 2)
+    prefill = torch.randn(20, 64)
+    decoded = torch.randn(1, 64)
+
+    async def main():
+        leaves = CommitLeaves()
+        leaves.stored(rid, dom, 64, 0, prefill)
+        leaves.stored(rid, dom, 64, len(prefill), decoded)  # queued behind the prefill, in order
+        deferred = leaves.nbytes == 0
+        await asyncio.sleep(0)  # the loop runs the callback
+        settled = leaves.nbytes > 0
+        leaves.stored(rid, dom, 64, len(prefill) + 1, prefill)
+        acc = leaves.get(rid, dom, 2 * len(prefill) + 1)  # settles what is pending first
+        return deferred, settled, acc
+
+    deferred, settled, acc = asyncio.run(main())
+    rows = torch.cat([prefill, decoded, prefill])
+    assert deferred and settled
+    assert acc.root(len(rows))[0] == StageCommitment.build(dom, rows).root
+
+
+def test_after_a_failover_every_stage_commits_exactly_the_rows_it_stores(in_process_pipeline):
+    """Stage 1 dies mid-generation; a spare rebuilds it from one prefill (its tree grown from that),
+    stages 0 and 2 re-sync under a new epoch keeping their trees, and each COMMIT equals `build`
+    over what that stage stores. (Rewinds are covered by the SessionTable test above.)"""
+
+    async def main():
+        from node.protocol import PipelineRequest, StageAssignment, address_of_key
+
+        p = await in_process_pipeline([(0, 3), (3, 6), (6, 8), (3, 6)]).start()
+        try:
+            stages = [StageAssignment(operator=address_of_key(k), host="127.0.0.1", port=s.port,
+                                      start=a, end=b)
+                      for (a, b), k, s in zip(p.ranges, p.keys, p.servers, strict=True)]
+            req = PipelineRequest(chain_id=p.chain_id, request_id="0x" + "5e" * 32,
+                                  gateway=address_of_key(p.gateway), stages=stages[:3],
+                                  prompt_len=len(PROMPT), max_new_tokens=NEW)
+            spare, dead = stages[3], p.servers[1]
+
+            def on_token(i: int, _tok: int) -> None:
+                if i == 2:
+                    async def kill():
+                        await dead.stop()
+                        for s in list(dead.sessions.sessions.values()):
+                            s.upstream.transport.abort()
+                    asyncio.get_running_loop().create_task(kill())
+
+            gen = await p.client().generate(req, PROMPT, replace=lambda k, r: spare,
+                                            on_token=on_token, step_timeout_s=5)
+            final = gen.request
+            P = len(PROMPT) + len(gen.tokens) - 1
+            commits = await commit_all(p.gateway, p.chain_id, final, P)
+            want = []
+            for j, st in enumerate(final.stages):
+                rows, toks = await fetch_rows(p.gateway, p.chain_id, st.host, st.port, final.rid, j,
+                                              (st.start, st.end), 0, P)
+                tokens = toks[: P + 1] if j in (0, 2) else []
+                want.append(StageCommitment.build(Domain(p.chain_id, final.rid, j), rows, tokens).root)
+            grown = [s.stored.commits_grown for s in p.servers]
+            return gen, commits, want, grown
+        finally:
+            await p.stop()
+
+    gen, commits, want, grown = asyncio.run(main())
+    assert len(gen.handovers) == 1 and gen.handovers[0].stage == 1
+    assert [c.commit.root for c in commits] == want
+    assert grown == [1, 0, 1, 1]  # the survivors kept growing their trees through the re-sync

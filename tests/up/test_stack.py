@@ -101,3 +101,37 @@ def test_children_die_with_a_supervisor_killed_by_sigkill(tmp_path: Path) -> Non
         sup.wait()
         if sup.stdout:
             sup.stdout.close()
+
+
+def test_up_notices_a_child_that_dies_and_says_which_with_the_end_of_its_log(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from veriplex.up import wait_for_signal
+
+    stack = Stack(tmp_path / "logs")
+    env = dict(os.environ)
+    stack.start("steady", SLEEPER, env)
+    stack.start("worker-1", [sys.executable, "-c",
+                             "import time; time.sleep(0.5); print('out of memory'); exit(9)"], env)
+    said: list[str] = []
+    try:
+        assert wait_for_signal(SimpleNamespace(stack=stack), said.append) == 1
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        assert stack.stop() == []
+    assert said and said[0].startswith("worker-1 exited with status 9; stopping everything")
+    assert "out of memory" in said[0]
+
+
+def test_a_restarted_child_waits_for_its_own_ready_line_not_the_last_run_s(tmp_path: Path) -> None:
+    stack = Stack(tmp_path / "logs")
+    env = dict(os.environ)
+    first = stack.start("svc", [sys.executable, "-c", "print('ready at 1', flush=True)"], env)
+    first.wait_line(r"ready at (\d+)", 30)
+    first.proc.wait(10)
+    second = stack.start("svc", [sys.executable, "-c",
+                                 "import time; time.sleep(0.3); print('ready at 2', flush=True)"],
+                         env)
+    assert second.wait_line(r"ready at (\d+)", 30)[1] == "2"
+    stack.stop()

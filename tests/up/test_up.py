@@ -8,41 +8,44 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from eth_account import Account
 
-from contracts.apikeys import create_api_key
-from contracts.client import Chain, dev_key
-from contracts.rpc import Signer
-from veriplex.config import DEV_MNEMONIC
 from veriplex.stack import group_members
 
-ETH = 10**18
+from .conftest import paying_client
 
 
-def read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float) -> list[str]:
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
-        if ready:
-            line = proc.stdout.readline()
-            if not line:
+class Lines:
+    """The lines a process prints, read by a thread (a select on a buffered pipe can miss lines
+    already in Python's buffer)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc, self.lines = proc, []
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def until(self, marker: str, timeout_s: float) -> list[str]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(marker in line for line in self.lines):
+                return list(self.lines)
+            if self.proc.poll() is not None and not self.thread.is_alive():
                 break
-            lines.append(line.rstrip("\n"))
-            if marker in line:
-                return lines
-    raise AssertionError(f"`veriplex up` did not print {marker!r} in {timeout_s} s "
-                         f"(exit {proc.poll()}):\n" + "\n".join(lines[-40:]))
+            time.sleep(0.2)
+        raise AssertionError(f"`veriplex up` did not print {marker!r} in {timeout_s} s "
+                             f"(exit {self.proc.poll()}):\n" + "\n".join(self.lines[-40:]))
 
 
 def field(lines: list[str], label: str, pattern: str = r"(\S+)") -> str:
@@ -65,19 +68,6 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
-def paying_client(rpc_url: str, manifest: Path, gateway: str) -> str:
-    """A fresh account funded by a dev account, with a deposit and an API key for `gateway`."""
-    key = "0x" + secrets.token_hex(32)
-    funder = Chain.connect(rpc_url, manifest, signer=Signer.from_key(dev_key(8, DEV_MNEMONIC)))
-    funder.transfer(Account.from_key(key).address, ETH)
-    chain = Chain.connect(rpc_url, manifest, signer=Signer.from_key(key))
-    chain.payments.deposit(ETH // 10)
-    signed = create_api_key(key, gateway, ETH // 20, int(time.time()) + 3600, 1, chain.chain_id,
-                            chain.payments.address)
-    chain.payments.register_key(signed)
-    return signed.token()
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_up_serves_openai_requests_on_a_two_stage_pipeline_and_sigint_stops_every_process(
@@ -92,7 +82,8 @@ def test_up_serves_openai_requests_on_a_two_stage_pipeline_and_sigint_stops_ever
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     children: list[int] = []
     try:
-        lines = read_until(proc, "Ctrl-C stops everything", 300)
+        out = Lines(proc)
+        lines = out.until("Ctrl-C stops everything", 300)
         children = children_of(proc.pid)
         assert len(children) == 1 + 1 + 1 + 1 + 3  # devnet, explorer, coordinator, gateway, workers
         rpc_url = field(lines, "RPC")
@@ -121,9 +112,8 @@ def test_up_serves_openai_requests_on_a_two_stage_pipeline_and_sigint_stops_ever
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 0
-        assert proc.stdout is not None
-        tail = proc.stdout.read()
-        assert "SIGINT: stopping 7 processes" in tail and "stopped." in tail
+        tail = "\n".join(out.until("stopped.", 10))
+        assert "SIGINT: stopping 7 processes" in tail
     finally:
         if proc.poll() is None:
             proc.kill()
