@@ -204,6 +204,21 @@ class HiddenStateStore:
         self.entries[key] = entry
         return entry
 
+    def reopen(self, request_id: bytes, layer_start: int, layer_end: int, capacity: int) -> StoreEntry:
+        """Admit again a request this stage closed earlier (a re-route that comes back after its
+        session ended, e.g. when the stage upstream died): the stored rows are dropped, since the
+        stage recomputes them from the resumed sequence, and the entry is open again."""
+        e = self.entry(request_id, layer_start, layer_end)
+        if capacity != e.capacity:
+            raise StoreError(f"request {request_id.hex()} layers [{layer_start}, {layer_end}) was "
+                             f"admitted for {e.capacity} positions, not {capacity}")
+        self.truncate(request_id, layer_start, layer_end, 0)
+        e.expires_at = self.clock() + self.max_open_s
+        with e.path.open("r+b") as f:
+            f.seek(_EXPIRES_OFFSET)
+            f.write(struct.pack("<d", e.expires_at))
+        return e
+
     def close(self, request_id: bytes, layer_start: int, layer_end: int) -> None:
         """The request finished: keep its rows for `retention_s` from now, then let them go."""
         e = self.entry(request_id, layer_start, layer_end)

@@ -113,7 +113,11 @@ class SessionTable:
             )
         sh = self.executor.shard
         try:
-            self.store.open(rid, sh.start, sh.end, sh.hidden_size, sh.dtype, req.capacity)
+            if (rid, sh.start, sh.end) in self.store.entries:  # closed here, now re-routed back
+                self.store.reopen(rid, sh.start, sh.end, req.capacity)
+                self.leaves.drop(rid)
+            else:
+                self.store.open(rid, sh.start, sh.end, sh.hidden_size, sh.dtype, req.capacity)
         except StoreFull as e:
             raise NoCapacity(f"hidden-state store: {e}") from None
         p = req.sampling

@@ -204,3 +204,33 @@ def test_rewinding_a_session_drops_cache_and_stored_rows_and_recomputes_identica
     for p in range(len(PROMPT) + 1, len(ids)):
         table.store_rows(req.rid, p, ex.forward(req.rid, ids[p : p + 1], p).hidden)
     assert torch.equal(table.stored(req.rid, 0, len(ids)), before)
+
+
+def test_a_request_closed_on_a_stage_is_admitted_again_by_a_reroute_and_starts_from_empty(tiny_llama, tmp_path):
+    """A stage whose session ended (its upstream died) gets the re-routed OPEN of a higher epoch:
+    it re-admits the request with its stored rows dropped, since it recomputes them; the same
+    epoch is still refused as a replay."""
+    import pytest
+
+    from node.dataplane_errors import Replay
+    from node.hidden_store import HiddenStateStore
+    from node.protocol import PipelineRequest, StageAssignment
+    from node.sessions import SessionTable
+
+    ex = StageExecutor(load_shard(tiny_llama, 0, 8))
+    table = SessionTable(ex, HiddenStateStore(tmp_path, 10**8, 60, 60), kv_budget_bytes=2**30)
+    stages = [StageAssignment(operator="0x" + "11" * 20, host="h", port=1, start=0, end=8)]
+    req = PipelineRequest(chain_id=1, request_id="0x" + "ac" * 32, gateway="0x" + "22" * 20,
+                          stages=stages, prompt_len=len(PROMPT), max_new_tokens=8)
+    table.admit(req, b"", b"", 0)
+    table.store_rows(req.rid, 0, ex.forward(req.rid, torch.tensor(PROMPT), 0).hidden)
+    assert table.close(req.rid)
+    with pytest.raises(Replay):
+        table.admit(req, b"", b"", 0)
+    again = req.model_copy(update={"epoch": 1})
+    s = table.admit(again, b"", b"", 0)
+    assert s.epoch == 1 and table.cached(req.rid) == 0
+    assert table.store.entry(req.rid, 0, 8).rows == 0
+    out = ex.forward(req.rid, torch.tensor(PROMPT), 0)
+    table.store_rows(req.rid, 0, out.hidden)
+    assert torch.equal(table.stored(req.rid, 0, len(PROMPT)), out.hidden)

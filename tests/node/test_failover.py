@@ -28,11 +28,12 @@ N_NEW = 24
 
 class Fleet:
     def __init__(self, model: Path, root: Path, worker_cls):
-        # Stages 0, 1, 2, then two more workers serving stage 1's layers (spares / alternates).
-        self.keys = [bytes([0x10 + k]) * 32 for k in range(5)]
+        # Stages 0, 1, 2, two more workers serving stage 1's layers (spares / alternates), and a
+        # spare for stage 0.
+        self.keys = [bytes([0x10 + k]) * 32 for k in range(6)]
         self.gateway = PrivateKey(b"\x77" * 32)
         allow = [address_of_key(PrivateKey(k)) for k in self.keys]
-        layers = [*RANGES, RANGES[1], RANGES[1]]
+        layers = [*RANGES, RANGES[1], RANGES[1], RANGES[0]]
         self.workers = [worker_cls(model, rng, key, allow, address_of_key(self.gateway), root / f"w{i}")
                         for i, (rng, key) in enumerate(zip(layers, self.keys, strict=True))]
         for w in self.workers:
@@ -119,3 +120,24 @@ def test_hung_middle_stage_is_found_by_ping_and_replaced(fleet, uninterrupted):
         hung.kill()
     assert gen.tokens == uninterrupted
     assert [(h.stage, h.new_operator) for h in gen.handovers] == [(1, fleet.workers[3].address)]
+
+
+def test_killed_first_stage_is_replaced_and_later_stages_take_the_request_back(fleet, uninterrupted):
+    """The first stage dies: the stages after it lose their upstream (the last one's TOKEN cannot be
+    delivered), and the re-routed OPEN reaches them again through the spare — they re-admit the
+    request they had closed and recompute it, and the greedy output is still the uninterrupted one."""
+    client = PipelineClient(fleet.gateway, CHAIN_ID)
+    kill_at = 5
+
+    def on_token(i: int, _tok: int) -> None:
+        if i == kill_at:
+            fleet.workers[0].kill()
+
+    def replace(stage: int, req: PipelineRequest) -> StageAssignment:
+        assert stage == 0
+        return fleet.assignment(5)
+
+    gen = asyncio.run(client.generate(fleet.request(b"\x04" * 32, (0, 3, 2)), PROMPT, replace=replace,
+                                      on_token=on_token, step_timeout_s=30))
+    assert gen.tokens == uninterrupted
+    assert [(h.stage, h.new_operator) for h in gen.handovers] == [(0, fleet.workers[5].address)]
