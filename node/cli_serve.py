@@ -125,6 +125,19 @@ async def _follow(build, client, every_s: float, port: int, make_agent=None) -> 
             await asyncio.wait_for(agent, 10)
 
 
+def agent_state_dir(settings: Any, key: bytes) -> Path:
+    """The verifier agent's state directory: `verification.agent_state_dir` if set, else
+    `<home>/verifier/<operator address>` — one per operator, so several nodes may share a home."""
+    from coincurve import PrivateKey
+
+    from node.protocol import address_of_key
+
+    v = settings.verification
+    if v.agent_state_dir is not None:
+        return Path(v.agent_state_dir)
+    return Path(settings.home) / "verifier" / address_of_key(PrivateKey(key)).lower()
+
+
 def make_agent_factory(settings: Any, chain: Any, model: Path, key: bytes, directory: Any,
                        chain_id: int, policy: str, budget: int,
                        store_of=None):  # type: ignore[no-untyped-def]
@@ -137,7 +150,7 @@ def make_agent_factory(settings: Any, chain: Any, model: Path, key: bytes, direc
     from node.verification.state import AgentState
 
     v = settings.verification
-    state_dir = v.agent_state_dir or settings.home / "verifier"
+    state_dir = agent_state_dir(settings, key)
 
     def build(layers: tuple[int, int]) -> Any:
         a, b = layers

@@ -112,7 +112,7 @@ class VerificationSettings(BaseModel):
     )
     agent_poll_s: float = Field(0.5, gt=0, description="Seconds between the agent's reads of the chain head.")
     agent_state_dir: Path | None = Field(
-        None, description="Where the agent keeps salts and evidence until they are revealed and opened. Default: <home>/verifier."
+        None, description="Where the agent keeps salts and evidence until they are revealed and opened. Default: <home>/verifier/<operator address>."
     )
     agent_start_block: int | None = Field(
         None, ge=0, description="First block whose Verification events the agent reads. Default: the head at start."

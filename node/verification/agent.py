@@ -5,7 +5,8 @@ each live task along by what the chain says now — nothing is assumed from earl
 restart (votes come back from `AgentState`) or a race with another keeper changes nothing:
 
 - VOTING: a member of the current round starts its job (`jobs.prepare_vote`) once, commits the
-  vote (saved to disk first) before the commit deadline, reveals it once every member committed or
+  vote (saved to disk first) before the commit deadline — or, when the job abstains (it could not
+  re-execute in time; `policy.decide`), commits nothing that round — reveals it once every member committed or
   the commit phase is over (policy `silent` never does); anyone closes the votes once every member
   revealed or the reveal deadline passed.
 - OPENING: once the spot draw exists, a revealed member opens its own evidence at the drawn
@@ -37,7 +38,7 @@ from contracts.verification import TaskStatus
 from node.protocol import address_of_key
 from node.verification.errors import AgentError
 from node.verification.evidence import check_against_root, openings
-from node.verification.jobs import JobContext, prepare_vote
+from node.verification.jobs import Abstention, JobContext, prepare_vote
 from node.verification.policy import Policy
 from node.verification.rerun import Listener, ServerPool
 from node.verification.state import AgentState, Vote
@@ -65,6 +66,7 @@ class AgentConfig:
     poll_s: float = 0.5
     job_timeout_s: float = 120.0
     start_block: int | None = None  # None: the head when the agent starts
+    retry_margin_blocks: int = 3  # a job starts no new attempt this close to the commit deadline
 
 
 class VerifierAgent:
@@ -86,6 +88,7 @@ class VerifierAgent:
         self.votes: dict[tuple[int, int], Vote] = {}
         self.trees: dict[tuple[int, int], Any] = {}
         self.jobs: dict[tuple[int, int], asyncio.Task] = {}
+        self.abstained: dict[tuple[int, int], str] = {}  # rounds this member commits nothing in
         self.next_block: int | None = config.start_block
         self.chain_id = chain.chain_id
         self.events: list[str] = []  # one line per thing this agent did (tests, logs)
@@ -168,9 +171,10 @@ class VerifierAgent:
 
     def _drop(self, tid: int) -> None:
         self.tasks.pop(tid, None)
-        for k in [k for k in self.votes if k[0] == tid]:
+        for k in [k for k in {*self.votes, *self.jobs, *self.abstained} if k[0] == tid]:
             self.votes.pop(k, None)
             self.trees.pop(k, None)
+            self.abstained.pop(k, None)
             job = self.jobs.pop(k, None)
             if job is not None:
                 job.cancel()
@@ -194,7 +198,7 @@ class VerifierAgent:
             if mine.commitment == b"\x00" * 32:
                 if head >= t.commit_deadline:
                     pass  # too late to commit: close_votes will slash the missing reveal
-                elif vote is None:
+                elif vote is None and key not in self.abstained:
                     self._start_job(tr, t, key)
                 else:
                     await self._commit(vote)
@@ -217,8 +221,13 @@ class VerifierAgent:
             if tr.data is None:
                 tr.data = await asyncio.to_thread(load_task_data, self.chain, tr.task_id, tr.stage, tr.tx_hash)
             ctx = JobContext(self.chain, self.chain_id, self.pkey, self.pool, self.listener,
-                             self.config.job_timeout_s)
-            vote, tree = await prepare_vote(ctx, tr.data, t.round, self.config.policy)
+                             self.config.job_timeout_s, t.commit_deadline, self.config.retry_margin_blocks)
+            out = await prepare_vote(ctx, tr.data, t.round, self.config.policy)
+            if isinstance(out, Abstention):
+                self.abstained[key] = out.reason
+                self._note(f"task {tr.task_id} round {t.round}: abstained, commits nothing ({out.reason})")
+                return
+            vote, tree = out
             await asyncio.to_thread(self.state.save, vote, tree.bits[:, : tree.shape.hidden_size])
             self.votes[key], self.trees[key] = vote, tree
             self._note(f"task {tr.task_id} round {t.round}: verdict {'OK' if vote.verdict else 'FRAUD'} "

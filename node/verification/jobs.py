@@ -9,6 +9,11 @@ the evidence tree whose root the member commits (`policy.decide`). On the last s
 rows also go through the shard's final norm + LM head, and the claimed tokens' agreement with the
 greedy choice is noted (advisory: sampling parameters are not on chain, and the contract's spot
 check judges rows only, so a token-only accusation would contradict the member's own evidence).
+
+Each step (inputs, re-execution, claimed rows) is retried with exponential backoff while the head is
+more than `JobContext.margin_blocks` blocks before the round's commit deadline; a computing member
+that still has no re-execution by then abstains (`Abstention`: it commits nothing — see
+`policy.decide` for why that is the least bad answer).
 """
 
 from __future__ import annotations
@@ -16,17 +21,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from coincurve import PrivateKey
 
 from node.stage_query import fetch_rows
-from node.verification.errors import AgentError, RerunError
 from node.verification.evidence import check_against_root, forged_evidence
 from node.verification.policy import Claimed, Policy, Recomputed, decide
-from node.verification.rerun import Listener, RerunJob, ServerPool, fetch_all, logits_of, run_job
+from node.verification.rerun import (
+    Listener,
+    RerunJob,
+    RerunResult,
+    ServerPool,
+    fetch_all,
+    logits_of,
+    run_job,
+)
 from node.verification.state import Vote
 from node.verification.task_data import TaskData, endpoint_of
 from verifier.encoding import Domain
@@ -35,6 +48,7 @@ from verifier.profiles import BF16, FP32
 from verifier.tolerance import judge
 
 log = logging.getLogger("veriplex.verifier.jobs")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,61 @@ class JobContext:
     pool: ServerPool
     listener: Listener
     timeout_s: float = 120.0
+    deadline_block: int | None = None  # the round's commit deadline; None: one attempt per step
+    margin_blocks: int = 3  # no new attempt once the head is this close to the deadline
+    backoff_s: tuple[float, float] = (1.0, 8.0)  # the first and the longest pause between attempts
+
+    async def time_left(self) -> bool:
+        """Whether another attempt may still start: the head is more than `margin_blocks` blocks
+        before the commit deadline (the vote must still be committed after the job)."""
+        if self.deadline_block is None:
+            return False
+        head = await asyncio.to_thread(self.chain.block_number)
+        return head + self.margin_blocks < self.deadline_block
+
+
+@dataclass(frozen=True)
+class Abstention:
+    """The member decided to commit nothing this round (see `policy.decide`)."""
+
+    task_id: int
+    round: int
+    reason: str
+
+
+async def _pause(ctx: JobContext, seconds: float) -> bool:
+    """Sleep `seconds`, looking at the head every second; False as soon as no time is left."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while (left := end - loop.time()) > 0:
+        await asyncio.sleep(min(left, 1.0))
+        if not await ctx.time_left():
+            return False
+    return True
+
+
+async def _retry(ctx: JobContext, what: str, step: Callable[[], Awaitable[T]], notes: list[str]) -> T | None:
+    """`step()` until it succeeds, pausing with exponential backoff, while `ctx.time_left()`; None
+    (and a note `what: ...` with the last error) when no attempt succeeded in time."""
+    pause, tries = ctx.backoff_s[0], 0
+    while True:
+        tries += 1
+        try:
+            out = await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # unreachable or busy peer, refused frame, failed shard load, …
+            last: Exception = e
+            log.info("verifier: %s (attempt %d): %s", what, tries, e)
+        else:
+            if tries > 1:
+                notes.append(f"{what} at first; succeeded on attempt {tries}")
+            return out
+        if not await ctx.time_left() or not await _pause(ctx, pause):
+            break
+        pause = min(2 * pause, ctx.backoff_s[1])
+    notes.append(f"{what} after {tries} attempt(s): {type(last).__name__}: {last}")
+    return None
 
 
 async def fetch_stage(ctx: JobContext, td: TaskData, stage: int) -> tuple[torch.Tensor, list[int], StageCommitment]:
@@ -77,51 +146,53 @@ async def _sequence(ctx: JobContext, td: TaskData, have: list[int]) -> list[int]
     return list(have) + [0] * (P - len(have))
 
 
-async def prepare_vote(ctx: JobContext, td: TaskData, rnd: int, policy: Policy) -> tuple[Vote, StageCommitment]:
-    """Run the job for task `td` round `rnd` under `policy`; the vote (with a fresh salt) and the
-    evidence tree its output root commits to."""
+async def prepare_vote(ctx: JobContext, td: TaskData, rnd: int, policy: Policy
+                       ) -> tuple[Vote, StageCommitment] | Abstention:
+    """Run the job for task `td` round `rnd` under `policy`: the vote (with a fresh salt) and the
+    evidence tree its output root commits to, or an `Abstention`. Every step is retried (backoff)
+    while `ctx.time_left()`."""
     j, P, cid, rid = td.stage, td.positions, ctx.chain_id, td.request_id
     sc = td.stage_commits[j]
     claimed: Claimed | None = None
     recomputed: Recomputed | None = None
     passed: bool | None = None
+    shard: Any = None
     notes: list[str] = []
-    job: RerunJob | None = None
     if policy.computes:
-        try:
+        async def inputs() -> RerunJob:
             if j == 0:  # the tokens stage 0 committed to having consumed (its own claim)
                 _, toks0, _ = await fetch_stage(ctx, td, 0)
                 seq = toks0[: sc.n_tokens]
-                job = RerunJob(cid, rid, 0, td.ranges, torch.tensor(seq[:P], dtype=torch.int64), tuple(seq))
-            else:
-                rows, toks, _ = await fetch_stage(ctx, td, j - 1)
-                job = RerunJob(cid, rid, j, td.ranges, rows, tuple(await _sequence(ctx, td, toks)))
-        except Exception as e:  # unreachable stage, refused FETCH, or rows that miss the root
-            notes.append(f"inputs unavailable: {e}")
-            job = None
-    if job is not None:
-        try:
-            server = await ctx.pool.get(td.layers)
-            res = await run_job(server, ctx.listener, ctx.key, job, ctx.timeout_s)
-            recomputed = Recomputed(res.rows, res.tree)
-            notes.append(f"re-executed {P} positions in {res.seconds:.2f} s")
-        except (RerunError, AgentError) as e:
-            notes.append(f"re-execution failed: {e}")
+                return RerunJob(cid, rid, 0, td.ranges, torch.tensor(seq[:P], dtype=torch.int64), tuple(seq))
+            rows, toks, _ = await fetch_stage(ctx, td, j - 1)
+            return RerunJob(cid, rid, j, td.ranges, rows, tuple(await _sequence(ctx, td, toks)))
+
+        job = await _retry(ctx, "inputs unavailable", inputs, notes)
+        if job is not None:
+            async def rerun(job: RerunJob = job) -> tuple[RerunResult, Any]:
+                async with ctx.pool.lease(td.layers) as server:
+                    return await run_job(server, ctx.listener, ctx.key, job, ctx.timeout_s), server.executor.shard
+
+            done = await _retry(ctx, "re-execution failed", rerun, notes)
+            if done is not None:
+                res, shard = done
+                recomputed = Recomputed(res.rows, res.tree)
+                notes.append(f"re-executed {P} positions in {res.seconds:.2f} s")
     # Only now — after the server committed — the claimed rows.
-    try:
-        rows_c, _, tree_c = await fetch_stage(ctx, td, j)
-        claimed = Claimed(rows_c, tree_c)
-    except Exception as e:  # unreachable stage, refused FETCH, or rows that miss the root
-        notes.append(f"claimed rows unusable: {e}")
+    got = await _retry(ctx, "claimed rows unusable", lambda: fetch_stage(ctx, td, j), notes)
+    if got is not None:
+        claimed = Claimed(got[0], got[2])
     if claimed is not None and recomputed is not None:
-        server = await ctx.pool.get(td.layers)
-        prof = BF16 if server.executor.shard.dtype == torch.bfloat16 else FP32
+        prof = BF16 if shard.dtype == torch.bfloat16 else FP32
         v = judge(claimed.rows, recomputed.rows, prof)
         passed = v.passed
         if not v.passed:
             notes.append("failed: " + "; ".join(v.reasons)[:200])
-        notes.append(_token_note(server.executor.shard, recomputed.rows, claimed.tree.tokens, td))
+        notes.append(_token_note(shard, recomputed.rows, claimed.tree.tokens, td))
     d = decide(policy, claimed, recomputed, passed)
+    note = "; ".join([d.reason, *[n for n in notes if n]])
+    if d.verdict is None:
+        return Abstention(td.task_id, rnd, note[:500])
     if d.evidence == "recomputed":
         assert recomputed is not None
         tree = recomputed.tree
@@ -133,7 +204,6 @@ async def prepare_vote(ctx: JobContext, td: TaskData, rnd: int, policy: Policy) 
         tree = forged_evidence(cid, rid, j, claimed.rows, claimed.tree.tokens, seed=td.task_id)
     else:  # nothing to show: a blank tree of the committed shape, so the member can still open
         tree = StageCommitment.build(Domain(cid, rid, j), torch.zeros(P, sc.hidden_size), [0] * sc.n_tokens)
-    note = "; ".join([d.reason, *[n for n in notes if n]])
     vote = Vote(td.task_id, rnd, j, d.verdict, tree.root, os.urandom(32), str(policy),
                 tokens=list(tree.tokens), note=note[:500])
     return vote, tree

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,35 +129,66 @@ class Listener:
 
 
 class ServerPool:
-    """The stage server a job runs on: the node's own for its exact range, else one built here."""
+    """The stage server a job runs on: the node's own for its exact range, else one built here.
+
+    Jobs hold a server through `lease` for as long as they use it. Servers are built one at a time
+    (a shard load is heavy, and concurrent first imports of `transformers` in worker threads are not
+    safe), a range is built once however many jobs want it at the same moment, and only idle built
+    servers are stopped to stay within `keep` — never one a job is still talking to."""
 
     def __init__(self, own: Callable[[], list[Any]], build: Callable[[tuple[int, int]], Any] | None,
                  keep: int = 2) -> None:
         self.own, self.build, self.keep = own, build, keep
-        self.extra: dict[tuple[int, int], Any] = {}
+        self.extra: dict[tuple[int, int], Any] = {}  # least recently leased first
+        self.users: dict[tuple[int, int], int] = {}
+        self._lock: asyncio.Lock | None = None
 
-    async def get(self, layers: tuple[int, int]) -> Any:
+    @contextlib.asynccontextmanager
+    async def lease(self, layers: tuple[int, int]) -> AsyncIterator[Any]:
+        """The server for `layers`, kept running until the block ends."""
+        layers = (int(layers[0]), int(layers[1]))
         for srv in self.own():
-            if tuple(srv.layers) == tuple(layers):
-                return srv
-        srv = self.extra.get(layers)
-        if srv is not None:
-            return srv
-        if self.build is None:
-            raise RerunError(f"this node serves no stage of layers [{layers[0]}, {layers[1]}) and "
-                             "cannot load one (no model directory)")
-        srv = await asyncio.to_thread(self.build, layers)
-        await srv.start()
-        while len(self.extra) >= self.keep:
-            old = self.extra.pop(next(iter(self.extra)))
-            await old.stop()
-        self.extra[layers] = srv
+            if tuple(srv.layers) == layers:
+                yield srv
+                return
+        srv = await self._acquire(layers)
+        try:
+            yield srv
+        finally:
+            self.users[layers] -= 1
+            await self._evict()
+
+    async def _acquire(self, layers: tuple[int, int]) -> Any:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            srv = self.extra.pop(layers, None)
+            if srv is None:
+                if self.build is None:
+                    raise RerunError(f"this node serves no stage of layers [{layers[0]}, {layers[1]}) "
+                                     "and cannot load one (no model directory)")
+                srv = await asyncio.to_thread(self.build, layers)
+                await srv.start()
+            self.extra[layers] = srv  # (re)inserted last: the most recently leased
+            self.users[layers] = self.users.get(layers, 0) + 1
+        await self._evict()
         return srv
+
+    async def _evict(self) -> None:
+        """Stop the least recently leased idle servers while more than `keep` are running."""
+        for layers in list(self.extra):
+            if len(self.extra) <= self.keep:
+                return
+            if self.users.get(layers, 0) == 0:
+                srv = self.extra.pop(layers)
+                self.users.pop(layers, None)
+                await srv.stop()
 
     async def stop(self) -> None:
         for srv in self.extra.values():
             await srv.stop()
         self.extra.clear()
+        self.users.clear()
 
 
 def job_request(job: RerunJob, server: Any, listener: Listener, me: str) -> PipelineRequest:
@@ -243,7 +274,7 @@ async def run_job(server: Any, listener: Listener, key: PrivateKey, job: RerunJo
     except TimeoutError:
         raise RerunError(f"stage {j} re-execution of request 0x{rid.hex()} did not finish in "
                          f"{timeout_s} s") from None
-    except DataPlaneError as e:
+    except (DataPlaneError, OSError) as e:  # a refused or dropped connection to the server included
         raise RerunError(f"stage {j} re-execution of request 0x{rid.hex()} failed: {e}") from e
     finally:
         listener.done(rid)

@@ -156,10 +156,13 @@ def test_without_the_claimed_rows_every_policy_says_fraud():
     assert decide(Policy.LAZY, None, None, None).evidence == "blank"
 
 
-def test_without_inputs_an_honest_verifier_falls_back_to_the_stages_rows():
+def test_without_its_own_re_execution_an_honest_or_silent_verifier_abstains_and_never_vouches():
     c, _ = _claimed_recomputed()
-    d = decide(Policy.HONEST, c, None, None)
-    assert (d.verdict, d.evidence) == (True, "claimed") and "inputs unavailable" in d.reason
+    for p in (Policy.HONEST, Policy.SILENT):
+        d = decide(p, c, None, None)
+        assert (d.verdict, d.evidence) == (None, "none") and "abstained" in d.reason
+    # a lazy member still vouches without computing: that is the fault it injects
+    assert decide(Policy.LAZY, c, None, None).verdict is True
 
 
 # ── state ─────────────────────────────────────────────────────────────────────────────────────

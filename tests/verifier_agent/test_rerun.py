@@ -1,9 +1,11 @@
 """Re-execution through an ordinary StageServer: an honest stage passes, a perturbed one fails, and
-the server commits its output root before anything about the check exists."""
+the server commits its output root before anything about the check exists; the pool of servers
+the agent builds loads a range once for concurrent jobs and never stops one in use."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,9 @@ from coincurve import PrivateKey
 
 from node.directory import StaticDirectory
 from node.protocol import address_of_key
+from node.verification.errors import RerunError
 from node.verification.evidence import check_against_root
-from node.verification.rerun import Listener, RerunJob, fetch_all, run_job
+from node.verification.rerun import Listener, RerunJob, ServerPool, fetch_all, run_job
 from verifier.profiles import FP32
 from verifier.tolerance import judge
 
@@ -83,3 +86,37 @@ def test_rerun_of_an_honest_stage_passes_and_commits_the_same_shape(tiny_model, 
 def test_rerun_against_a_perturbed_worker_fails_the_tolerance_test(tiny_model, tmp_path):
     _, _, _, verdict = asyncio.run(_check(tiny_model, tmp_path, 1, perturb=0.02))
     assert not verdict.passed and verdict.reasons
+
+
+def test_concurrent_jobs_share_one_loaded_server_and_a_leased_one_is_never_stopped(tiny_model, tmp_path):
+    built = []
+
+    def build(layers):
+        built.append(layers)
+        return make_server(tiny_model, layers, VERIFIER, _directory(), tmp_path / f"r{len(built)}")
+
+    async def refused(srv) -> bool:
+        try:
+            _, w = await asyncio.open_connection(srv.host, srv.port)
+        except OSError:
+            return True
+        w.close()
+        return False
+
+    async def main():
+        pool = ServerPool(list, build, keep=1)
+        async with contextlib.AsyncExitStack() as leases:
+            first = await asyncio.gather(*(leases.enter_async_context(pool.lease(RANGES[0])) for _ in range(3)))
+            assert built == [RANGES[0]] and all(s is first[0] for s in first)
+            second = await leases.enter_async_context(pool.lease(RANGES[1]))
+            # over `keep`, but the first range is in use: both keep running
+            assert set(pool.extra) == set(RANGES) and not await refused(first[0])
+        assert len(pool.extra) == 1  # released: the idle surplus was stopped
+        stopped = second if RANGES[0] in pool.extra else first[0]
+        assert await refused(stopped)
+        await pool.stop()
+        with pytest.raises(RerunError, match="cannot load one"):
+            async with ServerPool(list, None).lease(RANGES[0]):
+                pass
+
+    asyncio.run(main())

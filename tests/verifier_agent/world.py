@@ -74,6 +74,7 @@ class NodeSpec:
     layers: tuple[int, int]
     policy: Policy = Policy.HONEST
     perturb: float = 0.0
+    rerun: bool = True  # False: its agent has no stage server to re-execute on (and loads none)
 
 
 @dataclass
@@ -154,7 +155,7 @@ class World:
             return make_server(self.model, layers, key, directory, self.tmp / f"rerun-{i}-{layers[0]}",
                                chain_id=self.chain.chain_id)
 
-        pool = ServerPool(lambda s=node.server: [s], build)
+        pool = ServerPool(lambda s=node.server: [s], build) if node.spec.rerun else ServerPool(list, None)
         node.agent = VerifierAgent(chain, node.key.secret, pool, AgentState(self.tmp / f"agent-{i}"),
                                    AgentConfig(policy or node.spec.policy, poll_s, 60.0, start_block))
         return node.agent
