@@ -9,7 +9,7 @@ not collide with an earlier one's settled seqs.
 A record also keeps its stages' signed commitments (JSON, as in the receipt) or why they could not
 be obtained, and its verification-task state (`task_state`: NULL until decided, then `opened`,
 `not_sampled`, `no_commitments`, `randomness_expired`, `released` or `failed`); a batch's
-`tasks_done` is set once every record of it is decided. Columns added since a store was created
+`tasks_done` is set once every record of it is decided, `released` once its escrow was released. Columns added since a store was created
 are added in place when it is opened (`_migrate`), so old databases keep working."""
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ class BatchRow(Base):
     error: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     tasks_done: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    released: Mapped[int | None] = mapped_column(Integer, nullable=True)  # escrow left (release tx)
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,14 @@ class Store:
         with Session(self.engine, expire_on_commit=False) as s:
             return list(s.scalars(select(BatchRow).where(BatchRow.status == "settled",
                                                          BatchRow.tasks_done.is_(None))
+                                  .order_by(BatchRow.id)))
+
+    def batches_awaiting_release(self) -> list[BatchRow]:
+        """Settled batches whose tasks are all decided but whose escrow was not released yet."""
+        with Session(self.engine, expire_on_commit=False) as s:
+            return list(s.scalars(select(BatchRow).where(BatchRow.status == "settled",
+                                                         BatchRow.tasks_done.is_not(None),
+                                                         BatchRow.released.is_(None))
                                   .order_by(BatchRow.id)))
 
     def set_task(self, seq: int, state: str | None, task_id: int | None = None,

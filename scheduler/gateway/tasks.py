@@ -12,7 +12,8 @@ once and the decision persisted: `opened` (it called `open_task`; a "task alread
 counts as opened), `not_sampled`, `no_commitments` (settled with a zero root: nothing to check),
 `randomness_expired` (the source no longer serves the anchor block), `released` (the batch left
 escrow first) or `failed` (any other revert, kept with its reason). RPC failures leave the record
-undecided for the next tick.
+undecided for the next tick. Once a batch's records are all decided, the same pass releases its
+escrow when the verification window has passed and no task of it is open (`_release`).
 """
 
 from __future__ import annotations
@@ -76,14 +77,45 @@ class TaskOpener:
         assert chain.signer is not None
         self.chain, self.store = chain, store
         self.opened = 0
+        self.released = 0
         self.last_error: str | None = None
 
     def run_once(self) -> int:
-        """One pass over batches awaiting decisions; returns tasks opened."""
+        """One pass over batches awaiting decisions, then over batches awaiting their escrow's
+        release; returns tasks opened."""
         opened = 0
         for b in self.store.batches_awaiting_tasks():
             opened += self._batch(b)
+        waiting = self.store.batches_awaiting_release()
+        if waiting:
+            head = self.chain.block_number()
+            for b in waiting:
+                self._release(b, head)
         return opened
+
+    def _release(self, b: BatchRow, head: int) -> None:
+        """Release a batch's escrow (split among its operators, the verifier pool and the fee) once
+        its verification window passed and none of its tasks is still open. Anyone may; the gateway
+        does it for its own batches so operators are paid without watching the chain themselves."""
+        if b.chain_batch_id is None:
+            self.store.set_batch(b.id, released=0)  # never identified on chain: nothing to release
+            return
+        info = self.chain.payments.batch(b.chain_batch_id)
+        if info is None or info.released:
+            self.store.set_batch(b.id, released=1)
+            return
+        if head < info.release_block or self.chain.verification.open_tasks(b.chain_batch_id) > 0:
+            return
+        _, pipes, _ = batch_call(self.store.batch_records(b.id))
+        try:
+            self.chain.payments.release(b.chain_batch_id, pipes)
+        except Revert as exc:
+            if "already released" not in str(exc):
+                log.warning("batch %s: release refused, retrying: %s", b.chain_batch_id, exc)
+                return
+        self.store.set_batch(b.id, released=1)
+        self.released += 1
+        log.info("batch %s released: escrow paid out to its operators", b.chain_batch_id)
 
     def _batch(self, b: BatchRow) -> int:
         rows = self.store.batch_records(b.id)

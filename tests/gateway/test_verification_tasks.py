@@ -156,3 +156,36 @@ def test_an_old_gateway_database_gains_the_new_columns_in_place(tmp_path):
     assert store.next_seq() == 4097
     store.set_task(4096, "no_commitments")
     assert store.request("0x01").task_state == "no_commitments"
+
+
+@pytest.fixture
+def sample_nothing(admin: Chain) -> Iterator[None]:
+    before = admin.verification.params()
+    admin.verification.set_params(dataclasses.replace(before, sample_bps=0))
+    try:
+        yield
+    finally:
+        admin.verification.set_params(before)
+
+
+def test_an_unsampled_batch_is_released_after_its_window_and_its_operators_are_paid(
+        gateway, new_client, model_info, admin, sample_nothing):
+    receipt = ask(gateway, new_client().token, model_info.name)
+    gateway.wait_settled()
+    store = gateway.gw.store
+    row = store.request(receipt["request_id"])
+    batch = store.batch(row.batch)
+    owners = {admin.node_registry.owner_of_operator(s["operator"]) for s in receipt["pipeline"]}
+    before = {o: admin.payments.balance_of(o) for o in owners}
+    info = admin.payments.batch(batch.chain_batch_id)
+    assert info is not None and not info.released
+    admin.rpc.mine(max(1, info.release_block - admin.block_number() + 1))
+    wait_for(lambda: store.batch(row.batch).released, nudge=gateway.gw.settler.nudge)
+    assert store.request(receipt["request_id"]).task_state == "not_sampled"
+    assert admin.payments.batch(batch.chain_batch_id).released
+    paid = {o: admin.payments.balance_of(o) - before[o] for o in owners}
+    assert all(v > 0 for v in paid.values()), paid
+    assert sum(paid.values()) < int(receipt["charge_wei"])  # the fee and verifier pool take theirs
+    released = [e for e in admin.payments.events("BatchReleased")
+                if int(e.args["batch_id"]) == batch.chain_batch_id]
+    assert len(released) == 1

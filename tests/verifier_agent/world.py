@@ -48,7 +48,7 @@ class Miner:
     """Mines an empty block every `every_s` (the devnet mines transactions instantly; deadlines
     counted in blocks also need time to pass)."""
 
-    def __init__(self, url: str, every_s: float = 0.2) -> None:
+    def __init__(self, url: str, every_s: float = 0.35) -> None:
         self.rpc, self.every_s = Rpc(url), every_s
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
