@@ -61,6 +61,8 @@ class Observed:
     perturbed: list[str] = field(default_factory=list)
     stake_before: dict[str, int] = field(default_factory=dict)
     stake_after: dict[str, int] = field(default_factory=dict)
+    earned: dict[str, int] = field(default_factory=dict)  # pipeline operator -> owner's credit
+    released: list[int] = field(default_factory=list)  # batch ids released from escrow
     timings: dict[str, float] = field(default_factory=dict)
 
     def passed(self) -> list[Request]:
@@ -81,6 +83,7 @@ class DemoOptions:
     max_requests: int = 10
     max_tokens: int = 24
     timeout_s: float = 300.0  # for the verification outcomes, after the first request
+    payout_timeout_s: float = 60.0  # then for a batch's escrow to be released
 
 
 def client_setup(net: Network) -> str:
@@ -150,6 +153,19 @@ def follow(chain: Any, reqs: list[Request], obs: Observed, from_block: int) -> N
                     "amount": int(e.args["amount"]), "prover": str(e.args["prover"]),
                     "tx": e.tx_hash}
                    for e in v.events("StageSlashed", from_block=from_block)]
+
+
+def wait_payouts(chain: Any, owners: dict[str, str], obs: Observed, from_block: int,
+                 timeout_s: float) -> None:
+    """Wait (bounded) until some batch is released, then note each pipeline owner's credit."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        obs.released = sorted({int(e.args["batch_id"])
+                               for e in chain.payments.events("BatchReleased", from_block=from_block)})
+        if obs.released or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    obs.earned = {op: chain.payments.balance_of(owner) for op, owner in owners.items()}
 
 
 def stake_of(chain: Any, owner_addresses: dict[str, str]) -> dict[str, int]:
@@ -234,6 +250,9 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None]) -> tuple[Observed, N
             follow(chain, obs.requests, obs, start_block)
         obs.timings["verification_s"] = time.monotonic() - t1
         obs.stake_after = stake_of(chain, owners)
+        say("\n== Payouts: once a batch's verification window has passed and none of its tasks is "
+            "open, the gateway releases its escrow to the pipeline's owners")
+        wait_payouts(chain, owners, obs, start_block, timeout_s=opts.payout_timeout_s)
         return obs, net
     except BaseException:
         net.stop()
@@ -301,6 +320,12 @@ def report(obs: Observed, net: Network, say: Callable[[str], None]) -> list[str]
         if obs.stake_before[op] != obs.stake_after.get(op):
             say(f"   stake of {op}: {obs.stake_before[op] / 1e18:g} -> "
                 f"{obs.stake_after.get(op, 0) / 1e18:g} ETH")
+    say("\n== Payouts")
+    say(f"   batches released from escrow: {', '.join(map(str, obs.released)) or 'none yet'}")
+    for op, credit in obs.earned.items():
+        who = "PERTURBED" if op.lower() in bad else "honest"
+        say(f"   pipeline operator {op} ({who}): its owner's credit {credit / 1e9:g} gwei "
+            f"(`veriplex rewards claim OWNER` sends it)")
     missing = []
     if not obs.passed():
         missing.append("no request was verified PASSED")
