@@ -158,14 +158,18 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group `pgid` (Linux /proc)."""
+def processes() -> list[tuple[int, str, int, int]]:
+    """(pid, state, parent pid, process group) of every process (Linux /proc)."""
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            out.append((int(stat.parent.name), fields[0], int(fields[1]), int(fields[2])))
+        except (OSError, IndexError, ValueError):
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            out.append(int(stat.parent.name))
     return out
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group `pgid`."""
+    return [pid for pid, state, _, group in processes() if group == pgid and state != "Z"]

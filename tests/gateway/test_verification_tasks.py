@@ -6,6 +6,7 @@ reason in its receipt, and is never sent to verification."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import secrets
 import time
@@ -32,15 +33,21 @@ def admin(anvil_url, deployment) -> Chain:
     return Chain.connect(anvil_url, deployment, signer=Signer.from_key(dev_key(0, DEV_MNEMONIC)))
 
 
-@pytest.fixture
-def sample_everything(admin: Chain) -> Iterator[None]:
-    """Verification samples every request (restored afterwards: the chain is shared)."""
+@contextlib.contextmanager
+def sampling(admin: Chain, bps: int) -> Iterator[None]:
+    """Verification samples `bps` / 10,000 of requests (restored afterwards: the chain is shared)."""
     before = admin.verification.params()
-    admin.verification.set_params(dataclasses.replace(before, sample_bps=10_000))
+    admin.verification.set_params(dataclasses.replace(before, sample_bps=bps))
     try:
         yield
     finally:
         admin.verification.set_params(before)
+
+
+@pytest.fixture
+def sample_everything(admin: Chain) -> Iterator[None]:
+    with sampling(admin, 10_000):
+        yield
 
 
 @pytest.fixture
@@ -160,12 +167,8 @@ def test_an_old_gateway_database_gains_the_new_columns_in_place(tmp_path):
 
 @pytest.fixture
 def sample_nothing(admin: Chain) -> Iterator[None]:
-    before = admin.verification.params()
-    admin.verification.set_params(dataclasses.replace(before, sample_bps=0))
-    try:
+    with sampling(admin, 0):
         yield
-    finally:
-        admin.verification.set_params(before)
 
 
 def test_an_unsampled_batch_is_released_after_its_window_and_its_operators_are_paid(

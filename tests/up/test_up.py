@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from veriplex.stack import group_members
+from veriplex.stack import group_members, processes
 
 from .conftest import paying_client
 
@@ -57,15 +57,7 @@ def field(lines: list[str], label: str, pattern: str = r"(\S+)") -> str:
 
 
 def children_of(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
+    return [p for p, _, parent, _ in processes() if parent == pid]
 
 
 @pytest.mark.slow
