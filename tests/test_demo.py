@@ -34,6 +34,9 @@ def test_demo_on_the_tiny_model_verifies_a_request_and_slashes_the_perturbed_wor
     for rid in passed:  # the printed URL works: the explorer's page shows the same verdict
         assert f"explorer: {explorer}/request/{rid}  [passed]" in out
     assert re.search(r"\(the PERTURBED worker\) slashed [0-9.]+ ETH", out)
+    # The escrow of a batch is released after its window and the honest pipeline owner is paid.
+    assert re.search(r"batches released from escrow: \d", out), out[-3000:]
+    assert re.search(r"\(honest\): its owner's credit [1-9][0-9.]* gwei", out), out[-3000:]
     assert "stopping" in out and "Traceback" not in out
 
 
