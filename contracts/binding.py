@@ -124,6 +124,26 @@ class Binding:
             )
         return out
 
+    def call_of(self, tx_hash: str) -> tuple[str, dict[str, Any]]:
+        """(function name, arguments) of the transaction `tx_hash`, a direct call to this contract,
+        decoded with its ABI (structs come back as dicts)."""
+        tx = self.rpc.raw_request("eth_getTransactionByHash", [tx_hash])
+        if not tx or not tx.get("input"):
+            raise ContractsError(f"transaction {tx_hash} is unknown to the node")
+        to = str(tx.get("to") or "")
+        if to.lower() != self.address.lower():
+            raise ContractsError(f"transaction {tx_hash} calls {to or 'no contract'}, not "
+                                 f"{type(self).__name__} at {self.address} directly")
+        return self.decode_call(bytes.fromhex(str(tx["input"]).removeprefix("0x")))
+
+    def decode_call(self, data: bytes) -> tuple[str, dict[str, Any]]:
+        """(function name, arguments) of calldata for this contract."""
+        try:
+            fn, args = self.contract.decode_function_input(data)
+        except Exception as e:  # web3 raises ValueError / its own errors on garbage
+            raise ContractsError(f"calldata does not decode as a {type(self).__name__} call: {e}") from e
+        return fn.fn_name, dict(args)
+
     def events(
         self,
         name: str | None = None,

@@ -12,10 +12,17 @@ from dataclasses import dataclass
 from web3 import Web3
 
 from contracts.apikeys import SignedApiKey
-from contracts.batch import Leaf, Pipeline, Record, Stage
-from contracts.binding import Binding, TxResult
+from contracts.batch import Leaf, Pipeline, Record, Stage, merkle_proof, merkle_root
+from contracts.binding import Binding, Event, TxResult
 from contracts.errors import ContractsError
 from contracts.rpc import Signer
+
+
+def settled_leaf(ev: Event) -> Leaf:
+    """The batch leaf a RequestSettled event logged."""
+    a = ev.args
+    return Leaf(bytes(a["request_id"]), bytes(a["key_hash"]), int(a["pipeline_index"]),
+                int(a["tokens_in"]), int(a["tokens_out"]), int(a["charge"]), bytes(a["commitment_root"]))
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,24 @@ class Payments(Binding):
             )
             for p in evs[0].args["pipelines"]
         ]
+
+    def settled_leaves(self, batch_id: int) -> list[Leaf]:
+        """The batch's records as its RequestSettled events logged them, in batch order."""
+        return [settled_leaf(e) for e in self.events("RequestSettled", batch_id=batch_id)]
+
+    def record_proof(self, batch_id: int, request_id: bytes) -> tuple[list[bytes], int, int]:
+        """(Merkle proof, leaf index, records in the batch) of request `request_id`, rebuilt from
+        the batch's logged records and checked against the batch root stored on chain."""
+        leaves = self.settled_leaves(batch_id)
+        index = next((i for i, lf in enumerate(leaves) if lf.request_id == request_id), None)
+        if index is None:
+            raise ContractsError(f"batch {batch_id} has no settled record of request 0x{request_id.hex()}")
+        hashes = [lf.hash() for lf in leaves]
+        batch = self.batch(batch_id)
+        if batch is None or merkle_root(hashes) != batch.root:
+            raise ContractsError(f"the {len(hashes)} records the chain logged for batch {batch_id} "
+                                 "do not hash to its stored root")
+        return merkle_proof(hashes, index), index, len(hashes)
 
     def is_settled(self, gateway: str, seq: int) -> bool:
         return bool(self._view("is_settled", Web3.to_checksum_address(gateway), seq))

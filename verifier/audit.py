@@ -31,10 +31,11 @@ from typing import Any
 
 from web3 import Web3
 
-from contracts.batch import Leaf, Pipeline, merkle_proof, merkle_root, request_id, verify_proof
+from contracts.batch import Leaf, Pipeline, request_id, verify_proof
 from contracts.client import Chain
 from contracts.errors import ContractsError
 from contracts.manifest import Deployment, Manifest, check_live
+from contracts.payments import settled_leaf
 from contracts.rpc import Rpc
 from contracts.verification import commitment_root
 from verifier.audit_receipt import Receipt
@@ -202,10 +203,8 @@ def _find_record(chain: Chain, receipt: Receipt, report: AuditReport) -> Settled
         report.add("settled", Status.FAIL, f"no settled record of this request at {where}{claimed}")
         return None
     ev = evs[0]
-    a = ev.args
-    leaf = Leaf(rid, bytes(a["key_hash"]), int(a["pipeline_index"]), int(a["tokens_in"]),
-                int(a["tokens_out"]), int(a["charge"]), bytes(a["commitment_root"]))
-    rec = SettledRecord(int(a["batch_id"]), leaf, ev.block_number, ev.tx_hash)
+    leaf = settled_leaf(ev)
+    rec = SettledRecord(int(ev.args["batch_id"]), leaf, ev.block_number, ev.tx_hash)
     report.facts["record"] = {
         "batch_id": rec.batch_id, "block_number": rec.block_number, "tx_hash": rec.tx_hash,
         "key_hash": hx(leaf.key_hash), "pipeline_index": leaf.pipeline_index,
@@ -265,18 +264,12 @@ def _check_inclusion_and_pipeline(chain: Chain, receipt: Receipt, rec: SettledRe
     if receipt.proof is not None:
         proof, source = list(receipt.proof), "the receipt's proof"
     else:
-        evs = pay.events("RequestSettled", batch_id=rec.batch_id)
-        hashes = [Leaf(bytes(e.args["request_id"]), bytes(e.args["key_hash"]),
-                       int(e.args["pipeline_index"]), int(e.args["tokens_in"]),
-                       int(e.args["tokens_out"]), int(e.args["charge"]),
-                       bytes(e.args["commitment_root"])).hash() for e in evs]
-        index = next(i for i, e in enumerate(evs) if bytes(e.args["request_id"]) == rec.leaf.request_id)
-        if merkle_root(hashes) != batch.root:
-            report.add("inclusion", Status.FAIL, f"the {len(hashes)} records the chain logged for "
-                       f"batch {rec.batch_id} do not hash to its stored root {hx(batch.root)}")
+        try:
+            proof, index, count = pay.record_proof(rec.batch_id, rec.leaf.request_id)
+        except ContractsError as exc:
+            report.add("inclusion", Status.FAIL, f"{exc} ({hx(batch.root)})")
             return None
-        proof = merkle_proof(hashes, index)
-        source = f"a proof rebuilt from the batch's {len(hashes)} records (leaf {index})"
+        source = f"a proof rebuilt from the batch's {count} records (leaf {index})"
     report.facts["batch"]["proof"] = [hx(p) for p in proof]
     if verify_proof(proof, batch.root, leaf.hash()):
         report.add("inclusion", Status.PASS,

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from contracts.batch import Leaf, Pipeline, Stage, merkle_proof
+from contracts.batch import Leaf, Pipeline, Stage
+from contracts.errors import ContractsError
 from contracts.verification import StageCommit
 from node.verification.errors import TaskDataError
 
@@ -50,14 +51,10 @@ class TaskData:
         return self.ranges[self.stage]
 
 
-def decode_open_task(abi_contract: Any, task_id: int, stage: int, tx_input: bytes) -> TaskData:
-    """Decode `open_task(batch_id, record, proof, pipelines, stage_commits)` calldata."""
-    try:
-        fn, args = abi_contract.decode_function_input(tx_input)
-    except Exception as e:  # web3 raises ValueError / its own errors on garbage
-        raise TaskDataError(f"task {task_id}: the opening transaction's input does not decode: {e}") from e
-    if fn.fn_name != "open_task":
-        raise TaskDataError(f"task {task_id}: opened by a call to {fn.fn_name}, not open_task")
+def decode_open_task(task_id: int, stage: int, fn_name: str, args: dict[str, Any]) -> TaskData:
+    """TaskData from decoded `open_task(batch_id, record, proof, pipelines, stage_commits)` arguments."""
+    if fn_name != "open_task":
+        raise TaskDataError(f"task {task_id}: opened by a call to {fn_name}, not open_task")
     try:
         rec = args["record"]
         rec = tuple(rec.values()) if isinstance(rec, dict) else tuple(rec)
@@ -91,16 +88,11 @@ def _commit(c: Any) -> StageCommit:
 
 def load_task_data(chain: Any, task_id: int, stage: int, tx_hash: str) -> TaskData:
     """The TaskData of `task_id`, from the transaction `tx_hash` that emitted its TaskOpened."""
-    tx = chain.rpc.raw_request("eth_getTransactionByHash", [tx_hash])
-    if not tx or not tx.get("input"):
-        raise TaskDataError(f"task {task_id}: transaction {tx_hash} is unknown to the node")
-    to = str(tx.get("to") or "").lower()
-    ver = chain.verification
-    if to != ver.address.lower():
-        # Opened through another contract: the calldata is not ours to decode.
-        raise TaskDataError(f"task {task_id}: opened by a call to {to}, not to Verification directly")
-    data = bytes.fromhex(str(tx["input"]).removeprefix("0x"))
-    return decode_open_task(ver.contract, task_id, stage, data)
+    try:
+        fn_name, args = chain.verification.call_of(tx_hash)
+    except ContractsError as e:
+        raise TaskDataError(f"task {task_id}: {e}") from e
+    return decode_open_task(task_id, stage, fn_name, args)
 
 
 def endpoint_of(chain: Any, operator: str) -> tuple[str, int]:
@@ -127,17 +119,7 @@ def split_endpoint(url: str) -> tuple[str, int]:
 
 def refund_proof(chain: Any, batch_id: int, request_id: bytes) -> list[bytes]:
     """The record's Merkle proof in its batch, rebuilt from the batch's RequestSettled events."""
-    evs = chain.payments.events("RequestSettled", batch_id=batch_id)
-    leaves = [Leaf(bytes(e.args["request_id"]), bytes(e.args["key_hash"]), int(e.args["pipeline_index"]),
-                   int(e.args["tokens_in"]), int(e.args["tokens_out"]), int(e.args["charge"]),
-                   bytes(e.args["commitment_root"])) for e in evs]
-    index = next((i for i, lf in enumerate(leaves) if lf.request_id == request_id), None)
-    if index is None:
-        raise TaskDataError(f"batch {batch_id} has no settled record of request 0x{request_id.hex()}")
-    batch = chain.payments.batch(batch_id)
-    hashes = [lf.hash() for lf in leaves]
-    from contracts.batch import merkle_root
-
-    if batch is None or merkle_root(hashes) != batch.root:
-        raise TaskDataError(f"batch {batch_id}'s RequestSettled events do not rebuild its root")
-    return merkle_proof(hashes, index)
+    try:
+        return chain.payments.record_proof(batch_id, request_id)[0]
+    except ContractsError as e:
+        raise TaskDataError(str(e)) from e

@@ -13,7 +13,9 @@ from web3 import Web3
 
 from contracts.batch import Leaf, Pipeline, Stage
 from contracts.build import compile_all
-from contracts.verification import StageCommit
+from contracts.errors import ContractsError
+from contracts.rpc import Rpc
+from contracts.verification import StageCommit, Verification
 from node.verification.errors import AgentStateError, EvidenceError, TaskDataError
 from node.verification.evidence import (
     check_against_root,
@@ -41,9 +43,13 @@ def _rows(seed: int = 0) -> torch.Tensor:
 
 
 # ── calldata ──────────────────────────────────────────────────────────────────────────────────
-def _contract():
-    abi = compile_all()["Verification"].abi
-    return Web3().eth.contract(address="0x" + "11" * 20, abi=abi)
+def _contract() -> Verification:
+    """A Verification binding (no node is reached: only its ABI encodes and decodes here)."""
+    return Verification(Rpc("http://127.0.0.1:9"), "0x" + "11" * 20, compile_all()["Verification"].abi)
+
+
+def _decode(v: Verification, task_id: int, stage: int, data: str):  # type: ignore[no-untyped-def]
+    return decode_open_task(task_id, stage, *v.decode_call(bytes.fromhex(data[2:])))
 
 
 def test_open_task_calldata_decodes_to_the_record_pipeline_and_every_stage_commit():
@@ -53,9 +59,9 @@ def test_open_task_calldata_decodes_to_the_record_pipeline_and_every_stage_commi
                           Stage(Web3.to_checksum_address(ops[1]), 4, 8)))]
     commits = [StageCommit(b"\x01" * 32, P, D, P + 1), StageCommit(b"\x02" * 32, P, D, P + 1)]
     leaf = Leaf(RID, b"\x03" * 32, 0, 4, 3, 12345, b"\x04" * 32)
-    data = c.encode_abi("open_task", [9, leaf.fields(), [b"\x05" * 32], [p.as_tuple() for p in pipes],
+    data = c.contract.encode_abi("open_task", [9, leaf.fields(), [b"\x05" * 32], [p.as_tuple() for p in pipes],
                                       [s.as_tuple() for s in commits]])
-    td = decode_open_task(c, 3, 1, bytes.fromhex(data[2:]))
+    td = _decode(c, 3, 1, data)
     assert (td.task_id, td.batch_id, td.stage, td.leaf) == (3, 9, 1, leaf)
     assert td.pipeline == pipes[0] and list(td.stage_commits) == commits
     assert td.proof == (b"\x05" * 32,) and td.positions == P and td.layers == (4, 8)
@@ -63,22 +69,22 @@ def test_open_task_calldata_decodes_to_the_record_pipeline_and_every_stage_commi
 
 def test_calldata_of_another_function_or_garbage_is_refused():
     c = _contract()
-    other = c.encode_abi("finalize", [1])
+    other = c.contract.encode_abi("finalize", [1])
     with pytest.raises(TaskDataError, match="not open_task"):
-        decode_open_task(c, 1, 0, bytes.fromhex(other[2:]))
-    with pytest.raises(TaskDataError, match="does not decode"):
-        decode_open_task(c, 1, 0, b"\xde\xad\xbe\xef" + b"\x00" * 10)
+        _decode(c, 1, 0, other)
+    with pytest.raises(ContractsError, match="does not decode"):
+        c.decode_call(b"\xde\xad\xbe\xef" + b"\x00" * 10)
 
 
 def test_a_checked_stage_outside_the_pipeline_is_refused():
     c = _contract()
 
-    data = c.encode_abi("open_task", [1, Leaf(RID, RID, 0, 1, 1, 1, RID).fields(), [],
+    data = c.contract.encode_abi("open_task", [1, Leaf(RID, RID, 0, 1, 1, 1, RID).fields(), [],
                                       [(1, [(Web3.to_checksum_address("0x" + "aa" * 20), 0, 8)])],
                                       [StageCommit(RID, 1, 1, 0).as_tuple()]])
 
     with pytest.raises(TaskDataError, match="checked stage 2"):
-        decode_open_task(c, 1, 2, bytes.fromhex(data[2:]))
+        _decode(c, 1, 2, data)
 
 
 # ── evidence ──────────────────────────────────────────────────────────────────────────────────
