@@ -116,6 +116,11 @@ class Rpc:
                 url, request_kwargs={"timeout": timeout_s}, exception_retry_configuration=None
             )
         )
+        # Transactions are signed here with an explicit chainId, and no name is an ENS name: web3's
+        # validation middleware would add an eth_chainId round trip to every eth_call (half the
+        # cost of a view), and the ENS one a lookup per address argument.
+        for name in ("validation", "ens_name_to_address"):
+            self.w3.middleware_onion.remove(name)
         self._chain_id: int | None = None
 
     def request(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

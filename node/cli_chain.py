@@ -33,19 +33,28 @@ NEGATIVE_AMOUNTS = {"ignore_unknown_options": True}
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
 
 
+class BadValue(click.BadParameter):
+    """A refused value (amount, duration, endpoint, key id), shown as one `Error:` line without
+    click's usage banner: the message already quotes the value and says what is wrong with it.
+    Still a usage error (exit status 2)."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", file=file, err=file is None)
+
+
 def parse_eth(text: str, what: str = "amount") -> int:
     """Wei in `text` ETH ("1", "0.25", "1e-3"); rejects zero, negatives and sub-wei digits."""
     try:
         value = Decimal(text.strip())
     except InvalidOperation:
-        raise click.BadParameter(f"{what} {text!r} is not a number (ETH, e.g. 1.5)") from None
+        raise BadValue(f"{what} {text!r} is not a number (ETH, e.g. 1.5)") from None
     if not value.is_finite():
-        raise click.BadParameter(f"{what} {text!r} is not a finite number")
+        raise BadValue(f"{what} {text!r} is not a finite number")
     if value <= 0:
-        raise click.BadParameter(f"{what} ({text}) must be greater than zero")
+        raise BadValue(f"{what} ({text}) must be greater than zero")
     wei = value * WEI_PER_ETH
     if wei != wei.to_integral_value():
-        raise click.BadParameter(f"{what} ({text}) has more than 18 decimals (below 1 wei)")
+        raise BadValue(f"{what} ({text}) has more than 18 decimals (below 1 wei)")
     return int(wei)
 
 
@@ -65,11 +74,11 @@ def parse_duration(text: str) -> int:
     else:
         parts = re.findall(r"(\d+)([smhdw])", s)
         if not parts or "".join(n + u for n, u in parts) != s:
-            raise click.BadParameter(
+            raise BadValue(
                 f"duration {text!r} is not like 30d, 12h, 1d12h, 90m or 3600s")
         seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
     if seconds <= 0:
-        raise click.BadParameter(f"duration ({text}) must be greater than zero")
+        raise BadValue(f"duration ({text}) must be greater than zero")
     return seconds
 
 

@@ -20,6 +20,7 @@ from contracts.apikeys import ApiKey, SignedApiKey, sign_api_key
 from contracts.client import Chain
 from node.cli_chain import (
     NEGATIVE_AMOUNTS,
+    BadValue,
     address_of,
     chain_errors,
     check_funds,
@@ -223,24 +224,33 @@ def key_list_cmd(settings: Any, name: str, as_json: bool) -> None:
 @key.command("revoke")
 @click.argument("key_id")
 @ACCOUNT
+@click.option("--unregistered", is_flag=True,
+              help="Revoke nonce KEY_ID although no key registered on chain uses it (a key "
+                   "signed elsewhere and never registered).")
 @PASSWORD_FILE
 @JSON
 @click.pass_obj
 @chain_errors
-def key_revoke_cmd(settings: Any, key_id: str, account: str, password_file: Path | None,
-                   as_json: bool) -> None:
+def key_revoke_cmd(settings: Any, key_id: str, account: str, unregistered: bool,
+                   password_file: Path | None, as_json: bool) -> None:
     """Revoke the API key KEY_ID (its nonce, or its 0x key hash) of ACCOUNT."""
+    if not (key_id.startswith("0x") or key_id.isdigit()):
+        raise BadValue(f"{key_id!r} is neither a nonce nor a 0x key hash")
     signer = signer_of(settings, account, password_file)
     chain = connect(settings, signer)
+    rows = _key_rows(chain, signer.address)
     if key_id.startswith("0x"):
-        match = [r for r in _key_rows(chain, signer.address) if r["key_hash"] == key_id.lower()]
+        match = [r for r in rows if r["key_hash"] == key_id.lower()]
         if not match:
             raise click.ClickException(f"{signer.address} has no API key {key_id}")
         nonce = int(match[0]["nonce"])
-    elif key_id.isdigit():
-        nonce = int(key_id)
     else:
-        raise click.BadParameter(f"{key_id!r} is neither a nonce nor a 0x key hash")
+        nonce = int(key_id)
+        if not unregistered and all(r["nonce"] != nonce for r in rows):
+            known = ", ".join(str(r["nonce"]) for r in rows) or "none"
+            raise click.ClickException(
+                f"{signer.address} has no registered API key with nonce {nonce} (its nonces: "
+                f"{known}); pass --unregistered to revoke a nonce signed elsewhere")
     res = chain.payments.revoke_key(nonce)
     emit(as_json, {"client": signer.address, "nonce": nonce, "tx": res.tx_hash},
          f"revoked API key nonce {nonce} of {signer.address} (tx {res.tx_hash})")

@@ -20,6 +20,7 @@ from contracts.client import Chain, dev_key
 from contracts.rpc import Signer
 from node.cli_chain import (
     NEGATIVE_AMOUNTS,
+    BadValue,
     address_of,
     chain_errors,
     check_funds,
@@ -37,11 +38,11 @@ ENDPOINT_MAX = 256  # the registry's String[256]
 def _endpoint(url: str) -> str:
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise click.BadParameter(f"endpoint {url!r} must be an http(s) URL with a host",
-                                 param_hint="--endpoint")
+        raise BadValue(f"endpoint {url!r} must be an http(s) URL with a host",
+                       param_hint="--endpoint")
     if len(url.encode()) > ENDPOINT_MAX:
-        raise click.BadParameter(f"endpoint is {len(url.encode())} bytes, at most {ENDPOINT_MAX}",
-                                 param_hint="--endpoint")
+        raise BadValue(f"endpoint is {len(url.encode())} bytes, at most {ENDPOINT_MAX}",
+                       param_hint="--endpoint")
     return url
 
 
@@ -114,6 +115,17 @@ def _owner_of(chain: Chain, address: str) -> str:
     return chain.node_registry.owner_of_operator(address) or address
 
 
+def _require_owner(chain: Chain, address: str) -> None:
+    """Refuse, before any transaction, a signer that owns no node; name the owner to use when the
+    signer is a node's operator (the hot key never stakes, unbonds or withdraws)."""
+    if chain.node_registry.node(address).registered:
+        return
+    owner = chain.node_registry.owner_of_operator(address)
+    hint = (f" (it is the operator key of node {owner}; sign with that owner's account)"
+            if owner else "")
+    raise click.ClickException(f"{address} has no registered node{hint}")
+
+
 def _tx_line(verb: str, tx_hash: str) -> str:
     return f"{verb} (tx {tx_hash})"
 
@@ -158,10 +170,7 @@ def register_cmd(settings: Any, owner: str, operator: str, endpoint: str, stake:
                            "mem_bw_gbps": mem_bw_gbps, "net_bw_mbps": net_bw_mbps,
                            "region": region})
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    if profile.net_bw_mbps == 0:
-        click.echo("note: no interface reports its link speed; registering network bandwidth 0 "
-                   "(pass --net-bw-mbps)", err=True)
+        raise BadValue(str(exc)) from None
     signer = signer_of(settings, owner, password_file)
     chain = connect(settings, signer)
     check_funds(chain, signer.address, stake_wei, "owner")
@@ -170,6 +179,9 @@ def register_cmd(settings: Any, owner: str, operator: str, endpoint: str, stake:
     emit(as_json, {**state, "tx": res.tx_hash, "gas_used": res.gas_used},
          _tx_line(f"registered node {signer.address} with operator {operator_address}, "
                   f"stake {format_eth(stake_wei)}", res.tx_hash) + "\n" + _human_state(state))
+    if profile.net_bw_mbps == 0:  # after the outcome, so a refusal stays one line
+        click.echo("note: no interface reports its link speed; registered network bandwidth 0 "
+                   "(correct it with `veriplex node update NAME --net-bw-mbps N`)", err=True)
 
 
 @node.command("status")
@@ -197,6 +209,7 @@ def stake_cmd(settings: Any, name: str, amount: str, password_file: Path | None,
     wei = parse_eth(amount)
     signer = signer_of(settings, name, password_file)
     chain = connect(settings, signer)
+    _require_owner(chain, signer.address)
     check_funds(chain, signer.address, wei, "owner")
     res = chain.node_registry.add_stake(wei)
     state = node_state(chain, signer.address)
@@ -218,9 +231,8 @@ def unbond_cmd(settings: Any, name: str, amount: str | None, password_file: Path
     wei = parse_eth(amount) if amount is not None else None
     signer = signer_of(settings, name, password_file)
     chain = connect(settings, signer)
+    _require_owner(chain, signer.address)
     info = chain.node_registry.node(signer.address)
-    if not info.registered:
-        raise click.ClickException(f"{signer.address} has no registered node")
     if wei is None:
         if info.stake_wei == 0:
             raise click.ClickException(f"node {signer.address} has no stake left to unbond")
@@ -242,9 +254,8 @@ def withdraw_cmd(settings: Any, name: str, password_file: Path | None, as_json: 
     """Withdraw NAME's unbonded stake once the unbonding period has passed."""
     signer = signer_of(settings, name, password_file)
     chain = connect(settings, signer)
+    _require_owner(chain, signer.address)
     before = node_state(chain, signer.address)
-    if not before["registered"]:
-        raise click.ClickException(f"{signer.address} has no registered node")
     if not before["unbonding_wei"]:
         raise click.ClickException(f"node {signer.address} has nothing unbonding")
     if not before["withdrawable"]:
@@ -272,6 +283,7 @@ def rotate_cmd(settings: Any, name: str, operator: str, password_file: Path | No
     new = address_of(settings, operator)
     signer = signer_of(settings, name, password_file)
     chain = connect(settings, signer)
+    _require_owner(chain, signer.address)
     res = chain.node_registry.rotate_operator(new)
     ev = res.event("OperatorRotated")
     state = node_state(chain, signer.address)
@@ -327,7 +339,7 @@ def update_cmd(settings: Any, name: str, endpoint: str | None, redetect: bool, g
         try:
             profile = resolve(overrides)
         except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
+            raise BadValue(str(exc)) from None
         txs.append(chain.node_registry.set_hardware(owner, profile.to_chain()).tx_hash)
     state = node_state(chain, owner)
     emit(as_json, {**state, "txs": txs},

@@ -87,7 +87,11 @@ def _say(text: str) -> None:
 
 
 async def _serve(server, make_agent=None) -> None:  # type: ignore[no-untyped-def]
-    await server.start()
+    try:
+        await server.start()
+    except OSError as e:  # port in use, address not local
+        raise click.ClickException(f"cannot listen on {server.host}:{server.port}: "
+                                   f"{e.strerror or e}") from None
     shard = server.executor.shard
     click.echo(f"serving layers [{shard.start}, {shard.end}) of {shard.checkpoint} on "
                f"{server.host}:{server.port} as {server.address}")
@@ -158,7 +162,8 @@ def make_agent_factory(settings: Any, chain: Any, model: Path, key: bytes, direc
                             settings, "127.0.0.1", 0, budget)
 
     def make(own):  # type: ignore[no-untyped-def]
-        cfg = AgentConfig(Policy(policy), v.agent_poll_s, v.agent_job_timeout_s, v.agent_start_block)
+        cfg = AgentConfig(Policy(policy), v.agent_poll_s, v.agent_job_timeout_s, v.agent_start_block,
+                          catchup_blocks=v.agent_catchup_blocks)
         from contracts.rpc import Signer
 
         signed = chain.with_signer(Signer.from_key(key))
@@ -252,8 +257,12 @@ def serve(settings: Any, model: Path, layers: str | None, coordinator: str | Non
         cid = chain_id or settings.devnet.chain_id
     else:
         from contracts.client import Chain
+        from contracts.errors import ContractsError
 
-        chain = Chain.connect(settings.chain.rpc_url, settings.manifest_path(chain_id))
+        try:
+            chain = Chain.connect(settings.chain.rpc_url, settings.manifest_path(chain_id))
+        except ContractsError as e:  # no manifest, chain unreachable
+            raise click.ClickException(str(e)) from None
         gateways = gateway or None
         if gateways and verify:
             from coincurve import PrivateKey as _Key
@@ -289,8 +298,13 @@ def serve(settings: Any, model: Path, layers: str | None, coordinator: str | Non
 
         main_coro = _follow(build, hb, heartbeat_s, dp.port if port is None else port, make_agent)
     else:
-        server = build_server(model, rng, key, dirx, cid, store_dir, settings, bind,
-                              dp.port if port is None else port, budget, perturb_std)
+        from node.models.errors import ModelError
+
+        try:
+            server = build_server(model, rng, key, dirx, cid, store_dir, settings, bind,
+                                  dp.port if port is None else port, budget, perturb_std)
+        except ModelError as e:  # not a checkpoint, a range outside the model, bad tensors
+            raise click.ClickException(str(e)) from None
         del key
         main_coro = _serve(server, make_agent)
     try:

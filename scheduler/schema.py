@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from scheduler.errors import InvalidInput, InvalidPlan
 from scheduler.model import MIB, Links, ModelSpec, NodeSpec, Params, Plan, Replica, Snapshot, Stage
 
 MAX_LAYERS = 4096  # far above any published model; keeps the solver's loops bounded
+MAX_DEPTH = 64  # JSON nesting; the documents need 4
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
 
 def load_json(source: str | Path | bytes) -> Any:
@@ -27,17 +32,58 @@ def load_json(source: str | Path | bytes) -> Any:
             text: str | bytes = source.read_bytes()
         else:
             text = source
+        _check_depth(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
         return json.loads(text)
     except OSError as exc:
         raise InvalidInput(f"cannot read {source}: {exc.strerror or exc}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError as exc:
+        raise InvalidInput(f"malformed JSON in {source if isinstance(source, Path) else 'input'}: "
+                           f"nested deeper than {MAX_DEPTH} levels") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers beyond 4300 digits
         raise InvalidInput(f"malformed JSON in {source if isinstance(source, Path) else 'input'}: "
                            f"{exc}") from exc
 
 
+def _check_depth(raw: bytes) -> None:
+    """Refuse JSON nested deeper than `MAX_DEPTH` before parsing it (the C parser would recurse)."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return
+    bare = np.frombuffer(_STRINGS.sub(b'""', raw), dtype=np.uint8)
+    step = (np.isin(bare, (ord("["), ord("{"))).astype(np.int32)
+            - np.isin(bare, (ord("]"), ord("}"))).astype(np.int32))
+    if step.size and int(np.cumsum(step).max()) > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+
+
+def _jtype(v: Any) -> str:
+    """The JSON name of a parsed value's type, for error messages."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    return {str: "string", list: "list", dict: "object"}.get(type(v), type(v).__name__)
+
+
+def _finite(v: Any) -> bool:
+    """A JSON number that is finite and fits a float (booleans are not numbers)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
+def _check_version(d: dict[str, Any], where: str) -> None:
+    if "version" in d and (not _finite(d["version"]) or d["version"] != 1):
+        raise InvalidInput(f"{where}.version: only version 1 is understood, got {d['version']!r}")
+
+
 def _obj(doc: Any, where: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
-        raise InvalidInput(f"{where}: expected an object, got {type(doc).__name__}")
+        raise InvalidInput(f"{where}: expected an object, got {_jtype(doc)}")
     return doc
 
 
@@ -48,8 +94,9 @@ def _num(d: dict[str, Any], key: str, where: str, *, default: Any = ..., lo: flo
             raise InvalidInput(f"{where}.{key}: missing")
         return default
     v = d[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise InvalidInput(f"{where}.{key}: expected a finite number, got {v!r}")
+    if not _finite(v):
+        shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+        raise InvalidInput(f"{where}.{key}: expected a finite number, got {shown}")
     if integer and int(v) != v:
         raise InvalidInput(f"{where}.{key}: expected an integer, got {v!r}")
     if (v <= lo) if strict else (v < lo):
@@ -111,13 +158,12 @@ def parse_node(doc: Any, where: str) -> NodeSpec:
 
 def _pairs(rows: Any, where: str, width: int) -> list[list[Any]]:
     if not isinstance(rows, list):
-        raise InvalidInput(f"{where}: expected a list of rows, got {type(rows).__name__}")
+        raise InvalidInput(f"{where}: expected a list of rows, got {_jtype(rows)}")
     out = []
     for i, row in enumerate(rows):
         if (not isinstance(row, list) or len(row) != width
                 or not all(isinstance(x, str) for x in row[:2])
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                           and math.isfinite(x) and x >= 0 for x in row[2:])):
+                or not all(_finite(x) and x >= 0 for x in row[2:])):
             raise InvalidInput(f"{where}[{i}]: expected [name, name{', number' * (width - 2)}] "
                                f"with numbers >= 0, got {row!r}")
         out.append(row)
@@ -162,13 +208,14 @@ def parse_params(doc: Any, where: str = "params") -> Params:
 def parse_snapshot(doc: Any, model: ModelSpec | None = None) -> Snapshot:
     """A cluster document (plus `model` unless given) → `Snapshot`, checking cross references."""
     d = _obj(doc, "cluster")
+    _check_version(d, "cluster")
     if model is None:
         if "model" not in d:
             raise InvalidInput("cluster.model: missing (pass a model, e.g. --model smollm2-135m)")
         model = parse_model(d["model"])
     raw_nodes = d.get("nodes")
     if not isinstance(raw_nodes, list):
-        raise InvalidInput(f"cluster.nodes: expected a list, got {type(raw_nodes).__name__}")
+        raise InvalidInput(f"cluster.nodes: expected a list, got {_jtype(raw_nodes)}")
     nodes = [parse_node(n, f"cluster.nodes[{i}]") for i, n in enumerate(raw_nodes)]
     seen: set[str] = set()
     for n in nodes:
@@ -187,10 +234,11 @@ def parse_snapshot(doc: Any, model: ModelSpec | None = None) -> Snapshot:
 def parse_plan(doc: Any) -> Plan:
     """An allocation document (from any solver) → `Plan`. Coverage is checked by `check_plan`."""
     d = _obj(doc, "allocation")
+    _check_version(d, "allocation")
     model = parse_model(d.get("model"), "allocation.model")
     reps = d.get("replicas")
     if not isinstance(reps, list):
-        raise InvalidInput(f"allocation.replicas: expected a list, got {type(reps).__name__}")
+        raise InvalidInput(f"allocation.replicas: expected a list, got {_jtype(reps)}")
     replicas = []
     for i, r in enumerate(reps):
         stages_doc = _obj(r, f"allocation.replicas[{i}]").get("stages")
@@ -208,9 +256,11 @@ def parse_plan(doc: Any) -> Plan:
     if not isinstance(standby, list) or not all(isinstance(x, str) for x in standby):
         raise InvalidInput("allocation.standby: expected a list of node ids")
     est = d.get("estimate", {})
+    if not isinstance(est, dict) or not all(_finite(v) for v in est.values()):
+        raise InvalidInput(f"allocation.estimate: expected an object of finite numbers, got {est!r}"[:300])
     return Plan(model=model, replicas=tuple(replicas), standby=tuple(standby),
                 snapshot_hash=str(d.get("snapshot_hash", "")), solver=str(d.get("solver", "")),
-                estimate={k: float(v) for k, v in est.items()} if isinstance(est, dict) else {})
+                estimate={k: float(v) for k, v in est.items()})
 
 
 def stage_memory_bytes(model: ModelSpec, stage: Stage) -> int:
@@ -229,6 +279,8 @@ def check_plan(plan: Plan, snapshot: Snapshot) -> list[str]:
     """Every violated invariant of `plan` against `snapshot`, as readable lines (empty if valid)."""
     problems: list[str] = []
     L = snapshot.model.layers
+    if not plan.replicas:
+        problems.append("the allocation has no replicas: nothing serves the model")
     if plan.model.layers != L:
         problems.append(f"model has {plan.model.layers} layers, snapshot's has {L}")
     nodes = {n.id: n for n in snapshot.nodes}

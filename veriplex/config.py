@@ -115,7 +115,10 @@ class VerificationSettings(BaseModel):
         None, description="Where the agent keeps salts and evidence until they are revealed and opened. Default: <home>/verifier/<operator address>."
     )
     agent_start_block: int | None = Field(
-        None, ge=0, description="First block whose Verification events the agent reads. Default: the head at start."
+        None, ge=0, description="First block whose Verification events the agent reads. Default: where it stopped (its saved cursor), at most agent_catchup_blocks back."
+    )
+    agent_catchup_blocks: int = Field(
+        256, ge=0, description="How far back a (re)started agent looks for tasks opened while it was down."
     )
     agent_job_timeout_s: float = Field(120.0, gt=0, description="Seconds a re-execution may take before it is abandoned.")
 
@@ -218,6 +221,10 @@ class ExplorerSettings(BaseModel):
     poll_s: float = Field(1.0, gt=0, description="Seconds between polls of the chain head.")
     batch_blocks: int = Field(200, ge=1, description="Most blocks indexed per database commit.")
     page_size: int = Field(25, ge=1, le=500, description="Rows per list on a page.")
+    gateway_url: str | None = Field(
+        None, description="Base URL of the gateway whose receipts (with the per-stage "
+        "commitments and signatures) request pages link to; unset: pages name the path."
+    )
 
 
 class Settings(BaseSettings):

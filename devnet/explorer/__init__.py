@@ -3,7 +3,8 @@ a FastAPI web UI (server-rendered pages plus matching JSON endpoints) over that 
 
 Modules: `models` (tables), `decode` (ABI decoding of our contracts' calls and events), `indexer`
 (incremental, resumable, reorg/evm_revert-aware sync), `queries` (page data as plain dicts),
-`app` (FastAPI routes and templates), `cli` (`veriplex explorer`).
+`proof` (a request's sampling draw, stage commitments and audit commands), `app` (FastAPI routes
+and templates), `cli` (`veriplex explorer`).
 
 Exceptions (all raised by this package derive from `ExplorerError`)::
 

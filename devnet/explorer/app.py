@@ -23,9 +23,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from contracts.errors import ChainError
 from contracts.rpc import Rpc
 from devnet.explorer import BadQuery, ExplorerError, NotFound, queries
-from devnet.explorer.indexer import IndexerStatus
+from devnet.explorer.indexer import IndexerStatus, indexed_chain_id
 
 HERE = Path(__file__).parent
+RECEIPT_NOTE = (
+    "Built by the explorer from the chain alone. The chain keeps each record's commitment root; "
+    "the per-stage commitments are on chain only when the request was opened for verification "
+    "(see 'commitments'), and the stage operators' signatures never are: they are in the "
+    "gateway's receipt (see 'gateway_receipt'). `veriplex audit` on this file checks settlement, "
+    "inclusion, pipeline, verification and payouts; on the gateway's receipt it also checks "
+    "every stage's commitment and signature (see 'audit_commands').")
 ETH = 10**18
 
 
@@ -50,8 +57,10 @@ def fmt_time(ts: int) -> str:
     return dt.datetime.fromtimestamp(int(ts), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def create_app(engine: Engine, status: IndexerStatus, rpc: Rpc | None = None) -> FastAPI:
-    """The web app over `engine`'s index; `rpc` (optional) serves live balances."""
+def create_app(engine: Engine, status: IndexerStatus, rpc: Rpc | None = None,
+               gateway_url: str | None = None) -> FastAPI:
+    """The web app over `engine`'s index; `rpc` (optional) serves live balances; `gateway_url`
+    (optional) is where request pages send auditors for the gateway's receipts."""
     app = FastAPI(title="Veriplex explorer", docs_url="/api/docs", openapi_url="/api/openapi.json")
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters.update(eth=fmt_eth, short=fmt_short, time=fmt_time,
@@ -132,8 +141,12 @@ def create_app(engine: Engine, status: IndexerStatus, rpc: Rpc | None = None) ->
 
     both("/address/{key}", "address.html", address_data)
     both("/node/{key}", "node.html", lambda k: lambda s: queries.node(s, queries.parse_address(k)))
-    both("/request/{key}", "request.html",
-         lambda k: lambda s: queries.request(s, queries.parse_hash(k, "request id")))
+
+    def request_data(k: str) -> Callable[[Session], dict[str, Any]]:
+        return lambda s: queries.request(s, queries.parse_hash(k, "request id"), status.rpc_url,
+                                         gateway_url)
+
+    both("/request/{key}", "request.html", request_data)
     both("/epoch/{key}", "epoch.html",
          lambda k: lambda s: queries.epoch(s, queries.parse_number(k, "epoch")))
     both("/model/{key}", "model.html",
@@ -143,13 +156,16 @@ def create_app(engine: Engine, status: IndexerStatus, rpc: Rpc | None = None) ->
     def receipt(key: str) -> Response:
         rid = queries.parse_hash(key, "request id")
         with Session(engine) as s:
-            data = queries.request(s, rid)
-        try:  # `veriplex audit` checks the receipt is for the chain it is pointed at
-            chain_id = rpc.chain_id if rpc is not None else None
-        except ChainError:
-            chain_id = None
+            data = request_data(key)(s)
+            chain_id = indexed_chain_id(s)
+        if chain_id is None:
+            try:  # `veriplex audit` checks the receipt is for the chain it is pointed at
+                chain_id = rpc.chain_id if rpc is not None else None
+            except ChainError:
+                chain_id = None
         body = json.dumps({"kind": "veriplex.explorer.request", "version": 1,
-                           "chain_id": chain_id, **data}, indent=2, default=str)
+                           "chain_id": chain_id, "note": RECEIPT_NOTE, **data},
+                          indent=2, default=str)
         return Response(body, media_type="application/json", headers={
             "Content-Disposition": f'attachment; filename="request-{rid}.json"'})
 

@@ -69,6 +69,7 @@ class Indexer:
         self.rpc, self.engine, self.decoder, self.status = rpc, engine, decoder, status
         self.batch_blocks = batch_blocks
         self._block_receipts = True  # eth_getBlockReceipts until the node says it lacks it
+        self._chain_id_saved = False
         self._topics = {
             "RequestSettled": decoder.event_topic("Payments", "RequestSettled"),
             "BatchSettled": decoder.event_topic("Payments", "BatchSettled"),
@@ -137,6 +138,10 @@ class Indexer:
             head = _int(self._call("eth_blockNumber", []))
             done = 0
             with Session(self.engine) as s:
+                if not self._chain_id_saved:  # receipts name their chain even with the node down
+                    s.merge(Meta(key=CHAIN_ID_KEY, value=str(_int(self._call("eth_chainId", [])))))
+                    s.commit()
+                    self._chain_id_saved = True
                 self._rewind(s, head)
                 tip = self.local_tip(s)
                 nxt = 0 if tip is None else tip.number + 1
@@ -252,6 +257,13 @@ class Indexer:
 
 
 CHARGED_KEY = "charged_wei"
+CHAIN_ID_KEY = "chain_id"
+
+
+def indexed_chain_id(s: Session) -> int | None:
+    """The chain id of the indexed chain (saved on the first pass), if known."""
+    row = s.get(Meta, CHAIN_ID_KEY)
+    return int(row.value) if row else None
 
 
 def set_charged_total(s: Session, total: int) -> None:

@@ -18,7 +18,7 @@ class Base(DeclarativeBase):
 
 
 class Meta(Base):
-    """Key/value state of the index (chain id, last error)."""
+    """Key/value state of the index (the indexed chain id, the running total of charges)."""
 
     __tablename__ = "meta"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -11,7 +11,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from contracts.verification import TaskStatus
-from devnet.explorer import BadQuery, NotFound
+from devnet.explorer import BadQuery, NotFound, proof
 from devnet.explorer.indexer import charged_total
 from devnet.explorer.models import Block, Log, Request, Served, Tx
 
@@ -194,6 +194,7 @@ def node(s: Session, addr: str) -> dict[str, Any]:
     reveals = list(s.scalars(select(Log).where(Log.event == "VerdictRevealed",
                                                Log.topic2.in_(op_topics))))
     rewards = _events(s, "VerifierRewarded", 500, topic3=t)
+    member_slashes = _events(s, "MemberSlashed", 200, topic3=t)
     return {
         "owner": owner, "operators": operators, "endpoint": endpoint, "hardware": hardware,
         "stake_wei": str(stake), "jailed_until_block": jailed_until,
@@ -208,7 +209,8 @@ def node(s: Session, addr: str) -> dict[str, Any]:
         "verifications": {"revealed": len(reveals),
                           "voted_pass": sum(1 for r in reveals if r.args["verdict"]),
                           "voted_fail": sum(1 for r in reveals if not r.args["verdict"]),
-                          "rewarded": len(rewards)},
+                          "rewarded": len(rewards), "slashed": len(member_slashes),
+                          "of_its_work": _checks_of(s, operators)},
         "slashes": [log_row(lg) for lg in slashes],
         "earnings_wei": str(sum(int(e.args["amount"]) for e in earnings)),
         "earnings": [log_row(e) for e in earnings],
@@ -216,12 +218,38 @@ def node(s: Session, addr: str) -> dict[str, Any]:
     }
 
 
+def _checks_of(s: Session, operators: list[str]) -> dict[str, Any]:
+    """The verification tasks that checked a stage these operators served, and their outcomes."""
+    served_ids = select(Served.request_id).where(Served.operator.in_(operators))
+    opened = [lg for lg in s.scalars(select(Log).where(Log.event == "TaskOpened",
+                                                       Log.topic3.in_(served_ids))
+                                     .order_by(Log.block_number.desc()).limit(500))
+              if lg.args and lg.args["stage_operator"] in operators]
+    finals: dict[tuple[str, str], Log] = {}
+    if opened:
+        for lg in s.scalars(select(Log).where(Log.event == "TaskFinalized", Log.topic1.in_(
+                {topic_of(int(o.args["task_id"])) for o in opened}))):
+            finals[(lg.address, lg.topic1 or "")] = lg
+    tasks = []
+    for o in opened:
+        fin = finals.get((o.address, topic_of(int(o.args["task_id"]))))
+        status = _status_name(int(fin.args["status"])) if fin is not None else "open"
+        tasks.append({"task_id": o.args["task_id"], "request_id": o.args["request_id"],
+                      "stage": o.args["stage"], "status": status, "block_number": o.block_number})
+    return {"checked": len(tasks), "passed": sum(t["status"] == "passed" for t in tasks),
+            "failed": sum(t["status"] in ("fraud", "refunded") for t in tasks),
+            "unresolved": sum(t["status"] == "unresolved" for t in tasks),
+            "open": sum(t["status"] == "open" for t in tasks), "tasks": tasks}
+
+
 VERIFICATION_EVENTS = ("TaskOpened", "CommitteeSelected", "VerdictCommitted", "VerdictRevealed",
                        "VotesClosed", "ChunksOpened", "TaskEscalated", "TaskFinalized",
                        "MemberSlashed", "StageSlashed", "VerifierRewarded", "ClientRefunded")
 
 
-def request(s: Session, request_id: str) -> dict[str, Any]:
+def request(s: Session, request_id: str, rpc_url: str | None = None,
+            gateway_url: str | None = None) -> dict[str, Any]:
+    """The proof view; `rpc_url` and `gateway_url` complete the audit commands it shows."""
     r = s.get(Request, request_id)
     if r is None:
         raise NotFound(f"request {request_id} has not been settled on this chain (or not indexed yet)")
@@ -261,7 +289,10 @@ def request(s: Session, request_id: str) -> dict[str, Any]:
                     "refunds": [log_row(x) for x in refunds]},
         "verification": verification,
         "verdict": verdict,
+        "sampling": proof.sampling(s, r, b.get("release_block"), verification["TaskOpened"]),
+        "commitments": proof.stage_commitments(s, r, verification["TaskOpened"]),
         "audit_command": f"veriplex audit request-{request_id}.json",  # the downloaded receipt
+        **proof.audit_guide(request_id, r.gateway, rpc_url, gateway_url),
     }
 
 

@@ -70,6 +70,7 @@ def tiny_config(
     mlp: int = 704,
     max_positions: int = 1024,
     tie_embeddings: bool = True,
+    sliding_window: int | None = None,
 ):
     """The transformers config of a tiny model (≈7M parameters with the defaults)."""
     from transformers import LlamaConfig, MistralConfig, Qwen2Config
@@ -92,7 +93,7 @@ def tiny_config(
     if arch == "qwen2":
         return Qwen2Config(**common, use_sliding_window=False)
     if arch == "mistral":
-        return MistralConfig(**common, sliding_window=max_positions)
+        return MistralConfig(**common, sliding_window=sliding_window or max_positions)
     raise ValueError(f"unknown tiny arch {arch!r}; expected one of llama, qwen2, mistral")
 
 
@@ -109,8 +110,12 @@ def build_tiny_model(
     mlp: int = 704,
     tie_embeddings: bool = True,
     init_std: float = 0.1,
+    sliding_window: int | None = None,
 ) -> Path:
-    """Write a tiny random `arch` checkpoint + tokenizer into `out_dir` (created) and return it."""
+    """Write a tiny random `arch` checkpoint + tokenizer into `out_dir` (created) and return it.
+
+    `sliding_window` (Mistral only) narrows attention to that many positions, so a test with a
+    longer sequence exercises the sliding mask."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -126,6 +131,7 @@ def build_tiny_model(
         kv_heads=kv_heads,
         mlp=mlp,
         tie_embeddings=tie_embeddings,
+        sliding_window=sliding_window,
     )
     config.initializer_range = init_std
     torch.manual_seed(seed)

@@ -65,7 +65,8 @@ class AgentConfig:
     policy: Policy = Policy.HONEST
     poll_s: float = 0.5
     job_timeout_s: float = 120.0
-    start_block: int | None = None  # None: the head when the agent starts
+    start_block: int | None = None  # None: resume at the saved cursor (or the head − catch-up)
+    catchup_blocks: int = 256  # how far back a (re)start looks for tasks opened while it was down
     retry_margin_blocks: int = 3  # a job starts no new attempt this close to the commit deadline
 
 
@@ -150,11 +151,17 @@ class VerifierAgent:
     def _scan(self) -> int:
         head = self.chain.block_number()
         if self.next_block is None:
-            self.next_block = head
+            # Tasks opened while this node was down (or just before it first started) still need
+            # its votes, openings and keeping: resume at the saved cursor, at most `catchup_blocks`
+            # back (older tasks are past every deadline a member could still meet).
+            floor = max(0, head - self.config.catchup_blocks)
+            saved = self.state.cursor()
+            self.next_block = floor if saved is None else min(max(saved, floor), head + 1)
         if head >= self.next_block:
             for ev in self.ver.events("TaskOpened", from_block=self.next_block, to_block=head):
                 self._track(ev)
             self.next_block = head + 1
+            self.state.save_cursor(self.next_block)
         return head
 
     async def _advance(self, tid: int, head: int) -> None:

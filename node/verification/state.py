@@ -8,6 +8,8 @@ so a crash leaves the old file or the new one, never half of one):
                                      "policy", "committed", "revealed", "opened", "note"}
     <dir>/task-<id>-r<round>.npy    the evidence rows as bf16 bit patterns (uint16, (P, d)),
                                      plus "tokens" in the JSON — enough to rebuild the tree.
+    <dir>/cursor.json               {"next_block": N}: the first block whose TaskOpened events
+                                     the agent has not read yet (a restart resumes there).
 
 The directory is created 0700 and files 0600: a salt is a secret until it is revealed. Files of
 finished tasks are removed by `forget`. No pickle (`np.load(allow_pickle=False)`).
@@ -131,6 +133,20 @@ class AgentState:
             raise AgentStateError(f"saved evidence of task {vote.task_id} gives root 0x{tree.root.hex()}, "
                                   f"the vote says 0x{vote.output_root.hex()}")
         return tree
+
+    def cursor(self) -> int | None:
+        """The saved next block to scan, or None (never saved, or unreadable: rescan)."""
+        try:
+            n = json.loads((self.dir / "cursor.json").read_text())["next_block"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return n if isinstance(n, int) and n >= 0 else None
+
+    def save_cursor(self, next_block: int) -> None:
+        """Atomically, without an fsync: a lost cursor only means scanning some blocks again."""
+        tmp = self.dir / "cursor.json.tmp"
+        tmp.write_text(json.dumps({"next_block": int(next_block)}))
+        os.replace(tmp, self.dir / "cursor.json")
 
     def forget(self, task_id: int) -> None:
         for p in self.dir.glob(f"task-{task_id}-r*"):

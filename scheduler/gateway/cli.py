@@ -93,6 +93,10 @@ def run_cmd(settings: Any, checkpoint: Path | None, model_id: int | None,
     from .engine import StaticRouter
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # The settler thread (web3 calls: settlement, sampling checks, task opening) shares the GIL
+    # with the request loop; at the default 5 ms switch interval a request waits on it for whole
+    # milliseconds. 0.5 ms keeps the added latency of a request near its own work.
+    sys.setswitchinterval(0.0005)
     if coordinator_url:
         settings.gateway.coordinator_url = coordinator_url
     router = StaticRouter([parse_stage(s) for s in stages]) if stages else None

@@ -7,7 +7,9 @@ the settlement transaction carried, so the root equals the chain's).
 `TaskOpener.run_once` (called by the settler thread after each settlement pass) walks settled
 batches whose records are not all decided. For each, once the batch's sampling randomness exists
 (`Verification.is_sampled` stops reverting: on a blockhash source that is `randomness_delay` blocks
-after the settle block — the gateway never mines blocks itself), every record is decided exactly
+after the settle block — the gateway never mines blocks itself; a batch whose anchor block the head
+has not passed is skipped without a chain call, so a pass costs a few reads however many batches
+wait), every record is decided exactly
 once and the decision persisted: `opened` (it called `open_task`; a "task already open" revert
 counts as opened), `not_sampled`, `no_commitments` (settled with a zero root: nothing to check),
 `randomness_expired` (the source no longer serves the anchor block), `released` (the batch left
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,19 +82,39 @@ class TaskOpener:
         self.opened = 0
         self.released = 0
         self.last_error: str | None = None
+        self._release_blocks: dict[int, int] = {}  # chain batch id -> its (immutable) release block
+        self._offset: tuple[float, int] | None = None  # (read at, randomness_delay - window)
+
+    PARAMS_TTL_S = 30.0
 
     def run_once(self) -> int:
         """One pass over batches awaiting decisions, then over batches awaiting their escrow's
         release; returns tasks opened."""
         opened = 0
-        for b in self.store.batches_awaiting_tasks():
-            opened += self._batch(b)
+        awaiting = self.store.batches_awaiting_tasks()
         waiting = self.store.batches_awaiting_release()
-        if waiting:
-            head = self.chain.block_number()
-            for b in waiting:
-                self._release(b, head)
+        head = self.chain.block_number() if awaiting or waiting else 0
+        for b in awaiting:
+            opened += self._batch(b, head)
+        for b in waiting:
+            self._release(b, head)
         return opened
+
+    def _anchor_passed(self, batch_id: int, head: int) -> bool:
+        """Whether the head is past the block whose randomness samples the batch (release block
+        − verification window + randomness delay, as the contract computes it). Parameters are
+        re-read every `PARAMS_TTL_S`; a wrong guess only delays to `is_sampled`'s own check."""
+        rb = self._release_blocks.get(batch_id)
+        if rb is None:
+            info = self.chain.payments.batch(batch_id)
+            if info is None:
+                return True  # let the contract say what is wrong
+            rb = self._release_blocks[batch_id] = info.release_block
+        now = time.monotonic()
+        if self._offset is None or now - self._offset[0] > self.PARAMS_TTL_S:
+            window = int(self.chain.payments.params()["verification_window"])
+            self._offset = (now, self.chain.verification.params().randomness_delay - window)
+        return head > rb + self._offset[1]
 
     def _release(self, b: BatchRow, head: int) -> None:
         """Release a batch's escrow (split among its operators, the verifier pool and the fee) once
@@ -100,7 +123,11 @@ class TaskOpener:
         if b.chain_batch_id is None:
             self.store.set_batch(b.id, released=0)  # never identified on chain: nothing to release
             return
+        if head < self._release_blocks.get(b.chain_batch_id, 0):
+            return  # its window is still open: no chain read needed
         info = self.chain.payments.batch(b.chain_batch_id)
+        if info is not None:
+            self._release_blocks[b.chain_batch_id] = info.release_block
         if info is None or info.released:
             self.store.set_batch(b.id, released=1)
             return
@@ -117,7 +144,7 @@ class TaskOpener:
         self.released += 1
         log.info("batch %s released: escrow paid out to its operators", b.chain_batch_id)
 
-    def _batch(self, b: BatchRow) -> int:
+    def _batch(self, b: BatchRow, head: int) -> int:
         rows = self.store.batch_records(b.id)
         todo = [r for r in rows if r.task_state is None]
         for r in [r for r in todo if stage_commits(r) is None]:
@@ -132,6 +159,8 @@ class TaskOpener:
                 return 0
             self.store.set_batch(b.id, chain_batch_id=bid)
             b.chain_batch_id = bid
+        if not self._anchor_passed(b.chain_batch_id, head):
+            return 0  # its sampling randomness does not exist yet
         ver = self.chain.verification
         info = self.chain.payments.batch(b.chain_batch_id)
         if info is not None and info.released:

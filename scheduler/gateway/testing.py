@@ -1,18 +1,25 @@
 """Harness for the gateway's tests and benchmark (no pytest here): a 2-stage data-plane pipeline
 of in-process stage servers on a background event loop, its operators registered on the
 NodeRegistry, a `Gateway` built against a chain and served by uvicorn on a thread, and a TCP proxy
-that can make the RPC endpoint hang."""
+that can make the RPC endpoint hang; and the same parts as real processes — `StageProcess`
+(`veriplex node serve`) and `GatewayProcess` (`veriplex gateway run`)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import secrets
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
+from coincurve import PrivateKey
 
 from contracts.client import Chain
 from contracts.model_registry import ModelInfo
@@ -22,6 +29,8 @@ ETH = 10**18
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 RANGES = [(0, 4), (4, 8)]
+SERVING = re.compile(r"serving layers \[(\d+), (\d+)\) of .* on (\S+):(\d+) as (0x[0-9a-fA-F]{40})")
+GATEWAY_READY = re.compile(r"gateway ready at (http://\S+)")
 
 
 def rpc(url: str, method: str, *params: object) -> object:
@@ -99,15 +108,8 @@ class DataPlane:
 
 def register_operators(rpc_url: str, deployment: Path, dp: DataPlane) -> None:
     """Each stage's operator on the NodeRegistry (staked by a fresh owner): settlement pays them."""
-    from contracts.node_registry import Hardware
-
     for s in dp.stages():
-        owner_key = "0x" + secrets.token_hex(32)
-        owner = Signer.from_key(owner_key)
-        rpc(rpc_url, "anvil_setBalance", owner.address, hex(10 * ETH))
-        chain = Chain.connect(rpc_url, deployment, signer=owner)
-        chain.node_registry.register(s.operator, f"tcp://{s.host}:{s.port}",
-                                     Hardware("cpu", 1024, 1000, 10, 1000, "local"), 2 * ETH)
+        register_operator(rpc_url, deployment, s.operator, f"tcp://{s.host}:{s.port}")
 
 
 def free_port() -> int:
@@ -240,3 +242,126 @@ class BlackholeProxy:
         self._closed = True
         self.sock.close()
 
+
+class StageProcess:
+    """`veriplex node serve --layers A:B` as a child process with its own operator key."""
+
+    def __init__(self, model: Path, layers: tuple[int, int], key: bytes, allow: list[str],
+                 gateway: str, workdir: Path) -> None:
+        from node.protocol import address_of_key
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        kf = workdir / "operator.key"
+        kf.touch(mode=0o600)
+        kf.write_text(key.hex())
+        self.address = address_of_key(PrivateKey(key))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VERIPLEX_")}
+        env.update(VERIPLEX_HOME=str(workdir), PYTHONUNBUFFERED="1", OMP_WAIT_POLICY="PASSIVE")
+        argv = [sys.executable, "-m", "veriplex.cli", "node", "serve", "--model", str(model),
+                "--layers", f"{layers[0]}:{layers[1]}", "--port", "0", "--operator-key-file",
+                str(kf), "--directory", "static", "--gateway", gateway, "--store-dir",
+                str(workdir / "store"), "--threads", "1", "--no-verify"]
+        for a in allow:
+            argv += ["--allow", a]
+        self.log = workdir / "serve.log"
+        with self.log.open("wb") as sink:
+            self.proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        self.layers = layers
+        self.port = 0
+
+    def wait_ready(self, timeout_s: float = 90) -> StageProcess:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            m = SERVING.search(self.log.read_text(errors="replace"))
+            if m:
+                self.port = int(m[4])
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"stage {self.layers} did not start:\n{self.log.read_text()}")
+
+    def assignment(self):  # type: ignore[no-untyped-def]
+        from node.protocol import StageAssignment
+
+        return StageAssignment(operator=self.address, host="127.0.0.1", port=self.port,
+                               start=self.layers[0], end=self.layers[1])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def register_operator(anvil_url: str, deployment: Path, operator: str,
+                      endpoint: str = "http://127.0.0.1:1") -> None:
+    """The operator on the NodeRegistry, staked by a fresh owner (settlement pays it); anvil only
+    (the owner is funded with `anvil_setBalance`)."""
+    from contracts.node_registry import Hardware
+
+    owner = Signer.from_key("0x" + secrets.token_hex(32))
+    rpc(anvil_url, "anvil_setBalance", owner.address, hex(10 * ETH))
+    chain = Chain.connect(anvil_url, deployment, signer=owner)
+    chain.node_registry.register(operator, endpoint,
+                                 Hardware("cpu", 1024, 1000, 10, 1000, "local"), 2 * ETH)
+
+
+class GatewayProcess:
+    """`veriplex gateway run` as a child process on a fixed pipeline (`--stage` per assignment),
+    the gateway key being dev account `dev_account` of the devnet mnemonic; `.url` once ready.
+    `settings` are extra `VERIPLEX_GATEWAY__*` values (e.g. {"batch_max_age_s": "1"})."""
+
+    def __init__(self, rpc_url: str, deployment: Path, model: Path, model_id: int, stages: list,
+                 dev_account: int, workdir: Path, settings: dict[str, str] | None = None) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VERIPLEX_")}
+        env.update(VERIPLEX_HOME=str(workdir), PYTHONUNBUFFERED="1")
+        env.update({f"VERIPLEX_GATEWAY__{k.upper()}": v for k, v in (settings or {}).items()})
+        argv = [sys.executable, "-m", "veriplex.cli", "--rpc-url", rpc_url, "--manifest",
+                str(deployment), "gateway", "run", "--checkpoint", str(model), "--model-id",
+                str(model_id), "--port", "0", "--dev-account", str(dev_account), "--db-url",
+                f"sqlite:///{workdir / 'gateway.sqlite'}"]
+        for s in stages:
+            argv += ["--stage", f"{s.operator}@{s.host}:{s.port}/{s.start}-{s.end}"]
+        self.log = workdir / "gateway.log"
+        with self.log.open("wb") as sink:
+            self.proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        self.url = ""
+
+    def wait_ready(self, timeout_s: float = 90) -> GatewayProcess:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            m = GATEWAY_READY.search(self.log.read_text(errors="replace"))
+            if m:
+                self.url = m[1]
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"the gateway did not start:\n{self.log.read_text()}")
+
+    def wait_settled(self, timeout_s: float = 60.0) -> dict[str, int]:
+        """Until `/status` shows every record in a settled batch."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            st = httpx.get(self.url + "/status", timeout=10).json()["store"]
+            if st.get("batches_failed", 0):
+                raise AssertionError(f"a settlement batch was refused: {st}")
+            if st["requests_unbatched"] == 0 and not st.get("batches_built", 0) \
+                    and not st.get("batches_broadcast", 0):
+                return st
+            time.sleep(0.2)
+        raise AssertionError(f"not settled in {timeout_s} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

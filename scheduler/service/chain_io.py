@@ -23,7 +23,7 @@ from contracts.node_registry import NodeInfo
 from contracts.scheduler import AllocationEntry
 from scheduler.errors import SchedulerError
 from scheduler.model import ModelSpec, NodeSpec
-from scheduler.schema import parse_model
+from scheduler.schema import load_json, parse_model
 from scheduler.service.errors import ModelSpecError
 from scheduler.service.state import ChainNode, Publication
 
@@ -56,16 +56,19 @@ def read_nodes(chain: Chain) -> list[ChainNode]:
 def spec_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:
     """A `ModelSpec` from a Hugging Face causal-LM `config.json` (Llama/Qwen2/Mistral keys)."""
     try:
-        heads = int(cfg["num_attention_heads"])
+        heads = cfg["num_attention_heads"]
         dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
-        return ModelSpec(
-            name=name, layers=int(cfg["num_hidden_layers"]), hidden=int(cfg["hidden_size"]),
-            heads=heads, kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            intermediate=int(cfg["intermediate_size"]), vocab=int(cfg["vocab_size"]),
-            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            dtype_bytes=_DTYPE_BYTES.get(dtype, 2))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ModelSpecError(f"config.json of {name!r} lacks or mangles a field: {e}") from None
+        doc = {"name": name, "layers": cfg["num_hidden_layers"], "hidden": cfg["hidden_size"],
+               "heads": heads, "kv_heads": cfg.get("num_key_value_heads") or heads,
+               "intermediate": cfg["intermediate_size"], "vocab": cfg["vocab_size"],
+               "tied_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+               "dtype_bytes": _DTYPE_BYTES.get(dtype, 2)}
+        # the same range and divisibility checks as a scheduler model document
+        return parse_model(doc, f"config.json of {name!r}")
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ModelSpecError(f"config.json of {name!r} lacks or mangles a field: {e!r}") from None
+    except SchedulerError as e:
+        raise ModelSpecError(str(e)) from None
 
 
 def load_model_spec(info: ModelInfo, spec_file: Path | None, checkpoint_dir: Path | None,
@@ -75,7 +78,7 @@ def load_model_spec(info: ModelInfo, spec_file: Path | None, checkpoint_dir: Pat
     registry on layers and hidden size. Carries the registry's model id."""
     try:
         if spec_file is not None:
-            spec = parse_model(json.loads(Path(spec_file).read_text()), str(spec_file))
+            spec = parse_model(load_json(Path(spec_file)), str(spec_file))
         else:
             candidates = [d / "config.json" for d in (checkpoint_dir,
                           models_dir / info.name if models_dir else None) if d is not None]
@@ -86,7 +89,7 @@ def load_model_spec(info: ModelInfo, spec_file: Path | None, checkpoint_dir: Pat
                     f"only layers ({info.layers}) and hidden size ({info.hidden_size}); pass "
                     f"--model-spec FILE or --checkpoint DIR (looked in: "
                     f"{', '.join(map(str, candidates)) or 'nowhere'})")
-            spec = spec_from_hf_config(json.loads(found.read_text()), info.name)
+            spec = spec_from_hf_config(load_json(found), info.name)
     except (OSError, json.JSONDecodeError, SchedulerError) as e:
         raise ModelSpecError(f"cannot read the model shape: {e}") from None
     if (spec.layers, spec.hidden) != (info.layers, info.hidden_size):

@@ -8,6 +8,7 @@ Region RTTs are typical public-cloud inter-region round trips in milliseconds.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from scheduler.errors import InvalidInput
@@ -94,8 +95,8 @@ def parse_mix(text: str) -> dict[str, float]:
             weight = float(w) if w else 1.0
         except ValueError:
             raise InvalidInput(f"bad weight {w!r} for {name} in --mix") from None
-        if weight < 0:
-            raise InvalidInput(f"negative weight {weight} for {name} in --mix")
+        if not math.isfinite(weight) or weight < 0:
+            raise InvalidInput(f"weight {w!r} for {name} in --mix must be a finite number >= 0")
         mix[name] = weight
     if not mix or sum(mix.values()) <= 0:
         raise InvalidInput(f"--mix {text!r} has no positive weights")

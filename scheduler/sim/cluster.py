@@ -17,13 +17,15 @@ from scheduler.sim.catalogue import (
     region_rtt_ms,
 )
 
+MAX_NODES = 1_000_000  # a generated cluster's size; the solver bench goes to 10,000
+
 
 def gen_cluster(nodes: int, mix: str | dict[str, float] = "mixed",
                 regions: list[str] | None = None, seed: int = 0,
                 params: dict[str, Any] | None = None) -> dict[str, Any]:
     """A cluster document of `nodes` GPUs drawn by `mix` weights, spread over `regions`."""
-    if nodes < 0:
-        raise InvalidInput(f"--nodes must be >= 0, got {nodes}")
+    if not 0 <= nodes <= MAX_NODES:
+        raise InvalidInput(f"--nodes must be in [0, {MAX_NODES:,}], got {nodes}")
     weights = parse_mix(mix) if isinstance(mix, str) else dict(mix)
     regions = list(regions or ["us-east"])
     for r in regions:

@@ -13,6 +13,14 @@ import numpy as np
 
 from scheduler.errors import InvalidInput
 
+MAX_REQUESTS = 1_000_000  # one simulation's stream; far above what the bench runs
+MAX_TOKENS = 1 << 24  # prompt / output lengths
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -26,14 +34,25 @@ class Workload:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("requests", "prompt_mean", "prompt_max", "output_mean", "output_max"):
+        for name, hi in (("requests", MAX_REQUESTS), ("prompt_mean", MAX_TOKENS),
+                         ("prompt_max", MAX_TOKENS), ("output_mean", MAX_TOKENS),
+                         ("output_max", MAX_TOKENS)):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise InvalidInput(f"workload.{name}: must be an integer >= 1, got {v!r}")
-        if not (self.rate_per_s > 0 and np.isfinite(self.rate_per_s)):
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= hi:
+                raise InvalidInput(f"workload.{name}: must be an integer in [1, {hi:,}], got "
+                                   f"{_short(v)}")
+        for name in ("rate_per_s", "sigma"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) < 1e300:
+                raise InvalidInput(f"workload.{name}: expected a finite number, got {_short(v)}")
+        if not self.rate_per_s > 0:
             raise InvalidInput(f"workload.rate_per_s: must be > 0, got {self.rate_per_s!r}")
         if not (0 <= self.sigma <= 3):
             raise InvalidInput(f"workload.sigma: must be in [0, 3], got {self.sigma!r}")
+        if (not isinstance(self.seed, int) or isinstance(self.seed, bool)
+                or not 0 <= self.seed < 2**64):
+            raise InvalidInput(f"workload.seed: must be an integer in [0, 2^64), got "
+                               f"{_short(self.seed)}")
 
     @classmethod
     def from_dict(cls, d: Any) -> Workload:

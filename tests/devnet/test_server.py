@@ -143,3 +143,38 @@ def test_websocket_clients_get_new_heads_and_matching_logs_as_they_are_mined(
         out = httpx.post(dn.url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe",
                                        "params": ["newHeads"]}).json()
         assert out["error"]["code"] == -32601 and "WebSocket" in out["error"]["message"]
+
+
+def test_sigterm_seals_the_pending_block_exits_0_and_a_restart_serves_that_transaction(
+        tmp_path: Path) -> None:
+    from devnet.testing import READY
+
+    db = tmp_path / "devnet.sqlite"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VERIPLEX_")}
+    env["VERIPLEX_HOME"] = str(tmp_path)
+    # A long block time keeps the transaction pending until the signal arrives.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "veriplex.cli", "devnet", "up", "--port", "0", "--db", str(db),
+         "--no-deploy", "--block-time", "60"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        ready = READY.search(proc.stdout.readline().rstrip("\n"))
+        assert ready, "no ready line"
+        url = ready.group(1)
+        sender, receiver = rpc(url, "eth_accounts")[:2]  # type: ignore[index]
+        tx = rpc(url, "eth_sendTransaction", {"from": sender, "to": receiver, "value": "0x7"})
+        assert rpc(url, "eth_getTransactionReceipt", tx) is None
+        assert rpc(url, "eth_blockNumber") == "0x0"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert "veriplex devnet: stopped at block 1" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with running_devnet(tmp_path, deploy=False) as dn:  # the lock was released, the block kept
+        assert dn.db_path == db
+        receipt = rpc(dn.url, "eth_getTransactionReceipt", tx)
+        assert isinstance(receipt, dict) and receipt["blockNumber"] == "0x1"
+        assert receipt["status"] == "0x1"

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from devnet.explorer.app import fmt_eth
@@ -61,7 +62,18 @@ def test_an_auditor_goes_from_the_home_page_to_the_requests_proof_view(
     assert page.inner_text("#tokens") == f"{activity.tokens_in} / {activity.tokens_out}"
     assert page.inner_text("#audit-command") == f"veriplex audit request-{activity.request_id}.json"
     assert "Batch released" in page.inner_text("#released")
-    assert "Not sampled" in page.inner_text("#verification")
+    assert "No verification task was opened" in page.inner_text("#verification")
+    drawn = httpx.get(f"{served}/api/request/{activity.request_id}").json()["data"]["sampling"]
+    assert page.inner_text("#sampled") == ("yes" if drawn["sampled"] else "no")
+    assert page.inner_text("#sampling-note") == drawn["note"]  # the draw, in words
+    assert "gateway's receipt" in page.inner_text("#commitments-note")
+    assert page.inner_text("#gateway-receipt") == f"GET /v1/receipts/{activity.request_id}"
+    commands = page.locator("#audit .audit-command").all_inner_texts()
+    assert commands[0] == f"veriplex audit request-{activity.request_id}.json --rpc-url " \
+        f"{activity.devnet.url}"
+    assert f"veriplex audit receipt-{activity.request_id}.json" in commands[1]
+    assert f"GATEWAY_URL: the gateway that served it, address {activity.gateway}" in \
+        page.inner_text("#audit")
     with page.expect_download() as dl:
         page.click("#receipt-link")
     assert dl.value.suggested_filename == f"request-{activity.request_id}.json"
@@ -74,14 +86,19 @@ def test_an_auditor_goes_from_the_home_page_to_the_requests_proof_view(
     assert errors == []
 
 
-def test_an_auditor_follows_a_verified_request_to_its_verdict_and_slash(
+def test_an_auditor_goes_from_a_receipts_request_id_to_its_verdict_and_slash(
         browser_page: tuple[Any, list[str]], served: str, verified: Verified) -> None:
     page, errors = browser_page
     page.goto(served + "/")
-    page.click(f"#latest-requests a[href='/request/{verified.request_id}']")
+    page.fill("#search", verified.request_id)  # the request id, as a receipt states it
+    page.press("#search", "Enter")
     page.wait_for_url(f"**/request/{verified.request_id}")
     _shot(page, "request-verified")
     assert "fraud (client refunded)" in page.inner_text("#verdict")
+    assert page.inner_text("#sampled") == "yes"
+    roots = page.locator("#stage-commitments td.mono").all_inner_texts()
+    assert roots == list(verified.stage_roots)
+    assert page.inner_text("#commitments-match") == "yes"
     section = page.inner_text("#verification")
     for event in ("TaskOpened", "CommitteeSelected", "VerdictCommitted", "VerdictRevealed",
                   "ChunksOpened", "TaskFinalized", "StageSlashed", "ClientRefunded"):

@@ -1,4 +1,5 @@
-"""The indexer against a real devnet: it resumes where it stopped, follows an `evm_revert` by
+"""The indexer against a real devnet: it resumes where it stopped (explorer restarted, or the node
+restarted on its database), follows an `evm_revert` by
 re-indexing the new branch, records revert reasons of failed transactions, and reports an
 unreachable node as "behind" instead of failing."""
 
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from contracts.client import dev_key
 from devnet.explorer.models import Block, Log, Tx
+from devnet.testing import running_devnet
 from veriplex.config import DEV_MNEMONIC
 
 from .conftest import Activity, free_port, make_explorer
@@ -110,3 +112,25 @@ def test_without_a_manifest_our_events_are_still_decoded_by_their_signatures(
         shared = s.scalars(select(Log).where(Log.event == "OwnershipTransferred")).all()
         assert shared and all(lg.contract is None for lg in shared)  # in every contract: no name
         assert s.get(Tx, activity.settle_tx).method is None  # calls need the manifest's addresses
+
+
+def test_indexing_resumes_when_the_node_comes_back_after_a_restart(tmp_path: Path) -> None:
+    work = tmp_path / "devnet"
+    db = f"sqlite:///{tmp_path / 'i.sqlite'}"
+    with running_devnet(work, deploy=False) as dn:
+        ex = make_explorer(dn.url, db, None)
+        before = _send(ex, 3, {"to": Account.create().address, "value": 1})
+        ex.indexer.sync_once()
+        first_head = ex.status.indexed
+    assert ex.indexer.sync_once() == 0  # the node is down: the index stays, marked behind
+    assert ex.status.behind() and ex.status.indexed == first_head
+    port = dn.url.rsplit(":", 1)[1]
+    with running_devnet(work, deploy=False, extra_args=("--port", port)) as again:
+        assert again.url == dn.url  # the same node, restarted on its database
+        after = _send(ex, 4, {"to": Account.create().address, "value": 2})
+        head = ex.rpc.block_number()
+        assert ex.indexer.sync_once() == head - (first_head or 0)
+    assert not ex.status.behind() and ex.status.reorgs == 0
+    with Session(ex.engine) as s:
+        assert list(s.scalars(select(Block.number).order_by(Block.number))) == list(range(head + 1))
+        assert s.get(Tx, before) is not None and s.get(Tx, after) is not None

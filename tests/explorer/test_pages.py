@@ -9,7 +9,9 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
+from contracts.client import Chain
 from devnet.explorer.app import create_app, fmt_eth
+from verifier.audit_receipt import parse_receipt
 
 from .conftest import Activity, Explorer, Verified, free_port, make_explorer
 from .verified import PARAMS
@@ -38,7 +40,7 @@ def test_the_request_page_shows_payment_pipeline_commitment_and_payouts(
     assert d["verdict"] is None and d["verification"]["TaskOpened"] == []
     assert d["audit_command"] == f"veriplex audit request-{activity.request_id}.json"
     html = client.get(f"/request/{activity.request_id}").text
-    for shown in (activity.commitment_root, fmt_eth(activity.charge), "Not sampled",
+    for shown in (activity.commitment_root, fmt_eth(activity.charge), "No verification task was opened",
                   d["audit_command"], "Download receipt"):
         assert shown in html
 
@@ -50,6 +52,56 @@ def test_the_receipt_downloads_as_json_with_the_request_id(client: TestClient,
     body = json.loads(resp.text)
     assert body["request"]["request_id"] == activity.request_id
     assert body["kind"] == "veriplex.explorer.request"
+    assert body["chain_id"] == activity.devnet.chain_id
+    assert "gateway's receipt" in body["note"]
+    receipt = parse_receipt(body)  # what `veriplex audit` reads of it
+    assert (receipt.kind, receipt.rid_hex()) == ("explorer", activity.request_id)
+    assert "0x" + (receipt.commitment_root or b"").hex() == activity.commitment_root
+
+
+def test_an_unsampled_request_says_its_stage_commitments_are_in_the_gateway_receipt(
+        client: TestClient, activity: Activity) -> None:
+    d = client.get(f"/api/request/{activity.request_id}").json()["data"]
+    c = d["commitments"]
+    assert c["record_root"] == activity.commitment_root and c["stages"] == []
+    assert "gateway's receipt" in c["note"] and "signature" in c["note"]
+    gw = d["gateway_receipt"]
+    assert gw == {"gateway": activity.gateway, "url": None,
+                  "path": f"/v1/receipts/{activity.request_id}"}
+    chain_only, with_stages = (a["command"] for a in d["audit_commands"])
+    assert chain_only == f"veriplex audit request-{activity.request_id}.json " \
+        f"--rpc-url {activity.devnet.url}"
+    assert with_stages == (f"curl -fsS GATEWAY_URL/v1/receipts/{activity.request_id} -o "
+                           f"receipt-{activity.request_id}.json && veriplex audit "
+                           f"receipt-{activity.request_id}.json --rpc-url {activity.devnet.url}")
+    html = client.get(f"/request/{activity.request_id}").text
+    assert chain_only in html and f"GET /v1/receipts/{activity.request_id}" in html
+
+
+def test_with_a_gateway_url_the_request_page_links_its_receipt(
+        indexed: Explorer, activity: Activity) -> None:
+    c = TestClient(create_app(indexed.engine, indexed.status, indexed.rpc,
+                              "http://gw.example:8000/"))
+    d = c.get(f"/api/request/{activity.request_id}").json()["data"]
+    url = f"http://gw.example:8000/v1/receipts/{activity.request_id}"
+    assert d["gateway_receipt"]["url"] == url
+    assert d["audit_commands"][1]["command"].startswith(f"curl -fsS {url} -o ")
+    assert f'href="{url}"' in c.get(f"/request/{activity.request_id}").text
+
+
+def test_a_verified_request_shows_every_stage_commitment_from_the_open_task_call(
+        client: TestClient, verified: Verified) -> None:
+    d = client.get(f"/api/request/{verified.request_id}").json()["data"]
+    c = d["commitments"]
+    assert [st["root"] for st in c["stages"]] == list(verified.stage_roots)
+    assert [st["operator"] for st in c["stages"]] == [
+        st["operator"] for st in d["request"]["pipeline"]["stages"]]
+    assert c["matches_record_root"] is True and c["source"] == "open_task call data"
+    opened = d["verification"]["TaskOpened"][0]
+    assert c["source_tx"] == opened["tx_hash"]
+    assert c["stages"][opened["args"]["stage"]]["root"] == opened["args"]["stage_commit"]["root"]
+    html = client.get(f"/request/{verified.request_id}").text
+    assert 'id="stage-commitments"' in html and all(r in html for r in verified.stage_roots)
 
 
 def test_the_node_page_shows_stake_hardware_allocation_requests_and_earnings(
@@ -121,10 +173,28 @@ def test_the_request_page_shows_the_verification_game_and_its_outcome(
     assert d["verdict"]["status_name"] == "fraud (client refunded)"
     assert int(v["ClientRefunded"][0]["args"]["charge"]) == verified.charge
     html = client.get(f"/request/{verified.request_id}").text
-    assert "fraud (client refunded)" in html and "Not sampled" not in html
+    assert "fraud (client refunded)" in html and "No verification task was opened" not in html
     node = client.get(f"/api/node/{verified.stage_owner}").json()["data"]
     assert sorted(e["event"] for e in node["slashes"]) == sorted(
         ["NodeSlashed"] * len(v["StageSlashed"]) + ["StageSlashed"] * len(v["StageSlashed"]))
+
+
+def test_the_node_page_counts_verifications_of_its_work_and_its_votes(
+        client: TestClient, verified: Verified, activity: Activity) -> None:
+    cheat = client.get(f"/api/node/{verified.stage_owner}").json()["data"]["verifications"]
+    w = cheat["of_its_work"]
+    assert (w["checked"], w["passed"], w["failed"], w["open"]) == (1, 0, 1, 0)
+    assert [(t["task_id"], t["request_id"]) for t in w["tasks"]] == [
+        (verified.task_id, verified.request_id)]
+    for member in verified.members:  # each voted fail, which its opened chunks bore out
+        v = client.get(f"/api/node/{member}").json()["data"]["verifications"]
+        assert (v["revealed"], v["voted_pass"], v["voted_fail"], v["slashed"]) == (1, 0, 1, 0)
+        assert v["of_its_work"]["checked"] == 0
+    honest = client.get(f"/api/node/{activity.operator}").json()["data"]["verifications"]
+    assert honest["of_its_work"] == {"checked": 0, "passed": 0, "failed": 0, "unresolved": 0,
+                                     "open": 0, "tasks": []}
+    html = client.get(f"/node/{verified.stage_owner}").text
+    assert "1 check(s) of stages it served: 0 passed, 1 failed" in html
 
 
 def test_search_leads_to_the_page_of_each_kind_of_query(client: TestClient,
@@ -170,3 +240,31 @@ def test_the_ui_stays_up_and_says_the_indexer_is_behind_when_the_rpc_is_down(
     addr = c.get(f"/address/{activity.client}")
     assert addr.status_code == 200 and "RPC unreachable" in addr.text
     assert c.get(f"/request/{activity.request_id}").status_code == 200
+    receipt = c.get(f"/request/{activity.request_id}/receipt.json").json()
+    assert receipt["chain_id"] == activity.devnet.chain_id  # saved in the index
+
+
+def test_the_sampling_draw_is_recomputed_from_the_index_as_the_contract_draws_it(
+        client: TestClient, activity: Activity, verified: Verified) -> None:
+    v = client.get(f"/api/request/{verified.request_id}").json()["data"]["sampling"]
+    assert v["seed"] == v["task_seed"]  # the seed the contract used when it opened the task
+    assert v["sampled"] is True and v["sample_bps"] == PARAMS.sample_bps
+    assert v["verification"] == verified.manifest.address("Verification").lower()
+    assert v["randomness_contract"] == "BlockhashRandomness"
+    a = client.get(f"/api/request/{activity.request_id}").json()["data"]
+    d = a["sampling"]
+    chain = Chain.connect(activity.devnet.url, activity.manifest)
+    assert d["sampled"] is chain.verification.is_sampled(
+        activity.batch_id, bytes.fromhex(activity.request_id[2:]))
+    assert d["anchor_hash"] == chain.w3.eth.get_block(d["anchor_block"])["hash"].to_0x_hex()
+    assert (d["draw_bps"] < d["sample_bps"]) is d["sampled"]
+    assert d["note"] in client.get(f"/request/{activity.request_id}").text
+
+
+def test_the_receipt_download_of_a_malformed_or_unknown_request_id_is_refused(
+        client: TestClient) -> None:
+    assert client.get("/request/0x12/receipt.json").status_code == 400
+    unknown = client.get("/request/0x" + "cd" * 32 + "/receipt.json")
+    assert unknown.status_code == 404 and "Not found" in unknown.text
+    empty = client.get("/api/search", params={"q": " "})
+    assert empty.status_code == 400 and "request id" in empty.json()["error"]

@@ -43,6 +43,7 @@ class Verified:
     stage_operator: str
     members: tuple[str, ...]
     charge: int
+    stage_roots: tuple[str, ...]  # each stage's claimed commitment root, in stage order
 
 
 def _fresh(chain: Chain, eth: int = 10) -> Signer:
@@ -113,4 +114,5 @@ def make_verified(url: str, workdir: Path) -> Verified:
     chain.payments.release(settled.batch_id)
     return Verified(Manifest.load(path), "0x" + rid.hex(), task_id, task.stage_owner.lower(),
                     task.stage_operator.lower(),
-                    tuple(m.lower() for m in members), charge)
+                    tuple(m.lower() for m in members), charge,
+                    tuple("0x" + c.root.hex() for c in claims))

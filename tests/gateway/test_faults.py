@@ -18,12 +18,8 @@ gateway tests' anvil (fixtures in tests/gateway/conftest.py).
 
 from __future__ import annotations
 
-import os
-import re
 import secrets
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,73 +28,13 @@ import pytest
 from coincurve import PrivateKey
 
 from contracts.client import Chain
-from contracts.node_registry import Hardware
 from contracts.rpc import Signer
 from node.protocol import StageAssignment, address_of_key
+from scheduler.gateway.testing import StageProcess, register_operator
 
-from .conftest import ETH, BlackholeProxy, ServedGateway, free_port, make_gateway, rpc
+from .conftest import BlackholeProxy, ServedGateway, free_port, make_gateway
 
 pytestmark = pytest.mark.anvil
-SERVING = re.compile(r"serving layers \[(\d+), (\d+)\) of .* on (\S+):(\d+) as (0x[0-9a-fA-F]{40})")
-
-
-class StageProcess:
-    """`veriplex node serve --layers A:B` as a child process with its own operator key."""
-
-    def __init__(self, model: Path, layers: tuple[int, int], key: bytes, allow: list[str],
-                 gateway: str, workdir: Path) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        kf = workdir / "operator.key"
-        kf.touch(mode=0o600)
-        kf.write_text(key.hex())
-        self.address = address_of_key(PrivateKey(key))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VERIPLEX_")}
-        env.update(VERIPLEX_HOME=str(workdir), PYTHONUNBUFFERED="1", OMP_WAIT_POLICY="PASSIVE")
-        argv = [sys.executable, "-m", "veriplex.cli", "node", "serve", "--model", str(model),
-                "--layers", f"{layers[0]}:{layers[1]}", "--port", "0", "--operator-key-file",
-                str(kf), "--directory", "static", "--gateway", gateway, "--store-dir",
-                str(workdir / "store"), "--threads", "1", "--no-verify"]
-        for a in allow:
-            argv += ["--allow", a]
-        self.log = workdir / "serve.log"
-        with self.log.open("wb") as sink:
-            self.proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
-        self.layers = layers
-        self.port = 0
-
-    def wait_ready(self, timeout_s: float = 90) -> StageProcess:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            m = SERVING.search(self.log.read_text(errors="replace"))
-            if m:
-                self.port = int(m[4])
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"stage {self.layers} did not start:\n{self.log.read_text()}")
-
-    def assignment(self) -> StageAssignment:
-        return StageAssignment(operator=self.address, host="127.0.0.1", port=self.port,
-                               start=self.layers[0], end=self.layers[1])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def register(anvil_url: str, deployment: Path, operator: str) -> None:
-    """The operator on the NodeRegistry, staked by a fresh owner (settlement pays it)."""
-    owner = Signer.from_key("0x" + secrets.token_hex(32))
-    rpc(anvil_url, "anvil_setBalance", owner.address, hex(10 * ETH))
-    chain = Chain.connect(anvil_url, deployment, signer=owner)
-    chain.node_registry.register(operator, "http://127.0.0.1:1",
-                                 Hardware("cpu", 1024, 1000, 10, 1000, "local"), 2 * ETH)
 
 
 @pytest.fixture
@@ -113,7 +49,7 @@ def stages(chat_model: Path, gateway_signer: Signer, anvil_url: str, deployment:
     try:
         for p in procs:
             p.wait_ready()
-            register(anvil_url, deployment, p.address)
+            register_operator(anvil_url, deployment, p.address)
         yield procs
     finally:
         for p in procs:

@@ -1,9 +1,12 @@
-"""`veriplex node serve` argument checks: the operator key must come from exactly one safe place."""
+"""`veriplex node serve` argument checks: the operator key must come from exactly one safe place;
+every bad model, layer range, port or deployment ends in a one-line error, never a traceback."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from veriplex.cli import cli
@@ -41,3 +44,47 @@ def test_static_directory_needs_an_allow_list(tmp_path, tiny_llama):
     r = serve(tmp_path, tiny_llama, "--layers", "0:4", "--operator-key-file", str(key),
               "--directory", "static")
     assert r.exit_code != 0 and "--directory static needs at least one --allow" in r.output
+
+
+def _static(tmp_path: Path) -> list[str]:
+    key = tmp_path / "op.key"
+    key.touch(mode=0o600)
+    key.write_text("11" * 32)
+    return ["--operator-key-file", str(key), "--directory", "static",
+            "--allow", "0x" + "01" * 20, "--gateway", "0x" + "02" * 20, "--port", "0"]
+
+
+def _one_line_error(r) -> str:
+    assert r.exit_code == 1, r.output
+    assert isinstance(r.exception, SystemExit), r.exception  # a click error, not a traceback
+    assert "Traceback" not in r.output
+    return r.output
+
+
+def test_serve_refuses_layers_beyond_the_model_in_one_line(tmp_path, tiny_llama):
+    out = _one_line_error(serve(tmp_path, tiny_llama, "--layers", "0:99", *_static(tmp_path)))
+    assert "layer range [0, 99) is invalid for a model of 8 layers" in out
+
+
+def test_serve_refuses_a_directory_that_is_not_a_checkpoint(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = _one_line_error(serve(tmp_path, empty, "--layers", "0:2", *_static(tmp_path)))
+    assert "no config.json" in out
+
+
+@pytest.mark.timeout(60)
+def test_serve_on_a_port_in_use_says_so(tmp_path, tiny_llama):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = [*_static(tmp_path)[:-2], "--port", str(port), "--host", "127.0.0.1"]
+        out = _one_line_error(serve(tmp_path, tiny_llama, "--layers", "0:4", *args))
+    assert f"cannot listen on 127.0.0.1:{port}" in out
+
+
+def test_serve_against_the_chain_without_a_deployment_says_so(tmp_path, tiny_llama):
+    key = _static(tmp_path)[:2]
+    out = _one_line_error(serve(tmp_path, tiny_llama, "--layers", "0:4", *key, "--no-verify"))
+    assert "no deployment manifest" in out

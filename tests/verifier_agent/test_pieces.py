@@ -208,6 +208,17 @@ def test_a_state_file_readable_by_others_or_with_other_evidence_is_refused(tmp_p
         st.evidence(st.load(5, 1), CID, RID)
 
 
+def test_the_scan_cursor_survives_a_restart_and_an_unreadable_one_means_rescan(tmp_path):
+    st = AgentState(tmp_path)
+    assert st.cursor() is None
+    st.save_cursor(1234)
+    assert AgentState(tmp_path).cursor() == 1234
+    (tmp_path / "cursor.json").write_text("{not json")
+    assert st.cursor() is None
+    (tmp_path / "cursor.json").write_text('{"next_block": -3}')
+    assert st.cursor() is None
+
+
 # ── endpoints and perturbation ────────────────────────────────────────────────────────────────
 def test_registry_endpoints_split_into_host_and_port():
     assert split_endpoint("http://10.0.0.5:7070") == ("10.0.0.5", 7070)

@@ -144,7 +144,7 @@ class World:
         for i in range(len(self.nodes)):
             self.start_agent(i, start_block, poll_s=poll_s)
 
-    def start_agent(self, i: int, start_block: int, policy: Policy | None = None,
+    def start_agent(self, i: int, start_block: int | None, policy: Policy | None = None,
                     poll_s: float = 0.2) -> VerifierAgent:
         """A (new) agent for node `i`; its state directory is the node's, kept across restarts."""
         node = self.nodes[i]

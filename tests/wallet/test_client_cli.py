@@ -45,7 +45,8 @@ def test_bad_deposit_and_withdrawal_amounts_fail_clearly_and_change_nothing(clie
     for amount in ("0", "-1", "1e-19"):
         result = vpx("client", "deposit", amount, "--account", "cli", "--password-file", pw,
                      ok=False)
-        assert result.exit_code != 0 and "amount" in result.output, amount
+        assert result.exit_code == 2 and "amount" in result.output, amount
+        assert len(result.output.strip().splitlines()) == 1, result.output  # no usage banner
     assert "less than the 100 ETH needed" in error_line(
         vpx("client", "deposit", "100", "--account", "cli", "--password-file", pw, ok=False))
     assert "exceeds the deposit" in error_line(
@@ -111,6 +112,28 @@ def test_bad_key_parameters_are_refused_and_register_nothing(client):
     unknown = vpx("client", "key", "revoke", "0x" + "00" * 32, "--account", "cli",
                   "--password-file", pw, ok=False)
     assert "has no API key" in error_line(unknown)
+
+
+def test_revoking_a_nonce_no_registered_key_uses_needs_the_unregistered_flag(client):
+    vpx, pw = client
+    vpx("client", "key", "create", "--account", "cli", "--cap", "1", "--expires", "1h",
+        "--password-file", pw)
+    typo = vpx("client", "key", "revoke", "3", "--account", "cli", "--password-file", pw,
+               ok=False)
+    assert "has no registered API key with nonce 3 (its nonces: 0)" in error_line(typo)
+    assert typo.exit_code == 1
+    account = vpx.json("wallet", "show", "cli")["address"]
+    chain = Chain.connect(vpx.rpc_url, vpx.manifest)
+
+    def revoked_nonces() -> list[int]:
+        return [int(e.args["nonce"]) for e in chain.payments.events(
+            "KeyRevoked", from_block=chain.manifest.deploy_block, client=account)]
+
+    assert revoked_nonces() == []
+    vpx("client", "key", "revoke", "3", "--unregistered", "--account", "cli",
+        "--password-file", pw)
+    assert revoked_nonces() == [3]
+    assert [k["revoked"] for k in vpx.json("client", "key", "list", "cli")["keys"]] == [False]
 
 
 def test_a_key_for_an_explicit_gateway_account(client, password_file):

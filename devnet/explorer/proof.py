@@ -1,0 +1,168 @@
+"""The parts of a request's proof view that need more than one event: the sampling draw
+recomputed from indexed blocks, its per-stage commitments as far as the chain knows them, where
+the rest lives (the gateway's receipt), and the exact `veriplex audit` commands an auditor runs.
+
+What the chain has: every settled record carries one commitment root, keccak256 of the ABI-encoded
+list of stage commitments (`contracts.verification.commitment_root`). The stage commitments
+themselves (root, positions, hidden size, token count per stage) reach the chain only when the
+request is sampled: `Verification.open_task` takes them as call data and checks they hash to the
+record's root, and `TaskOpened` logs the sampled stage's. The stage operators' signatures over
+their commitments never reach the chain: they are in the gateway's receipt
+(`GET <gateway>/v1/receipts/<request id>`), which `veriplex audit` checks against the chain.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from eth_abi import encode as abi_encode
+from eth_utils import keccak
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from contracts.errors import ContractsError
+from contracts.verification import StageCommit, commitment_root
+from devnet.explorer.models import Block, Log, Request, Tx
+
+ZERO_ROOT = "0x" + "00" * 32
+BPS = 10_000
+
+
+def _stage_commit(d: dict[str, Any]) -> StageCommit:
+    return StageCommit(bytes.fromhex(str(d["root"])[2:]), int(d["positions"]),
+                       int(d["hidden_size"]), int(d.get("n_tokens", 0)))
+
+
+def stage_commitments(s: Session, r: Request, task_opened: list[dict[str, Any]]) -> dict[str, Any]:
+    """The request's stage commitments as the chain has them (see the module docstring)."""
+    stages = list((r.pipeline or {}).get("stages", []))
+    out: dict[str, Any] = {"record_root": r.commitment_root, "stages": [], "source": None,
+                           "source_tx": None, "matches_record_root": None}
+    if r.commitment_root == ZERO_ROOT:
+        out["note"] = ("The record's commitment root is zero: the gateway got no stage "
+                       "commitments, so nothing about this answer can be verified.")
+        return out
+    for ev in task_opened:  # the open_task call carries every stage's commitment
+        tx = s.get(Tx, ev["tx_hash"])
+        if tx is None or not tx.status or tx.method != "open_task" or not tx.args:
+            continue
+        commits = tx.args.get("stage_commits") or []
+        if len(commits) != len(stages):
+            continue
+        try:
+            got = "0x" + commitment_root([_stage_commit(c) for c in commits]).hex()
+        except (ContractsError, KeyError, TypeError, ValueError):
+            continue
+        out.update(source="open_task call data", source_tx=tx.hash,
+                   matches_record_root=got == r.commitment_root)
+        out["stages"] = [
+            {"stage": j, "operator": st.get("operator"), "layer_start": st.get("layer_start"),
+             "layer_end": st.get("layer_end"), "root": c["root"], "positions": c["positions"],
+             "hidden_size": c["hidden_size"], "n_tokens": c.get("n_tokens", 0)}
+            for j, (st, c) in enumerate(zip(stages, commits, strict=True))]
+        break
+    else:
+        if task_opened:  # the call was not decodable (another caller): the sampled stage only
+            a = task_opened[0]["args"]
+            c = a["stage_commit"]
+            out.update(source="TaskOpened event (the sampled stage only)",
+                       source_tx=task_opened[0]["tx_hash"])
+            out["stages"] = [{"stage": a["stage"], "operator": a["stage_operator"],
+                              "layer_start": a["layer_start"], "layer_end": a["layer_end"],
+                              "root": c["root"], "positions": c["positions"],
+                              "hidden_size": c["hidden_size"], "n_tokens": c.get("n_tokens", 0)}]
+    if out["stages"]:
+        out["note"] = ("Stage commitments from the chain; the stage operators' signatures over "
+                       "them are not on chain: they are in the gateway's receipt.")
+    else:
+        out["note"] = ("The chain stores only the record's commitment root (the request was not "
+                       "opened for verification, which puts the stage commitments on chain). "
+                       "Each stage's operator, layers, root, positions and signature are in the "
+                       "gateway's receipt; `veriplex audit` on that receipt checks they hash to "
+                       "this root and that each stage's operator signed its own.")
+    return out
+
+
+def audit_guide(request_id: str, gateway: str, rpc_url: str | None,
+                gateway_url: str | None) -> dict[str, Any]:
+    """Where the gateway receipt is, and the exact audit commands for this request."""
+    rpc = f" --rpc-url {shlex.quote(rpc_url)}" if rpc_url else ""
+    path = f"/v1/receipts/{request_id}"
+    url = gateway_url.rstrip("/") + path if gateway_url else None
+    fetch = (f"curl -fsS {shlex.quote(url)} -o receipt-{request_id}.json" if url else
+             f"curl -fsS GATEWAY_URL{path} -o receipt-{request_id}.json")
+    return {
+        "gateway_receipt": {"gateway": gateway, "path": path, "url": url},
+        "audit_commands": [
+            {"what": "This page's receipt, against the chain: settlement, inclusion in the batch, "
+                     "pipeline, verification outcome and payouts (stage signatures are not on "
+                     "chain: that check is skipped)",
+             "command": f"veriplex audit request-{request_id}.json{rpc}"},
+            {"what": "The gateway's receipt, which adds every stage's commitment and its "
+                     "operator's signature" + ("" if url else
+                                              " (GATEWAY_URL: the gateway that served it, "
+                                              f"address {gateway})"),
+             "command": f"{fetch} && veriplex audit receipt-{request_id}.json{rpc}"},
+        ],
+    }
+
+
+def _latest(s: Session, event: str, address: str) -> Log | None:
+    # lower() keeps SQLite on the (event, topic) index: a rare event, not all of a busy address
+    q = select(Log).where(Log.event == event, func.lower(Log.address) == address)
+    return s.scalars(q.order_by(Log.block_number.desc(), Log.log_index.desc()).limit(1)).first()
+
+
+def sampling(s: Session, r: Request, release_block: int | None,
+             task_opened: list[dict[str, Any]]) -> dict[str, Any]:
+    """The batch's sampling randomness and whether it selected the request, recomputed from the
+    index by the Verification contract's rule (`_fresh_batch_seed`, `_sampled`): anchor =
+    release block - verification window + randomness delay; seed = keccak(abi(value(anchor),
+    batch id)); sampled iff keccak(abi(seed, request id, 0)) mod 10,000 < sample_bps. The value
+    is the anchor's block hash when the source is `BlockhashRandomness` (the devnet's); another
+    source (VRF, beacon) is named and left to `Verification.is_sampled`."""
+    out: dict[str, Any] = {"verification": None, "randomness_source": None, "anchor_block": None,
+                           "seed": None, "sample_bps": None, "draw_bps": None, "sampled": None}
+    roles = _latest(s, "RolesSet", r.payments)  # the values the contract reads now, as it does
+    pay_params = _latest(s, "ParamsSet", r.payments)
+    if roles is None or pay_params is None or release_block is None:
+        out["note"] = "The settling Payments' roles or parameters are not in the index."
+        return out
+    ver = str(roles.args["verification"]).lower()
+    if int(ver, 16) == 0:
+        out["note"] = "The settling Payments has no Verification contract: nothing is sampled."
+        return out
+    ver_params, source = _latest(s, "ParamsSet", ver), _latest(s, "RandomnessSet", ver)
+    out["verification"] = ver
+    if ver_params is None or source is None:
+        out["note"] = f"The Verification contract {ver} has no parameters or randomness indexed."
+        return out
+    p = ver_params.args["params"]
+    src = str(source.args["source"]).lower()
+    anchor = int(release_block) - int(pay_params.args["verification_window"]) \
+        + int(p["randomness_delay"])
+    created = s.scalars(select(Tx).where(Tx.created == src).limit(1)).first()
+    src_name = created.contract if created is not None else None
+    out.update(randomness_source=src, randomness_contract=src_name, anchor_block=anchor,
+               sample_bps=int(p["sample_bps"]))
+    block = s.get(Block, anchor)
+    if src_name != "BlockhashRandomness":
+        out["note"] = (f"The randomness source {src} is not the devnet's BlockhashRandomness: "
+                       "its value at the anchor block decides (Verification.is_sampled).")
+    elif block is None:
+        out["note"] = f"The anchor block {anchor} is not mined (or indexed) yet: not drawn yet."
+    else:
+        seed = keccak(abi_encode(["bytes32", "uint256"],
+                                 [bytes.fromhex(block.hash[2:]), int(r.batch_id)]))
+        draw = int.from_bytes(keccak(abi_encode(
+            ["bytes32", "bytes32", "uint256"], [seed, bytes.fromhex(r.request_id[2:]), 0])),
+            "big") % BPS
+        out.update(seed="0x" + seed.hex(), anchor_hash=block.hash, draw_bps=draw,
+                   sampled=draw < out["sample_bps"])
+        out["note"] = (f"Seed = keccak(hash of block {anchor}, batch {r.batch_id}); this request "
+                       f"draws {draw} of {BPS} against a sample rate of {out['sample_bps']}: "
+                       + ("sampled for verification." if out["sampled"] else "not sampled."))
+    if task_opened:  # the contract's own record of the seed it used
+        out["task_seed"] = task_opened[0]["args"]["seed"]
+    return out
