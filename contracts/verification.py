@@ -53,6 +53,24 @@ class StageCommit:
         return (self.root, self.positions, self.hidden_size, self.n_tokens)
 
 
+BPS = 10_000
+# Every randomness source (the devnet's BlockhashRandomness, a VRF, a beacon) answers `value(block)`.
+RANDOMNESS_ABI = [{"type": "function", "name": "value", "stateMutability": "view",
+                   "inputs": [{"name": "block_number", "type": "uint256"}],
+                   "outputs": [{"name": "", "type": "bytes32"}]}]
+
+
+def batch_seed_of(randomness_value: bytes, batch_id: int) -> bytes:
+    """A batch's sampling seed from its anchor block's randomness (`_fresh_batch_seed`)."""
+    return keccak(abi_encode(["bytes32", "uint256"], [randomness_value, batch_id]))
+
+
+def sample_draw(seed: bytes, request_id: bytes) -> int:
+    """The request's draw in [0, 10,000): sampled iff it is below `sample_bps` (`_sampled`)."""
+    return int.from_bytes(keccak(abi_encode(["bytes32", "bytes32", "uint256"],
+                                            [seed, request_id, 0])), "big") % BPS
+
+
 def commitment_root(stage_commits: Sequence[StageCommit]) -> bytes:
     """The record's commitment root: keccak256(abi_encode(stage commitments)), as the contract."""
     if not stage_commits:
@@ -273,6 +291,19 @@ class Verification(Binding):
 
     def is_sampled(self, batch_id: int, request_id: bytes) -> bool:
         return bool(self._view("is_sampled", batch_id, request_id))
+
+    def batch_seed(self, batch_id: int, anchor_block: int) -> bytes:
+        """The seed `is_sampled` uses for a batch: the stored one once a task fixed it, else the
+        fresh one from the randomness source's value at `anchor_block` (reverts until it exists
+        or once it is too old, like `is_sampled`). With `sample_draw` it decides a whole batch in
+        two reads instead of one per record."""
+        stored = bytes(self._view("batch_seed", batch_id))
+        if stored != bytes(32):
+            return stored
+        source = self.rpc.w3.eth.contract(address=Web3.to_checksum_address(self._view("randomness")),
+                                          abi=RANDOMNESS_ABI)
+        return batch_seed_of(bytes(self.rpc.request(source.functions.value(anchor_block).call)),
+                             batch_id)
 
     def spot_checks(self, task_id: int) -> list[tuple[int, int]]:
         """(position, chunk) pairs to open this round (raises Revert until drawable)."""

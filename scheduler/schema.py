@@ -22,6 +22,7 @@ from scheduler.model import MIB, Links, ModelSpec, NodeSpec, Params, Plan, Repli
 
 MAX_LAYERS = 4096  # far above any published model; keeps the solver's loops bounded
 MAX_DEPTH = 64  # JSON nesting; the documents need 4
+MIN_RATE = 1e-6  # TFLOPS, GB/s, Mbit/s: anything slower overflows the cost model's times
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
 
@@ -146,9 +147,9 @@ def parse_node(doc: Any, where: str) -> NodeSpec:
         id=_str(d, "id", where),
         region=_str(d, "region", where),
         vram_mib=_num(d, "vram_mib", where, integer=True, hi=1 << 24),  # 16 TiB
-        tflops=_num(d, "tflops", where),
-        mem_bw_gbps=_num(d, "mem_bw_gbps", where),
-        net_mbps=_num(d, "net_mbps", where),
+        tflops=_num(d, "tflops", where, lo=MIN_RATE),
+        mem_bw_gbps=_num(d, "mem_bw_gbps", where, lo=MIN_RATE),
+        net_mbps=_num(d, "net_mbps", where, lo=MIN_RATE),
         operator=_str(d, "operator", where, default=""),
         gpu=_str(d, "gpu", where, default=""),
         available=bool(d.get("available", True)),
@@ -156,7 +157,8 @@ def parse_node(doc: Any, where: str) -> NodeSpec:
     )
 
 
-def _pairs(rows: Any, where: str, width: int) -> list[list[Any]]:
+def _pairs(rows: Any, where: str, width: int, bandwidth: bool = False) -> list[list[Any]]:
+    """Rows `[name, name, number…]` with numbers >= 0; with `bandwidth` the last one must be > 0."""
     if not isinstance(rows, list):
         raise InvalidInput(f"{where}: expected a list of rows, got {_jtype(rows)}")
     out = []
@@ -166,6 +168,9 @@ def _pairs(rows: Any, where: str, width: int) -> list[list[Any]]:
                 or not all(_finite(x) and x >= 0 for x in row[2:])):
             raise InvalidInput(f"{where}[{i}]: expected [name, name{', number' * (width - 2)}] "
                                f"with numbers >= 0, got {row!r}")
+        if bandwidth and not row[-1] > MIN_RATE:
+            raise InvalidInput(f"{where}[{i}]: bandwidth must be > {MIN_RATE:g} Mbit/s, got "
+                               f"{row[-1]!r}")
         out.append(row)
     return out
 
@@ -179,9 +184,9 @@ def parse_links(doc: Any, where: str = "links") -> Links:
     return Links(
         rtt_ms={key(a, b): float(v) for a, b, v in _pairs(d.get("rtt_ms", []), f"{where}.rtt_ms", 3)},
         bandwidth_mbps={key(a, b): float(v) for a, b, v in
-                        _pairs(d.get("bandwidth_mbps", []), f"{where}.bandwidth_mbps", 3)},
+                        _pairs(d.get("bandwidth_mbps", []), f"{where}.bandwidth_mbps", 3, True)},
         pairs={key(a, b): (float(r), float(m)) for a, b, r, m in
-               _pairs(d.get("pairs", []), f"{where}.pairs", 4)},
+               _pairs(d.get("pairs", []), f"{where}.pairs", 4, True)},
         intra_rtt_ms=_num(d, "intra_rtt_ms", where, default=0.5, strict=False),
     )
 

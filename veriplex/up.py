@@ -197,8 +197,10 @@ def _start_all(opts: UpOptions, say: Callable[[str], None], stack: Stack, data: 
     devnet.wait_line(ready, 120)
     say(f"{took()} devnet restarted on the same database with {opts.block_time:g} s blocks")
     root = ["--rpc-url", rpc_url, "--manifest", str(manifest)]
-    explorer = stack.start("explorer", veriplex_argv(*root, "explorer", "--port",
-                                                     str(_port(opts, 1))), env)
+    gw_port = _port(opts, 3)  # known now, so the explorer links each request to its gateway receipt
+    explorer = stack.start("explorer", veriplex_argv(
+        *root, "explorer", "--port", str(_port(opts, 1)), "--gateway-url",
+        f"http://127.0.0.1:{gw_port}"), env)
 
     coord_env = clean_env(data, {"VERIPLEX_COORDINATOR__TICK_S": "0.3",
                                  "VERIPLEX_COORDINATOR__REGISTRY_POLL_S": "1",
@@ -214,7 +216,7 @@ def _start_all(opts: UpOptions, say: Callable[[str], None], stack: Stack, data: 
     gw = stack.start("gateway", veriplex_argv(
         *root, "gateway", "run", "--dev-account", str(GATEWAY_DEV_INDEX), "--checkpoint",
         str(ckpt), "--model-id", str(model_id), "--coordinator", coordinator_url, "--port",
-        str(_port(opts, 3))), gw_env)
+        str(gw_port)), gw_env)
 
     for w in workers:
         args = [*root, "node", "serve", "--model", str(ckpt), "--coordinator", coordinator_url,

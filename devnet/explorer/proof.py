@@ -16,17 +16,14 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from eth_abi import encode as abi_encode
-from eth_utils import keccak
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from contracts.errors import ContractsError
-from contracts.verification import StageCommit, commitment_root
+from contracts.verification import BPS, StageCommit, batch_seed_of, commitment_root, sample_draw
 from devnet.explorer.models import Block, Log, Request, Tx
 
 ZERO_ROOT = "0x" + "00" * 32
-BPS = 10_000
 
 
 def _stage_commit(d: dict[str, Any]) -> StageCommit:
@@ -153,11 +150,8 @@ def sampling(s: Session, r: Request, release_block: int | None,
     elif block is None:
         out["note"] = f"The anchor block {anchor} is not mined (or indexed) yet: not drawn yet."
     else:
-        seed = keccak(abi_encode(["bytes32", "uint256"],
-                                 [bytes.fromhex(block.hash[2:]), int(r.batch_id)]))
-        draw = int.from_bytes(keccak(abi_encode(
-            ["bytes32", "bytes32", "uint256"], [seed, bytes.fromhex(r.request_id[2:]), 0])),
-            "big") % BPS
+        seed = batch_seed_of(bytes.fromhex(block.hash[2:]), int(r.batch_id))
+        draw = sample_draw(seed, bytes.fromhex(r.request_id[2:]))
         out.update(seed="0x" + seed.hex(), anchor_hash=block.hash, draw_bps=draw,
                    sampled=draw < out["sample_bps"])
         out["note"] = (f"Seed = keccak(hash of block {anchor}, batch {r.batch_id}); this request "

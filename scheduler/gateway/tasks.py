@@ -9,7 +9,9 @@ batches whose records are not all decided. For each, once the batch's sampling r
 (`Verification.is_sampled` stops reverting: on a blockhash source that is `randomness_delay` blocks
 after the settle block — the gateway never mines blocks itself; a batch whose anchor block the head
 has not passed is skipped without a chain call, so a pass costs a few reads however many batches
-wait), every record is decided exactly
+wait; the records are then decided from the batch's seed by the contract's own rule —
+`sample_draw` — in a few reads per batch, cross-checked against `is_sampled` on one record), every
+record is decided exactly
 once and the decision persisted: `opened` (it called `open_task`; a "task already open" revert
 counts as opened), `not_sampled`, `no_commitments` (settled with a zero root: nothing to check),
 `randomness_expired` (the source no longer serves the anchor block), `released` (the batch left
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +35,7 @@ from contracts.batch import Leaf, Pipeline, merkle_proof, verify_proof
 from contracts.batch import request_id as chain_request_id
 from contracts.client import Chain
 from contracts.errors import ChainError, ContractsError, Revert
-from contracts.verification import StageCommit
+from contracts.verification import StageCommit, sample_draw
 
 from .settlement import batch_call
 from .store import BatchRow, RequestRow, Store
@@ -169,7 +172,7 @@ class TaskOpener:
             self.store.set_batch(b.id, tasks_done=1)
             return 0
         try:
-            ver.is_sampled(b.chain_batch_id, bytes.fromhex(todo[0].request_id[2:]))
+            first = ver.is_sampled(b.chain_batch_id, bytes.fromhex(todo[0].request_id[2:]))
         except Revert as exc:
             if "too old" in str(exc):
                 for r in todo:
@@ -178,12 +181,13 @@ class TaskOpener:
                 log.warning("batch %s: sampling randomness expired before tasks were opened: %s",
                             b.chain_batch_id, exc)
             return 0  # not available yet: next tick
+        sampled = self._sampler(b.chain_batch_id, todo[0], first)
         opened = 0
         signer = self.chain.signer
         assert signer is not None
         for r in todo:
             rid = bytes.fromhex(r.request_id[2:])
-            if not ver.is_sampled(b.chain_batch_id, rid):
+            if not sampled(rid):
                 self.store.set_task(r.seq, "not_sampled")
                 continue
             bp = batch_proof(self.chain.chain_id, self.chain.payments.address, signer.address,
@@ -205,6 +209,27 @@ class TaskOpener:
         if all(x.task_state is not None for x in self.store.batch_records(b.id)):
             self.store.set_batch(b.id, tasks_done=1)
         return opened
+
+    def _sampler(self, batch_id: int, probe: RequestRow, probe_sampled: bool
+                 ) -> Callable[[bytes], bool]:
+        """Whether a record of the batch is sampled: decided here by the contract's rule from the
+        batch's seed (a few reads per batch instead of an `is_sampled` call per record), checked
+        against the contract's answer for `probe`; on any doubt, the contract is asked each time."""
+        ver = self.chain.verification
+        try:
+            rb = self._release_blocks[batch_id]
+            window = int(self.chain.payments.params()["verification_window"])
+            p = ver.params()
+            seed = ver.batch_seed(batch_id, rb - window + p.randomness_delay)
+        except (ChainError, ContractsError, KeyError) as exc:
+            log.debug("batch %s: sampling asked per record: %s", batch_id, exc)
+            return lambda rid: ver.is_sampled(batch_id, rid)
+        bps = p.sample_bps
+        if (sample_draw(seed, bytes.fromhex(probe.request_id[2:])) < bps) != probe_sampled:
+            log.warning("batch %s: the local sampling rule disagrees with the contract; asking it "
+                        "per record", batch_id)
+            return lambda rid: ver.is_sampled(batch_id, rid)
+        return lambda rid: sample_draw(seed, rid) < bps
 
     def _find_chain_batch(self, b: BatchRow, rows: list[RequestRow]) -> int | None:
         """The chain's id of a batch finalised without its receipt (settled by an earlier send)."""

@@ -12,6 +12,7 @@ transaction signed by the coordinator key.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,27 +20,42 @@ from eth_utils import to_checksum_address
 
 from contracts.client import Chain
 from contracts.model_registry import ModelInfo
-from contracts.node_registry import NodeInfo
+from contracts.node_registry import Hardware, NodeInfo
 from contracts.scheduler import AllocationEntry
-from scheduler.errors import SchedulerError
+from scheduler.errors import InvalidInput, SchedulerError
 from scheduler.model import ModelSpec, NodeSpec
-from scheduler.schema import load_json, parse_model
+from scheduler.schema import load_json, parse_model, parse_node
 from scheduler.service.errors import ModelSpecError
 from scheduler.service.state import ChainNode, Publication
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+_REFUSED: dict[str, Hardware] = {}  # operator -> the unusable profile already warned about
+log = logging.getLogger(__name__)
 
 
 def node_spec(info: NodeInfo) -> NodeSpec:
+    """The solver's view of a registered node. The NodeRegistry stores whatever profile the owner
+    sent, so it is checked like a cluster document's node (`schema.parse_node`): a zero or absurd
+    figure raises `InvalidInput` instead of reaching the solver."""
     hw = info.hardware
     op = to_checksum_address(info.operator)
-    return NodeSpec(id=op, operator=op, region=hw.region or "unknown", vram_mib=hw.vram_mib,
-                    tflops=hw.tflops_milli / 1000.0, mem_bw_gbps=float(hw.mem_bw_gbps),
-                    net_mbps=float(hw.net_bw_mbps), gpu=hw.gpu)
+    where = f"operator {op} hardware"
+    for name in ("vram_mib", "tflops_milli", "mem_bw_gbps", "net_bw_mbps"):
+        v = getattr(hw, name)
+        if not 0 < v < 2**53:
+            raise InvalidInput(f"{where}.{name}: must be in (0, 2^53), got {v}")
+    return parse_node({"id": op, "operator": op, "region": hw.region or "unknown",
+                       "vram_mib": hw.vram_mib, "tflops": hw.tflops_milli / 1000.0,
+                       "mem_bw_gbps": float(hw.mem_bw_gbps), "net_mbps": float(hw.net_bw_mbps),
+                       "gpu": hw.gpu}, where)
 
 
 def read_nodes(chain: Chain) -> list[ChainNode]:
-    """Active operators (registered, staked, not jailed) with their endpoints and hardware."""
+    """Active operators (registered, staked, not jailed) with their endpoints and hardware.
+
+    An operator whose registered hardware profile is unusable (see `node_spec`) is left out —
+    as if not active — with a warning logged once per profile, so one bad registration cannot
+    stop the coordinator from planning for everyone else."""
     reg = chain.node_registry
     out = []
     for info in reg.nodes():
@@ -47,7 +63,13 @@ def read_nodes(chain: Chain) -> list[ChainNode]:
             continue
         if not reg.is_active(info.operator):
             continue
-        spec = node_spec(info)
+        try:
+            spec = node_spec(info)
+        except InvalidInput as e:
+            if _REFUSED.get(info.operator) != info.hardware:
+                log.warning("not scheduling %s: %s", info.operator, e)
+                _REFUSED[info.operator] = info.hardware
+            continue
         out.append(ChainNode(operator=spec.operator, owner=info.owner, endpoint=info.endpoint,
                              spec=spec))
     return out

@@ -17,6 +17,7 @@ token, p50/p99 end-to-end latency.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -68,8 +69,10 @@ class SimResult:
     latency_p50_ms: float
     latency_p99_ms: float
 
-    def to_dict(self) -> dict[str, float | int | str]:
-        return dict(self.__dict__)
+    def to_dict(self) -> dict[str, float | int | str | None]:
+        """The result as JSON-ready values: a figure with no sample (no request completed) is null."""
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                for k, v in self.__dict__.items()}
 
 
 class Simulation:

@@ -18,6 +18,7 @@ import pytest
 from contracts.client import Chain, dev_key
 from contracts.node_registry import Hardware
 from contracts.rpc import Signer
+from contracts.verification import sample_draw
 from node.stage_query import SignedStageCommit
 from scheduler.gateway.store import Store
 from scheduler.gateway.tasks import TaskOpener
@@ -192,3 +193,27 @@ def test_an_unsampled_batch_is_released_after_its_window_and_its_operators_are_p
     released = [e for e in admin.payments.events("BatchReleased")
                 if int(e.args["batch_id"]) == batch.chain_batch_id]
     assert len(released) == 1
+
+
+def test_the_batch_seed_and_draw_decide_every_record_as_the_contract_does(
+        gateway, new_client, model_info, admin, eligible_verifier):
+    token = new_client().token
+    with sampling(admin, 5_000):
+        receipts = [ask(gateway, token, model_info.name) for _ in range(6)]
+        gateway.wait_settled()
+        admin.rpc.mine(3)
+        store = gateway.gw.store
+        rows = [wait_for(lambda rid=r["request_id"]: (x := store.request(rid)).task_state and x,
+                         nudge=gateway.gw.settler.nudge) for r in receipts]
+    ver = admin.verification
+    for row in rows:
+        batch = store.batch(row.batch)
+        info = admin.payments.batch(batch.chain_batch_id)
+        window = int(admin.payments.params()["verification_window"])
+        anchor = info.release_block - window + ver.params().randomness_delay
+        rid = bytes.fromhex(row.request_id[2:])
+        local = sample_draw(ver.batch_seed(batch.chain_batch_id, anchor), rid) < 5_000
+        # The contract is asked under the same rate the opener decided with.
+        with sampling(admin, 5_000):
+            assert local == ver.is_sampled(batch.chain_batch_id, rid)
+        assert row.task_state == ("opened" if local else "not_sampled"), row.task_error

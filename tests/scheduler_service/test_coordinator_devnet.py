@@ -145,7 +145,7 @@ def cluster(devnet: tuple[str, Path, Path]) -> Iterator[Cluster]:
         MODEL.name, MODEL.layers, MODEL.hidden, b"\x01" * 32, b"\x02" * 32, 1, 1)
     spec = home / "model.json"
     spec.write_text(json.dumps({**MODEL.to_dict(), "model_id": model_id}))
-    ops = [operator(i) for i in range(5)]
+    ops = [operator(i) for i in range(6)]  # 4 at start, 1 newcomer, 1 with bogus hardware
     owners = [Signer(Account.create()) for _ in ops]
     for owner in owners:  # all funding from dev account 0 happens before the coordinator uses it
         chain.transfer(owner.address, 5 * 10**18)
@@ -376,3 +376,29 @@ def test_a_node_that_unbonds_its_stake_is_evicted_in_a_new_epoch(cluster: Cluste
         cluster.ops[i], time.time(), chain_id=cluster.chain.chain_id).model_dump_json())
     assert r.status_code == 403 and r.json()["error"]["code"] == "unknown_operator"
     cluster.alive.discard(op)
+
+
+def test_a_node_registered_with_unusable_hardware_is_left_out_and_planning_goes_on(
+        cluster: Cluster) -> None:
+    """The NodeRegistry stores any profile; zero bandwidth and TFLOPS must not stall the solver."""
+    bad = cluster.ops[5]
+    reg = cluster.chain.node_registry
+    reg.register(bad.address, "http://127.0.0.1:9105",
+                 replace(HARDWARE, tflops_milli=0, net_bw_mbps=0),
+                 stake_wei=reg.params().min_stake_wei, sender=cluster.owners[5])
+    assert reg.is_active(bad.address)
+    victim = cluster.ops[0].address
+    start = wait_for(lambda: (s := cluster.status()) and victim in {r[0] for r in _rows(s)}
+                     and s, 15, "the victim to be assigned")
+    time.sleep(1.5)  # three registry polls with the bad profile on chain
+    cluster.alive.discard(victim)  # a real change the coordinator must still plan and publish
+    evicted = wait_for(lambda: (s := cluster.status())["epoch"] > start["epoch"] and s,
+                       HEARTBEAT_TIMEOUT_S + 10, "an epoch without the silent node")
+    assert victim not in {r[0] for r in _rows(evicted)}
+    assert bad.address not in {r[0] for r in _rows(evicted)}
+    assert bad.address not in {n["operator"] for n in evicted["nodes"]}
+    r = httpx.post(f"{cluster.url}/heartbeat", timeout=5, content=beat(
+        bad, time.time(), chain_id=cluster.chain.chain_id).model_dump_json())
+    assert r.status_code == 403 and r.json()["error"]["code"] == "unknown_operator"
+    cluster.alive.add(victim)
+    wait_for(lambda: victim in {r[0] for r in _rows(cluster.status())}, 10, "the victim back")

@@ -1,5 +1,6 @@
-"""Resolving the model's shape: a scheduler model document or a Hugging Face config.json, checked
-against what the ModelRegistry says."""
+"""Reading the chain into solver types: the model's shape (a scheduler model document or a Hugging
+Face config.json, checked against what the ModelRegistry says) and each registered node's hardware
+profile (checked, since the NodeRegistry stores whatever its owner sent)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from contracts.model_registry import ModelInfo
-from scheduler.service.chain_io import load_model_spec
+from contracts.node_registry import Hardware, NodeInfo
+from scheduler.errors import InvalidInput
+from scheduler.service.chain_io import load_model_spec, node_spec
 from scheduler.service.errors import ModelSpecError
 
 from .conftest import MODEL
@@ -74,3 +77,29 @@ def test_spec_files_that_are_not_json_or_nest_too_deeply_are_refused(tmp_path: P
         (tmp_path / "config.json").write_text(text)
         with pytest.raises(ModelSpecError, match=message):
             load_model_spec(INFO, None, tmp_path, None)
+
+
+def _info(**hw: int) -> NodeInfo:
+    base = {"vram_mib": 24576, "tflops_milli": 82_000, "mem_bw_gbps": 1008, "net_bw_mbps": 1000}
+    return NodeInfo(owner="0x" + "11" * 20, registered=True, operator="0x" + "22" * 20,
+                    endpoint="http://127.0.0.1:9000",
+                    hardware=Hardware("RTX4090", **{**base, **hw}, region="eu-west"),
+                    stake_wei=1, unbonding_wei=0, unbond_ready_block=0, jailed_until=0,
+                    registered_block=1, slashed_total_wei=0)
+
+
+def test_a_registered_hardware_profile_becomes_the_solvers_node() -> None:
+    spec = node_spec(_info())
+    assert (spec.vram_mib, spec.tflops, spec.mem_bw_gbps, spec.net_mbps) == (24576, 82.0, 1008.0,
+                                                                             1000.0)
+    assert spec.id == spec.operator and spec.region == "eu-west"
+
+
+@pytest.mark.parametrize("field, value", [
+    ("net_bw_mbps", 0), ("tflops_milli", 0), ("mem_bw_gbps", 0), ("vram_mib", 0),
+    ("vram_mib", 2**200), ("tflops_milli", 2**255), ("vram_mib", 1 << 40),
+])
+def test_hardware_profiles_the_solver_cannot_use_are_refused_naming_the_field(
+        field: str, value: int) -> None:
+    with pytest.raises(InvalidInput, match=f"hardware.{field}: must be"):
+        node_spec(_info(**{field: value}))
