@@ -29,6 +29,7 @@ from scheduler.service.errors import ModelSpecError
 from scheduler.service.state import ChainNode, Publication
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+NET_UNREPORTED_MBPS = 1e6  # 1 Tbit/s: above any NIC, i.e. no cap from the node's own link
 _REFUSED: dict[str, Hardware] = {}  # operator -> the unusable profile already warned about
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,14 @@ def node_spec(info: NodeInfo) -> NodeSpec:
     where = f"operator {op} hardware"
     for name in ("vram_mib", "tflops_milli", "mem_bw_gbps", "net_bw_mbps"):
         v = getattr(hw, name)
-        if not 0 < v < 2**53:
+        if not 0 < v < 2**53 and not (name == "net_bw_mbps" and v == 0):
             raise InvalidInput(f"{where}.{name}: must be in (0, 2^53), got {v}")
+    # net 0 = no interface reported a link speed (`veriplex node register` warns): the node's own
+    # link then caps nothing and the regions' bandwidth alone applies
+    net = float(hw.net_bw_mbps) if hw.net_bw_mbps else NET_UNREPORTED_MBPS
     return parse_node({"id": op, "operator": op, "region": hw.region or "unknown",
                        "vram_mib": hw.vram_mib, "tflops": hw.tflops_milli / 1000.0,
-                       "mem_bw_gbps": float(hw.mem_bw_gbps), "net_mbps": float(hw.net_bw_mbps),
+                       "mem_bw_gbps": float(hw.mem_bw_gbps), "net_mbps": net,
                        "gpu": hw.gpu}, where)
 
 

@@ -275,3 +275,23 @@ def test_cli_refuses_allocations_with_bad_estimates_huge_layers_or_no_replicas(t
     assert "stages[" in _cli_sim(tmp_path, huge) and "expected a finite number" in _cli_sim(
         tmp_path, huge)
     assert "no replicas" in _cli_sim(tmp_path, {**good, "replicas": []})
+
+
+def test_a_run_where_nothing_completes_prints_strict_json_with_null_latencies(
+        tmp_path: Path, mixed_70b) -> None:
+    snap, alloc, work = tmp_path / "snap.json", tmp_path / "a.json", tmp_path / "w.json"
+    snap.write_bytes(mixed_70b.canonical_json())
+    alloc.write_text(json.dumps(allocate(mixed_70b).to_dict()))
+    # prompts far beyond any node's KV budget: every request is refused at admission
+    work.write_text(json.dumps({"requests": 3, "prompt_mean": 10**6, "prompt_max": 10**6,
+                                "sigma": 0.0}))
+    res = CliRunner().invoke(cli, ["sim", "--cluster", str(snap), "--alloc", str(alloc),
+                                   "--workload", str(work)])
+    assert res.exit_code == 0, res.output
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    out = json.loads(res.output, parse_constant=refuse)
+    assert (out["completed"], out["rejected"]) == (0, 3)
+    assert out["latency_p99_ms"] is None and out["ttft_p50_ms"] is None

@@ -12,7 +12,7 @@ import pytest
 from contracts.model_registry import ModelInfo
 from contracts.node_registry import Hardware, NodeInfo
 from scheduler.errors import InvalidInput
-from scheduler.service.chain_io import load_model_spec, node_spec
+from scheduler.service.chain_io import NET_UNREPORTED_MBPS, load_model_spec, node_spec
 from scheduler.service.errors import ModelSpecError
 
 from .conftest import MODEL
@@ -96,10 +96,15 @@ def test_a_registered_hardware_profile_becomes_the_solvers_node() -> None:
 
 
 @pytest.mark.parametrize("field, value", [
-    ("net_bw_mbps", 0), ("tflops_milli", 0), ("mem_bw_gbps", 0), ("vram_mib", 0),
+    ("tflops_milli", 0), ("mem_bw_gbps", 0), ("vram_mib", 0),
     ("vram_mib", 2**200), ("tflops_milli", 2**255), ("vram_mib", 1 << 40),
 ])
 def test_hardware_profiles_the_solver_cannot_use_are_refused_naming_the_field(
         field: str, value: int) -> None:
     with pytest.raises(InvalidInput, match=f"hardware.{field}: must be"):
         node_spec(_info(**{field: value}))
+
+
+def test_an_unreported_network_speed_caps_nothing_but_the_regions_links() -> None:
+    spec = node_spec(_info(net_bw_mbps=0))  # what `node register` sends when no NIC reports one
+    assert spec.net_mbps == NET_UNREPORTED_MBPS
