@@ -243,6 +243,31 @@ class BlackholeProxy:
         self.sock.close()
 
 
+def _wait_line(proc: subprocess.Popen, log: Path, pattern: re.Pattern, timeout_s: float,
+               what: str) -> re.Match:
+    """The first match of `pattern` in a child's log, waiting for it; fails if the child exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        m = pattern.search(log.read_text(errors="replace"))
+        if m:
+            return m
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise AssertionError(f"{what} did not start:\n{log.read_text()}")
+
+
+def _terminate(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class StageProcess:
     """`veriplex node serve --layers A:B` as a child process with its own operator key."""
 
@@ -270,16 +295,8 @@ class StageProcess:
         self.port = 0
 
     def wait_ready(self, timeout_s: float = 90) -> StageProcess:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            m = SERVING.search(self.log.read_text(errors="replace"))
-            if m:
-                self.port = int(m[4])
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"stage {self.layers} did not start:\n{self.log.read_text()}")
+        self.port = int(_wait_line(self.proc, self.log, SERVING, timeout_s, f"stage {self.layers}")[4])
+        return self
 
     def assignment(self):  # type: ignore[no-untyped-def]
         from node.protocol import StageAssignment
@@ -288,13 +305,7 @@ class StageProcess:
                                start=self.layers[0], end=self.layers[1])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _terminate(self.proc, 15)
 
 
 def register_operator(anvil_url: str, deployment: Path, operator: str,
@@ -333,16 +344,8 @@ class GatewayProcess:
         self.url = ""
 
     def wait_ready(self, timeout_s: float = 90) -> GatewayProcess:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            m = GATEWAY_READY.search(self.log.read_text(errors="replace"))
-            if m:
-                self.url = m[1]
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"the gateway did not start:\n{self.log.read_text()}")
+        self.url = _wait_line(self.proc, self.log, GATEWAY_READY, timeout_s, "the gateway")[1]
+        return self
 
     def wait_settled(self, timeout_s: float = 60.0) -> dict[str, int]:
         """Until `/status` shows every record in a settled batch."""
@@ -358,10 +361,4 @@ class GatewayProcess:
         raise AssertionError(f"not settled in {timeout_s} s")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _terminate(self.proc, 30)
