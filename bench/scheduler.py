@@ -8,6 +8,8 @@ Prints one `name: value` line per figure, then a one-line summary (DESIGN §9):
   solve_s_10000_smollm2        the same at 10,000 nodes for SmolLM2-135M (every GPU holds it alone)
   exact_gap, exact_gap_max     mean / worst 1 − heuristic ÷ exact estimated throughput over small
                                random mixed clusters (6–9 nodes, 70B-like: multi-stage pipelines)
+  exact_gap_16, _16_max        the same over 14–16-node clusters of three GPU kinds (H100, A100-80,
+                               L40S) in two regions; exact_s_16 the slowest exact solve (seconds)
   throughput_vs_rr             simulated output tokens/s, our plan + load-aware router ÷ greedy
                                placement + round-robin, offline batch (all requests at once),
                                geometric mean over 24-GPU mixed clusters in two regions serving the
@@ -36,8 +38,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scheduler.allocate import allocate, plan_score  # noqa: E402
+from scheduler.costs import build_cluster  # noqa: E402
 from scheduler.errors import CannotPlace  # noqa: E402
-from scheduler.exact import allocate_exact  # noqa: E402
+from scheduler.exact import MAX_STATES, allocate_exact, count_states  # noqa: E402
 from scheduler.model import Snapshot  # noqa: E402
 from scheduler.schema import parse_snapshot  # noqa: E402
 from scheduler.sim.baselines import greedy_plan  # noqa: E402
@@ -88,6 +91,27 @@ def exact_gaps(instances: int, max_nodes: int) -> list[float]:
         best = plan_score(s, allocate_exact(s))
         gaps.append(max(0.0, 1.0 - fast / best))
     return gaps
+
+
+def exact_gaps_large(instances: int) -> tuple[list[float], float]:
+    """Gaps on 14–16-node clusters of a few GPU kinds, and the slowest exact solve in seconds."""
+    gaps, slowest, seed = [], 0.0, 0
+    while len(gaps) < instances:
+        seed += 1
+        n = 14 + seed % 3
+        s = snap(n, "llama3-70b", seed=2000 + seed, regions=REGIONS[:2],
+                 mix="H100:1,A100-80:1,L40S:1")
+        if count_states(build_cluster(s)) > MAX_STATES:
+            continue
+        try:
+            fast = plan_score(s, allocate(s))
+        except CannotPlace:
+            continue
+        t = time.perf_counter()
+        best = plan_score(s, allocate_exact(s))
+        slowest = max(slowest, time.perf_counter() - t)
+        gaps.append(max(0.0, 1.0 - fast / best))
+    return gaps, slowest
 
 
 def serve(s: Snapshot, requests: int, output_mean: int, open_requests: int) -> dict[str, float]:
@@ -145,6 +169,10 @@ def main() -> None:
     emit("exact_gap", sum(gaps) / len(gaps))
     emit("exact_gap_max", max(gaps))
     emit("exact_instances", len(gaps))
+    gaps16, slowest = exact_gaps_large(instances=1 if args.quick else 4)
+    emit("exact_gap_16", sum(gaps16) / len(gaps16))
+    emit("exact_gap_16_max", max(gaps16))
+    emit("exact_s_16", slowest)
 
     seeds = [21] if args.quick else [21, 22, 23]
     requests = 300 if args.quick else 800

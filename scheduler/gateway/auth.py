@@ -90,6 +90,15 @@ class Accounts:
         cache[k] = (time.monotonic(), value)
         return value
 
+    def cached(self, signed: SignedApiKey) -> bool:
+        """Whether `reserve(signed, …)` would read nothing from the chain (fresh cache entries)."""
+        now = time.monotonic()
+        hit = self._key_cache.get(signed.key_hash)
+        if hit is None or now - hit[0] >= self.cache_s or hit[1] is None:
+            return False
+        dep = self._deposit_cache.get(to_checksum_address(hit[1].client))
+        return dep is not None and now - dep[0] < self.cache_s
+
     def invalidate(self) -> None:
         with self._lock:
             self._expire()

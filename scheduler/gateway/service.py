@@ -122,7 +122,10 @@ class Gateway:
                 "messages" if kind == "chat" else "prompt")
         max_tokens = limit if limit is not None else min(self.default_max_tokens, ctx - len(prompt))
         upper = self.model.info.charge(len(prompt), max_tokens)
-        reservation = await asyncio.to_thread(self.accounts.reserve, signed, upper)
+        if self.accounts.cached(signed):  # no chain read: no thread hop either
+            reservation = self.accounts.reserve(signed, upper)
+        else:
+            reservation = await asyncio.to_thread(self.accounts.reserve, signed, upper)
         seq = self.store.next_seq()
         job = Job(kind, body, prompt, max_tokens, seq, self.runner.request_id(seq), reservation)
         sampling = Sampling(temperature=body.temperature, top_p=body.top_p,
