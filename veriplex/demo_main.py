@@ -237,6 +237,16 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None]) -> tuple[Observed, N
             if obs.done():
                 break
             settled_all = all(r.status in FINAL for r in obs.requests)
+            cheats = {a.lower() for a in obs.perturbed}
+            drawn = [r for r in obs.requests if r.task_id]
+            if len(drawn) == len(obs.requests) and sent < opts.max_requests and cheats and \
+                    all(r.stage_operator.lower() in cheats for r in drawn):
+                # Every task drew the cheater's stage: ask again now, while it still serves (once
+                # it is slashed no pipeline is left for a request that could pass).
+                say("   every task so far checks the perturbed stage: one more request, so an "
+                    "honest stage is checked too")
+                send(1)
+                continue
             if settled_all and sent >= opts.max_requests:
                 break  # every task is over and no request is left to send
             if settled_all:
