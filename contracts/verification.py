@@ -60,6 +60,12 @@ RANDOMNESS_ABI = [{"type": "function", "name": "value", "stateMutability": "view
                    "outputs": [{"name": "", "type": "bytes32"}]}]
 
 
+def anchor_block(release_block: int, verification_window: int, randomness_delay: int) -> int:
+    """The block whose randomness samples a batch (`_anchor`): `randomness_delay` blocks after its
+    settle block, which is its release block minus the Payments verification window."""
+    return release_block - verification_window + randomness_delay
+
+
 def batch_seed_of(randomness_value: bytes, batch_id: int) -> bytes:
     """A batch's sampling seed from its anchor block's randomness (`_fresh_batch_seed`)."""
     return keccak(abi_encode(["bytes32", "uint256"], [randomness_value, batch_id]))

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import click
 
 from contracts.client import Chain, dev_key
+from contracts.node_registry import NodeInfo
 from contracts.rpc import Signer
 from node.cli_chain import (
     NEGATIVE_AMOUNTS,
@@ -115,11 +116,13 @@ def _owner_of(chain: Chain, address: str) -> str:
     return chain.node_registry.owner_of_operator(address) or address
 
 
-def _require_owner(chain: Chain, address: str) -> None:
-    """Refuse, before any transaction, a signer that owns no node; name the owner to use when the
-    signer is a node's operator (the hot key never stakes, unbonds or withdraws)."""
-    if chain.node_registry.node(address).registered:
-        return
+def _require_owner(chain: Chain, address: str) -> NodeInfo:
+    """`address`'s node; refuses, before any transaction, a signer that owns no node, naming the
+    owner to use when the signer is a node's operator (the hot key never stakes, unbonds or
+    withdraws)."""
+    info = chain.node_registry.node(address)
+    if info.registered:
+        return info
     owner = chain.node_registry.owner_of_operator(address)
     hint = (f" (it is the operator key of node {owner}; sign with that owner's account)"
             if owner else "")
@@ -231,8 +234,7 @@ def unbond_cmd(settings: Any, name: str, amount: str | None, password_file: Path
     wei = parse_eth(amount) if amount is not None else None
     signer = signer_of(settings, name, password_file)
     chain = connect(settings, signer)
-    _require_owner(chain, signer.address)
-    info = chain.node_registry.node(signer.address)
+    info = _require_owner(chain, signer.address)
     if wei is None:
         if info.stake_wei == 0:
             raise click.ClickException(f"node {signer.address} has no stake left to unbond")

@@ -281,11 +281,14 @@ def polish(c: Cluster, built: list[Built], top: int = 3) -> list[Built]:
     return out
 
 
-def with_ends(c: Cluster, middle: list[int], first: int, last: int) -> list[int]:
-    """`first`, the middle ordered by the region rule of `stage_order`, then `last`."""
+def with_ends(c: Cluster, middle: list[int], first: int, last: int,
+              rank: np.ndarray | None = None) -> list[int]:
+    """`first`, the middle ordered by the region rule of `stage_order`, then `last`. Ties inside a
+    region go by `rank` first when given (the exact solver's node types), then by id."""
     rf, rl = int(c.region[first]), int(c.region[last])
     mid = sorted(middle, key=lambda i: (int(c.region[i]) != rf, int(c.region[i]) == rl,
-                                        int(c.region[i]), c.ids[i]))
+                                        int(c.region[i]), 0 if rank is None else int(rank[i]),
+                                        c.ids[i]))
     return [first, *mid, last]
 
 

@@ -21,11 +21,11 @@ the latency bound. Exactness comes from two nested exact searches:
 
 from __future__ import annotations
 
-from itertools import permutations, product
+from itertools import product
 
 import numpy as np
 
-from scheduler.allocate import diagnose, to_plan
+from scheduler.allocate import diagnose, to_plan, with_ends
 from scheduler.costs import ALONE, FIRST, LAST, MID, Cluster, build_cluster, estimate, ring_links
 from scheduler.errors import CannotPlace, InvalidInput
 from scheduler.model import Plan, Snapshot
@@ -105,22 +105,6 @@ def _types(c: Cluster) -> tuple[list[list[int]], np.ndarray]:
     return types, rank
 
 
-def _with_ends(c: Cluster, rank: np.ndarray, middle: list[int], first: int, last: int) -> list[int]:
-    """`first`, the middle by the region rule (`allocate.with_ends`) with ties by type, `last`."""
-    rf, rl = int(c.region[first]), int(c.region[last])
-    mid = sorted(middle, key=lambda i: (int(c.region[i]) != rf, int(c.region[i]) == rl,
-                                        int(c.region[i]), int(rank[i]), c.ids[i]))
-    return [first, *mid, last]
-
-
-def _orders(c: Cluster, rank: np.ndarray, members: list[int]) -> list[list[int]]:
-    """Every choice of first and last node, the middle ordered by the region rule."""
-    if len(members) == 1:
-        return [members]
-    return [_with_ends(c, rank, [i for i in members if i not in (first, last)], first, last)
-            for first, last in permutations(sorted(members, key=lambda i: c.ids[i]), 2)]
-
-
 def _best_replica(c: Cluster, orders: list[list[int]]) -> tuple[float, list[int], list[int]] | None:
     best = None
     for order in orders:
@@ -161,8 +145,8 @@ def solve_exact(c: Cluster) -> tuple[list, list[int]]:
                 if a == b and v[a] < 2:
                     continue
                 first, last = types[a][0], types[b][1 if a == b else 0]
-                orders.append(_with_ends(c, rank, [i for i in members if i not in (first, last)],
-                                         first, last))
+                orders.append(with_ends(c, [i for i in members if i not in (first, last)],
+                                        first, last, rank))
         best = _best_replica(c, orders)
         if best is not None:
             reps[s] = best
@@ -197,49 +181,6 @@ def solve_exact(c: Cluster) -> tuple[list, list[int]]:
         built.append((order, k, estimate(c, order, k)))
         s -= t
     return built, sorted(i for p in pool for i in p)
-
-
-def _solve_bitmask(c: Cluster) -> tuple[list, list[int]]:
-    """The plain DP over node subsets (v1, exponential in nodes); kept to check `solve_exact`."""
-    n = len(c)
-    _, rank = _types(c)
-    L = c.model.layers
-    value = np.zeros(1 << n)
-    best_rep: dict[int, tuple[list[int], list[int]]] = {}
-    caps_mid = np.clip(c.cap[:, MID], 0, None)
-    for mask in range(1, 1 << n):
-        members = [i for i in range(n) if mask >> i & 1]
-        if len(members) > 1 and int(caps_mid[members].sum()) < L:
-            continue
-        best = _best_replica(c, _orders(c, rank, members))
-        if best is not None:
-            value[mask] = best[0]
-            best_rep[mask] = (best[1], best[2])
-    f = np.zeros(1 << n)
-    choice = [0] * (1 << n)
-    for s in range(1, 1 << n):
-        low = s & -s
-        f[s], choice[s] = f[s ^ low], 0
-        rest = s ^ low
-        sub = rest
-        while True:
-            t = sub | low
-            if t in best_rep and value[t] + f[s ^ t] > f[s] + 1e-15:
-                f[s], choice[s] = value[t] + f[s ^ t], t
-            if sub == 0:
-                break
-            sub = (sub - 1) & rest
-    built, used, s = [], set(), (1 << n) - 1
-    while s:
-        t = choice[s]
-        if t == 0:
-            s ^= s & -s
-            continue
-        order, k = best_rep[t]
-        built.append((order, k, estimate(c, order, k)))
-        used.update(order)
-        s ^= t
-    return built, [i for i in range(n) if i not in used]
 
 
 def allocate_exact(snapshot: Snapshot) -> Plan:

@@ -225,6 +225,7 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None]) -> tuple[Observed, N
             "standby workers re-executes one stage of each)")
         deadline = time.monotonic() + opts.timeout_s
         shown: dict[str, str] = {}
+        cheats = {a.lower() for a in obs.perturbed}
         while time.monotonic() < deadline:
             follow(chain, obs.requests, obs, start_block)
             for r in obs.requests:
@@ -237,7 +238,6 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None]) -> tuple[Observed, N
             if obs.done():
                 break
             settled_all = all(r.status in FINAL for r in obs.requests)
-            cheats = {a.lower() for a in obs.perturbed}
             drawn = [r for r in obs.requests if r.task_id]
             if len(drawn) == len(obs.requests) and sent < opts.max_requests and cheats and \
                     all(r.stage_operator.lower() in cheats for r in drawn):

@@ -20,7 +20,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from contracts.errors import ContractsError
-from contracts.verification import BPS, StageCommit, batch_seed_of, commitment_root, sample_draw
+from contracts.verification import (
+    BPS,
+    StageCommit,
+    anchor_block,
+    batch_seed_of,
+    commitment_root,
+    sample_draw,
+)
 from devnet.explorer.models import Block, Log, Request, Tx
 
 ZERO_ROOT = "0x" + "00" * 32
@@ -137,8 +144,8 @@ def sampling(s: Session, r: Request, release_block: int | None,
         return out
     p = ver_params.args["params"]
     src = str(source.args["source"]).lower()
-    anchor = int(release_block) - int(pay_params.args["verification_window"]) \
-        + int(p["randomness_delay"])
+    anchor = anchor_block(int(release_block), int(pay_params.args["verification_window"]),
+                          int(p["randomness_delay"]))
     created = s.scalars(select(Tx).where(Tx.created == src).limit(1)).first()
     src_name = created.contract if created is not None else None
     out.update(randomness_source=src, randomness_contract=src_name, anchor_block=anchor,

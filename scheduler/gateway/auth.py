@@ -76,9 +76,13 @@ class Accounts:
         return signed
 
     # ------------------------------------------------------------------ chain reads
+    def _fresh(self, cache: dict, k: object) -> bool:
+        hit = cache.get(k)
+        return hit is not None and time.monotonic() - hit[0] < self.cache_s
+
     def _cached(self, cache: dict, k: object, read):  # type: ignore[no-untyped-def]
         hit = cache.get(k)
-        if hit is not None and time.monotonic() - hit[0] < self.cache_s:
+        if self._fresh(cache, k):
             return hit[1]
         try:
             value = read()
@@ -92,12 +96,10 @@ class Accounts:
 
     def cached(self, signed: SignedApiKey) -> bool:
         """Whether `reserve(signed, …)` would read nothing from the chain (fresh cache entries)."""
-        now = time.monotonic()
-        hit = self._key_cache.get(signed.key_hash)
-        if hit is None or now - hit[0] >= self.cache_s or hit[1] is None:
+        kh = signed.key_hash
+        if not self._fresh(self._key_cache, kh) or (state := self._key_cache[kh][1]) is None:
             return False
-        dep = self._deposit_cache.get(to_checksum_address(hit[1].client))
-        return dep is not None and now - dep[0] < self.cache_s
+        return self._fresh(self._deposit_cache, to_checksum_address(state.client))
 
     def invalidate(self) -> None:
         with self._lock:

@@ -28,7 +28,6 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
-    insert,
     inspect,
     select,
     text,
@@ -146,14 +145,12 @@ class Store:
             return seq
 
     def record(self, r: Served) -> None:
-        """One durable row per served request (a Core insert: on the request path, no ORM unit of
-        work needed)."""
-        with self.engine.begin() as c:
-            c.execute(insert(RequestRow.__table__).values(
-                seq=r.seq, request_id=r.request_id, key_hash=r.key_hash, model_id=r.model_id,
-                pipeline=r.pipeline, tokens_in=r.tokens_in, tokens_out=r.tokens_out,
-                charge=str(r.charge), commitment_root=r.commitment_root, created_at=time.time(),
-                commitments=r.commitments, commitments_error=r.commitments_error))
+        with Session(self.engine) as s, s.begin():
+            s.add(RequestRow(seq=r.seq, request_id=r.request_id, key_hash=r.key_hash,
+                             model_id=r.model_id, pipeline=r.pipeline, tokens_in=r.tokens_in,
+                             tokens_out=r.tokens_out, charge=str(r.charge),
+                             commitment_root=r.commitment_root, created_at=time.time(),
+                             commitments=r.commitments, commitments_error=r.commitments_error))
 
     def unsettled_by_key(self) -> dict[bytes, int]:
         """Charges of records not yet in a settled batch, per key (reserved against caps)."""

@@ -35,7 +35,7 @@ from contracts.batch import Leaf, Pipeline, merkle_proof, verify_proof
 from contracts.batch import request_id as chain_request_id
 from contracts.client import Chain
 from contracts.errors import ChainError, ContractsError, Revert
-from contracts.verification import StageCommit, sample_draw
+from contracts.verification import StageCommit, VerificationParams, anchor_block, sample_draw
 
 from .settlement import batch_call
 from .store import BatchRow, RequestRow, Store
@@ -86,7 +86,7 @@ class TaskOpener:
         self.released = 0
         self.last_error: str | None = None
         self._release_blocks: dict[int, int] = {}  # chain batch id -> its (immutable) release block
-        self._offset: tuple[float, int] | None = None  # (read at, randomness_delay - window)
+        self._params: tuple[float, int, VerificationParams] | None = None  # (read at, window, p)
 
     PARAMS_TTL_S = 30.0
 
@@ -103,21 +103,27 @@ class TaskOpener:
             self._release(b, head)
         return opened
 
+    def _read_params(self, fresh: bool = False) -> tuple[int, VerificationParams]:
+        """(Payments verification window, Verification parameters), re-read when `fresh` or older
+        than `PARAMS_TTL_S`."""
+        now = time.monotonic()
+        if fresh or self._params is None or now - self._params[0] > self.PARAMS_TTL_S:
+            self._params = (now, int(self.chain.payments.params()["verification_window"]),
+                            self.chain.verification.params())
+        return self._params[1], self._params[2]
+
     def _anchor_passed(self, batch_id: int, head: int) -> bool:
-        """Whether the head is past the block whose randomness samples the batch (release block
-        − verification window + randomness delay, as the contract computes it). Parameters are
-        re-read every `PARAMS_TTL_S`; a wrong guess only delays to `is_sampled`'s own check."""
+        """Whether the head is past the block whose randomness samples the batch (`anchor_block`,
+        as the contract computes it). Parameters may be up to `PARAMS_TTL_S` old here: a wrong
+        guess only delays to `is_sampled`'s own check."""
         rb = self._release_blocks.get(batch_id)
         if rb is None:
             info = self.chain.payments.batch(batch_id)
             if info is None:
                 return True  # let the contract say what is wrong
             rb = self._release_blocks[batch_id] = info.release_block
-        now = time.monotonic()
-        if self._offset is None or now - self._offset[0] > self.PARAMS_TTL_S:
-            window = int(self.chain.payments.params()["verification_window"])
-            self._offset = (now, self.chain.verification.params().randomness_delay - window)
-        return head > rb + self._offset[1]
+        window, p = self._read_params()
+        return head > anchor_block(rb, window, p.randomness_delay)
 
     def _release(self, b: BatchRow, head: int) -> None:
         """Release a batch's escrow (split among its operators, the verifier pool and the fee) once
@@ -217,10 +223,9 @@ class TaskOpener:
         against the contract's answer for `probe`; on any doubt, the contract is asked each time."""
         ver = self.chain.verification
         try:
-            rb = self._release_blocks[batch_id]
-            window = int(self.chain.payments.params()["verification_window"])
-            p = ver.params()
-            seed = ver.batch_seed(batch_id, rb - window + p.randomness_delay)
+            window, p = self._read_params(fresh=True)  # the sampling rate must be the current one
+            seed = ver.batch_seed(batch_id, anchor_block(self._release_blocks[batch_id], window,
+                                                         p.randomness_delay))
         except (ChainError, ContractsError, KeyError) as exc:
             log.debug("batch %s: sampling asked per record: %s", batch_id, exc)
             return lambda rid: ver.is_sampled(batch_id, rid)

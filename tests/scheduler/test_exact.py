@@ -4,20 +4,82 @@
 from __future__ import annotations
 
 import time
+from itertools import permutations
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from scheduler.allocate import allocate, plan_score
-from scheduler.costs import build_cluster
+from scheduler.allocate import allocate, plan_score, with_ends
+from scheduler.costs import MID, Cluster, build_cluster, estimate
 from scheduler.errors import CannotPlace, InvalidInput
-from scheduler.exact import MAX_STATES, _solve_bitmask, allocate_exact, count_states, solve_exact
+from scheduler.exact import (
+    MAX_STATES,
+    _best_replica,
+    _types,
+    allocate_exact,
+    count_states,
+    solve_exact,
+)
 from scheduler.model import Snapshot
 from scheduler.schema import check_plan, parse_snapshot
 from scheduler.sim.catalogue import MODELS
 from scheduler.sim.cluster import gen_cluster
 
 from .conftest import snapshots
+
+
+# The plain DP over node subsets (the solver before node types: exponential in nodes), kept here
+# as the reference the typed DP must match.
+def _orders(c: Cluster, rank: np.ndarray, members: list[int]) -> list[list[int]]:
+    """Every choice of first and last node, the middle ordered by the region rule."""
+    if len(members) == 1:
+        return [members]
+    return [with_ends(c, [i for i in members if i not in (first, last)], first, last, rank)
+            for first, last in permutations(sorted(members, key=lambda i: c.ids[i]), 2)]
+
+
+def _solve_bitmask(c: Cluster) -> tuple[list, list[int]]:
+    """Optimal replicas by a DP over node subsets."""
+    n = len(c)
+    _, rank = _types(c)
+    L = c.model.layers
+    value = np.zeros(1 << n)
+    best_rep: dict[int, tuple[list[int], list[int]]] = {}
+    caps_mid = np.clip(c.cap[:, MID], 0, None)
+    for mask in range(1, 1 << n):
+        members = [i for i in range(n) if mask >> i & 1]
+        if len(members) > 1 and int(caps_mid[members].sum()) < L:
+            continue
+        best = _best_replica(c, _orders(c, rank, members))
+        if best is not None:
+            value[mask] = best[0]
+            best_rep[mask] = (best[1], best[2])
+    f = np.zeros(1 << n)
+    choice = [0] * (1 << n)
+    for s in range(1, 1 << n):
+        low = s & -s
+        f[s], choice[s] = f[s ^ low], 0
+        rest = s ^ low
+        sub = rest
+        while True:
+            t = sub | low
+            if t in best_rep and value[t] + f[s ^ t] > f[s] + 1e-15:
+                f[s], choice[s] = value[t] + f[s ^ t], t
+            if sub == 0:
+                break
+            sub = (sub - 1) & rest
+    built, used, s = [], set(), (1 << n) - 1
+    while s:
+        t = choice[s]
+        if t == 0:
+            s ^= s & -s
+            continue
+        order, k = best_rep[t]
+        built.append((order, k, estimate(c, order, k)))
+        used.update(order)
+        s ^= t
+    return built, [i for i in range(n) if i not in used]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
