@@ -223,10 +223,14 @@ class Store:
                 task_state=state, task_id=task_id, task_error=None if error is None else error[:1000]))
 
     def counts(self) -> dict[str, int]:
+        """Requests (all, unbatched) and batches per status. The reads are separate statements
+        (pysqlite opens no read transaction), so they go in the order records move — requests
+        first, then the batches they join — and a record cut into a batch between two reads is
+        seen in that batch, never in neither (which would look like "all settled")."""
         with Session(self.engine) as s:
-            out = {f"batches_{k}": int(v) for k, v in s.execute(
-                select(BatchRow.status, func.count()).group_by(BatchRow.status))}
-            out["requests"] = int(s.scalar(select(func.count()).select_from(RequestRow)) or 0)
-            out["requests_unbatched"] = int(s.scalar(select(func.count()).select_from(RequestRow)
-                                                     .where(RequestRow.batch.is_(None))) or 0)
+            out = {"requests": int(s.scalar(select(func.count()).select_from(RequestRow)) or 0),
+                   "requests_unbatched": int(s.scalar(select(func.count()).select_from(RequestRow)
+                                                      .where(RequestRow.batch.is_(None))) or 0)}
+            out.update({f"batches_{k}": int(v) for k, v in s.execute(
+                select(BatchRow.status, func.count()).group_by(BatchRow.status))})
         return out
