@@ -29,14 +29,14 @@ from scheduler.costs import (
     MID,
     Cluster,
     ReplicaEstimate,
+    best_split,
     build_cluster,
     estimate,
-    position,
 )
 from scheduler.errors import CannotPlace
 from scheduler.model import MIB, Plan, Replica, Snapshot, Stage
 
-SOLVER = "veriplex-waterfill-v1"
+SOLVER = "veriplex-batchfill-v2"
 
 Built = tuple[list[int], list[int], ReplicaEstimate]  # (node order, layers per stage, estimate)
 
@@ -55,56 +55,9 @@ def stage_order(c: Cluster, members: list[int]) -> list[int]:
     return [first, *middle, last]
 
 
-def waterfill(c: Cluster, order: list[int], caps: list[int] | None = None) -> list[int] | None:
-    """Layers per stage minimising the slowest stage, every stage ≥ 1 layer, under `caps`.
-
-    Greedy on a heap: each next layer goes where `(k+1)·tau` is least — optimal for this min-max
-    problem. `caps` default to the memory caps of each position. None when they cannot hold it.
-    """
-    L, n = c.model.layers, len(order)
-    if caps is None:
-        caps = [int(c.cap[i, position(s, n)]) for s, i in enumerate(order)]
-    if n > L or min(caps) < 1 or sum(caps) < L:
-        return None
-    k = [1] * n
-    heap = [(2 * float(c.tau[i]), s) for s, i in enumerate(order) if caps[s] > 1]
-    heapq.heapify(heap)
-    for _ in range(L - n):
-        _, s = heapq.heappop(heap)
-        k[s] += 1
-        if k[s] < caps[s]:
-            heapq.heappush(heap, ((k[s] + 1) * float(c.tau[order[s]]), s))
-    return k
-
-
 def split(c: Cluster, order: list[int]) -> tuple[list[int], ReplicaEstimate] | None:
-    """Water-fill `order`, then trade speed for KV room: for each target concurrency `B` above
-    what the plain fill leaves room for, cap each stage's layers so `B` sequences fit and
-    water-fill again; keep the split with the most throughput within the latency bound."""
-    n = len(order)
-    caps0 = [int(c.cap[i, position(s, n)]) for s, i in enumerate(order)]
-    k0 = waterfill(c, order, caps0)
-    if k0 is None:
-        return None
-    bound = c.snapshot.params.latency_bound_ms / 1e3
-    best = (k0, estimate(c, order, k0))
-    m, p = c.model, c.snapshot.params
-    room = [float(c.usable[i]) - m.extra_bytes(position(s, n) in (FIRST, ALONE),
-                                               position(s, n) in (LAST, ALONE))
-            for s, i in enumerate(order)]
-    per_seq = float(m.kv_bytes_per_token_layer * p.context_tokens)
-    b = p.max_batch
-    while b > best[1].batch:
-        caps = [min(cp, int(r // (m.layer_bytes + b * per_seq)))
-                for cp, r in zip(caps0, room, strict=True)]
-        k = waterfill(c, order, caps)
-        if k is not None:
-            est = estimate(c, order, k)
-            better = est.throughput > best[1].throughput
-            if (better and est.latency_s <= bound) or best[1].latency_s > bound >= est.latency_s:
-                best = (k, est)
-        b = min(b - 1, int(b * 0.85))
-    return best
+    """The best layer split of `order` at the batch it will run (`costs.best_split`)."""
+    return best_split(c, order)
 
 
 def _rank(c: Cluster, est: ReplicaEstimate) -> tuple[bool, float]:
@@ -357,41 +310,95 @@ def diagnose(c: Cluster, snapshot: Snapshot) -> None:
             f"short by about {max(need - held * m.layer_bytes, m.layer_bytes) / MIB:,.0f} MiB"])
 
 
+RR_FLOOR = 0.8  # a plan's round-robin rate (replicas × slowest) counts once below this × its sum
+
+
+def plan_value(built: list[Built]) -> float:
+    """What the plan is worth under any routing: its summed throughput (what a load-aware router
+    gets), unless round robin — every replica the same share of requests, so the slowest sets
+    the finish time — would get less than `RR_FLOOR` of it; then that rate ÷ `RR_FLOOR`."""
+    if not built:
+        return 0.0
+    xs = [b[2].throughput for b in built]
+    return min(sum(xs), len(xs) * min(xs) / RR_FLOOR)
+
+
+def drop_stragglers(c: Cluster, built: list[Built], rest: list[int]
+                    ) -> tuple[list[Built], list[int]]:
+    """Keep the fastest replicas whose `plan_value` is the most; the slower ones' nodes are
+    offered to the kept replicas (`augment`: a slow node paired with fast ones where it adds KV
+    room or layers) and otherwise left standby."""
+    ranked = sorted(built, key=lambda b: (-b[2].throughput, c.ids[b[0][0]]))
+    best_n, best_v = len(ranked), plan_value(ranked)
+    for n in range(len(ranked) - 1, 0, -1):
+        v = plan_value(ranked[:n])
+        if v > best_v * (1 + 1e-9):
+            best_n, best_v = n, v
+    if best_n == len(ranked):
+        return built, rest
+    kept = ranked[:best_n]
+    freed = sorted({i for b in ranked[best_n:] for i in b[0]} | set(rest))
+    grown, unused = augment(c, kept, [i for i in freed if int(c.cap[i, MID]) >= 1])
+    if plan_value(grown) >= best_v:
+        kept = grown
+        freed = sorted(set(unused) | {i for i in freed if int(c.cap[i, MID]) < 1})
+    return kept, freed
+
+
+def _grouped(c: Cluster, pool: list[int], by_region: bool) -> tuple[list[Built], list[int]]:
+    """Replicas from `pool`: region by region then the leftovers across regions, or all at once."""
+    built: list[Built] = []
+    rest: list[int] = []
+    leftovers: list[int] = []
+    if by_region:
+        for r in range(len(c.regions)):
+            reps, unused = group_region(c, [i for i in pool if int(c.region[i]) == r])
+            built.extend(reps)
+            leftovers.extend(unused)
+    else:
+        leftovers = list(pool)
+    if leftovers:
+        # Across regions, in region order, so each pooled replica spans as few regions as possible.
+        if by_region:
+            groups = _sequential(c, leftovers, lambda i: (int(c.region[i]), float(c.tau[i]),
+                                                          c.ids[i]), replica_bytes(c, 1))
+            reps, unused = _build_all(c, groups)
+        else:
+            reps, unused = group_region(c, leftovers)
+        built.extend(reps)
+        rest.extend(unused)
+    return built, rest
+
+
 def solve(c: Cluster) -> tuple[list[Built], list[int]]:
     """The heuristic over a built cluster: replicas and unused nodes (both deterministic)."""
     L = c.model.layers
-    all_idx = list(range(len(c)))
-    built: list[Built] = []
-    rest: list[int] = []
+    alone: list[Built] = []
     pool = []
-    for i in all_idx:
+    for i in range(len(c)):
         rep = build_replica(c, [i])[0] if int(c.cap[i, ALONE]) >= L else None
         if rep is not None and usable(c, rep[2]):
-            built.append(rep)
+            alone.append(rep)
         else:  # too small alone, or no KV room / too slow alone: pipeline it with others
             pool.append(i)
     weak = [i for i in pool if int(c.cap[i, MID]) < 1]
     pool = [i for i in pool if int(c.cap[i, MID]) >= 1]
-    leftovers: list[int] = []
-    for r in range(len(c.regions)):
-        reps, unused = group_region(c, [i for i in pool if int(c.region[i]) == r])
-        built.extend(reps)
-        leftovers.extend(unused)
-    if leftovers:
-        # Across regions, in region order, so each pooled replica spans as few regions as possible.
-        groups = _sequential(c, leftovers, lambda i: (int(c.region[i]), float(c.tau[i]), c.ids[i]),
-                             replica_bytes(c, 1))
-        reps, unused = _build_all(c, groups)
-        built.extend(reps)
-        rest.extend(unused)
-    built, rest = augment(c, built, sorted(set(rest)))
-    spare = [i for i in sorted(set(rest)) if int(c.cap[i, MID]) >= 1]
-    built, rest = release_slowest(c, built, spare)
-    built = polish(c, built)
-    ok = [usable(c, b[2]) for b in built]
-    kept = [b for b, good in zip(built, ok, strict=False) if good]
-    rest.extend(i for b, good in zip(built, ok, strict=False) if not good for i in b[0])
-    return kept, sorted(set(rest) | set(weak))
+    best: tuple[float, list[Built], list[int]] | None = None
+    for by_region in (True, False) if len(c.regions) > 1 else (True,):
+        grouped, rest = _grouped(c, pool, by_region)
+        built, rest = augment(c, alone + grouped, sorted(set(rest)))
+        spare = [i for i in sorted(set(rest)) if int(c.cap[i, MID]) >= 1]
+        built, rest = release_slowest(c, built, spare)
+        built = polish(c, built)
+        ok = [usable(c, b[2]) for b in built]
+        kept = [b for b, good in zip(built, ok, strict=False) if good]
+        rest.extend(i for b, good in zip(built, ok, strict=False) if not good for i in b[0])
+        kept, rest = drop_stragglers(c, kept, rest)
+        value = plan_value(kept)
+        if best is None or value > best[0] * (1 + 1e-9):
+            best = (value, kept, rest)
+    assert best is not None
+    return best[1], sorted(set(best[2]) | set(weak))
 
 
 def to_plan(c: Cluster, built: list[Built], unused: list[int], snapshot: Snapshot,

@@ -1,13 +1,29 @@
 """The performance model every part of the scheduler shares (solver, exact reference, router, sim).
 
-Per node: a weight budget (usable VRAM − KV reserve) and so a layer capacity for each pipeline
-position (`first` holds the embedding, `last` the LM head; both when alone), and a per-layer decode
-time `tau = max(weight bytes / memory bandwidth + launch overhead, batch × FLOPs / peak FLOPS)` —
-the roofline — where a measured per-layer latency replaces the memory term once the node reports one. Links cost
-`RTT/2 + bytes/bandwidth`. A replica's estimate: KV-bounded concurrency `B` (sequences its tightest
-stage can hold at the mean context), token round trip `lat = Σ k_i·tau_i + ring links`, and
-throughput `B / (S·max_i k_i·tau_i + ring links)` — a full pipeline of S micro-batches moves at its
-slowest stage.
+**Step time.** One layer on node `i` running a step of `t` new tokens (decode rows and prompt tokens
+alike) that attend over `kv` cached tokens takes `layer_time(t, kv)`: the measured per-layer step
+time at `t` tokens when the node reports `step_ms` (piecewise linear between the measured batch
+sizes, extended by the last segment's slope), else the roofline `max(weight bytes / memory
+bandwidth + launch overhead, t × FLOPs / peak FLOPS)`; a lone batch-1 measurement (`layer_ms`)
+replaces the memory term. Reading the KV of the context costs `kv × KV bytes / bandwidth` on top.
+Links cost `RTT/2 + bytes/bandwidth`.
+
+**A replica at the batch it will run.** Its concurrency `B` is what its tightest stage's KV room
+holds at `context_tokens` per sequence, capped at `max_batch` — the batch it runs once the load
+saturates it. Its sequences move round the ring as one batch (each stage runs everything queued,
+so micro-batches merge), and every cycle each sequence gains one token; the request mix
+(`prompt_tokens`, `output_tokens`) brings `B / output_tokens` new prompts per cycle whose prefill
+runs through every stage (compute-bound: priced by its FLOPs). So with `k_s` layers on stage `s`:
+
+    cycle(B) = Σ_s k_s · (layer_time_s(B, B · context) + B / output_tokens · layer_time_s(prompt))
+               + ring links
+    throughput = B / cycle(B),  time per output token = cycle(B)
+
+The latency bound limits one token's unloaded round trip (batch 1, every stage plus the ring).
+
+The cost is linear in the layers per stage, so for a fixed order and batch the best split puts
+layers on the cheapest nodes first (`fill`), and the best split over every batch target is exact
+(`best_split`): layers traded for KV room when more sequences pay for it, capped by `max_batch`.
 """
 
 from __future__ import annotations
@@ -34,11 +50,13 @@ class Cluster:
     usable: np.ndarray  # (n,) usable VRAM bytes (KV reserve included)
     budget: np.ndarray  # (n,) bytes for weights: usable − KV reserve
     cap: np.ndarray  # (n, 4) layers holdable at FIRST, MID, LAST, ALONE
-    mem_tau: np.ndarray  # (n,) s per layer from weights traffic (or measured)
+    mem_tau: np.ndarray  # (n,) s per layer from weights traffic (or measured at batch 1)
     mem_bw: np.ndarray  # (n,) bytes/s of device memory
     flops: np.ndarray  # (n,) FLOP/s
     net: np.ndarray  # (n,) bytes/s
-    tau: np.ndarray  # (n,) s per layer at the reference batch
+    steps: tuple[tuple[np.ndarray, np.ndarray] | None, ...]  # measured (tokens, s per layer)
+    pre: np.ndarray  # (n,) s per layer for one mean prompt's prefill
+    tau: np.ndarray  # (n,) s per layer per cycle at a full batch (decode + amortized prefill)
     rtt: np.ndarray  # (r, r) seconds between region codes
     memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # per solve
 
@@ -48,6 +66,26 @@ class Cluster:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def _measured(n: NodeSpec) -> tuple[np.ndarray, np.ndarray] | None:
+    if not n.step_ms:
+        return None
+    t = np.array([float(b) for b, _ in n.step_ms])
+    s = np.array([ms / 1e3 for _, ms in n.step_ms])
+    return t, s
+
+
+def _interp(table: tuple[np.ndarray, np.ndarray], tokens: np.ndarray) -> np.ndarray:
+    """Piecewise-linear step time at `tokens`; flat below the first row, the last segment's
+    slope (or proportional with one row) beyond the last."""
+    t, s = table
+    out = np.interp(tokens, t, s)
+    if len(t) >= 2:
+        slope = max((s[-1] - s[-2]) / (t[-1] - t[-2]), 0.0)
+    else:
+        slope = s[-1] / t[-1]
+    return np.where(tokens > t[-1], s[-1] + (tokens - t[-1]) * slope, out)
 
 
 def build_cluster(snapshot: Snapshot, nodes: list[NodeSpec] | None = None) -> Cluster:
@@ -69,19 +107,98 @@ def build_cluster(snapshot: Snapshot, nodes: list[NodeSpec] | None = None) -> Cl
     roofline = m.layer_bytes / np.maximum(bw, 1.0) + p.layer_overhead_us / 1e6
     mem_tau = np.where(measured > 0, measured, roofline)
     flops = np.array([n.tflops * 1e12 for n in nodes], dtype=float)
-    tau = np.maximum(mem_tau, p.ref_batch * m.layer_flops / flops) if nodes else mem_tau
     rtt = np.zeros((len(regions), len(regions)))
     for a, ra in enumerate(regions):
         for b, rb in enumerate(regions):
             rtt[a, b] = snapshot.links.region_rtt_ms(ra, rb) / 1e3
-    return Cluster(
+    c = Cluster(
         snapshot=snapshot, ids=tuple(n.id for n in nodes),
         index={n.id: i for i, n in enumerate(nodes)}, regions=regions,
         region=np.array([rcode[n.region] for n in nodes], dtype=np.int64),
         usable=usable, budget=budget, cap=cap, mem_tau=mem_tau, mem_bw=np.maximum(bw, 1.0),
-        flops=flops,
-        net=np.array([n.net_mbps * 1e6 / 8 for n in nodes], dtype=float), tau=tau, rtt=rtt,
+        flops=flops, net=np.array([n.net_mbps * 1e6 / 8 for n in nodes], dtype=float),
+        steps=tuple(_measured(n) for n in nodes), pre=np.zeros(len(nodes)),
+        tau=np.zeros(len(nodes)), rtt=rtt,
     )
+    everyone = np.arange(len(nodes))
+    c.pre[:] = layer_times(c, everyone, float(p.prompt_tokens), 0.0)
+    c.tau[:] = unit_cost(c, everyone, float(p.max_batch), 2)
+    return c
+
+
+def layer_times(c: Cluster, idx: np.ndarray, tokens: float | np.ndarray,
+                kv_tokens: float | np.ndarray = 0.0) -> np.ndarray:
+    """Seconds per layer on nodes `idx` for a step of `tokens` new tokens attending over
+    `kv_tokens` cached tokens in all (broadcasts: `idx` of shape (n,) with `tokens` (r, 1))."""
+    m = c.model
+    idx = np.atleast_1d(idx)
+    t = np.asarray(tokens, dtype=float)
+    t = np.broadcast_to(t, np.broadcast_shapes(t.shape, idx.shape))
+    kv_read = np.asarray(kv_tokens, dtype=float) * m.kv_bytes_per_token_layer / c.mem_bw[idx]
+    base = np.maximum(c.mem_tau[idx], t * m.layer_flops / c.flops[idx])
+    tables = [(col, c.steps[int(i)]) for col, i in enumerate(idx) if c.steps[int(i)] is not None]
+    if tables:
+        base = base.copy()
+        for col, table in tables:
+            assert table is not None
+            base[..., col] = _interp(table, t[..., col])
+    return base + kv_read
+
+
+def _scalars(c: Cluster) -> tuple[list[float], list[float], list[float]]:
+    """Per-node memory time, FLOP/s and bandwidth as Python floats (the simulator's hot path)."""
+    got = c.memo.get("scalars")
+    if got is None:
+        got = (c.mem_tau.tolist(), c.flops.tolist(), c.mem_bw.tolist())
+        c.memo["scalars"] = got
+    return got
+
+
+def layer_time(c: Cluster, i: int, tokens: float, kv_tokens: float = 0.0) -> float:
+    """Seconds for one layer on node `i` over a step of `tokens` new tokens that attend over
+    `kv_tokens` cached tokens in all (the scalar form of `layer_times`)."""
+    mem, flops, bw = _scalars(c)
+    m = c.model
+    table = c.steps[i]
+    if table is None:
+        base = max(mem[i], tokens * m.layer_flops / flops[i])
+    else:
+        base = float(_interp(table, np.array([float(tokens)]))[0])
+    return base + kv_tokens * m.kv_bytes_per_token_layer / bw[i]
+
+
+def decode_context(c: Cluster) -> float:
+    """Mean tokens a decoding sequence attends over: its prompt and half its output."""
+    p = c.snapshot.params
+    return p.prompt_tokens + p.output_tokens / 2
+
+
+PREFILL_OVERLAP = 0.5  # share of a separate prompt's step a decode batch waits on (S >= 2)
+
+
+def unit_cost(c: Cluster, idx: np.ndarray, batch: float | np.ndarray,
+              stages: int = 2) -> np.ndarray:
+    """Seconds one layer on nodes `idx` adds to a replica's cycle at `batch` sequences.
+
+    `batch / output_tokens` prompts join per cycle. Alone (`stages` 1) a prompt lands in the
+    same step as the decode rows (it arrives with them), so the step runs at `batch + prompts ×
+    prompt_tokens` tokens. In a pipeline a prompt reaches each stage apart from the decode batch
+    and runs as its own step: the batch finds it running half the time on average
+    (`PREFILL_OVERLAP`); what does not overlap is bounded by `stage_busy`."""
+    p = c.snapshot.params
+    b = np.asarray(batch, dtype=float)
+    prompts = b / p.output_tokens
+    if stages == 1:
+        return layer_times(c, idx, b + prompts * p.prompt_tokens, b * decode_context(c))
+    dec = layer_times(c, idx, b, b * decode_context(c))
+    return dec + PREFILL_OVERLAP * prompts * c.pre[idx]
+
+
+def stage_busy(c: Cluster, idx: np.ndarray, batch: float | np.ndarray) -> np.ndarray:
+    """Seconds per layer a stage is busy per cycle: the decode step and every prompt's step."""
+    p = c.snapshot.params
+    b = np.asarray(batch, dtype=float)
+    return layer_times(c, idx, b, b * decode_context(c)) + b / p.output_tokens * c.pre[idx]
 
 
 def position(i: int, n: int) -> int:
@@ -91,63 +208,163 @@ def position(i: int, n: int) -> int:
     return FIRST if i == 0 else LAST if i == n - 1 else MID
 
 
-def layer_time(c: Cluster, i: int, tokens: float, kv_tokens: float = 0.0) -> float:
-    """Seconds for one layer on node `i` over a batch of `tokens` new tokens that attend over
-    `kv_tokens` cached tokens in all (roofline: weights + KV reads vs. compute)."""
-    kv_read = kv_tokens * c.model.kv_bytes_per_token_layer / float(c.mem_bw[i])
-    return max(float(c.mem_tau[i]) + kv_read, tokens * c.model.layer_flops / float(c.flops[i]))
+def positions(n: int) -> list[int]:
+    return [position(s, n) for s in range(n)]
 
 
 def link_time(c: Cluster, i: int, j: int, nbytes: float) -> float:
     """RTT/2 + bytes/bandwidth between nodes `i` and `j` (0 on the same node)."""
     if i == j:
         return 0.0
-    links = c.snapshot.links
-    a, b = c.ids[i], c.ids[j]
-    pair = links.pairs.get((a, b) if a <= b else (b, a))
-    if pair is not None:
-        rtt_s, bw = pair[0] / 1e3, pair[1] * 1e6 / 8
-    else:
-        ra, rb = int(c.region[i]), int(c.region[j])
-        rtt_s = float(c.rtt[ra, rb])
-        bw = links.region_mbps(c.regions[ra], c.regions[rb]) * 1e6 / 8
-    bw = min(bw, float(c.net[i]), float(c.net[j]))
-    return rtt_s / 2 + nbytes / bw
+    key = ("link", i, j)
+    got = c.memo.get(key)
+    if got is None:
+        links = c.snapshot.links
+        a, b = c.ids[i], c.ids[j]
+        pair = links.pairs.get((a, b) if a <= b else (b, a))
+        if pair is not None:
+            rtt_s, bw = pair[0] / 1e3, pair[1] * 1e6 / 8
+        else:
+            ra, rb = int(c.region[i]), int(c.region[j])
+            rtt_s = float(c.rtt[ra, rb])
+            bw = links.region_mbps(c.regions[ra], c.regions[rb]) * 1e6 / 8
+        got = (rtt_s / 2, min(bw, float(c.net[i]), float(c.net[j])))
+        c.memo[key] = got
+    return got[0] + nbytes / got[1]
 
 
 def ring_links(c: Cluster, order: list[int]) -> float:
     """Link seconds for one token around the ring (stage to stage, then last back to first)."""
     if len(order) < 2:
         return 0.0
+    key = ("ring", tuple(order))
+    if key in c.memo:
+        return c.memo[key]
     a = c.model.activation_bytes
     total = sum(link_time(c, order[s], order[s + 1], a) for s in range(len(order) - 1))
-    return total + link_time(c, order[-1], order[0], 8)  # the sampled token id goes back
+    total += link_time(c, order[-1], order[0], 8)  # the sampled token id goes back
+    c.memo[key] = total
+    return total
+
+
+def stage_room(c: Cluster, order: list[int]) -> np.ndarray:
+    """Bytes each stage of `order` has for layers and KV (usable VRAM − embedding/LM head)."""
+    m, n = c.model, len(order)
+    return np.array([float(c.usable[i]) - m.extra_bytes(q in (FIRST, ALONE), q in (LAST, ALONE))
+                     for i, q in zip(order, positions(n), strict=True)])
+
+
+def seq_bytes_per_layer(c: Cluster) -> float:
+    """KV bytes one sequence of `context_tokens` holds per layer."""
+    return float(c.model.kv_bytes_per_token_layer * c.snapshot.params.context_tokens)
 
 
 def kv_sequences(c: Cluster, i: int, k: int, pos: int) -> float:
-    """Sequences of the mean context that node `i` holding `k` layers at `pos` can keep in KV."""
+    """Sequences of `context_tokens` that node `i` holding `k` layers at `pos` can keep in KV."""
     m = c.model
     extra = m.extra_bytes(pos in (FIRST, ALONE), pos in (LAST, ALONE))
     free = float(c.usable[i]) - k * m.layer_bytes - extra
-    return free / (k * m.kv_bytes_per_token_layer * c.snapshot.params.context_tokens)
+    return free / (k * seq_bytes_per_layer(c))
 
 
 @dataclass(frozen=True)
 class ReplicaEstimate:
-    throughput: float  # output tokens/s with the pipeline full
-    latency_s: float  # one token's unloaded round trip
+    throughput: float  # output tokens/s with the replica saturated at `batch`
+    latency_s: float  # one output token's unloaded round trip (what the latency bound limits)
     batch: int  # concurrent sequences (KV bound, capped at max_batch)
-    bottleneck_s: float  # slowest stage's time per step at the reference batch
+    bottleneck_s: float  # the busiest stage's share of a cycle (seconds)
+    tpot_s: float = 0.0  # time per output token at `batch`: one cycle of the ring
+    ttft_s: float = 0.0  # an unloaded prompt's time to first token
+
+
+def _batch_of(c: Cluster, order: list[int], layers: np.ndarray) -> np.ndarray:
+    """Sequences each row of `layers` (r, n) lets the replica run: KV-bound, capped."""
+    m = c.model
+    free = stage_room(c, order)[None, :] - layers * m.layer_bytes
+    seqs = np.floor(np.min(free / (np.maximum(layers, 1) * seq_bytes_per_layer(c)), axis=1))
+    return np.clip(seqs, 0, c.snapshot.params.max_batch)
 
 
 def estimate(c: Cluster, order: list[int], layers: list[int]) -> ReplicaEstimate:
     """Score one replica: nodes `order` (pipeline order) holding `layers[s]` layers each."""
+    idx = np.array(order)
+    k = np.array(layers, dtype=float)
+    batch = int(_batch_of(c, order, k[None, :])[0])
+    b = max(batch, 1)
     n = len(order)
-    seqs = min(kv_sequences(c, i, k, position(s, n)) for s, (i, k) in enumerate(zip(order, layers, strict=False)))
-    batch = int(min(c.snapshot.params.max_batch, np.floor(seqs)))
-    times = [k * float(c.tau[i]) for i, k in zip(order, layers, strict=False)]
+    per_stage = k * unit_cost(c, idx, float(b), n)
     links = ring_links(c, order)
-    bottleneck = max(times)
-    lat = sum(times) + links
-    thr = batch / (n * bottleneck + links) if batch >= 1 else 0.0
-    return ReplicaEstimate(throughput=thr, latency_s=lat, batch=max(batch, 0), bottleneck_s=bottleneck)
+    busy = k * stage_busy(c, idx, float(b)) if n > 1 else per_stage
+    cycle = max(float(per_stage.sum()) + links, float(busy.max()))
+    unloaded = float((k * layer_times(c, idx, 1.0, decode_context(c))).sum()) + links
+    ttft = float((k * c.pre[idx]).sum()) + links
+    thr = batch / cycle if batch >= 1 else 0.0
+    return ReplicaEstimate(throughput=thr, latency_s=unloaded, batch=batch,
+                           bottleneck_s=float(busy.max()), tpot_s=cycle, ttft_s=ttft)
+
+
+def batch_targets(max_batch: int, full: bool = False) -> np.ndarray:
+    """Batch sizes a split is sized for: every one up to 256 when `full`, else a ladder."""
+    if full or max_batch <= 16:
+        return np.arange(1, min(max_batch, 4096) + 1, dtype=float) if max_batch <= 4096 else \
+            np.unique(np.round(np.geomspace(1, max_batch, 512)))
+    ladder = np.unique(np.round(np.geomspace(1, max_batch, 14)))
+    return np.unique(np.concatenate([ladder, [max_batch, max_batch - 1, max_batch // 2]]))
+
+
+def fill(c: Cluster, order: list[int], caps: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray,
+                                                                                   np.ndarray]:
+    """Least-cost split per row: every stage 1 layer, the rest to the cheapest stages first up to
+    `caps` (r, n). Returns (feasible (r,), layers (r, n))."""
+    L, n = c.model.layers, len(order)
+    good = (caps.min(axis=1) >= 1) & (caps.sum(axis=1) >= L)
+    rank = np.argsort(cost, axis=1, kind="stable")
+    extra = np.take_along_axis(np.clip(caps - 1, 0, None), rank, axis=1)
+    before = np.cumsum(extra, axis=1) - extra
+    give = np.clip(np.minimum(extra, (L - n) - before), 0, None)
+    k = np.empty_like(give)
+    np.put_along_axis(k, rank, give + 1, axis=1)
+    return good, k
+
+
+def best_split(c: Cluster, order: list[int], full: bool = False
+               ) -> tuple[list[int], ReplicaEstimate] | None:
+    """The split of `order` with the most throughput whose unloaded token round trip is within the bound,
+    over batch targets (each target reserves KV for that many sequences, then fills the cheapest
+    nodes first); else the fastest one. None when the order cannot hold the model at all."""
+    key = ("split", tuple(order), full)
+    if key in c.memo:
+        return c.memo[key]
+    m, p = c.model, c.snapshot.params
+    L, n = m.layers, len(order)
+    idx = np.array(order)
+    caps0 = np.array([int(c.cap[i, q]) for i, q in zip(order, positions(n), strict=True)])
+    if n > L or caps0.min() < 1 or caps0.sum() < L:
+        c.memo[key] = None
+        return None
+    targets = batch_targets(p.max_batch, full)
+    room = stage_room(c, order)
+    kv_caps = np.floor(room[None, :] / (m.layer_bytes + targets[:, None]
+                                        * seq_bytes_per_layer(c))).astype(np.int64)
+    caps = np.minimum(caps0[None, :], kv_caps)
+    cost = unit_cost(c, idx, targets[:, None], n)  # (r, n)
+    good, k = fill(c, order, caps, cost)
+    if not good.any():  # not even one sequence fits: the fastest split, unusable
+        good, k = fill(c, order, caps0[None, :], cost[:1])
+        targets = targets[:1]
+    k, targets = k[good], targets[good]
+    batch = _batch_of(c, order, k.astype(float))
+    b = np.maximum(batch, 1)
+    links = ring_links(c, order)
+    cyc = (k * unit_cost(c, idx, b[:, None], n)).sum(axis=1) + links
+    if n > 1:
+        cyc = np.maximum(cyc, (k * stage_busy(c, idx, b[:, None])).max(axis=1))
+    lat = (k * layer_times(c, idx, 1.0, decode_context(c))).sum(axis=1) + links
+    thr = np.where(batch >= 1, batch / cyc, 0.0)
+    ok = (batch >= 1) & (lat <= p.latency_bound_ms / 1e3 + 1e-12)
+    score = np.where(ok, thr, -lat)  # usable first, then throughput; else the least latency
+    j = int(np.argmax(score))
+    layers = [int(x) for x in k[j]]
+    out = (layers, estimate(c, order, layers))
+    c.memo[key] = out
+    return out

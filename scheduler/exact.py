@@ -1,14 +1,15 @@
 """Exact reference for phase 1 on small clusters (~16 nodes of a few kinds), to measure the gap.
 
-It maximises the same objective as `allocate` under the same cost model (`scheduler.costs`): the
-sum over replicas of `B / (S·M + ring links)` with every replica's unloaded token round trip within
-the latency bound. Exactness comes from two nested exact searches:
+It maximises the summed replica throughput under the same cost model as `allocate`
+(`scheduler.costs`: each replica at the batch it will run) with every replica's unloaded token round
+trip within the latency bound. (The heuristic also weighs round robin, `allocate.plan_value`; this
+reference maximises the load-aware sum, so it is the bound on that sum.) Exactness comes from two nested exact searches:
 
 * per replica (a node subset with a chosen first and last node; the middle ordered by the same
-  region rule as the heuristic): enumerate the bottleneck `M` over every value `k·tau_i`, and for
-  each find the largest concurrency `B` by bisection — for fixed `(M, B)` each node's layer count
-  lies in a box `1 ≤ k_i ≤ min(cap_i, M/tau_i, room_i(B))`, and filling the fastest nodes first is
-  the least-latency point of the box, so feasibility is monotone in `B`;
+  region rule as the heuristic): the cycle is linear in the layers per stage, so for each batch
+  target (KV reserved for that many sequences) filling the cheapest nodes first is the least
+  cycle; every target from 1 to `max_batch` is tried (`costs.best_split(full=True)`), which is
+  exact where the ring, not one stage's prompts, bounds the cycle;
 * across replicas, a dynamic program over node multisets. Nodes equal in every cost quantity
   (region, memory, caps, speeds, network; never one named in a `links.pairs` override) form a
   *type*, and a set of nodes is a count vector over types: `f(S) = max(f(S − i), max_{T ∋ i,
@@ -25,8 +26,8 @@ from itertools import product
 
 import numpy as np
 
-from scheduler.allocate import diagnose, to_plan, with_ends
-from scheduler.costs import ALONE, FIRST, LAST, MID, Cluster, build_cluster, estimate, ring_links
+from scheduler.allocate import diagnose, to_plan, usable, with_ends
+from scheduler.costs import MID, Cluster, best_split, build_cluster, estimate
 from scheduler.errors import CannotPlace, InvalidInput
 from scheduler.model import Plan, Snapshot
 
@@ -35,57 +36,12 @@ MAX_STATES = 4096  # count vectors ∏(count_t + 1): 12 distinct nodes (~50 s) o
 
 
 def _best_split(c: Cluster, order: list[int]) -> tuple[float, list[int]] | None:
-    """Best `(throughput, layers per stage)` for a fixed pipeline order, or None if infeasible."""
-    m, p = c.model, c.snapshot.params
-    L, n = m.layers, len(order)
-    pos = [FIRST] + [MID] * (n - 2) + [LAST] if n > 1 else [ALONE]
-    caps = np.array([c.cap[i, q] for i, q in zip(order, pos, strict=False)], dtype=np.int64)
-    if n > L or caps.min() < 1 or caps.sum() < L:
+    """Best `(throughput, layers per stage)` for a fixed pipeline order, or None if infeasible
+    (every batch target, `costs.best_split(full=True)`)."""
+    res = best_split(c, order, full=True)
+    if res is None or not usable(c, res[1]):
         return None
-    tau = c.tau[order]
-    links = ring_links(c, order)
-    room = np.array([float(c.usable[i]) - m.extra_bytes(q in (FIRST, ALONE), q in (LAST, ALONE))
-                     for i, q in zip(order, pos, strict=False)])
-    per_seq = float(m.kv_bytes_per_token_layer * p.context_tokens)
-    bound = p.latency_bound_ms / 1e3
-    fast = np.argsort(tau, kind="stable")  # fill order for the least-latency point of a box
-
-    ms = np.unique(np.concatenate([np.arange(1, caps[s] + 1) * tau[s] for s in range(n)]))
-    hi = np.minimum(caps[None, :], np.floor(ms[:, None] / tau[None, :] + 1e-9).astype(np.int64))
-    ok = (hi.min(axis=1) >= 1) & (hi.sum(axis=1) >= L)
-    ms, hi = ms[ok], hi[ok]
-    if len(ms) == 0:
-        return None
-
-    def feasible(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For each M candidate with concurrency b[j]: feasible?, least-latency layer counts."""
-        kv_cap = np.floor(room[None, :] / (m.layer_bytes + b[:, None] * per_seq)).astype(np.int64)
-        box = np.minimum(hi, kv_cap)
-        good = (box.min(axis=1) >= 1) & (box.sum(axis=1) >= L)
-        extra = np.clip(box - 1, 0, None)[:, fast]
-        before = np.cumsum(extra, axis=1) - extra
-        give = np.clip(np.minimum(extra, (L - n) - before), 0, None)
-        k = np.empty_like(give)
-        k[:, fast] = give + 1
-        lat = (k * tau[None, :]).sum(axis=1) + links
-        return good & (lat <= bound + 1e-12), k
-
-    lo = np.zeros(len(ms), dtype=np.int64)  # largest feasible B so far (0 = none)
-    hi_b = np.full(len(ms), p.max_batch, dtype=np.int64)
-    while True:
-        active = lo < hi_b
-        if not active.any():
-            break
-        mid = np.where(active, (lo + hi_b + 1) // 2, lo)
-        good, _ = feasible(np.maximum(mid, 1))
-        lo = np.where(active & good, mid, lo)
-        hi_b = np.where(active & ~good, mid - 1, hi_b)
-    value = np.where(lo >= 1, lo / (n * ms + links), 0.0)
-    j = int(np.argmax(value))
-    if value[j] <= 0:
-        return None
-    _, k = feasible(np.array([lo[j]]).repeat(len(ms)))
-    return float(value[j]), [int(x) for x in k[j]]
+    return res[1].throughput, res[0]
 
 
 def _types(c: Cluster) -> tuple[list[list[int]], np.ndarray]:

@@ -114,6 +114,9 @@ class NodeSpec:
     gpu: str = ""
     available: bool = True
     layer_ms: float | None = None  # measured decode time per layer (batch 1), replaces the roofline
+    # Measured per-layer step times: `(tokens in the step, ms per layer)` rows, tokens ascending
+    # (decode rows or prompt tokens alike). When present they replace the roofline at every batch.
+    step_ms: tuple[tuple[int, float], ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -123,6 +126,8 @@ class NodeSpec:
         }
         if self.layer_ms is not None:
             d["layer_ms"] = self.layer_ms
+        if self.step_ms is not None:
+            d["step_ms"] = [[b, ms] for b, ms in self.step_ms]
         return d
 
 
@@ -166,18 +171,19 @@ class Params:
 
     kv_reserve_mib: int = 512  # per node, kept free of weights for KV caches
     memory_utilization: float = 0.9  # share of VRAM usable (the rest: runtime, fragmentation)
-    context_tokens: int = 1024  # mean context a sequence holds, for KV concurrency
-    max_batch: int = 64  # sequences a replica runs concurrently at most
-    ref_batch: int = 1  # decode batch at which per-layer time is estimated
-    latency_bound_ms: float = 1000.0  # bound on one output token's unloaded round trip
+    context_tokens: int = 1024  # KV tokens a sequence reserves (prompt + output), for concurrency
+    max_batch: int = 64  # sequences a node (so a replica) runs concurrently at most
+    prompt_tokens: int = 256  # mean prompt of the request mix: prefill work per request
+    output_tokens: int = 64  # mean output of the request mix: decode steps per request
+    latency_bound_ms: float = 1000.0  # bound on one output token's time at the planned batch
     layer_overhead_us: float = 20.0  # fixed per-layer cost (kernel launches) added to the roofline
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "kv_reserve_mib": self.kv_reserve_mib, "memory_utilization": self.memory_utilization,
             "context_tokens": self.context_tokens, "max_batch": self.max_batch,
-            "ref_batch": self.ref_batch, "latency_bound_ms": self.latency_bound_ms,
-            "layer_overhead_us": self.layer_overhead_us,
+            "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
+            "latency_bound_ms": self.latency_bound_ms, "layer_overhead_us": self.layer_overhead_us,
         }
 
 

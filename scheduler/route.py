@@ -7,7 +7,8 @@ head and may end one. A route's cost is the request's expected completion time: 
 queueing delay + (per-layer time at the node's current batch × layers it runs) for the prefill and
 for every output token + the link from the previous hop — the per-layer time is charged for every
 layer served, never once per node. Hops whose node lacks free KV
-memory for the request's tokens over the layers it would run are skipped (KV admission). One dynamic
+memory for the request's tokens over the layers it would run, or whose batch already holds
+`max_batch` sequences, are skipped (admission). One dynamic
 program over shards in order of their end layer touches each edge once: linear in the edges.
 
 `Router` is built once per plan; `route()` is pure given the loads passed in, so the coordinator
@@ -146,7 +147,10 @@ class Router:
             busy = 1.0 - 1.0 / (ld.active + 1)
             per_layer = (output_tokens * (1 + busy / 2) * layer_time(c, i, batch, resident)
                          + layer_time(c, i, prompt_tokens))
-            free = self.kv_capacity[nid] - loads.get(nid, idle).kv_used_bytes
+            seen = loads.get(nid, idle)
+            if seen.active >= max_batch:
+                continue  # the node's batch is full (the batch cap): no slot for another sequence
+            free = self.kv_capacity[nid] - seen.kv_used_bytes
             if a == 0 and b * per_layer_kv <= free:
                 best[j], start_at[j] = b * per_layer + ld.queue_s, 0
             for cut in range(a, b):

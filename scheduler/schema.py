@@ -143,6 +143,7 @@ def parse_node(doc: Any, where: str) -> NodeSpec:
     layer_ms = d.get("layer_ms")
     if layer_ms is not None:
         layer_ms = _num(d, "layer_ms", where, hi=1e6)
+    step_ms = _step_ms(d.get("step_ms"), f"{where}.step_ms")
     return NodeSpec(
         id=_str(d, "id", where),
         region=_str(d, "region", where),
@@ -154,7 +155,29 @@ def parse_node(doc: Any, where: str) -> NodeSpec:
         gpu=_str(d, "gpu", where, default=""),
         available=bool(d.get("available", True)),
         layer_ms=layer_ms,
+        step_ms=step_ms,
     )
+
+
+def _step_ms(rows: Any, where: str) -> tuple[tuple[int, float], ...] | None:
+    """Measured per-layer step times: `[[tokens, ms], …]`, tokens strictly ascending integers
+    >= 1, ms finite and > 0 (1 to 64 rows)."""
+    if rows is None:
+        return None
+    if not isinstance(rows, list) or not 1 <= len(rows) <= 64:
+        raise InvalidInput(f"{where}: expected a list of 1 to 64 [tokens, ms] rows, got "
+                           f"{_jtype(rows)}{f' of {len(rows)}' if isinstance(rows, list) else ''}")
+    out: list[tuple[int, float]] = []
+    for i, row in enumerate(rows):
+        if (not isinstance(row, list) or len(row) != 2 or not all(_finite(x) for x in row)
+                or int(row[0]) != row[0] or not 1 <= row[0] <= 1 << 24 or not 0 < row[1] <= 1e6):
+            raise InvalidInput(f"{where}[{i}]: expected [tokens >= 1 (integer), ms in (0, 1e6]], "
+                               f"got {row!r}"[:200])
+        if out and int(row[0]) <= out[-1][0]:
+            raise InvalidInput(f"{where}[{i}]: tokens must ascend, got {row[0]!r} after "
+                               f"{out[-1][0]}")
+        out.append((int(row[0]), float(row[1])))
+    return tuple(out)
 
 
 def _pairs(rows: Any, where: str, width: int, bandwidth: bool = False) -> list[list[Any]]:
@@ -200,7 +223,10 @@ def parse_params(doc: Any, where: str = "params") -> Params:
         memory_utilization=_num(d, "memory_utilization", where, default=base.memory_utilization),
         context_tokens=_num(d, "context_tokens", where, default=base.context_tokens, integer=True),
         max_batch=_num(d, "max_batch", where, default=base.max_batch, integer=True),
-        ref_batch=_num(d, "ref_batch", where, default=base.ref_batch, integer=True),
+        prompt_tokens=_num(d, "prompt_tokens", where, default=base.prompt_tokens, integer=True,
+                           hi=1 << 24),
+        output_tokens=_num(d, "output_tokens", where, default=base.output_tokens, integer=True,
+                           hi=1 << 24),
         latency_bound_ms=_num(d, "latency_bound_ms", where, default=base.latency_bound_ms),
         layer_overhead_us=_num(d, "layer_overhead_us", where, default=base.layer_overhead_us,
                                strict=False),

@@ -1,17 +1,28 @@
 """Discrete-event simulation of a cluster serving a request stream under a routing policy.
 
-Each node is a batching server: whenever it is idle and work is queued, it runs the queued items in
-FIFO order (up to `max_batch` items and `max_batch_tokens` tokens, like vLLM's
-`max_num_batched_tokens`; a longer prompt runs alone) as one step taking `layers × max(memory time, tokens × FLOPs / FLOPS)`
-(the shared roofline of `scheduler.costs`, at the batch's token count and the KV its sequences read,
-so prefill is compute-bound and decode memory-bound). A request is admitted when its policy finds a route with free KV memory
-on every hop for prompt + output tokens (else it waits in FIFO order); its prompt runs as one
-prefill pass along the route, then each output token goes round the ring (last hop back to the
-first) as a one-token decode step. Hidden states cross links in `RTT/2 + bytes/bandwidth`.
+Each node is a batching server (continuous batching, as in vLLM): whenever it is idle and work is
+queued, it runs the queued items in FIFO order — decode rows of running sequences and whole
+prompts of new ones alike, up to `max_batch` items and `max_batch_tokens` tokens (vLLM's
+`max_num_batched_tokens`; a longer prompt runs alone) — as one step taking `layers × layer_time(
+tokens, context)`: the shared step-time model of `scheduler.costs`, the roofline or the node's
+measured per-layer step times (`step_ms`), at the step's token count and the KV its sequences read.
+So a prompt that shares a step with decode rows makes it compute-bound and slows every sequence in
+it (prefill/decode interference), and a batch of decode rows costs little more than one.
+A request is admitted when its policy finds a route with free KV memory for prompt + output tokens
+on every hop and a free batch slot (each node runs at most `max_batch` sequences: the batch cap);
+else it waits in FIFO order. Its prompt runs as one prefill pass along the route, then each output
+token goes round the ring (last hop back to the first) as a one-token decode row. Hidden states
+cross links in `RTT/2 + bytes/bandwidth`; items leaving a step for the same place travel together.
+
+The simulator shares only the step-time primitive with the planner (calibratable from
+measurements); batching, queueing, admission and interference are its own, so the planner's
+closed-form estimate is checked, not copied.
+
 Reported: output tokens/s over the whole run (first arrival to last completion; with every request
-arriving at once this is the offline-batch throughput of vLLM's benchmark) and sustained over the
-arrival window (meaningful when that window is much longer than a request), TTFT, time per output
-token, p50/p99 end-to-end latency.
+arriving at once this is the offline-batch throughput of vLLM's benchmark), sustained over the
+arrival window, saturated (tokens/s between the first completion and the last admission, while
+requests were still waiting: the rate of a full cluster, what the planner estimates), TTFT, time
+per output token, p50/p99 end-to-end latency.
 """
 
 from __future__ import annotations
@@ -62,6 +73,7 @@ class SimResult:
     makespan_s: float
     throughput_tok_s: float  # all output tokens ÷ (last completion − first arrival)
     sustained_tok_s: float  # tokens produced during the arrival window ÷ its length
+    saturated_tok_s: float | None  # tokens/s, first completion to last waited admission (None: never full)
     ttft_p50_ms: float
     ttft_p99_ms: float
     tpot_p50_ms: float
@@ -97,6 +109,7 @@ class Simulation:
         self.seq = 0
         self.waiting: dict[int, deque[int]] = {}
         self.rejected = 0
+        self.last_waited = float("nan")  # the last admission of a request that had to wait
 
     # -- what a heartbeat would say -------------------------------------------------------------
     def loads(self) -> dict[str, NodeLoad]:
@@ -119,9 +132,11 @@ class Simulation:
         n = len(self.arrivals)
         self.routes: list[list[Hop] | None] = [None] * n
         self.kv: list[dict[str, int]] = [{} for _ in range(n)]
-        self.done_tokens = np.zeros(n, dtype=np.int64)
-        self.first_token = np.full(n, np.nan)
-        self.finish = np.full(n, np.nan)
+        self._prompt: list[int] = [int(x) for x in self.prompt]
+        self._output: list[int] = [int(x) for x in self.output]
+        self.done_tokens: list[int] = [0] * n
+        self._first: list[float | None] = [None] * n
+        self._finish: list[float | None] = [None] * n
         self.token_times: list[float] = []
         for r in range(n):
             self._push(float(self.arrivals[r]), ARRIVE, r)
@@ -131,8 +146,8 @@ class Simulation:
             if kind == ARRIVE:
                 self._arrive(data)
             elif kind == DELIVER:
-                node, item = data
-                self.queue[node].append(item)
+                node, items = data
+                self.queue[node].extend(items)
                 if not self.busy[node]:
                     self._start(node)
             else:
@@ -150,7 +165,7 @@ class Simulation:
         q = self.waiting.get(lane)
         while q:
             r = q[0]
-            kv_tokens = int(self.prompt[r] + self.output[r])
+            kv_tokens = self._prompt[r] + self._output[r]
             got = self.policy.choose(r, kv_tokens, self)
             if got is None:
                 return
@@ -164,10 +179,12 @@ class Simulation:
                 self.kv_used[node] += b
                 self.active[node] += 1
                 self.kv_peak[node] = max(self.kv_peak[node], self.kv_used[node])
-            self._send(Item(r, hops[0], 0, int(self.prompt[r])), self.now)
+            if self.now > self.arrivals[r]:
+                self.last_waited = self.now
+            self._send(Item(r, hops[0], 0, self._prompt[r]), self.now)
 
     def _send(self, item: Item, at: float) -> None:
-        self._push(at, DELIVER, (item.hop.node, item))
+        self._push(at, DELIVER, (item.hop.node, [item]))
 
     def _start(self, node: str) -> None:
         q = self.queue[node]
@@ -177,7 +194,7 @@ class Simulation:
             tokens += q[0].tokens
             batch.append(q.popleft())
         i = self.c.index[node]
-        context = sum(int(self.prompt[it.req] + self.done_tokens[it.req]) for it in batch)
+        context = sum(self._prompt[it.req] + self.done_tokens[it.req] for it in batch)
         layers = max(it.hop.end - it.hop.start for it in batch)
         dur = layers * layer_time(self.c, i, tokens, context)
         self.busy[node] = True
@@ -189,20 +206,21 @@ class Simulation:
         i = self.c.index[node]
         act = self.c.model.activation_bytes
         freed_lanes = []
+        out: dict[tuple[str, float], list[Item]] = {}  # items leaving together, one event each
         for r, _, k, tokens in batch:
             hops = self.routes[r]
             assert hops is not None
             if k + 1 < len(hops):
                 nxt = hops[k + 1]
                 delay = link_time(self.c, i, self.c.index[nxt.node], tokens * act)
-                self._send(Item(r, nxt, k + 1, tokens), self.now + delay)
+                out.setdefault((nxt.node, delay), []).append(Item(r, nxt, k + 1, tokens))
                 continue
-            if np.isnan(self.first_token[r]):
-                self.first_token[r] = self.now
+            if self._first[r] is None:  # this was the prefill pass
+                self._first[r] = self.now
             self.done_tokens[r] += 1
             self.token_times.append(self.now)
-            if self.done_tokens[r] >= self.output[r]:
-                self.finish[r] = self.now
+            if self.done_tokens[r] >= self._output[r]:
+                self._finish[r] = self.now
                 for n2, b in self.kv[r].items():
                     self.kv_used[n2] -= b
                     self.active[n2] -= 1
@@ -210,13 +228,18 @@ class Simulation:
             else:
                 first = hops[0]
                 delay = link_time(self.c, i, self.c.index[first.node], 8)  # the token id
-                self._send(Item(r, first, 0, 1), self.now + delay)
+                out.setdefault((first.node, delay), []).append(Item(r, first, 0, 1))
+        for (dest, delay), items in out.items():
+            self._push(self.now + delay, DELIVER, (dest, items))
         for lane in sorted(set(freed_lanes)):
             self._admit(lane)
         if self.queue[node]:
             self._start(node)
 
     def _result(self) -> SimResult:
+        nan = float("nan")
+        self.first_token = np.array([nan if t is None else t for t in self._first])
+        self.finish = np.array([nan if t is None else t for t in self._finish])
         ok = ~np.isnan(self.finish)
         out = self.output[ok]
         lat = (self.finish - self.arrivals)[ok] * 1e3
@@ -235,6 +258,14 @@ class Simulation:
         else:
             sustained = tokens / span if span > 0 else 0.0
 
+        # Saturated rate: from the first completion (the cluster has filled and turned over) to
+        # the last admission made while others still waited (the queue ran dry after it).
+        saturated: float | None = None
+        if ok.any() and self.last_waited == self.last_waited:
+            a, b = float(np.nanmin(self.finish)), self.last_waited
+            if b > a:
+                saturated = float(((times >= a) & (times <= b)).sum()) / (b - a)
+
         def pct(x: np.ndarray, q: float) -> float:
             return float(np.percentile(x, q)) if len(x) else float("nan")
 
@@ -242,6 +273,7 @@ class Simulation:
             policy=self.policy.name, completed=int(ok.sum()), rejected=self.rejected, requests=len(self.arrivals),
             output_tokens=tokens, makespan_s=span,
             throughput_tok_s=tokens / span if span > 0 else 0.0, sustained_tok_s=sustained,
+            saturated_tok_s=saturated,
             ttft_p50_ms=pct(ttft, 50), ttft_p99_ms=pct(ttft, 99),
             tpot_p50_ms=pct(tpot, 50), tpot_p99_ms=pct(tpot, 99),
             latency_p50_ms=pct(lat, 50), latency_p99_ms=pct(lat, 99),

@@ -1,6 +1,6 @@
 """Routing policies the simulator runs: ours (load-aware least expected completion time), the
 load-blind router (same graph, ignores queueing and batch), and round-robin over fixed pipelines.
-All respect KV admission, so they differ only in where requests go."""
+All respect admission (KV room and the batch cap), so they differ only in where requests go."""
 
 from __future__ import annotations
 
@@ -35,19 +35,24 @@ class RouterPolicy:
         self.router = Router(snapshot, plan)
         self.use_load = use_load
         self.name = "router" if use_load else "router-noload"
+        self.fits: dict[int, bool] = {}
 
     def lane(self, req: int) -> int:
         return 0
 
     def choose(self, req: int, kv_tokens: int, sim: Simulation) -> Choice:
+        if req not in self.fits:  # could it ever be served, on an idle cluster?
+            try:
+                self.router.route({}, int(sim.prompt[req]), int(sim.output[req]))
+                self.fits[req] = True
+            except NoRoute:
+                self.fits[req] = False
+        if not self.fits[req]:
+            return False
         try:
             route = self.router.route(sim.loads(), int(sim.prompt[req]), int(sim.output[req]),
                                       use_load=self.use_load)
         except NoRoute:
-            try:
-                self.router.route({}, int(sim.prompt[req]), int(sim.output[req]))
-            except NoRoute:
-                return False
             return None
         return list(route.hops), route.kv_bytes
 
@@ -70,7 +75,8 @@ class RoundRobin:
         need = {h.node: (h.end - h.start) * kv_tokens * self.kvb for h in hops}
         if any(b > self.capacity[n] for n, b in need.items()):
             return False
-        if any(sim.kv_used[n] + b > self.capacity[n] for n, b in need.items()):
+        if any(sim.kv_used[n] + b > self.capacity[n] or sim.active[n] >= sim.max_batch
+               for n, b in need.items()):
             return None
         return hops, need
 
