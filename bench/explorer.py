@@ -6,10 +6,11 @@ index holding 100,000 events.
   signed transfer, interleaved with empty blocks (both kinds are printed);
 - ``explorer_tx_blocks_per_s``: the same over the transaction-carrying blocks only;
 - ``explorer_page_p95_ms``: p95 latency of the explorer's HTML pages (home, block, tx, address,
-  node, request, epoch, model: the highest of their p95s), fetched over HTTP from a real uvicorn,
+  node, request, epoch, model, network, nodes: the highest of their p95s), fetched over HTTP from a real uvicorn,
   with ``explorer_events`` events in the index (target <= 200 ms). The 100,000-event index is
   SYNTHESIZED: rows written straight into the index tables in the shape the indexer writes them
-  (settlement batches of four requests over 2-stage pipelines across 50 nodes), because settling
+  (settlement batches of four requests over 2-stage pipelines across 50 nodes, one request in five
+  batches checked by a verification task, one task in ten convicting), because settling
   that many requests through the devnet would take far longer than the page figure needs.
 
 ``--quick`` uses a shorter chain and fewer page fetches (still 100,000 events), and says so.
@@ -43,10 +44,11 @@ from devnet.explorer.indexer import Indexer, IndexerStatus, set_charged_total  #
 from devnet.explorer.models import Block, Log, Request, Served, Tx, make_engine  # noqa: E402
 from devnet.explorer.queries import topic_of  # noqa: E402
 from devnet.testing import running_devnet  # noqa: E402
-from veriplex.config import DEV_MNEMONIC  # noqa: E402
+from protocol.settings import DEV_MNEMONIC  # noqa: E402
 
 NODES = 50
 PER_BATCH = 4
+CHECK_EVERY = 5
 
 
 def index_speed(work: Path, tx_blocks: int, empty_blocks: int) -> tuple[float, float]:
@@ -129,7 +131,10 @@ def synthesize(engine: Any, events: int, decoder: Decoder) -> int:
                     fee_wei="0", contract=None, method=None, args=None, revert_reason=None))
     blocks.append(dict(number=0, hash=_h(0, 1), parent_hash="0x" + "00" * 32, timestamp=1_700_000_000,
                        miner="0x" + "00" * 20, gas_used=0, gas_limit=30_000_000, tx_count=1))
-    n_batches = (events - len(logs)) // (PER_BATCH + 1)
+    t_open = decoder.event_topic("Verification", "TaskOpened")
+    t_final = decoder.event_topic("Verification", "TaskFinalized")
+    per_batch = PER_BATCH + 1 + 2 / CHECK_EVERY  # every CHECK_EVERY-th batch: a task, opened and closed
+    n_batches = int((events - len(logs)) // per_batch)
     assert n_batches > 0, f"--events must exceed {len(logs)}"
     for b in range(1, n_batches + 1):
         th = _h(b, 2)
@@ -158,6 +163,22 @@ def synthesize(engine: Any, events: int, decoder: Decoder) -> int:
                              commitment_root=args["commitment_root"], pipeline=pipe))
             served += [dict(block_number=b, operator=s["operator"], request_id=rid,
                             layer_start=s["layer_start"], layer_end=s["layer_end"]) for s in stages]
+        if b % CHECK_EVERY == 0:  # its first request checked: passed, or fraud now and then
+            rid, task = _h(b * PER_BATCH, 3), b // CHECK_EVERY
+            common = dict(block_number=b, tx_hash=th, address="0x" + "ee" * 20,
+                          topic1=topic_of(task), topic2=topic_of(b), topic3=rid, data="0x",
+                          contract="Verification")
+            logs.append(dict(common, log_index=PER_BATCH + 1, topic0=t_open, event="TaskOpened",
+                             args={"task_id": task, "batch_id": b, "request_id": rid, "stage": 0,
+                                   "stage_operator": stages[0]["operator"], "layer_start": 0,
+                                   "layer_end": 15, "seed": _h(b, 8), "opener": owners[1],
+                                   "stage_commit": {"root": _h(b, 10), "positions": 150,
+                                                    "hidden_size": 576, "n_tokens": 50}}))
+            logs.append(dict(common, log_index=PER_BATCH + 2, topic0=t_final,
+                             event="TaskFinalized",
+                             args={"task_id": task, "batch_id": b, "request_id": rid,
+                                   "status": 4 if task % 10 == 0 else 3, "round": 0,
+                                   "passes": 2, "fails": 0}))
         logs.append(dict(block_number=b, tx_hash=th, log_index=PER_BATCH, address="0x" + "cc" * 20,
                          topic0=t_batch, topic1=topic_of(b), topic2=topic_of(owners[0]), topic3=None,
                          data="0x", contract="Payments", event="BatchSettled",
@@ -171,12 +192,12 @@ def synthesize(engine: Any, events: int, decoder: Decoder) -> int:
                 s.execute(insert(model), rows[i:i + 20_000])
         set_charged_total(s, sum(int(r["charge_wei"]) for r in reqs))
         s.commit()
-    return len(logs)
+    return len(logs), n_batches
 
 
 def page_latency(work: Path, events: int, fetches: int) -> tuple[int, dict[str, float]]:
     engine = make_engine(f"sqlite:///{work / 'pages.sqlite'}")
-    n_events = synthesize(engine, events, Decoder.load(None))
+    n_events, last_block = synthesize(engine, events, Decoder.load(None))
     status = IndexerStatus(rpc_url="(synthetic index: no RPC)")
     server = uvicorn.Server(uvicorn.Config(create_app(engine, status, None), host="127.0.0.1",
                                            port=0, log_level="warning"))
@@ -185,7 +206,6 @@ def page_latency(work: Path, events: int, fetches: int) -> tuple[int, dict[str, 
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
     base = f"http://127.0.0.1:{port}"
-    last_block = (n_events - 2 * NODES - 2) // (PER_BATCH + 1)
     paths = {"home": lambda i: "/",
              "block": lambda i: f"/block/{1 + i * 7919 % last_block}",
              "tx": lambda i: f"/tx/{_h(1 + i * 7919 % last_block, 2)}",
@@ -193,6 +213,8 @@ def page_latency(work: Path, events: int, fetches: int) -> tuple[int, dict[str, 
              "node": lambda i: f"/node/0x{(i % NODES) + 1:040x}",
              "request": lambda i: f"/request/{_h(PER_BATCH + i * 7919 % (last_block * PER_BATCH), 3)}",
              "epoch": lambda i: "/epoch/1",
+             "network": lambda i: "/network",
+             "nodes": lambda i: "/nodes",
              "model": lambda i: "/model/1"}
     p95: dict[str, float] = {}
     with httpx.Client(base_url=base, timeout=30) as client:

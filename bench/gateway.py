@@ -35,12 +35,14 @@ from contracts.client import Chain, dev_key  # noqa: E402
 from contracts.deploy import DeployParams, deploy_all  # noqa: E402
 from contracts.rpc import Signer  # noqa: E402
 from devnet.testing import running_anvil  # noqa: E402
-from node.models.tiny import build_tiny_model  # noqa: E402
-from node.pipeline_client import PipelineClient  # noqa: E402
-from node.protocol import PipelineRequest, address_of_key  # noqa: E402
-from node.stage_query import commit_all  # noqa: E402
-from scheduler.gateway.engine import ServedModel  # noqa: E402
-from scheduler.gateway.testing import (  # noqa: E402
+from gateway.engine import ServedModel  # noqa: E402
+from node.dataplane.client import PipelineClient  # noqa: E402
+from node.dataplane.query import commit_all  # noqa: E402
+from node.runtime.models.tiny import build_tiny_model  # noqa: E402
+from protocol.identity import address_of_key  # noqa: E402
+from protocol.messages import PipelineRequest  # noqa: E402
+from protocol.settings import DEV_MNEMONIC  # noqa: E402
+from tests.support.gateway import (  # noqa: E402
     CHATML,
     ETH,
     RANGES,
@@ -49,7 +51,6 @@ from scheduler.gateway.testing import (  # noqa: E402
     register_operator,
     rpc,
 )
-from veriplex.config import DEV_MNEMONIC  # noqa: E402
 
 MAX_TOKENS = 4
 GATEWAY_ACCOUNT = 3

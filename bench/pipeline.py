@@ -74,8 +74,8 @@ print("SECONDS", best)
 
 
 def ensure_model() -> Path:
-    from node.models.importer import import_model
-    from veriplex.config import Settings
+    from node.runtime.models.importer import import_model
+    from protocol.settings import Settings
 
     s = Settings()
     d = (s.models.dir or s.home / "models") / "smollm2"
@@ -107,8 +107,8 @@ def run_baseline(model_dir: Path, threads: int, dtype: str, prompt: list[int], n
 def run_local_chain(model_dir: Path, ranges, threads: int, dtype, prompt: list[int], n: int, reps: int):
     import torch
 
-    from node.executor import StageExecutor, generate_local
-    from node.shard import load_shard
+    from node.runtime.executor import StageExecutor, generate_local
+    from node.runtime.shard import load_shard
 
     torch.set_num_threads(threads)
     stages = [StageExecutor(load_shard(model_dir, a, b, device="cpu", dtype=dtype)) for a, b in ranges]
@@ -129,14 +129,14 @@ class Worker:
                  threads: int, dtype: str):
         from coincurve import PrivateKey
 
-        from node.protocol import address_of_key
+        from protocol.identity import address_of_key
 
         self.layers, self.address = layers, address_of_key(PrivateKey(key))
         workdir.mkdir(parents=True)
         kf = workdir / "key"
         kf.touch(mode=0o600)
         kf.write_text(key.hex())
-        args = [sys.executable, "-m", "node.cli_serve", "--model", str(model_dir), "--layers",
+        args = [sys.executable, "-m", "node.cli.serve", "--model", str(model_dir), "--layers",
                 f"{layers[0]}:{layers[1]}", "--port", "0", "--operator-key-file", str(kf),
                 "--directory", "static", "--gateway", gateway, "--store-dir", str(workdir / "store"),
                 "--chain-id", "31337", "--threads", str(threads)]
@@ -174,8 +174,7 @@ def split(num_layers: int, k: int) -> list[tuple[int, int]]:
 
 async def ping_rtts(stage, key, count: int) -> list[float]:
     """Signed PING → PONG round trips over one open connection (loopback + two process wake-ups)."""
-    from node.dataplane import read_frame
-    from node.protocol import Kind, make_frame
+    from protocol.frames import Kind, make_frame, read_frame
 
     r, w = await asyncio.open_connection(stage.host, stage.port)
     ping = make_frame(key, Kind.PING, 31337, b"\x00" * 32).to_bytes()
@@ -194,8 +193,9 @@ def hop_cpu_ms(d: int, dtype, count: int = 500) -> float:
     import torch
     from coincurve import PrivateKey
 
-    from node.hidden_store import HiddenStateStore
-    from node.protocol import Kind, hidden_body, make_frame, parse_frame, parse_hidden
+    from node.dataplane.hidden_store import HiddenStateStore
+    from protocol.frames import Kind, make_frame, parse_frame
+    from protocol.rows import hidden_body, parse_hidden
 
     key, rows = PrivateKey(), torch.randn(1, d).to(dtype)
     store = HiddenStateStore(tempfile.mkdtemp(prefix="veriplex-bench-hop-"), 2**30, 60, 60)
@@ -211,8 +211,9 @@ def hop_cpu_ms(d: int, dtype, count: int = 500) -> float:
 
 
 async def run_pipeline(workers, gateway_key, prompt: list[int], n: int, reps: int):
-    from node.pipeline_client import PipelineClient
-    from node.protocol import PipelineRequest, StageAssignment, address_of_key
+    from node.dataplane.client import PipelineClient
+    from protocol.identity import address_of_key
+    from protocol.messages import PipelineRequest, StageAssignment
 
     client = PipelineClient(gateway_key, 31337)
     stages = [StageAssignment(operator=w.address, host="127.0.0.1", port=w.port, start=w.layers[0],
@@ -248,8 +249,8 @@ def main() -> None:
     import torch
     from coincurve import PrivateKey
 
-    from node.models.checkpoint import Checkpoint
-    from node.protocol import address_of_key
+    from node.runtime.models.checkpoint import Checkpoint
+    from protocol.identity import address_of_key
 
     model_dir = ensure_model()
     dtype = getattr(torch, a.dtype)

@@ -35,13 +35,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scheduler.allocate import allocate, plan_score  # noqa: E402
 from scheduler.costs import build_cluster  # noqa: E402
 from scheduler.errors import CannotPlace  # noqa: E402
 from scheduler.exact import MAX_STATES, allocate_exact, count_states  # noqa: E402
-from scheduler.model import Snapshot  # noqa: E402
+from scheduler.model import Plan, Snapshot  # noqa: E402
 from scheduler.schema import parse_snapshot  # noqa: E402
 from scheduler.sim.baselines import greedy_plan  # noqa: E402
 from scheduler.sim.catalogue import MODELS  # noqa: E402
@@ -147,6 +149,95 @@ def serve(s: Snapshot, requests: int, output_mean: int, open_requests: int) -> d
     }
 
 
+MIXES = ["mixed", "datacenter", "consumer", "apple"]
+SIZES = [8, 16, 24, 40, 64]
+PROMPT, OUTPUT = 256, 64  # the request mix every plan is planned for and served with
+
+
+def variants(s: Snapshot) -> dict[str, Plan]:
+    """Every plan we can produce for `s`: ours, greedy, ours without the straggler rule (summed
+    throughput only), ours within regions only, and the exact solver where it finishes."""
+    import scheduler.allocate as alloc
+
+    out: dict[str, Plan] = {"ours": allocate(s)}
+    try:
+        out["greedy"] = greedy_plan(s)
+    except CannotPlace:
+        pass
+    floor = alloc.RR_FLOOR
+    try:
+        alloc.RR_FLOOR = 1e-9  # the round-robin term never binds: summed throughput only
+        out["sum_only"] = allocate(s)
+    finally:
+        alloc.RR_FLOOR = floor
+    c = build_cluster(s)
+    if count_states(c) <= 256:  # 8-node clusters: seconds at most
+        out["exact"] = allocate_exact(s)
+    return out
+
+
+def robustness(quick: bool, verbose: bool = False) -> dict[str, float | str]:
+    """Over generated clusters (sizes 8–64, every mix, 2–3 regions, 70B and 8B): each plan served
+    an offline batch (every request at once, 2.5× what our plan holds concurrently, at least 300)
+    under the load-aware router and under round robin; throughput = output tokens ÷ makespan."""
+    seeds = [0, 1] if quick else [0, 1, 2, 3, 4]
+    sizes = [8, 16] if quick else SIZES
+    ratios, ratios_rr, errors, tpot_errors = [], [], [], []
+    worst: tuple[float, str] = (math.inf, "")
+    worst_rr: tuple[float, str] = (math.inf, "")
+    params = {"prompt_tokens": PROMPT, "output_tokens": OUTPUT, "context_tokens": PROMPT + OUTPUT}
+    count = 0
+    for seed in seeds:
+        for mix in MIXES:
+            for j, n in enumerate(sizes):
+                model = "llama3-70b" if (seed + j) % 2 == 0 else "llama3-8b"
+                regions = REGIONS[: 2 + (seed + j) % 2]
+                doc = gen_cluster(n, mix, regions, seed=100 * seed + n, params=params)
+                s = parse_snapshot(doc, MODELS[model])
+                try:
+                    plans = variants(s)
+                except CannotPlace:
+                    continue
+                count += 1
+                ours = plans["ours"]
+                conc = sum(int(r) for r in [ours.estimate.get("concurrency", 0.0)])
+                w = Workload(requests=max(300, int(2.5 * conc)), rate_per_s=1e9,
+                             prompt_mean=PROMPT, output_mean=OUTPUT, seed=seed)
+                thr: dict[str, float] = {}
+                thr_rr: dict[str, float] = {}
+                for name, plan in plans.items():
+                    res = simulate(s, plan, w, "router")
+                    thr[name] = res.throughput_tok_s
+                    thr_rr[name] = simulate(s, plan, w, "rr").throughput_tok_s
+                    if name == "ours":
+                        sat = res.saturated_tok_s or res.throughput_tok_s
+                        errors.append(abs(sat - ours.estimate["throughput_tok_s"]) / sat)
+                        tpot_errors.append(abs(res.tpot_p50_ms - ours.estimate["tpot_ms"])
+                                           / res.tpot_p50_ms)
+                tag = f"{model}/{mix}/{n}/seed{seed}"
+                r = thr["ours"] / max(v for k, v in thr.items() if k != "ours")
+                r_rr = thr_rr["ours"] / max(v for k, v in thr_rr.items() if k != "ours")
+                ratios.append(r)
+                ratios_rr.append(r_rr)
+                worst = min(worst, (r, tag))
+                worst_rr = min(worst_rr, (r_rr, tag))
+                if verbose:
+                    best = max(thr, key=lambda k: thr[k])
+                    best_rr = max(thr_rr, key=lambda k: thr_rr[k])
+                    print(f"  {tag}: vs best {r:.3f} ({best}), rr {r_rr:.3f} ({best_rr}), "
+                          f"estimate error {errors[-1]:.3f}", file=sys.stderr, flush=True)
+    ratios.sort()
+    return {
+        "clusters": count, "plan_vs_best_min": min(ratios),
+        "plan_vs_best_median": float(np.median(ratios)),
+        "plan_vs_best_min_rr": min(ratios_rr), "plan_vs_best_median_rr": float(np.median(ratios_rr)),
+        "estimate_error_p90": float(np.percentile(errors, 90)),
+        "estimate_error_max": max(errors),
+        "tpot_error_p90": float(np.percentile(tpot_errors, 90)),
+        "worst_cluster": worst[1], "worst_cluster_rr": worst_rr[1],
+    }
+
+
 def gmean(xs: list[float]) -> float:
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
@@ -198,6 +289,10 @@ def main() -> None:
     emit("throughput_vs_rr_smollm2", gmean([r["thr_ours"] / r["thr_rr"] for r in small]))
     emit("throughput_vs_rr_sustained_smollm2", gmean([r["sus_ours"] / r["sus_rr"] for r in small]))
     emit("p99_rr_over_ours_smollm2", gmean([r["p99_rr"] / r["p99_ours"] for r in small]))
+
+    rob = robustness(args.quick)
+    for key, val in rob.items():
+        emit(key, val)
 
     print(f"scheduler bench ({'quick' if args.quick else 'full'}, "
           f"{time.perf_counter() - t0:.0f} s): 1k nodes in {solve_time(1000, 'llama3-70b', 1)[0]:.2f} "

@@ -28,10 +28,11 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from protocol.sampling import Sampling  # noqa: E402
 from tests.verifier.lab import ATTACKS, TinyLab, attack_pairs, benign_pairs, prompts, tiny_llama  # noqa: E402
 from verifier.calibrate import clopper_pearson_upper, evaluate, fit_thresholds  # noqa: E402
 from verifier.profiles import PROFILES  # noqa: E402
-from verifier.tokens import SamplingSpec, check_tokens, reproduce_token  # noqa: E402
+from verifier.tokens import check_tokens, reproduce_token  # noqa: E402
 from verifier.tolerance import judge  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -88,7 +89,7 @@ def token_checks(token_data, th) -> tuple[int, int, int]:
     """Tokens a worker drew from its cached-decode logits, checked against the verifier's prefill
     logits (greedy, and sampling at two seeds): (false alarms, sequences, random sequences caught)."""
     rng = np.random.default_rng(0)
-    specs = (SamplingSpec(), SamplingSpec(0.7, 0.9, 11), SamplingSpec(1.0, 1.0, 12))
+    specs = (Sampling(), Sampling(0.7, 0.9, 11), Sampling(1.0, 1.0, 12))
     fa = caught = n = 0
     for worker, verifier in token_data:
         for spec in specs:

@@ -61,9 +61,13 @@ def contract_sources(source_dir: Path = SOURCE_DIR) -> dict[str, Path]:
     return {p.stem: p for p in sorted(source_dir.glob("*.vy"))}
 
 
-def _compiler_settings() -> Any:
+def _compiler_settings(source: str = "") -> Any:
+    """`OPTIMIZE` unless the source names its own level (`# pragma optimize codesize` keeps the
+    largest contract under EIP-170)."""
     from vyper.compiler.settings import OptimizationLevel, Settings
 
+    if "# pragma optimize" in source:
+        return Settings(evm_version=EVM_VERSION)
     return Settings(evm_version=EVM_VERSION, optimize=OptimizationLevel.from_string(OPTIMIZE))
 
 
@@ -107,7 +111,7 @@ def compile_source(name: str, path: Path, source_dir: Path = SOURCE_DIR) -> Arti
         out = compile_from_file_input(
             file_input,
             input_bundle=bundle,
-            settings=_compiler_settings(),
+            settings=_compiler_settings(path.read_text()),
             output_formats=["abi", "bytecode", "bytecode_runtime"],
         )
     except VyperException as exc:

@@ -44,7 +44,7 @@ class DeployParams:
 
     @classmethod
     def from_settings(cls, protocol: Any, **roles: str | None) -> DeployParams:
-        """From `Settings.protocol` (veriplex.config.ProtocolSettings) plus optional role addresses."""
+        """From `Settings.protocol` (protocol.settings.ProtocolSettings) plus optional role addresses."""
         fields = (
             "min_stake_wei",
             "unbonding_period_blocks",

@@ -24,6 +24,7 @@ from contracts.batch import Leaf, Pipeline
 from contracts.binding import Binding, TxResult
 from contracts.errors import ContractsError
 from contracts.rpc import Signer
+from protocol.messages import StageCommit  # noqa: F401  (re-exported: the chain's view of it)
 
 STAGE_COMMIT_TYPE = "(bytes32,uint32,uint32,uint32)[]"
 
@@ -38,19 +39,6 @@ class TaskStatus(IntEnum):
     FRAUD = 4
     REFUNDED = 5
     UNRESOLVED = 6
-
-
-@dataclass(frozen=True)
-class StageCommit:
-    """One stage's output commitment (verifier/ENCODING.md root and the shape it binds)."""
-
-    root: bytes
-    positions: int
-    hidden_size: int
-    n_tokens: int = 0
-
-    def as_tuple(self) -> tuple[bytes, int, int, int]:
-        return (self.root, self.positions, self.hidden_size, self.n_tokens)
 
 
 BPS = 10_000
@@ -208,7 +196,7 @@ class VerificationParams:
 
     @classmethod
     def from_settings(cls, section: Any) -> VerificationParams:
-        """From `Settings.verification` (veriplex.config.VerificationSettings)."""
+        """From `Settings.verification` (protocol.settings.VerificationSettings)."""
         return cls(**{name: getattr(section, name) for name in cls.field_names()})
 
 

@@ -1,5 +1,6 @@
 """The off-chain scheduler: a pure core (phase-1 allocation, exact reference, phase-2 routing,
-dynamics, simulator) and, later, the coordinator service and gateway that do the IO around it.
+dynamics, simulator) and the coordinator service (`service/`) that does the IO around it. The
+client-facing gateway is its own package, `gateway`, one floor up.
 
 Pure modules take frozen snapshots and return frozen plans — no sockets, clocks or unseeded
 randomness: `model` (types, canonical snapshot hash), `schema` (JSON documents, plan invariants;

@@ -416,6 +416,12 @@ def to_plan(c: Cluster, built: list[Built], unused: list[int], snapshot: Snapsho
     ests = [b[2] for _, b in keyed]
     est = {
         "throughput_tok_s": float(sum(e.throughput for e in ests)),
+        "throughput_rr_tok_s": float(len(ests) * min((e.throughput for e in ests), default=0.0)),
+        "concurrency": float(sum(e.batch for e in ests)),
+        "tpot_ms": _weighted_median([e.tpot_s * 1e3 for e in ests],
+                                    [e.throughput for e in ests]),
+        "max_tpot_ms": float(max((e.tpot_s for e in ests), default=0.0) * 1e3),
+        "max_ttft_ms": float(max((e.ttft_s for e in ests), default=0.0) * 1e3),
         "replicas": float(len(ests)),
         "max_latency_ms": float(max((e.latency_s for e in ests), default=0.0) * 1e3),
         "mean_stages": float(np.mean([len(r.stages) for r in replicas])) if replicas else 0.0,
@@ -425,6 +431,18 @@ def to_plan(c: Cluster, built: list[Built], unused: list[int], snapshot: Snapsho
     }
     return Plan(model=snapshot.model, replicas=tuple(r for r, _ in keyed), standby=tuple(standby),
                 snapshot_hash=snapshot.canonical_hash(), solver=solver, estimate=est)
+
+
+def _weighted_median(values: list[float], weights: list[float]) -> float:
+    """The value below which half the weight lies (requests go to replicas by throughput)."""
+    pairs = sorted(zip(values, weights, strict=True))
+    total = sum(w for _, w in pairs)
+    acc = 0.0
+    for v, w in pairs:
+        acc += w
+        if acc >= total / 2:
+            return float(v)
+    return float(pairs[-1][0]) if pairs else 0.0
 
 
 def allocate(snapshot: Snapshot) -> Plan:

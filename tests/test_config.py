@@ -3,8 +3,8 @@
 import pytest
 from click.testing import CliRunner
 
+from protocol.settings import ConfigError, load_settings
 from veriplex.cli import cli
-from veriplex.config import ConfigError, load_settings
 
 
 @pytest.fixture(autouse=True)

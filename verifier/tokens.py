@@ -1,8 +1,8 @@
 """Token checks for the last stage: was each claimed token the one its logits and the request's
 committed seed produce?
 
-The sampling rule is the network's (the node's `sample_token` follows it; a test holds the two
-together). For the token at sequence position `p`, from the logits row computed at position `p − 1`:
+The sampling rule is the network's, defined once in `protocol.sampling` and summarised here. For the
+token at sequence position `p`, from the logits row computed at position `p − 1`:
 
 - greedy (temperature 0): argmax, lowest token id on ties;
 - otherwise, in float32: `prob = softmax(logits / temperature)`; sort descending, stable (ties keep
@@ -22,46 +22,14 @@ imported lazily (only sampling needs it, for the generator).
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from verifier.encoding import keccak
+from protocol.sampling import Sampling, sample_token, sorted_mass, step_seed, uniform  # noqa: F401
 from verifier.errors import TokenCheckError
-
-SEED_TAG = b"veriplex.sample.v1"
-
-
-@dataclass(frozen=True)
-class SamplingSpec:
-    """A request's committed sampling parameters. temperature 0 = greedy."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.temperature != self.temperature or not 0.0 <= self.temperature <= 100.0:
-            raise TokenCheckError(f"temperature ({self.temperature}) must be in [0, 100]")
-        if not 0.0 < self.top_p <= 1.0:
-            raise TokenCheckError(f"top_p ({self.top_p}) must be in (0, 1]")
-        if not 0 <= self.seed < 2**64:
-            raise TokenCheckError(f"seed ({self.seed}) must be in [0, 2**64)")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
-
-def step_seed(seed: int, position: int) -> int:
-    """The generator seed for the token at sequence position `position`."""
-    if not 0 <= position < 2**64:
-        raise TokenCheckError(f"position ({position}) must be in [0, 2**64)")
-    digest = keccak(SEED_TAG + struct.pack(">QQ", seed, position))
-    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
 def _row(logits: Any) -> np.ndarray:
@@ -75,39 +43,24 @@ def _row(logits: Any) -> np.ndarray:
     return row
 
 
-def _sorted_mass(row: np.ndarray, spec: SamplingSpec) -> tuple[np.ndarray, np.ndarray, int]:
+def _sorted_mass(row: np.ndarray, spec: Sampling) -> tuple[np.ndarray, np.ndarray, int]:
     """Cumulative sorted probabilities, the sort order, and how many tokens top-p keeps."""
     import torch
 
-    p = torch.softmax(torch.from_numpy(row) / spec.temperature, dim=-1)  # (V,) float32
-    p_sorted, order = torch.sort(p, descending=True, stable=True)
-    cum = torch.cumsum(p_sorted, dim=-1)
-    keep = int(torch.searchsorted(cum, torch.tensor([spec.top_p]), right=False).item()) + 1
-    return cum.numpy(), order.numpy(), min(keep, p.numel())
+    cum, order, keep = sorted_mass(torch.from_numpy(row), spec)
+    return cum.numpy(), order.numpy(), keep
 
 
-def _uniform(spec: SamplingSpec, position: int) -> float:
-    import torch
-
-    g = torch.Generator(device="cpu").manual_seed(step_seed(spec.seed, position))
-    return float(torch.rand(1, generator=g, dtype=torch.float32).item())
+def _uniform(spec: Sampling, position: int) -> float:
+    return uniform(spec, position)
 
 
-def reproduce_token(logits: Any, spec: SamplingSpec, position: int) -> int:
+def reproduce_token(logits: Any, spec: Sampling, position: int) -> int:
     """The token the network's rule picks at `position` from one row of logits (V,)."""
-    row = _row(logits)
-    if spec.greedy:
-        return int(np.argmax(row))
-    import torch
-
-    cum, order, keep = _sorted_mass(row, spec)
-    kept = torch.from_numpy(cum[:keep])
-    u = torch.tensor([_uniform(spec, position)], dtype=torch.float32)
-    idx = int(torch.searchsorted(kept, u * kept[-1], right=True).item())
-    return int(order[min(idx, keep - 1)])
+    return sample_token(_row(logits), spec, position)
 
 
-def token_acceptable(logits: Any, token: int, spec: SamplingSpec, position: int,
+def token_acceptable(logits: Any, token: int, spec: Sampling, position: int,
                      logit_tol: float, mass_tol: float) -> bool:
     """Could `token` be the rule's pick at `position` given logits known up to benign noise?
 
@@ -158,7 +111,7 @@ class TokenVerdict:
 
 
 def check_tokens(logits: Any | Callable[[int], Any], tokens: Sequence[int], first_position: int,
-                 spec: SamplingSpec, logit_tol: float, mass_tol: float) -> TokenVerdict:
+                 spec: Sampling, logit_tol: float, mass_tol: float) -> TokenVerdict:
     """Check `tokens[i]` (at sequence position `first_position + i`) against `logits[i]`, the row
     computed at the position before it. `logits` is an (N, V) array / tensor or a callable i → row."""
     n = len(tokens)

@@ -19,26 +19,26 @@ SUBCOMMANDS: dict[str, str] = {
     "devnet": "devnet.cli:devnet",
     "contracts": "contracts.cli:contracts",
     "sim": "scheduler.cli:sim",
-    "model": "node.cli_model:model",
+    "model": "node.cli.model:model",
     "wallet": "node.wallet.cli:wallet",
-    "node": "node.cli_operator:node",
-    "rewards": "node.cli_operator:rewards",
-    "client": "node.cli_client:client",
+    "node": "node.cli.operator:node",
+    "rewards": "node.cli.operator:rewards",
+    "client": "gateway.client_cli:client",
     "demo": "veriplex.demo:demo",
     "up": "veriplex.up:up",
     "coordinator": "scheduler.service.cli:coordinator",
-    "gateway": "scheduler.gateway.cli:gateway",
+    "gateway": "gateway.cli:gateway",
     "params": "verifier.cli:params",
-    "audit": "verifier.audit_cli:audit",
-    "verify-stage": "node.cli_verify:verify_stage",
+    "audit": "audit.cli:audit",
+    "verify-stage": "node.cli.verify:verify_stage",
     "explorer": "devnet.explorer.cli:explorer",
 }
 
 # Commands that belong to one package but appear under another's group. `devnet fund` is the
 # operator's tool (node) but reads naturally under `devnet`; devnet must not import node.
 EXTRA_COMMANDS: dict[str, dict[str, str]] = {
-    "devnet": {"fund": "node.cli_operator:devnet_fund"},
-    "node": {"serve": "node.cli_serve:serve"},
+    "devnet": {"fund": "node.cli.operator:devnet_fund"},
+    "node": {"serve": "node.cli.serve:serve"},
 }
 
 
@@ -77,7 +77,7 @@ class LazyGroup(click.Group):
 def cli(ctx: click.Context, config_file: Path | None, rpc_url: str | None,
         manifest: Path | None, keystore_dir: Path | None) -> None:
     """Veriplex: decentralized LLM inference whose every answer anyone can verify."""
-    from veriplex.config import ConfigError, load_settings
+    from protocol.settings import ConfigError, load_settings
 
     overrides: dict[str, Any] = {}
     chain: dict[str, Any] = {}

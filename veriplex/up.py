@@ -111,7 +111,7 @@ def _accepts(host: str, port: int) -> bool:
 
 
 def _serve_supports(option: str) -> bool:
-    from node.cli_serve import serve
+    from node.cli.serve import serve
 
     return any(option in p.opts for p in serve.params)
 
@@ -161,7 +161,7 @@ def _start_all(opts: UpOptions, say: Callable[[str], None], stack: Stack, data: 
                t0: float) -> Network:
     from contracts.client import Chain, dev_key
     from contracts.rpc import Signer
-    from veriplex.config import DEV_MNEMONIC
+    from protocol.settings import DEV_MNEMONIC
 
     def took() -> str:
         return f"[{time.monotonic() - t0:5.1f} s]"
@@ -251,8 +251,8 @@ def wait_for_pipeline(net: Network, chain: Any, stages: int, timeout_s: float) -
     min(stages, 2) stages whose endpoints accept connections, and the gateway lists the model."""
     import httpx
 
-    from scheduler.service.client import CoordinatorClient
-    from scheduler.service.messages import RouteRequest
+    from node.coordinator import CoordinatorClient
+    from protocol.messages import RouteRequest
 
     client = CoordinatorClient(net.coordinator_url)
     deadline = time.monotonic() + timeout_s

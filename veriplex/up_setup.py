@@ -112,10 +112,10 @@ def run_cli(home: Path, args: list[str]) -> str:
 # ----------------------------------------------------------------------------- model
 def resolve_checkpoint(opts: UpOptions, say: Callable[[str], None]) -> tuple[Path, str, bytes, bytes]:
     """(checkpoint dir, registry name, weights root, tokenizer hash) of `opts.model`."""
-    from node.models.hashing import model_hashes
+    from node.runtime.models.hashing import model_hashes
 
     if opts.model == "smollm2":
-        from node.models.importer import import_model
+        from node.runtime.models.importer import import_model
 
         out = opts.models_dir / "smollm2"
         say(f"model: SmolLM2-135M-Instruct at {out} (imported once, then reused)")
@@ -123,7 +123,7 @@ def resolve_checkpoint(opts: UpOptions, say: Callable[[str], None]) -> tuple[Pat
         return Path(r.path), "smollm2", bytes.fromhex(r.weights_root[2:]), \
             bytes.fromhex(r.tokenizer_hash[2:])
     if opts.model == "tiny":
-        from node.models.tiny import build_tiny_model
+        from node.runtime.models.tiny import build_tiny_model
 
         ckpt = opts.data_dir / "models" / "tiny"
         if not (ckpt / "config.json").is_file():

@@ -9,6 +9,11 @@
         slashable for `unbonding_period` blocks. Only the verification role slashes; a slash is
         split between the prover and a burn so that slashing oneself never pays. Value leaves the
         contract only through pull payments (`withdraw`, `claim`) behind the reentrancy lock.
+        Every stake change is checkpointed (`stake_at`), so committees are drawn from a stake
+        snapshot fixed before the randomness that seats them exists. A node that is the stage
+        or a member of an open verification task is locked (`lock`/`unlock`, slasher only) and
+        cannot withdraw until the task closes. Parameter changes wait out a timelock, and the
+        unbonding period must outlast the slasher's worst-case task lifetime.
 @dev Invariant kept by every function: self.balance ==
      total_staked + total_unbonding + total_credits.
 """
@@ -16,14 +21,20 @@
 from snekmate.auth import ownable
 from snekmate.auth import ownable_2step
 
+from modules import timelock
+from interfaces import ISlasher
+
 initializes: ownable
 initializes: ownable_2step[ownable := ownable]
+initializes: timelock
 
 exports: (
     ownable.owner,
     ownable_2step.pending_owner,
     ownable_2step.transfer_ownership,
     ownable_2step.accept_ownership,
+    timelock.delay,
+    timelock.eta,
 )
 
 
@@ -90,9 +101,17 @@ event HardwareUpdated:
 
 event NodeJailed:
     owner: indexed(address)
-    until_block: uint256
+    until_block: uint256  # the effective end of the jail term (never shortened)
     by: indexed(address)
     reason: String[128]
+
+event NodeLocked:
+    owner: indexed(address)
+    locks: uint256  # open tasks holding the node
+
+event NodeUnlocked:
+    owner: indexed(address)
+    locks: uint256
 
 event NodeUnjailed:
     owner: indexed(address)
@@ -125,6 +144,7 @@ event ParamsSet:
 BPS: constant(uint256) = 10_000
 # Burned coin goes to an address nobody holds a key for.
 BURN_ADDRESS: constant(address) = 0x000000000000000000000000000000000000dEaD
+STAKE_MASK: constant(uint256) = (1 << 192) - 1
 
 min_stake: public(uint256)
 unbonding_period: public(uint256)  # blocks
@@ -139,6 +159,10 @@ node_count: public(uint256)
 node_at: public(HashMap[uint256, address])  # index -> owner, for enumeration
 
 credits: public(HashMap[address, uint256])  # pull payments (prover rewards)
+locks: public(HashMap[address, uint256])  # open verification tasks the node is part of
+# Stake history: owner -> index -> (block << 192 | stake); one checkpoint per block that changed it.
+checkpoints: HashMap[address, HashMap[uint256, uint256]]
+checkpoint_count: public(HashMap[address, uint256])
 total_staked: public(uint256)
 total_unbonding: public(uint256)
 total_credits: public(uint256)
@@ -149,9 +173,13 @@ total_burned: public(uint256)
 
 @deploy
 @payable
-def __init__(min_stake_: uint256, unbonding_period_: uint256, prover_share_bps_: uint256):
+def __init__(
+    min_stake_: uint256, unbonding_period_: uint256, prover_share_bps_: uint256,
+    timelock_delay_: uint256,
+):
     ownable.__init__()
     ownable_2step.__init__()
+    timelock.__init__(timelock_delay_)
     self._set_params(min_stake_, unbonding_period_, prover_share_bps_)
 
 
@@ -159,16 +187,34 @@ def __init__(min_stake_: uint256, unbonding_period_: uint256, prover_share_bps_:
 
 @external
 def set_slasher(slasher_: address):
-    """@notice Set the verification role, the only address allowed to slash."""
+    """@notice Set the verification role, the only address allowed to slash (once, for good)."""
     ownable._check_owner()
+    assert self.slasher == empty(address), "registry: slasher already set"
+    assert slasher_ != empty(address), "registry: slasher is the zero address"
     self.slasher = slasher_
     log SlasherSet(slasher=slasher_)
 
 
 @external
-def set_params(min_stake_: uint256, unbonding_period_: uint256, prover_share_bps_: uint256):
+def queue(op: bytes32):
+    """@notice Announce a parameter change (`params_op`); it may run after the timelock delay."""
     ownable._check_owner()
+    timelock._queue(op)
+
+
+@external
+def set_params(min_stake_: uint256, unbonding_period_: uint256, prover_share_bps_: uint256):
+    """@notice Change parameters (queued `params_op(...)` first, unless the delay is zero)."""
+    ownable._check_owner()
+    timelock._execute(keccak256(abi_encode(min_stake_, unbonding_period_, prover_share_bps_)))
     self._set_params(min_stake_, unbonding_period_, prover_share_bps_)
+
+
+@pure
+@external
+def params_op(min_stake_: uint256, unbonding_period_: uint256, prover_share_bps_: uint256) -> bytes32:
+    """@notice The operation id `queue` takes for `set_params` with these values."""
+    return keccak256(abi_encode(min_stake_, unbonding_period_, prover_share_bps_))
 
 
 @internal
@@ -177,6 +223,10 @@ def _set_params(min_stake_: uint256, unbonding_period_: uint256, prover_share_bp
     assert unbonding_period_ > 0, "registry: unbonding period is zero"
     # Strictly below 100%: some of every slash burns, so slashing oneself always loses money.
     assert prover_share_bps_ < BPS, "registry: prover share must leave a burn"
+    # A node must not be able to leave before the slowest task it can be part of is judged.
+    if self.slasher.is_contract:
+        need: uint256 = staticcall ISlasher(self.slasher).min_unbonding()
+        assert unbonding_period_ >= need, "registry: unbonding shorter than a task's lifetime"
     self.min_stake = min_stake_
     self.unbonding_period = unbonding_period_
     self.prover_share_bps = prover_share_bps_
@@ -213,6 +263,7 @@ def register(operator: address, endpoint: String[256], hardware: Hardware):
     self.node_at[self.node_count] = msg.sender
     self.node_count += 1
     self.total_staked += msg.value
+    self._checkpoint(msg.sender, msg.value)
     log NodeRegistered(
         owner=msg.sender, operator=operator, endpoint=endpoint, hardware=hardware, stake=msg.value
     )
@@ -227,6 +278,7 @@ def add_stake():
     new_stake: uint256 = self.nodes[msg.sender].stake + msg.value
     self.nodes[msg.sender].stake = new_stake
     self.total_staked += msg.value
+    self._checkpoint(msg.sender, new_stake)
     log StakeAdded(owner=msg.sender, amount=msg.value, stake=new_stake)
 
 
@@ -250,6 +302,7 @@ def request_unbond(amount: uint256):
     self.nodes[msg.sender].unbond_ready_block = ready
     self.total_staked -= amount
     self.total_unbonding += amount
+    self._checkpoint(msg.sender, stake)
     log UnbondRequested(
         owner=msg.sender,
         amount=amount,
@@ -267,6 +320,7 @@ def withdraw():
     amount: uint256 = self.nodes[msg.sender].unbonding
     assert amount > 0, "registry: nothing unbonding"
     assert block.number >= self.nodes[msg.sender].unbond_ready_block, "registry: still unbonding"
+    assert self.locks[msg.sender] == 0, "registry: node is part of an open task"
     self.nodes[msg.sender].unbonding = 0
     self.nodes[msg.sender].unbond_ready_block = 0
     self.total_unbonding -= amount
@@ -323,8 +377,28 @@ def jail(node: address, until_block: uint256, reason: String[128]):
     assert msg.sender == self.slasher or msg.sender == ownable.owner, "registry: caller cannot jail"
     self._check_registered(node)
     assert until_block > block.number, "registry: jail ends in the past"
-    self.nodes[node].jailed_until = max(until_block, self.nodes[node].jailed_until)
-    log NodeJailed(owner=node, until_block=until_block, by=msg.sender, reason=reason)
+    until: uint256 = max(until_block, self.nodes[node].jailed_until)
+    self.nodes[node].jailed_until = until
+    log NodeJailed(owner=node, until_block=until, by=msg.sender, reason=reason)
+
+
+@external
+def lock(node: address):
+    """@notice Hold `node`'s funds while a task it is part of is open (slasher only)."""
+    assert msg.sender == self.slasher, "registry: caller is not the slasher"
+    n: uint256 = self.locks[node] + 1
+    self.locks[node] = n
+    log NodeLocked(owner=node, locks=n)
+
+
+@external
+def unlock(node: address):
+    """@notice Release one hold taken by `lock` (slasher only)."""
+    assert msg.sender == self.slasher, "registry: caller is not the slasher"
+    n: uint256 = self.locks[node]
+    assert n > 0, "registry: node not locked"
+    self.locks[node] = n - 1
+    log NodeUnlocked(owner=node, locks=n - 1)
 
 
 @external
@@ -351,6 +425,7 @@ def slash(node: address, amount: uint256, prover: address, reason: String[128]) 
     self.nodes[node].slashed_total += taken
     self.total_staked -= from_stake
     self.total_unbonding -= from_unbonding
+    self._checkpoint(node, stake)
     # Rounds down, so the prover never gets more than its share.
     to_prover: uint256 = taken * self.prover_share_bps // BPS
     burned: uint256 = taken - to_prover
@@ -410,6 +485,46 @@ def node_of(operator: address) -> address:
 @external
 def stake_of(node: address) -> uint256:
     return self.nodes[node].stake
+
+
+@view
+@external
+def seat_info(node: address) -> (address, uint256, uint256):
+    """@notice (operator, jailed_until, min_stake): what a committee draw needs besides stake_at."""
+    return self.nodes[node].operator, self.nodes[node].jailed_until, self.min_stake
+
+
+@view
+@external
+def stake_at(node: address, block_number: uint256) -> uint256:
+    """@notice The node's stake at the end of block `block_number` (from its checkpoints)."""
+    n: uint256 = self.checkpoint_count[node]
+    if n == 0 or self.checkpoints[node][0] >> 192 > block_number:
+        return 0
+    # Binary search for the last checkpoint at or before block_number (at most 2**64 of them).
+    lo: uint256 = 0
+    hi: uint256 = n - 1
+    for _: uint256 in range(64):
+        if lo >= hi:
+            break
+        mid: uint256 = (lo + hi + 1) // 2
+        if self.checkpoints[node][mid] >> 192 <= block_number:
+            lo = mid
+        else:
+            hi = mid - 1
+    return self.checkpoints[node][lo] & STAKE_MASK
+
+
+@internal
+def _checkpoint(node: address, stake: uint256):
+    # Stakes stay far below 2**192 wei; one checkpoint per block (the last write wins).
+    n: uint256 = self.checkpoint_count[node]
+    word: uint256 = (block.number << 192) | stake
+    if n > 0 and self.checkpoints[node][n - 1] >> 192 == block.number:
+        self.checkpoints[node][n - 1] = word
+        return
+    self.checkpoints[node][n] = word
+    self.checkpoint_count[node] = n + 1
 
 
 @view

@@ -26,6 +26,19 @@ def chunk_root(
 
 @pure
 @external
+def token_root(
+    chain_id: uint64, request_id: bytes32, stage: uint16, positions: uint32, hidden_size: uint32,
+    n_tokens: uint32, index: uint32, token_id: uint32,
+    siblings: DynArray[bytes32, chunk_rule.MAX_DEPTH],
+) -> bytes32:
+    """@notice The stage root implied by an opened token leaf and its proof (reverts if malformed)."""
+    return chunk_rule._token_root(
+        chain_id, request_id, stage, positions, hidden_size, n_tokens, index, token_id, siblings
+    )
+
+
+@pure
+@external
 def bad_count(c_hi: bytes32, c_lo: bytes32, r_hi: bytes32, r_lo: bytes32, max_ulp: uint256) -> uint256:
     """@notice Elements of two opened chunks more than max_ulp scale ulps apart (NaN/inf count)."""
     return chunk_rule._bad_count(c_hi, c_lo, r_hi, r_lo, max_ulp)

@@ -123,6 +123,17 @@ def create_app(engine: Engine, status: IndexerStatus, rpc: Rpc | None = None,
     def home_api(request: Request) -> Response:
         return render(request, True, "home.html", queries.home)
 
+    for path, template, fn in (("/network", "network.html", queries.network_page),
+                               ("/nodes", "nodes.html", queries.nodes)):
+        def html_view(request: Request, _t: str = template, _f: Any = fn) -> Response:
+            return render(request, False, _t, _f)
+
+        def api_view(request: Request, _t: str = template, _f: Any = fn) -> Response:
+            return render(request, True, _t, _f)
+
+        app.add_api_route(path, html_view, methods=["GET"], response_class=HTMLResponse)
+        app.add_api_route("/api" + path, api_view, methods=["GET"])
+
     both("/block/{key}", "block.html",
          lambda k: lambda s: queries.block(s, queries.parse_number(k)))
     both("/tx/{key}", "tx.html",

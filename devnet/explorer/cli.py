@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from contracts.errors import ContractsError
-from veriplex.net import ListenError, listen
+from protocol.net import ListenError, listen
 
 
 def _manifest(settings: Any, rpc: Any) -> Any:

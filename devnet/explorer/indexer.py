@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from contracts.errors import ChainError
 from contracts.rpc import Rpc
+from devnet.explorer import tasks
 from devnet.explorer.decode import Decoder
 from devnet.explorer.models import BLOCK_SCOPED, Block, Log, Meta, Request, Served, Tx
 
@@ -70,6 +71,8 @@ class Indexer:
         self.batch_blocks = batch_blocks
         self._block_receipts = True  # eth_getBlockReceipts until the node says it lacks it
         self._chain_id_saved = False
+        with Session(engine) as s:  # an index made before the tasks table: fill it from logs
+            tasks.backfill(s)
         self._topics = {
             "RequestSettled": decoder.event_topic("Payments", "RequestSettled"),
             "BatchSettled": decoder.event_topic("Payments", "BatchSettled"),
@@ -127,6 +130,7 @@ class Indexer:
             for model in BLOCK_SCOPED:
                 s.execute(delete(model).where(model.block_number > k))
             s.execute(delete(Block).where(Block.number > k))
+            tasks.rewind(s, k)
             set_charged_total(s, sum(int(c) for c in s.scalars(select(Request.charge_wei))))
             s.commit()
             with self.status.lock:
@@ -233,6 +237,8 @@ class Indexer:
                       topic2=padded[2], topic3=padded[3], data=lg.get("data", "0x"),
                       contract=dec.contract if dec else None, event=dec.name if dec else None,
                       args=dec.args if dec else None))
+            if dec and dec.contract == "Verification" and dec.name in tasks.EVENTS:
+                tasks.record(s, dec.name, lg["address"], dict(dec.args), number)
             if dec and dec.contract == "Payments" and topics[0] == self._topics["RequestSettled"]:
                 settled.append(dict(dec.args, _payments=lg["address"].lower()))
             elif dec and dec.contract == "Payments" and topics[0] == self._topics["BatchSettled"]:

@@ -120,7 +120,28 @@ class Served(Base):
     __table_args__ = (Index("ix_served_operator_block", "operator", "block_number"),)
 
 
-BLOCK_SCOPED = (Tx, Log, Request, Served)
+class Task(Base):
+    """One verification task (from `TaskOpened`, updated by `TaskFinalized` / `ClientRefunded`):
+    what request lists, reputations and the network page need without decoding logs.
+    `block_number` is the opening block (reorgs delete the row); `final_block` the closing one
+    (reorgs below it reopen the task: `tasks.rewind`)."""
+
+    __tablename__ = "tasks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    block_number: Mapped[int] = mapped_column(BigInteger, index=True)
+    verification: Mapped[str] = mapped_column(String(42))
+    task_id: Mapped[int] = mapped_column(BigInteger)
+    batch_id: Mapped[int] = mapped_column(BigInteger)
+    request_id: Mapped[str] = mapped_column(String(66), index=True)
+    stage: Mapped[int] = mapped_column(Integer)
+    stage_operator: Mapped[str] = mapped_column(String(42), index=True)
+    status: Mapped[str] = mapped_column(String(32))  # a word of status.STATUSES (or "status N")
+    final_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+
+    __table_args__ = (Index("ix_tasks_verification_task", "verification", "task_id"),)
+
+
+BLOCK_SCOPED = (Tx, Log, Request, Served, Task)
 
 
 def make_engine(url: str) -> Engine:

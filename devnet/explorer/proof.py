@@ -20,15 +20,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from contracts.errors import ContractsError
-from contracts.verification import (
-    BPS,
-    StageCommit,
-    anchor_block,
-    batch_seed_of,
-    commitment_root,
-    sample_draw,
-)
+from contracts.verification import BPS, anchor_block, batch_seed_of, commitment_root, sample_draw
 from devnet.explorer.models import Block, Log, Request, Tx
+from protocol.messages import StageCommit
 
 ZERO_ROOT = "0x" + "00" * 32
 
@@ -67,15 +61,16 @@ def stage_commitments(s: Session, r: Request, task_opened: list[dict[str, Any]])
             for j, (st, c) in enumerate(zip(stages, commits, strict=True))]
         break
     else:
-        if task_opened:  # the call was not decodable (another caller): the sampled stage only
-            a = task_opened[0]["args"]
-            c = a["stage_commit"]
+        a = (task_opened[0].get("args") or {}) if task_opened else {}
+        c = a.get("stage_commit")
+        if isinstance(c, dict) and "root" in c:  # call not decodable: the sampled stage only
             out.update(source="TaskOpened event (the sampled stage only)",
                        source_tx=task_opened[0]["tx_hash"])
-            out["stages"] = [{"stage": a["stage"], "operator": a["stage_operator"],
-                              "layer_start": a["layer_start"], "layer_end": a["layer_end"],
-                              "root": c["root"], "positions": c["positions"],
-                              "hidden_size": c["hidden_size"], "n_tokens": c.get("n_tokens", 0)}]
+            out["stages"] = [{"stage": a.get("stage"), "operator": a.get("stage_operator"),
+                              "layer_start": a.get("layer_start"), "layer_end": a.get("layer_end"),
+                              "root": c["root"], "positions": c.get("positions"),
+                              "hidden_size": c.get("hidden_size"),
+                              "n_tokens": c.get("n_tokens", 0)}]
     if out["stages"]:
         out["note"] = ("Stage commitments from the chain; the stage operators' signatures over "
                        "them are not on chain: they are in the gateway's receipt.")
@@ -118,16 +113,12 @@ def _latest(s: Session, event: str, address: str) -> Log | None:
     return s.scalars(q.order_by(Log.block_number.desc(), Log.log_index.desc()).limit(1)).first()
 
 
-def sampling(s: Session, r: Request, release_block: int | None,
-             task_opened: list[dict[str, Any]]) -> dict[str, Any]:
-    """The batch's sampling randomness and whether it selected the request, recomputed from the
-    index by the Verification contract's rule (`_fresh_batch_seed`, `_sampled`): anchor =
-    release block - verification window + randomness delay; seed = keccak(abi(value(anchor),
-    batch id)); sampled iff keccak(abi(seed, request id, 0)) mod 10,000 < sample_bps. The value
-    is the anchor's block hash when the source is `BlockhashRandomness` (the devnet's); another
-    source (VRF, beacon) is named and left to `Verification.is_sampled`."""
+def batch_draw(s: Session, r: Request, release_block: int | None) -> dict[str, Any]:
+    """The sampling randomness of `r`'s batch (the same for every request in it): the
+    Verification contract, its source, the anchor block, the seed and the sample rate, or a
+    `note` saying why it cannot be recomputed (yet). See `sampling`."""
     out: dict[str, Any] = {"verification": None, "randomness_source": None, "anchor_block": None,
-                           "seed": None, "sample_bps": None, "draw_bps": None, "sampled": None}
+                           "seed": None, "sample_bps": None}
     roles = _latest(s, "RolesSet", r.payments)  # the values the contract reads now, as it does
     pay_params = _latest(s, "ParamsSet", r.payments)
     if roles is None or pay_params is None or release_block is None:
@@ -136,6 +127,7 @@ def sampling(s: Session, r: Request, release_block: int | None,
     ver = str(roles.args["verification"]).lower()
     if int(ver, 16) == 0:
         out["note"] = "The settling Payments has no Verification contract: nothing is sampled."
+        out["sample_bps"] = 0
         return out
     ver_params, source = _latest(s, "ParamsSet", ver), _latest(s, "RandomnessSet", ver)
     out["verification"] = ver
@@ -157,13 +149,41 @@ def sampling(s: Session, r: Request, release_block: int | None,
     elif block is None:
         out["note"] = f"The anchor block {anchor} is not mined (or indexed) yet: not drawn yet."
     else:
-        seed = batch_seed_of(bytes.fromhex(block.hash[2:]), int(r.batch_id))
-        draw = sample_draw(seed, bytes.fromhex(r.request_id[2:]))
-        out.update(seed="0x" + seed.hex(), anchor_hash=block.hash, draw_bps=draw,
-                   sampled=draw < out["sample_bps"])
-        out["note"] = (f"Seed = keccak(hash of block {anchor}, batch {r.batch_id}); this request "
-                       f"draws {draw} of {BPS} against a sample rate of {out['sample_bps']}: "
+        out.update(seed="0x" + batch_seed_of(bytes.fromhex(block.hash[2:]),
+                                             int(r.batch_id)).hex(), anchor_hash=block.hash)
+    return out
+
+
+def sampled_from(draw: dict[str, Any], request_id: str) -> bool | None:
+    """Whether a batch's draw (`batch_draw`) selects `request_id`; None when not known."""
+    if draw.get("sample_bps") == 0:
+        return False
+    if draw.get("seed") is None or draw.get("sample_bps") is None:
+        return None
+    d = sample_draw(bytes.fromhex(draw["seed"][2:]), bytes.fromhex(request_id[2:]))
+    return bool(d < int(draw["sample_bps"]))
+
+
+def sampling(s: Session, r: Request, release_block: int | None,
+             task_opened: list[dict[str, Any]]) -> dict[str, Any]:
+    """The batch's sampling randomness and whether it selected the request, recomputed from the
+    index by the Verification contract's rule (`_fresh_batch_seed`, `_sampled`): anchor =
+    release block - verification window + randomness delay; seed = keccak(abi(value(anchor),
+    batch id)); sampled iff keccak(abi(seed, request id, 0)) mod 10,000 < sample_bps. The value
+    is the anchor's block hash when the source is `BlockhashRandomness` (the devnet's); another
+    source (VRF, beacon) is named and left to `Verification.is_sampled`."""
+    out = batch_draw(s, r, release_block)
+    out.setdefault("draw_bps", None)
+    out.setdefault("sampled", None)
+    if out["seed"] is not None:
+        draw = sample_draw(bytes.fromhex(out["seed"][2:]), bytes.fromhex(r.request_id[2:]))
+        out.update(draw_bps=draw, sampled=draw < out["sample_bps"])
+        out["note"] = (f"Seed = keccak(hash of block {out['anchor_block']}, batch {r.batch_id}); "
+                       f"this request draws {draw} of {BPS} against a sample rate of "
+                       f"{out['sample_bps']}: "
                        + ("sampled for verification." if out["sampled"] else "not sampled."))
+    if out.get("sample_bps") == 0 and out["verification"] is None:
+        out["sample_bps"] = None  # no Verification contract: no rate to show
     if task_opened:  # the contract's own record of the seed it used
-        out["task_seed"] = task_opened[0]["args"]["seed"]
+        out["task_seed"] = (task_opened[0].get("args") or {}).get("seed")
     return out

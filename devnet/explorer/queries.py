@@ -11,7 +11,8 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from contracts.verification import TaskStatus
-from devnet.explorer import BadQuery, NotFound, proof
+from devnet.explorer import BadQuery, NotFound, network, proof
+from devnet.explorer import status as vstatus
 from devnet.explorer.indexer import charged_total
 from devnet.explorer.models import Block, Log, Request, Served, Tx
 
@@ -103,7 +104,7 @@ def _count_event(s: Session, event: str) -> int:
 def home(s: Session, n: int = 15) -> dict[str, Any]:
     blocks = s.scalars(select(Block).order_by(Block.number.desc()).limit(n))
     txs = s.scalars(select(Tx).order_by(Tx.block_number.desc(), Tx.tx_index.desc()).limit(n))
-    reqs = s.scalars(select(Request).order_by(Request.block_number.desc()).limit(n))
+    reqs = list(s.scalars(select(Request).order_by(Request.block_number.desc()).limit(n)))
     charged = charged_total(s)
     totals = {"blocks": _count(s, Block), "transactions": _count(s, Tx), "events": _count(s, Log),
               "requests": _count(s, Request),
@@ -111,7 +112,8 @@ def home(s: Session, n: int = 15) -> dict[str, Any]:
               "nodes": _count_event(s, "NodeRegistered"),
               "models": _count_event(s, "ModelRegistered")}
     return {"totals": totals, "blocks": [block_row(b) for b in blocks],
-            "transactions": [tx_row(t) for t in txs], "requests": [request_row(r) for r in reqs]}
+            "transactions": [tx_row(t) for t in txs],
+            "requests": vstatus.with_status(s, reqs, request_row)}
 
 
 def block(s: Session, number: int) -> dict[str, Any]:
@@ -188,6 +190,8 @@ def node(s: Session, addr: str) -> dict[str, Any]:
                             .order_by(Served.block_number.desc()).limit(200)))
     served_count = int(s.scalar(select(func.count()).select_from(Served)
                                 .where(Served.operator.in_(operators))) or 0)
+    served_status = vstatus.statuses(s, list(s.scalars(select(Request).where(
+        Request.request_id.in_([r.request_id for r in served])))))
     earnings = _events(s, "EarningsCredited", 500, topic1=t)
     slashes = _events(s, "NodeSlashed", 200, topic1=t) + \
         _events(s, ("MemberSlashed", "StageSlashed"), 200, topic3=t)
@@ -205,7 +209,9 @@ def node(s: Session, addr: str) -> dict[str, Any]:
                         for lg in allocations],
         "requests_served": served_count,
         "served": [{"request_id": r.request_id, "layer_start": r.layer_start,
-                    "layer_end": r.layer_end, "block_number": r.block_number} for r in served],
+                    "layer_end": r.layer_end, "block_number": r.block_number,
+                    "verification": served_status.get(r.request_id)} for r in served],
+        "reputation": network.reputations(s, [owner]).get(owner),
         "verifications": {"revealed": len(reveals),
                           "voted_pass": sum(1 for r in reveals if r.args["verdict"]),
                           "voted_fail": sum(1 for r in reveals if not r.args["verdict"]),
@@ -279,6 +285,7 @@ def request(s: Session, request_id: str, rpc_url: str | None = None,
     b = batch[0].args if batch else {}
     return {
         "request": request_row(r),
+        "status": vstatus.statuses(s, [r])[r.request_id],
         "client": key[0].args["client"] if key else None,
         "batch": {"batch_id": r.batch_id, "gateway": r.gateway, "root": b.get("root"),
                   "record_count": b.get("record_count"), "total_charge_wei": str(b.get("total_charge", "")),
@@ -327,8 +334,19 @@ def model(s: Session, model_id: int) -> dict[str, Any]:
     for ch in reversed(changes):
         args.update({k: v for k, v in ch.args.items() if k != "model_id"})
     return {"model": args, "registered_block": reg[0].block_number, "requests": count,
-            "recent_requests": [request_row(r) for r in reqs],
+            "recent_requests": vstatus.with_status(s, reqs, request_row),
             "changes": [log_row(c) for c in changes]}
+
+
+def nodes(s: Session) -> dict[str, Any]:
+    """Every registered node with its reputation, most requests served first."""
+    reps = sorted(network.reputations(s).values(),
+                  key=lambda n: (-n["requests_served"], n["registered_block"]))
+    return {"nodes": reps}
+
+
+def network_page(s: Session) -> dict[str, Any]:
+    return network.network(s)
 
 
 def search(s: Session, q: str) -> str:

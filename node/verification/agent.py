@@ -35,7 +35,6 @@ from coincurve import PrivateKey
 from contracts.errors import ChainError, Revert
 from contracts.rpc import Signer
 from contracts.verification import TaskStatus
-from node.protocol import address_of_key
 from node.verification.errors import AgentError
 from node.verification.evidence import check_against_root, openings
 from node.verification.jobs import Abstention, JobContext, prepare_vote
@@ -43,6 +42,7 @@ from node.verification.policy import Policy
 from node.verification.rerun import Listener, ServerPool
 from node.verification.state import AgentState, Vote
 from node.verification.task_data import TaskData, load_task_data
+from protocol.identity import address_of_key
 
 log = logging.getLogger("veriplex.verifier")
 ZERO = "0x" + "00" * 20

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from contracts.verification import Opening, StageCommit
+from contracts.verification import Opening
 from node.verification.errors import EvidenceError
+from protocol.messages import StageCommit
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment
 

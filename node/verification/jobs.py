@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import torch
 from coincurve import PrivateKey
 
-from node.stage_query import fetch_rows
+from node.dataplane.query import fetch_rows
 from node.verification.evidence import check_against_root, forged_evidence
 from node.verification.policy import Claimed, Policy, Recomputed, decide
 from node.verification.rerun import (

@@ -28,26 +28,23 @@ from typing import Any
 import torch
 from coincurve import PrivateKey
 
-from node.dataplane import read_frame
-from node.dataplane_errors import DataPlaneError
-from node.protocol import (
+from node.verification.errors import RerunError
+from protocol.dataplane_errors import DataPlaneError
+from protocol.frames import (
     CloseReason,
     Frame,
     Kind,
-    PipelineRequest,
-    StageAssignment,
-    address_of_key,
     close_body,
-    encode_request,
-    hidden_body,
     make_frame,
     open_body,
     parse_error,
     parse_frame,
-    sign_digest,
+    read_frame,
     token_body,
 )
-from node.verification.errors import RerunError
+from protocol.identity import address_of_key, sign_digest
+from protocol.messages import PipelineRequest, StageAssignment, encode_request
+from protocol.rows import hidden_body
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment
 
@@ -208,7 +205,7 @@ async def fetch_all(key: PrivateKey, chain_id: int, host: str, port: int, reques
                     operator: str | None = None, timeout_s: float = 30.0
                     ) -> tuple[torch.Tensor, list[int]]:
     """Rows [0, positions) and the token ids of a stage, in as many FETCHes as frames need."""
-    from node.stage_query import fetch_rows
+    from node.dataplane.query import fetch_rows
 
     per = max(1, FETCH_FRAME_BYTES // (4 * max(hidden, 1)))
     parts, tokens = [], []
@@ -223,7 +220,7 @@ async def fetch_all(key: PrivateKey, chain_id: int, host: str, port: int, reques
 async def run_job(server: Any, listener: Listener, key: PrivateKey, job: RerunJob,
                   timeout_s: float = 120.0) -> RerunResult:
     """Send the job to `server` as an inference prefill, wait for its output, ask for COMMIT."""
-    from node.stage_query import request_commitment
+    from node.dataplane.query import request_commitment
 
     t0 = time.perf_counter()
     me = address_of_key(key)

@@ -18,8 +18,8 @@ from urllib.parse import urlparse
 
 from contracts.batch import Leaf, Pipeline, Stage
 from contracts.errors import ContractsError
-from contracts.verification import StageCommit
 from node.verification.errors import TaskDataError
+from protocol.messages import StageCommit
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ publishes every allocation change as an epoch on the Scheduler contract, and ser
 digests (`messages`); `client` is the typed client for workers and the gateway. `veriplex
 coordinator run` starts it (`cli`). The API is in README.md.
 
-Exceptions (all in `scheduler.service.errors`)::
+Exceptions (all in `protocol.api_errors`)::
 
     ServiceError
     ├── HeartbeatRejected     a heartbeat was refused; `.status` is the HTTP status to answer

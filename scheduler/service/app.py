@@ -26,15 +26,15 @@ from pydantic import BaseModel, ValidationError
 
 from contracts.client import Chain
 from contracts.errors import ContractsError
-from scheduler.errors import NoRoute, SchedulerError
-from scheduler.service.chain_io import current_epoch_matching, publish, read_nodes
-from scheduler.service.errors import MalformedMessage, ServiceError
-from scheduler.service.messages import (
+from protocol.api_errors import MalformedMessage, ServiceError
+from protocol.messages import (
     HeartbeatAck,
     RouteRequest,
     SignedHeartbeat,
     error_body,
 )
+from scheduler.errors import NoRoute, SchedulerError
+from scheduler.service.chain_io import current_epoch_matching, publish, read_nodes
 from scheduler.service.state import CoordinatorState, Publication
 
 log = logging.getLogger("veriplex.coordinator")

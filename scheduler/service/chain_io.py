@@ -22,10 +22,10 @@ from contracts.client import Chain
 from contracts.model_registry import ModelInfo
 from contracts.node_registry import Hardware, NodeInfo
 from contracts.scheduler import AllocationEntry
+from protocol.api_errors import ModelSpecError
 from scheduler.errors import InvalidInput, SchedulerError
 from scheduler.model import ModelSpec, NodeSpec
 from scheduler.schema import load_json, parse_model, parse_node
-from scheduler.service.errors import ModelSpecError
 from scheduler.service.state import ChainNode, Publication
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}

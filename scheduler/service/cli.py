@@ -17,9 +17,9 @@ from typing import Any
 
 import click
 
+from protocol.api_errors import ServiceError
+from protocol.net import ListenError, listen
 from scheduler.errors import SchedulerError
-from scheduler.service.errors import ServiceError
-from veriplex.net import ListenError, listen
 
 
 def _coordinator_signer(settings: Any, account: str | None, password_file: Path | None,
@@ -31,14 +31,14 @@ def _coordinator_signer(settings: Any, account: str | None, password_file: Path 
         raise click.UsageError("pass exactly one of --account NAME or --dev-account N")
     if dev_account is not None:
         return Signer.from_key(dev_key(dev_account, settings.devnet.mnemonic))
-    from node.cli_chain import signer_of
+    from node.cli.chain import signer_of
 
     return signer_of(settings, account, password_file)
 
 
 def _build(settings: Any, signer: Any, model_id: int | None, model_spec: Path | None,
            checkpoint: Path | None) -> Any:
-    from node.cli_chain import connect
+    from node.cli.chain import connect
     from scheduler.model import Links, Params
     from scheduler.schema import load_json, parse_links, parse_params
     from scheduler.service.app import Coordinator, LoopTiming

@@ -27,12 +27,7 @@ from urllib.parse import urlparse
 
 from eth_utils import to_checksum_address
 
-from scheduler import dynamics
-from scheduler.allocate import allocate
-from scheduler.errors import CannotPlace, SchedulerError
-from scheduler.model import Links, ModelSpec, NodeSpec, Params, Plan, Snapshot
-from scheduler.route import NodeLoad, Router
-from scheduler.service.errors import (
+from protocol.api_errors import (
     BadSignature,
     ModelNotServed,
     NotReady,
@@ -41,7 +36,7 @@ from scheduler.service.errors import (
     UnknownOperator,
     WrongChain,
 )
-from scheduler.service.messages import (
+from protocol.messages import (
     AssignmentResponse,
     Heartbeat,
     HeartbeatKind,
@@ -51,6 +46,11 @@ from scheduler.service.messages import (
     SignedHeartbeat,
     recover_signer,
 )
+from scheduler import dynamics
+from scheduler.allocate import allocate
+from scheduler.errors import CannotPlace, SchedulerError
+from scheduler.model import Links, ModelSpec, NodeSpec, Params, Plan, Snapshot
+from scheduler.route import NodeLoad, Router
 
 Row = tuple[str, int, int, int]  # (operator, model_id, layer start, layer end)
 

@@ -21,7 +21,7 @@ from contracts.deploy import DeployParams, deploy_all
 from contracts.node_registry import Hardware
 from contracts.rpc import Signer
 from devnet.testing import DevnetHandle, running_devnet
-from veriplex.config import DEV_MNEMONIC
+from protocol.settings import DEV_MNEMONIC
 
 from .game import ETH, PARAMS, WINDOW, Batch, Plane, World, fresh, make_world, play, settle
 
@@ -60,8 +60,8 @@ def forged_batch(world: World) -> Batch:
 
 @pytest.fixture(scope="session")
 def plane(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
-    from node.models.tiny import build_tiny_model
-    from scheduler.gateway.testing import CHATML, DataPlane
+    from node.runtime.models.tiny import build_tiny_model
+    from tests.support.gateway import CHATML, DataPlane
 
     chain = world.chain
     model = build_tiny_model(tmp_path_factory.mktemp("audit-tiny"), arch="llama", seed=0)

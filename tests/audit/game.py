@@ -29,13 +29,13 @@ from contracts.node_registry import Hardware
 from contracts.rpc import Signer
 from contracts.verification import (
     Opening,
-    StageCommit,
     TaskStatus,
     VerificationParams,
     attestation_digest,
     commitment_root,
 )
-from node.protocol import sign_digest
+from protocol.identity import sign_digest
+from protocol.messages import StageCommit
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment
 
@@ -53,7 +53,7 @@ LAYERS = ((0, 2), (2, 4))
 class Plane:
     """The tiny model served by a 2-stage data plane whose operators are registered nodes."""
 
-    dp: Any  # scheduler.gateway.testing.DataPlane
+    dp: Any  # tests.support.gateway.DataPlane
     model: Path
     info: Any  # contracts.model_registry.ModelInfo
     service_gateway: Signer  # a second gateway (the Gateway service's), trusted by the stages

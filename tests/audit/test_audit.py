@@ -9,8 +9,9 @@ import json
 
 from coincurve import PrivateKey
 
-from contracts.verification import StageCommit, attestation_digest
-from node.protocol import sign_digest
+from contracts.verification import attestation_digest
+from protocol.identity import sign_digest
+from protocol.messages import StageCommit
 
 from .game import PARAMS
 

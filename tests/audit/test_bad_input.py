@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from verifier.audit_receipt import parse_receipt
 from verifier.errors import ReceiptError
+from verifier.receipt import parse_receipt
 
 GOOD = {"request_id": "0x" + "11" * 32, "chain_id": 31337}
 

@@ -1,4 +1,4 @@
-"""Receipts of an actual gateway request: the OpenAI-compatible gateway (scheduler.gateway) serves a
+"""Receipts of an actual gateway request: the OpenAI-compatible gateway (gateway) serves a
 chat completion through the 2-stage data plane, collects the stages' signed commitments, settles
 the record on the devnet; both its response receipt and its `GET /v1/receipts/{id}` lookup pass
 `veriplex audit` — the audit reads the gateway's format as it is."""
@@ -11,7 +11,7 @@ import time
 import httpx
 
 from contracts.apikeys import create_api_key
-from scheduler.gateway.testing import ServedGateway, free_port, make_gateway
+from tests.support.gateway import ServedGateway, free_port, make_gateway
 
 from .game import ETH, fresh
 

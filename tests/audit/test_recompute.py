@@ -18,10 +18,10 @@ from eth_utils import keccak
 
 from contracts.batch import Pipeline, Record, Stage, leaves_of, merkle_proof, request_id
 from contracts.verification import TaskStatus, commitment_root
-from node.pipeline_client import PipelineClient
-from node.protocol import PipelineRequest
-from node.stage_query import commit_all, fetch_rows
-from scheduler.gateway.testing import DataPlane
+from node.dataplane.client import PipelineClient
+from node.dataplane.query import commit_all, fetch_rows
+from protocol.messages import PipelineRequest
+from tests.support.gateway import DataPlane
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment
 
@@ -141,7 +141,7 @@ def test_recompute_agrees_with_the_stage_and_every_member_on_the_opened_chunks(
 
 def test_recompute_with_other_weights_disagrees_with_the_stage(run_audit, served_for_real, world,
                                                                tmp_path):
-    from node.models.tiny import build_tiny_model
+    from node.runtime.models.tiny import build_tiny_model
 
     other = build_tiny_model(tmp_path / "other", arch="llama", seed=7)
     key = _key_file(tmp_path / "gw.hex", bytes(world.gateway.account.key))

@@ -29,7 +29,7 @@ from vyper.compiler.settings import Settings as VyperSettings
 from web3 import Web3
 
 from devnet.testing import running_anvil, running_devnet
-from veriplex.config import DEV_MNEMONIC
+from protocol.settings import DEV_MNEMONIC
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ANVIL_CHAIN_ID = 31337

@@ -12,7 +12,7 @@ from contracts.client import Chain, dev_key
 from contracts.deploy import DeployParams, deploy_all
 from contracts.rpc import Signer
 from devnet.testing import running_anvil
-from veriplex.config import DEV_MNEMONIC
+from protocol.settings import DEV_MNEMONIC
 
 
 @pytest.fixture(scope="session")

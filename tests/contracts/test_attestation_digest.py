@@ -11,7 +11,8 @@ from coincurve import PrivateKey
 from eth_utils import keccak
 
 from contracts.errors import ContractsError
-from contracts.verification import StageCommit, attestation_digest
+from contracts.verification import attestation_digest
+from protocol.messages import StageCommit
 
 SC = StageCommit(bytes(range(32)), 41, 576, 42)
 RID = b"\xab" * 32
@@ -34,7 +35,7 @@ def test_every_field_changes_the_digest():
 
 
 def test_an_operator_signature_over_the_digest_recovers_to_the_operator():
-    from node.protocol import address_of_key, recover, sign_digest
+    from protocol.identity import address_of_key, recover, sign_digest
 
     key = PrivateKey(b"\x21" * 32)
     d = attestation_digest(31337, RID, 1, SC)

@@ -48,7 +48,7 @@ def test_deploy_from_a_keystore_with_a_password_file(runner, anvil_url, tmp_path
     from eth_account import Account
 
     from contracts.client import dev_key
-    from veriplex.config import DEV_MNEMONIC
+    from protocol.settings import DEV_MNEMONIC
 
     keystore = tmp_path / "deployer.json"
     keystore.write_text(

@@ -17,16 +17,11 @@ from contracts.client import Chain, dev_key
 from contracts.deploy import DeployParams, deploy_all
 from contracts.errors import PaymentsRevert, VerificationRevert
 from contracts.node_registry import Hardware
-from contracts.verification import (
-    Opening,
-    StageCommit,
-    TaskStatus,
-    VerificationParams,
-    commitment_root,
-)
+from contracts.verification import Opening, TaskStatus, VerificationParams, commitment_root
+from protocol.messages import StageCommit
+from protocol.settings import DEV_MNEMONIC
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment
-from veriplex.config import DEV_MNEMONIC
 
 from .conftest import fresh, mine
 

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from contracts.client import Chain, dev_key
 from contracts.deploy import DeployParams, deploy_all
 from contracts.verification import VerificationParams
+from protocol.settings import DEV_MNEMONIC
 from verifier.params import MarginInputs, ParamsError, equilibrium_margin
 from veriplex.cli import cli
-from veriplex.config import DEV_MNEMONIC
 
 from .conftest import dev_signer
 
@@ -112,6 +112,6 @@ def test_deploy_params_refuse_verification_params_the_contract_would(change, wor
 
 
 def test_settings_defaults_are_the_deployed_defaults():
-    from veriplex.config import Settings
+    from protocol.settings import Settings
 
     assert VerificationParams.from_settings(Settings().verification) == VerificationParams()

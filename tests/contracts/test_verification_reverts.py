@@ -10,8 +10,9 @@ import boa
 import pytest
 
 from contracts.batch import Record
-from contracts.verification import Opening, StageCommit, commitment_root
+from contracts.verification import Opening, commitment_root
 from contracts.verification import verdict_commitment as vc
+from protocol.messages import StageCommit
 
 from .boa_helpers import funded, mine
 from .verification_game import HIDDEN, PARAMS, WINDOW, Game, _leaf

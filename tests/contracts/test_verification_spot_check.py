@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.verification import Opening, StageCommit, commitment_root
+from contracts.verification import Opening, commitment_root
+from protocol.messages import StageCommit
 from verifier.chunk_rule import chunk_bad_count
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment

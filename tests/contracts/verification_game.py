@@ -12,13 +12,8 @@ import numpy as np
 
 from contracts.apikeys import create_api_key
 from contracts.batch import Pipeline, Record, Stage, leaves_of, merkle_proof
-from contracts.verification import (
-    Opening,
-    StageCommit,
-    VerificationParams,
-    commitment_root,
-    verdict_commitment,
-)
+from contracts.verification import Opening, VerificationParams, commitment_root, verdict_commitment
+from protocol.messages import StageCommit
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment
 

@@ -16,7 +16,7 @@ from devnet.chain import DevChain
 from devnet.rpc import Methods
 from devnet.server import JsonRpcApp
 from devnet.store import ChainStore
-from veriplex.config import DEV_MNEMONIC
+from protocol.settings import DEV_MNEMONIC
 
 PROBE_SOURCE = """
 # pragma version ^0.4.0

@@ -10,7 +10,7 @@ from devnet.accounts import dev_accounts
 from devnet.errors import DevnetLocked
 from devnet.kvstore import SqliteKV
 from devnet.store import ChainStore
-from veriplex.config import DEV_MNEMONIC
+from protocol.settings import DEV_MNEMONIC
 
 # anvil's and hardhat's first accounts for the "test ... junk" mnemonic (their public docs)
 ANVIL_FIRST = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"

@@ -31,7 +31,7 @@ from devnet.explorer.decode import Decoder
 from devnet.explorer.indexer import Indexer, IndexerStatus
 from devnet.explorer.models import make_engine
 from devnet.testing import DevnetHandle, running_devnet
-from veriplex.config import DEV_MNEMONIC
+from protocol.settings import DEV_MNEMONIC
 
 from .verified import Verified, make_verified
 

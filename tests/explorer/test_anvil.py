@@ -18,7 +18,7 @@ from contracts.deploy import deploy_all
 from devnet.explorer.app import create_app
 from devnet.explorer.models import Block, Tx
 from devnet.testing import running_anvil
-from veriplex.config import DEV_MNEMONIC
+from protocol.settings import DEV_MNEMONIC
 
 from .conftest import make_explorer
 from .test_indexer import _send

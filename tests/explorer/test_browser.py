@@ -126,3 +126,38 @@ def test_the_search_box_finds_a_transaction_and_explains_a_bad_query(
     assert "is not a transaction hash" in page.inner_text("#error-message")
     # The 400 page itself is the answer; chromium logs the failed status as a console error.
     assert all("400" in e for e in errors), errors
+
+
+def test_a_visitor_sees_statuses_reputations_and_the_network_over_time(
+        browser_page: tuple[Any, list[str]], served: str, activity: Activity,
+        verified: Verified) -> None:
+    page, errors = browser_page
+    errors.clear()
+    page.goto(served + "/")
+    badge = page.locator(f"#latest-requests tr[data-request='{verified.request_id}'] .status")
+    assert badge.inner_text() == "refunded"
+    assert "status-refunded" in (badge.get_attribute("class") or "")
+    page.click("#nav-network")
+    page.wait_for_url("**/network")
+    for chart in ("chart-requests", "chart-tokens", "chart-verifications", "chart-stake",
+                  "chart-active"):
+        box = page.locator(f"svg#{chart}").bounding_box()
+        assert box is not None and box["width"] > 300 and box["height"] > 80, chart
+    assert page.locator("#chart-requests rect.bar").count() >= 1
+    assert page.locator("#chart-verifications rect.bar[data-series='refunded']").count() == 1
+    assert page.locator("#chart-stake polyline.line").count() == 2
+    assert page.inner_text("#total-refunded") == "1"
+    _shot(page, "network")
+    page.click("#nav-nodes")
+    page.wait_for_url("**/nodes")
+    row = page.locator(f"#nodes tr[data-owner='{verified.stage_owner}']")
+    assert row.count() == 1
+    _shot(page, "nodes")
+    row.locator("a").first.click()
+    page.wait_for_url(f"**/node/{verified.stage_owner}")
+    assert "1 failed" in page.inner_text("#rep-checks")
+    assert page.inner_text("#served .status") == "refunded"
+    _shot(page, "node-reputation")
+    page.goto(f"{served}/node/{activity.owner}")
+    assert "epochs since it registered" in page.inner_text("#rep-uptime")
+    assert errors == []

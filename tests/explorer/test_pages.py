@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from contracts.client import Chain
 from devnet.explorer.app import create_app, fmt_eth
-from verifier.audit_receipt import parse_receipt
+from verifier.receipt import parse_receipt
 
 from .conftest import Activity, Explorer, Verified, free_port, make_explorer
 from .verified import PARAMS

@@ -21,10 +21,11 @@ from contracts.deploy import DeployParams, deploy_all
 from contracts.manifest import Manifest
 from contracts.node_registry import Hardware
 from contracts.rpc import Signer
-from contracts.verification import Opening, StageCommit, VerificationParams, commitment_root
+from contracts.verification import Opening, VerificationParams, commitment_root
+from protocol.messages import StageCommit
+from protocol.settings import DEV_MNEMONIC
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment
-from veriplex.config import DEV_MNEMONIC
 
 ETH = 10**18
 PARAMS = VerificationParams(

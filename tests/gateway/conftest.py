@@ -20,7 +20,8 @@ from contracts.client import Chain, dev_key
 from contracts.model_registry import ModelInfo
 from contracts.rpc import Signer
 from devnet.testing import running_anvil
-from scheduler.gateway.testing import (  # noqa: F401 - re-exported for the test modules
+from protocol.settings import DEV_MNEMONIC
+from tests.support.gateway import (  # noqa: F401 - re-exported for the test modules
     CHATML,
     ETH,
     BlackholeProxy,
@@ -31,7 +32,6 @@ from scheduler.gateway.testing import (  # noqa: F401 - re-exported for the test
     register_operators,
     rpc,
 )
-from veriplex.config import DEV_MNEMONIC
 
 GATEWAY_DEV_INDEX = 3
 
@@ -59,7 +59,7 @@ def gateway_signer() -> Signer:
 @pytest.fixture(scope="session")
 def chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Llama with a ChatML chat template added (the tiny tokenizer has none)."""
-    from node.models.tiny import build_tiny_model
+    from node.runtime.models.tiny import build_tiny_model
 
     d = build_tiny_model(tmp_path_factory.mktemp("tiny-chat"), arch="llama", seed=0)
     (d / "chat_template.jinja").write_text(CHATML)

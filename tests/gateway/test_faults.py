@@ -29,8 +29,9 @@ from coincurve import PrivateKey
 
 from contracts.client import Chain
 from contracts.rpc import Signer
-from node.protocol import StageAssignment, address_of_key
-from scheduler.gateway.testing import StageProcess, register_operator
+from protocol.identity import address_of_key
+from protocol.messages import StageAssignment
+from tests.support.gateway import StageProcess, register_operator
 
 from .conftest import BlackholeProxy, ServedGateway, free_port, make_gateway
 
@@ -59,7 +60,7 @@ def stages(chat_model: Path, gateway_signer: Signer, anvil_url: str, deployment:
 def serve_gateway(anvil_url: str, deployment: Path, signer: Signer, model: Path, info,  # type: ignore[no-untyped-def]
                   pipeline: list[StageAssignment], spares: list[StageAssignment],
                   db: Path) -> ServedGateway:
-    from scheduler.gateway.engine import StaticRouter
+    from gateway.engine import StaticRouter
 
     gw = make_gateway(anvil_url, deployment, signer, model, info, pipeline, f"sqlite:///{db}",
                       step_timeout_s=5.0)

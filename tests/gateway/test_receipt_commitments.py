@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from contracts.verification import commitment_root
-from node.stage_query import SignedStageCommit
+from node.dataplane.query import SignedStageCommit
 
 pytestmark = pytest.mark.anvil
 

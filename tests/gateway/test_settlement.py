@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scheduler.gateway.settlement import EXIT_AFTER_BROADCAST_CODE
-from scheduler.gateway.store import Store
+from gateway.settlement import EXIT_AFTER_BROADCAST_CODE
+from gateway.store import Store
 
 from .conftest import BlackholeProxy, ServedGateway, free_port, make_gateway, rpc
 

@@ -19,10 +19,10 @@ from contracts.client import Chain, dev_key
 from contracts.node_registry import Hardware
 from contracts.rpc import Signer
 from contracts.verification import sample_draw
-from node.stage_query import SignedStageCommit
-from scheduler.gateway.store import Store
-from scheduler.gateway.tasks import TaskOpener
-from veriplex.config import DEV_MNEMONIC
+from gateway.store import Store
+from gateway.tasks import TaskOpener
+from node.dataplane.query import SignedStageCommit
+from protocol.settings import DEV_MNEMONIC
 
 from .conftest import ETH, ServedGateway, free_port, make_gateway, rpc
 

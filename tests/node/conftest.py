@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from node.models.tiny import build_tiny_model
+from node.runtime.models.tiny import build_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -38,8 +38,8 @@ class InProcessPipeline:
                  store_max_bytes: int = 10**8):
         from coincurve import PrivateKey
 
-        from node.directory import StaticDirectory
-        from node.protocol import address_of_key
+        from node.dataplane.directory import StaticDirectory
+        from protocol.identity import address_of_key
 
         self.model, self.ranges, self.chain_id = model, ranges, chain_id
         self.keys = [PrivateKey(bytes([k + 1]) * 32) for k in range(len(ranges))]
@@ -51,10 +51,10 @@ class InProcessPipeline:
         self.servers: list = []
 
     async def start(self) -> InProcessPipeline:
-        from node.dataplane import StageServer
-        from node.executor import StageExecutor
-        from node.hidden_store import HiddenStateStore
-        from node.shard import load_shard
+        from node.dataplane.hidden_store import HiddenStateStore
+        from node.dataplane.server import StageServer
+        from node.runtime.executor import StageExecutor
+        from node.runtime.shard import load_shard
 
         for (a, b), key in zip(self.ranges, self.keys, strict=True):
             store = HiddenStateStore(self.store_root / f"stage-{a}-{b}", self.store_max_bytes, 600, 600)
@@ -72,7 +72,8 @@ class InProcessPipeline:
     def request(self, prompt_len: int, max_new_tokens: int, request_id: bytes | None = None, **kw):
         import secrets
 
-        from node.protocol import PipelineRequest, StageAssignment, address_of_key
+        from protocol.identity import address_of_key
+        from protocol.messages import PipelineRequest, StageAssignment
 
         stages = [StageAssignment(operator=address_of_key(k), host="127.0.0.1", port=s.port,
                                   start=a, end=b)
@@ -83,7 +84,7 @@ class InProcessPipeline:
                                prompt_len=prompt_len, max_new_tokens=max_new_tokens, **kw)
 
     def client(self):
-        from node.pipeline_client import PipelineClient
+        from node.dataplane.client import PipelineClient
 
         return PipelineClient(self.gateway, self.chain_id)
 
@@ -99,7 +100,7 @@ def in_process_pipeline(tiny_llama: Path, tmp_path: Path):
 
 
 class WorkerProcess:
-    """One `veriplex node serve` process (run as `python -m node.cli_serve`) on a free port."""
+    """One `veriplex node serve` process (run as `python -m node.cli.serve`) on a free port."""
 
     def __init__(self, model: Path, layers: tuple[int, int], key: bytes, allow: list[str],
                  gateway: str, workdir: Path, chain_id: int = 31337, threads: int = 1):
@@ -109,7 +110,7 @@ class WorkerProcess:
 
         from coincurve import PrivateKey
 
-        from node.protocol import address_of_key
+        from protocol.identity import address_of_key
 
         self.layers = layers
         self.address = address_of_key(PrivateKey(key))
@@ -117,7 +118,7 @@ class WorkerProcess:
         key_file = workdir / "operator.key"
         key_file.touch(mode=0o600)
         key_file.write_text(key.hex())
-        args = [sys.executable, "-m", "node.cli_serve", "--model", str(model),
+        args = [sys.executable, "-m", "node.cli.serve", "--model", str(model),
                 "--layers", f"{layers[0]}:{layers[1]}", "--port", "0",
                 "--operator-key-file", str(key_file), "--directory", "static", "--gateway", gateway,
                 "--store-dir", str(workdir / "store"), "--chain-id", str(chain_id),

@@ -9,8 +9,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from node.cli_model import parse_stages
-from node.models.hashing import model_hashes
+from node.cli.model import parse_stages
+from node.runtime.models.hashing import model_hashes
 from veriplex.cli import cli
 
 

@@ -12,10 +12,11 @@ import asyncio
 import pytest
 import torch
 
-from node.dataplane_errors import RemoteError
-from node.executor import SamplingParams, StageExecutor, generate_local
-from node.protocol import ErrorCode, Sampling
-from node.shard import load_shard
+from node.runtime.executor import StageExecutor, generate_local
+from node.runtime.shard import load_shard
+from protocol.dataplane_errors import RemoteError
+from protocol.frames import ErrorCode
+from protocol.sampling import Sampling
 
 PROMPT = list(range(5, 25))
 
@@ -53,7 +54,7 @@ def test_networked_pipeline_equals_the_local_reference_and_stores_every_row(
 
 def test_sampled_generation_is_reproducible_from_the_request_seed(in_process_pipeline, tiny_llama):
     ranges = [(0, 4), (4, 8)]
-    params = SamplingParams(temperature=0.8, top_p=0.9, seed=1234)
+    params = Sampling(temperature=0.8, top_p=0.9, seed=1234)
     ref = reference(tiny_llama, ranges, 12, sampling=params)
 
     async def main():
@@ -134,7 +135,9 @@ def test_cancel_mid_generation_frees_every_stage(in_process_pipeline):
 
 
 def test_idle_sessions_are_freed_after_the_timeout(in_process_pipeline):
-    from node.protocol import Kind, encode_request, make_frame, open_body, sign_digest
+    from protocol.frames import Kind, make_frame, open_body
+    from protocol.identity import sign_digest
+    from protocol.messages import encode_request
 
     async def main():
         p = await in_process_pipeline([(0, 4), (4, 8)], session_timeout_s=0.2).start()
@@ -180,9 +183,9 @@ def test_gateway_disconnect_cancels_its_requests_on_every_stage(in_process_pipel
 
 
 def test_rewinding_a_session_drops_cache_and_stored_rows_and_recomputes_identically(tiny_llama, tmp_path):
-    from node.hidden_store import HiddenStateStore
-    from node.protocol import PipelineRequest, StageAssignment
-    from node.sessions import SessionTable
+    from node.dataplane.hidden_store import HiddenStateStore
+    from node.dataplane.sessions import SessionTable
+    from protocol.messages import PipelineRequest, StageAssignment
 
     ex = StageExecutor(load_shard(tiny_llama, 0, 8))
     table = SessionTable(ex, HiddenStateStore(tmp_path, 10**8, 60, 60), kv_budget_bytes=2**30)
@@ -212,10 +215,10 @@ def test_a_request_closed_on_a_stage_is_admitted_again_by_a_reroute_and_starts_f
     epoch is still refused as a replay."""
     import pytest
 
-    from node.dataplane_errors import Replay
-    from node.hidden_store import HiddenStateStore
-    from node.protocol import PipelineRequest, StageAssignment
-    from node.sessions import SessionTable
+    from node.dataplane.hidden_store import HiddenStateStore
+    from node.dataplane.sessions import SessionTable
+    from protocol.dataplane_errors import Replay
+    from protocol.messages import PipelineRequest, StageAssignment
 
     ex = StageExecutor(load_shard(tiny_llama, 0, 8))
     table = SessionTable(ex, HiddenStateStore(tmp_path, 10**8, 60, 60), kv_budget_bytes=2**30)

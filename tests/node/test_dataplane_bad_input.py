@@ -14,29 +14,27 @@ import struct
 import torch
 from coincurve import PrivateKey
 
-from node.dataplane import read_frame
-from node.executor import StageExecutor, generate_local
-from node.protocol import (
+from node.runtime.executor import StageExecutor, generate_local
+from node.runtime.shard import load_shard
+from protocol.frames import (
     LEN,
     CloseReason,
     ErrorCode,
     Frame,
     Kind,
-    StageAssignment,
-    address_of_key,
     close_body,
-    encode_request,
-    hidden_body,
     make_frame,
     open_body,
     parse_error,
     parse_frame,
     parse_token,
-    sign_digest,
+    read_frame,
     token_body,
 )
-from node.shard import load_shard
-from node.tensor_codec import encode_tensor
+from protocol.identity import address_of_key, sign_digest
+from protocol.messages import StageAssignment, encode_request
+from protocol.rows import hidden_body
+from protocol.tensors import encode_tensor
 
 PROMPT = list(range(5, 25))
 RANGES = [(0, 4), (4, 8)]

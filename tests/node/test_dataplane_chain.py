@@ -22,10 +22,11 @@ from coincurve import PrivateKey
 from contracts.client import Chain, dev_key
 from contracts.node_registry import Hardware
 from contracts.rpc import Signer
-from node.dataplane_errors import RemoteError
-from node.directory import ChainDirectory
-from node.protocol import ErrorCode, address_of_key
-from veriplex.config import DEV_MNEMONIC
+from node.dataplane.directory import ChainDirectory
+from protocol.dataplane_errors import RemoteError
+from protocol.frames import ErrorCode
+from protocol.identity import address_of_key
+from protocol.settings import DEV_MNEMONIC
 
 pytestmark = pytest.mark.anvil
 ANVIL = Path(__file__).resolve().parents[2] / "node_modules" / ".bin" / "anvil"

@@ -11,18 +11,11 @@ from coincurve import PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.dataplane_errors import BadMessage, BadSignature
-from node.protocol import (
-    LEN,
-    Kind,
-    PipelineRequest,
-    address_of_key,
-    decode_request,
-    hidden_body,
-    make_frame,
-    parse_frame,
-    parse_hidden,
-)
+from protocol.dataplane_errors import BadMessage, BadSignature
+from protocol.frames import LEN, Kind, make_frame, parse_frame
+from protocol.identity import address_of_key
+from protocol.messages import PipelineRequest, decode_request
+from protocol.rows import hidden_body, parse_hidden
 
 KEY = PrivateKey(b"\x11" * 32)
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from coincurve import PrivateKey
 
-from node.models.importer import import_model
-from node.models.reference import load_whole_model, whole_model_reference
-from node.pipeline_client import PipelineClient
-from node.protocol import PipelineRequest, StageAssignment, address_of_key
+from node.dataplane.client import PipelineClient
+from node.runtime.models.importer import import_model
+from node.runtime.models.reference import load_whole_model, whole_model_reference
+from protocol.identity import address_of_key
+from protocol.messages import PipelineRequest, StageAssignment
 
 pytestmark = [
     pytest.mark.slow,

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from node.executor import SamplingParams, StageExecutor, generate_local, sample_token, step_seed
-from node.models.errors import ExecutionError, UnknownSession
-from node.models.reference import load_whole_model, whole_model_reference
-from node.shard import load_shard
+from node.runtime.executor import StageExecutor, generate_local
+from node.runtime.models.errors import ExecutionError, UnknownSession
+from node.runtime.models.reference import load_whole_model, whole_model_reference
+from node.runtime.shard import load_shard
+from protocol.sampling import Sampling, sample_token, step_seed
 
 PROMPT = [5, 17, 42, 99, 7, 250, 13, 64, 3, 77, 150, 8]
 NEW_TOKENS = 12
@@ -43,7 +44,7 @@ def test_splitting_into_stages_reproduces_whole_model_hidden_states_and_greedy_t
 @pytest.fixture(scope="module")
 def tiny_mistral_sliding(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Mistral whose 6-position sliding window is far shorter than the test's sequence."""
-    from node.models.tiny import build_tiny_model
+    from node.runtime.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-mistral"), arch="mistral", seed=2,
                             sliding_window=6)
@@ -93,11 +94,11 @@ def test_kv_bytes_per_token_matches_the_cache_actually_held(tiny_qwen2: Path):
 
 def test_seeded_sampling_is_reproducible_and_the_seed_matters(tiny_llama: Path):
     st = stages_for(tiny_llama, (0, 8))
-    hot = SamplingParams(temperature=1.0, top_p=0.95, seed=7)
+    hot = Sampling(temperature=1.0, top_p=0.95, seed=7)
     a = generate_local(st, PROMPT, NEW_TOKENS, hot).tokens
     b = generate_local(st, PROMPT, NEW_TOKENS, hot).tokens
     c = generate_local(
-        st, PROMPT, NEW_TOKENS, SamplingParams(temperature=1.0, top_p=0.95, seed=8)
+        st, PROMPT, NEW_TOKENS, Sampling(temperature=1.0, top_p=0.95, seed=8)
     ).tokens
     assert a == b
     assert a != c
@@ -105,7 +106,7 @@ def test_seeded_sampling_is_reproducible_and_the_seed_matters(tiny_llama: Path):
 
 def test_sampling_a_single_position_needs_no_replay_of_earlier_draws():
     logits = torch.linspace(-3, 3, 50)
-    params = SamplingParams(temperature=2.0, top_p=0.9, seed=123)
+    params = Sampling(temperature=2.0, top_p=0.9, seed=123)
     alone = sample_token(logits, params, position=40)
     for p in range(40):  # draws at other positions do not disturb position 40
         sample_token(logits, params, position=p)
@@ -116,11 +117,11 @@ def test_sampling_a_single_position_needs_no_replay_of_earlier_draws():
 def test_tiny_top_p_keeps_only_the_most_likely_token():
     logits = torch.tensor([0.1, 2.0, -1.0, 1.9])
     for seed in range(20):
-        assert sample_token(logits, SamplingParams(temperature=1.0, top_p=1e-6, seed=seed), 3) == 1
+        assert sample_token(logits, Sampling(temperature=1.0, top_p=1e-6, seed=seed), 3) == 1
 
 
 def test_greedy_breaks_ties_toward_the_lowest_token_id():
-    assert sample_token(torch.tensor([0.0, 3.0, 1.0, 3.0]), SamplingParams(), 0) == 1
+    assert sample_token(torch.tensor([0.0, 3.0, 1.0, 3.0]), Sampling(), 0) == 1
 
 
 @pytest.mark.parametrize(
@@ -128,8 +129,8 @@ def test_greedy_breaks_ties_toward_the_lowest_token_id():
     [({"temperature": -1.0}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"seed": -1}, "seed")],
 )
 def test_sampling_params_out_of_range_are_refused_quoting_the_value(kwargs: dict, needle: str):
-    with pytest.raises(ExecutionError, match=needle):
-        SamplingParams(**kwargs)
+    with pytest.raises(ValueError, match=needle):  # pydantic's ValidationError: one Sampling type
+        Sampling(**kwargs)
 
 
 @pytest.fixture(scope="module")

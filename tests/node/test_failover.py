@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from coincurve import PrivateKey
 
-from node.executor import StageExecutor, generate_local
-from node.pipeline_client import PipelineClient
-from node.protocol import PipelineRequest, StageAssignment, address_of_key
-from node.shard import load_shard
+from node.dataplane.client import PipelineClient
+from node.runtime.executor import StageExecutor, generate_local
+from node.runtime.shard import load_shard
+from protocol.identity import address_of_key
+from protocol.messages import PipelineRequest, StageAssignment
 
 PROMPT = list(range(7, 39))
 RANGES = [(0, 3), (3, 6), (6, 8)]

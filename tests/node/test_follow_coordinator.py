@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from coincurve import PrivateKey
 
-from node.executor import StageExecutor, generate_local
-from node.follower import Action, Follower, decide
-from node.shard import load_shard
-from scheduler.service.messages import AssignmentResponse
+from node.dataplane.follower import Action, Follower, decide
+from node.runtime.executor import StageExecutor, generate_local
+from node.runtime.shard import load_shard
+from protocol.messages import AssignmentResponse
 
 OP = "0x" + "11" * 20
 PROMPT = [5, 17, 99, 3, 250, 100, 42]
@@ -76,11 +76,12 @@ def test_followers_swap_shards_across_epochs_and_keep_greedy_tokens_exact(
         tiny_llama: Path, tmp_path: Path) -> None:
     import secrets
 
-    from node.dataplane import StageServer
-    from node.directory import StaticDirectory
-    from node.hidden_store import HiddenStateStore
-    from node.pipeline_client import PipelineClient
-    from node.protocol import PipelineRequest, StageAssignment, address_of_key
+    from node.dataplane.client import PipelineClient
+    from node.dataplane.directory import StaticDirectory
+    from node.dataplane.hidden_store import HiddenStateStore
+    from node.dataplane.server import StageServer
+    from protocol.identity import address_of_key
+    from protocol.messages import PipelineRequest, StageAssignment
 
     keys = [PrivateKey(bytes([k + 1]) * 32) for k in range(2)]
     gw = PrivateKey(b"\x77" * 32)
@@ -132,11 +133,12 @@ def test_a_range_change_drains_the_request_in_flight_before_swapping(
     import secrets
     import time
 
-    from node.dataplane import StageServer
-    from node.directory import StaticDirectory
-    from node.hidden_store import HiddenStateStore
-    from node.pipeline_client import PipelineClient
-    from node.protocol import PipelineRequest, StageAssignment, address_of_key
+    from node.dataplane.client import PipelineClient
+    from node.dataplane.directory import StaticDirectory
+    from node.dataplane.hidden_store import HiddenStateStore
+    from node.dataplane.server import StageServer
+    from protocol.identity import address_of_key
+    from protocol.messages import PipelineRequest, StageAssignment
 
     keys = [PrivateKey(bytes([k + 1]) * 32) for k in range(2)]
     gw = PrivateKey(b"\x77" * 32)
@@ -237,10 +239,11 @@ def test_workers_follow_the_epoch_the_coordinator_publishes_on_the_devnet(
     from contracts.node_registry import Hardware
     from contracts.rpc import Signer
     from devnet.testing import running_devnet
-    from node.pipeline_client import PipelineClient
-    from node.protocol import PipelineRequest, StageAssignment, address_of_key
+    from node.dataplane.client import PipelineClient
+    from protocol.identity import address_of_key
+    from protocol.messages import PipelineRequest, StageAssignment
+    from protocol.settings import DEV_MNEMONIC
     from scheduler.model import ModelSpec
-    from veriplex.config import DEV_MNEMONIC
 
     # The planner sees a model too big for one 1400 MiB node (see tests/scheduler_service), so
     # each replica is a two-stage pipeline; the checkpoint served is the tiny one with as many layers.

@@ -12,9 +12,15 @@ from eth_hash.auto import keccak
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.models.errors import CheckpointError
-from node.models.hashing import merkle_root, model_hashes, tensor_leaf, tokenizer_hash, weights_root
-from node.models.tiny import build_tiny_model
+from node.runtime.models.errors import CheckpointError
+from node.runtime.models.hashing import (
+    merkle_root,
+    model_hashes,
+    tensor_leaf,
+    tokenizer_hash,
+    weights_root,
+)
+from node.runtime.models.tiny import build_tiny_model
 
 leaves = st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=40, unique=True)
 

@@ -9,9 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.hidden_store import HEADER_SIZE, HiddenStateStore, disk_usage
-from node.models.errors import StoreError, StoreFull
-from node.tensor_codec import TensorCodecError, decode_tensor, encode_tensor
+from node.dataplane.hidden_store import HEADER_SIZE, HiddenStateStore, disk_usage
+from node.runtime.models.errors import StoreError, StoreFull
+from protocol.tensors import TensorCodecError, decode_tensor, encode_tensor
 
 RID = bytes(range(32))
 D = 16

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from node.models.checkpoint import EMBED, LM_HEAD, NORM, Checkpoint
-from node.models.errors import CheckpointError, ShardError, UnsupportedArchitecture
-from node.shard import load_shard
+from node.runtime.models.checkpoint import EMBED, LM_HEAD, NORM, Checkpoint
+from node.runtime.models.errors import CheckpointError, ShardError, UnsupportedArchitecture
+from node.runtime.shard import load_shard
 
 
 def all_module_tensors(shard) -> list[torch.Tensor]:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from node.executor import StageExecutor, generate_local
-from node.models.hashing import model_hashes
-from node.models.importer import import_model
-from node.models.reference import load_whole_model, whole_model_reference
-from node.shard import load_shard
+from node.runtime.executor import StageExecutor, generate_local
+from node.runtime.models.hashing import model_hashes
+from node.runtime.models.importer import import_model
+from node.runtime.models.reference import load_whole_model, whole_model_reference
+from node.runtime.shard import load_shard
 
 pytestmark = [
     pytest.mark.slow,

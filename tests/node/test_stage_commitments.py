@@ -10,11 +10,13 @@ import pytest
 import torch
 from coincurve import PrivateKey
 
-from contracts.verification import StageCommit, attestation_digest
-from node.dataplane_errors import BadMessage, BadSignature, RemoteError
-from node.executor import StageExecutor, generate_local
-from node.hidden_store import HiddenStateStore
-from node.protocol import (
+from contracts.verification import attestation_digest
+from node.dataplane.hidden_store import HiddenStateStore
+from node.dataplane.query import SignedStageCommit, commit_all, fetch_rows, request_commitment
+from node.runtime.executor import StageExecutor, generate_local
+from node.runtime.shard import load_shard
+from protocol.dataplane_errors import BadMessage, BadSignature, RemoteError
+from protocol.frames import (
     ErrorCode,
     Kind,
     commit_body,
@@ -25,12 +27,10 @@ from node.protocol import (
     parse_committed,
     parse_fetch,
     parse_frame,
-    parse_rows,
-    recover,
-    rows_body,
 )
-from node.shard import load_shard
-from node.stage_query import SignedStageCommit, commit_all, fetch_rows, request_commitment
+from protocol.identity import recover
+from protocol.messages import StageCommit
+from protocol.rows import parse_rows, rows_body
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment
 
@@ -83,7 +83,7 @@ def test_malformed_commit_and_fetch_bodies_are_refused_with_a_reason(bad, messag
 
 def test_signed_stage_commit_round_trips_json_and_checks_its_attestation():
     key = PrivateKey(b"\x09" * 32)
-    from node.protocol import address_of_key, sign_digest
+    from protocol.identity import address_of_key, sign_digest
 
     rid = b"\x42" * 32
     sc = StageCommit(b"\x33" * 32, 10, 64, 11)
@@ -233,10 +233,11 @@ def _commit_root(stored, gateway: PrivateKey, rid: bytes, positions: int) -> Sta
 
 def test_a_stage_commits_from_its_grown_tree_through_rewinds_and_rebuilds_it_after_a_restart(
         tiny_llama, tmp_path, monkeypatch):
-    from node.directory import StaticDirectory
-    from node.protocol import PipelineRequest, StageAssignment, address_of_key
-    from node.sessions import SessionTable
-    from node.stored_requests import StoredRequests
+    from node.dataplane.directory import StaticDirectory
+    from node.dataplane.sessions import SessionTable
+    from node.dataplane.stored_requests import StoredRequests
+    from protocol.identity import address_of_key
+    from protocol.messages import PipelineRequest, StageAssignment
 
     op, gw = PrivateKey(b"\x31" * 32), PrivateKey(b"\x32" * 32)
     ex = StageExecutor(load_shard(tiny_llama, 0, 8))
@@ -269,7 +270,7 @@ def test_a_stage_commits_from_its_grown_tree_through_rewinds_and_rebuilds_it_aft
     want = StageCommitment.build(Domain(31337, rid, 0), store.read(rid, 0, 8, 0, P), seq)
     assert _commit_root(stored, gw, rid, P).root == want.root
     assert stored.commits_grown == 1
-    monkeypatch.setattr("node.stored_requests.INLINE_TOKENS", 0)  # long requests: in a thread
+    monkeypatch.setattr("node.dataplane.stored_requests.INLINE_TOKENS", 0)  # long requests: in a thread
     threaded = StoredRequests(store, op, StaticDirectory([]), 31337, (0, 8), 2**20, leaves=table.leaves)
     assert _commit_root(threaded, gw, rid, P).root == want.root and threaded.commits_grown == 1
 
@@ -285,7 +286,7 @@ def test_a_stage_commits_from_its_grown_tree_through_rewinds_and_rebuilds_it_aft
 
 
 def test_commit_leaves_drop_trees_they_cannot_trust_and_stay_within_their_byte_budget():
-    from node.stored_requests import CommitLeaves
+    from node.dataplane.stored_requests import CommitLeaves
 
     rows = torch.randn(4, 40)
     a, b = b"\x01" * 32, b"\x02" * 32
@@ -316,7 +317,7 @@ def test_commit_leaves_drop_trees_they_cannot_trust_and_stay_within_their_byte_b
 
 
 def test_rows_are_hashed_after_the_step_yields_and_anything_reading_the_tree_waits_for_them():
-    from node.stored_requests import CommitLeaves
+    from node.dataplane.stored_requests import CommitLeaves
 
     rid, dom = b"\x03" * 32, Domain(1, b"\x03" * 32, 2)
     prefill = torch.randn(20, 64)
@@ -345,7 +346,8 @@ def test_after_a_failover_every_stage_commits_exactly_the_rows_it_stores(in_proc
     over what that stage stores. (Rewinds are covered by the SessionTable test above.)"""
 
     async def main():
-        from node.protocol import PipelineRequest, StageAssignment, address_of_key
+        from protocol.identity import address_of_key
+        from protocol.messages import PipelineRequest, StageAssignment
 
         p = await in_process_pipeline([(0, 3), (3, 6), (6, 8), (3, 6)]).start()
         try:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from eth_utils import to_checksum_address
 
+from protocol.messages import Heartbeat, HeartbeatKind, SignedHeartbeat, sign_heartbeat
 from scheduler.model import ModelSpec, NodeSpec
-from scheduler.service.messages import Heartbeat, HeartbeatKind, SignedHeartbeat, sign_heartbeat
 from scheduler.service.state import ChainNode
 
 CHAIN_ID = 31337
@@ -45,7 +45,7 @@ def operator(i: int) -> Operator:
     """Deterministic operator key number `i` (never a dev account)."""
     from coincurve import PrivateKey
 
-    from scheduler.service.messages import address_of
+    from protocol.messages import address_of
 
     key = hashlib.sha256(f"veriplex coordinator test operator {i}".encode()).digest()
     return Operator(key, address_of(PrivateKey(key)))

@@ -27,19 +27,19 @@ from contracts.deploy import deploy_all
 from contracts.node_registry import Hardware
 from contracts.rpc import Signer
 from devnet.testing import running_anvil, running_devnet
-from scheduler.model import Plan
-from scheduler.schema import parse_snapshot
-from scheduler.service.chain_io import current_epoch_matching
-from scheduler.service.client import HeartbeatClient, HeartbeatLoop
-from scheduler.service.errors import ModelNotServed
-from scheduler.service.messages import (
+from node.coordinator import HeartbeatClient, HeartbeatLoop
+from protocol.api_errors import ModelNotServed
+from protocol.messages import (
     AssignmentResponse,
     Heartbeat,
     RouteRequest,
     sign_heartbeat,
 )
+from protocol.settings import DEV_MNEMONIC
+from scheduler.model import Plan
+from scheduler.schema import parse_snapshot
+from scheduler.service.chain_io import current_epoch_matching
 from scheduler.service.state import Publication
-from veriplex.config import DEV_MNEMONIC
 
 from .conftest import MODEL, REGION, VRAM_MIB, Operator, beat, operator, wait_for
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from scheduler.service.messages import (
+from protocol.messages import (
     MAX_QUEUE_MS,
     Heartbeat,
     HeartbeatKind,

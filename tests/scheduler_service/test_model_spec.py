@@ -11,9 +11,9 @@ import pytest
 
 from contracts.model_registry import ModelInfo
 from contracts.node_registry import Hardware, NodeInfo
+from protocol.api_errors import ModelSpecError
 from scheduler.errors import InvalidInput
 from scheduler.service.chain_io import NET_UNREPORTED_MBPS, load_model_spec, node_spec
-from scheduler.service.errors import ModelSpecError
 
 from .conftest import MODEL
 

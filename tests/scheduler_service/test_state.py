@@ -6,10 +6,7 @@ import json
 
 import pytest
 
-from scheduler.allocate import allocate
-from scheduler.route import NodeLoad
-from scheduler.schema import parse_snapshot
-from scheduler.service.errors import (
+from protocol.api_errors import (
     BadSignature,
     ModelNotServed,
     NotReady,
@@ -18,7 +15,10 @@ from scheduler.service.errors import (
     UnknownOperator,
     WrongChain,
 )
-from scheduler.service.messages import HeartbeatKind, RouteRequest, SignedHeartbeat
+from protocol.messages import HeartbeatKind, RouteRequest, SignedHeartbeat
+from scheduler.allocate import allocate
+from scheduler.route import NodeLoad
+from scheduler.schema import parse_snapshot
 from scheduler.service.state import CoordinatorState, Timing
 
 from .conftest import CHAIN_ID, MODEL, beat, chain_node, operator

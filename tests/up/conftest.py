@@ -13,14 +13,14 @@ from eth_account import Account
 from contracts.apikeys import create_api_key
 from contracts.client import Chain, dev_key
 from contracts.rpc import Signer
-from veriplex.config import DEV_MNEMONIC
+from protocol.settings import DEV_MNEMONIC
 from veriplex.up_setup import CHATML
 
 
 @pytest.fixture(scope="session")
 def chat_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The 8-layer tiny Llama with a ChatML template (its tokenizer has none)."""
-    from node.models.tiny import build_tiny_model
+    from node.runtime.models.tiny import build_tiny_model
 
     d = build_tiny_model(tmp_path_factory.mktemp("up-tiny"), arch="llama", seed=0)
     (d / "chat_template.jinja").write_text(CHATML)

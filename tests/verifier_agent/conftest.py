@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from coincurve import PrivateKey
 
-from node.models.tiny import build_tiny_model
+from node.runtime.models.tiny import build_tiny_model
 
 CHAIN_ID = 31337
 RANGES = [(0, 4), (4, 8)]
@@ -24,10 +24,10 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_server(model: Path, layers: tuple[int, int], key: PrivateKey, directory, store: Path,
                 chain_id: int = CHAIN_ID, host: str = "127.0.0.1", port: int = 0, perturb: float = 0.0):
     """A StageServer (not started) as `veriplex node serve` builds one."""
-    from node.dataplane import StageServer
-    from node.executor import StageExecutor
-    from node.hidden_store import HiddenStateStore
-    from node.shard import load_shard
+    from node.dataplane.hidden_store import HiddenStateStore
+    from node.dataplane.server import StageServer
+    from node.runtime.executor import StageExecutor
+    from node.runtime.shard import load_shard
 
     shard = load_shard(model, layers[0], layers[1])
     if perturb:
@@ -45,7 +45,7 @@ class Ran:
     request: object
     prompt: list[int]
     generated: list[int]
-    commits: list  # node.stage_query.SignedStageCommit per stage
+    commits: list  # node.dataplane.query.SignedStageCommit per stage
 
     @property
     def sequence(self) -> list[int]:
@@ -59,9 +59,10 @@ class Ran:
 async def serve_request(servers, gateway: PrivateKey, prompt: list[int], new_tokens: int,
                         request_id: bytes | None = None, chain_id: int = CHAIN_ID) -> Ran:
     """Run one request through started `servers` (one per stage) as gateway; collect commitments."""
-    from node.pipeline_client import PipelineClient
-    from node.protocol import PipelineRequest, StageAssignment, address_of_key
-    from node.stage_query import commit_all
+    from node.dataplane.client import PipelineClient
+    from node.dataplane.query import commit_all
+    from protocol.identity import address_of_key
+    from protocol.messages import PipelineRequest, StageAssignment
 
     rid = request_id or secrets.token_bytes(32)
     stages = tuple(StageAssignment(operator=s.address, host=s.host, port=s.port, start=s.layers[0],

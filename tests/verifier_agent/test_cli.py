@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 from coincurve import PrivateKey
 
-from node.protocol import address_of_key
+from protocol.identity import address_of_key
 from veriplex.cli import cli
 
 
@@ -42,9 +42,9 @@ def test_the_verifier_flags_are_documented_in_the_help(tmp_path, tiny_model):
 
 
 def test_the_agents_state_directory_is_one_per_operator_under_a_shared_home_unless_configured(tmp_path):
-    from node.cli_serve import agent_state_dir
+    from node.build import agent_state_dir
     from node.verification.state import AgentState
-    from veriplex.config import load_settings
+    from protocol.settings import load_settings
 
     keys = [bytes([k]) * 32 for k in (1, 2)]
     shared = load_settings(home=tmp_path / "home")

@@ -11,19 +11,12 @@ import pytest
 import torch
 from coincurve import PrivateKey
 
-from node.directory import StaticDirectory
-from node.protocol import (
-    Kind,
-    PipelineRequest,
-    StageAssignment,
-    address_of_key,
-    parse_close,
-    parse_commit,
-    parse_open,
-    parse_token,
-)
-from node.stage_query import commit_all
+from node.dataplane.directory import StaticDirectory
+from node.dataplane.query import commit_all
 from node.verification.rerun import Listener, RerunJob, fetch_all, run_job
+from protocol.frames import Kind, parse_close, parse_commit, parse_open, parse_token
+from protocol.identity import address_of_key
+from protocol.messages import PipelineRequest, StageAssignment
 
 from .conftest import CHAIN_ID, RANGES, make_server, serve_request
 
@@ -43,7 +36,7 @@ def layout(f, d: int) -> tuple:
                  tuple((s["start"], s["end"]) for s in req["stages"]), req["sampling"]["temperature"])
         return (*head, keys, shape, len(ob.gateway_sig), len(ob.tokens))
     if f.kind == Kind.HIDDEN:
-        from node.protocol import parse_hidden
+        from protocol.rows import parse_hidden
 
         start, rows = parse_hidden(f.body, d, torch.float32, 10_000)
         return (*head, start, tuple(rows.shape), str(rows.dtype), len(f.body))
@@ -92,7 +85,7 @@ async def _both(model, tmp, stage: int):
         record(probe, log, phase)
         stages = tuple(StageAssignment(operator=s.address, host=s.host, port=s.port, start=s.layers[0],
                                        end=s.layers[1]) for s in servers)
-        from node.pipeline_client import PipelineClient
+        from node.dataplane.client import PipelineClient
 
         req = PipelineRequest(chain_id=CHAIN_ID, request_id="0x" + bytes(32 * [9]).hex(),
                               gateway=address_of_key(GATEWAY), stages=stages, prompt_len=P,

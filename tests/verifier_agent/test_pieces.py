@@ -15,7 +15,7 @@ from contracts.batch import Leaf, Pipeline, Stage
 from contracts.build import compile_all
 from contracts.errors import ContractsError
 from contracts.rpc import Rpc
-from contracts.verification import StageCommit, Verification
+from contracts.verification import Verification
 from node.verification.errors import AgentStateError, EvidenceError, TaskDataError
 from node.verification.evidence import (
     check_against_root,
@@ -26,6 +26,7 @@ from node.verification.evidence import (
 from node.verification.policy import Claimed, Policy, Recomputed, decide
 from node.verification.state import AgentState, Vote
 from node.verification.task_data import decode_open_task, split_endpoint
+from protocol.messages import StageCommit
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment, verify_chunk
 
@@ -229,7 +230,7 @@ def test_registry_endpoints_split_into_host_and_port():
 
 
 def test_perturbation_is_seeded_changes_every_tensor_and_refuses_a_bad_std(tiny_model):
-    from node.shard import load_shard
+    from node.runtime.shard import load_shard
     from node.verification.perturb import perturb_shard
 
     a, b, ref = (load_shard(tiny_model, 2, 5) for _ in range(3))

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 
 class Worker:
-    """`python -m node.cli_serve` with the chain directory (and so the verifier agent) on."""
+    """`python -m node.cli.serve` with the chain directory (and so the verifier agent) on."""
 
     def __init__(self, model: Path, spec: NodeSpec, url: str, manifest: Path, workdir: Path):
         self.spec, self.key = spec, PrivateKey(secrets.token_bytes(32))
@@ -36,7 +36,7 @@ class Worker:
         key_file = workdir / "operator.key"
         key_file.touch(mode=0o600)
         key_file.write_text(self.key.secret.hex())
-        args = [sys.executable, "-m", "node.cli_serve", "--model", str(model), "--layers",
+        args = [sys.executable, "-m", "node.cli.serve", "--model", str(model), "--layers",
                 f"{spec.layers[0]}:{spec.layers[1]}", "--port", "0", "--operator-key-file", str(key_file),
                 "--store-dir", str(workdir / "store"), "--threads", "1"]
         if spec.perturb:

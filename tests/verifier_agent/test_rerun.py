@@ -12,11 +12,11 @@ import pytest
 import torch
 from coincurve import PrivateKey
 
-from node.directory import StaticDirectory
-from node.protocol import address_of_key
+from node.dataplane.directory import StaticDirectory
 from node.verification.errors import RerunError
 from node.verification.evidence import check_against_root
 from node.verification.rerun import Listener, RerunJob, ServerPool, fetch_all, run_job
+from protocol.identity import address_of_key
 from verifier.profiles import FP32
 from verifier.tolerance import judge
 
@@ -77,7 +77,7 @@ def test_rerun_of_an_honest_stage_passes_and_commits_the_same_shape(tiny_model, 
     # ... but its own root: a prefill is not bit-identical to prefill + decode.
     assert res.root == res.tree.root
     # What the server was sent: an ordinary one-token request, then the gateway's COMMIT question.
-    from node.protocol import Kind
+    from protocol.frames import Kind
 
     middle = [Kind.TOKEN] if stage == 0 else [Kind.HIDDEN]
     assert res.sent == [Kind.OPEN, *middle, Kind.COMMIT, Kind.FETCH]

@@ -22,12 +22,12 @@ from contracts.deploy import DeployParams, deploy_all
 from contracts.node_registry import Hardware
 from contracts.rpc import Rpc, Signer
 from contracts.verification import VerificationParams, commitment_root
-from node.directory import ChainDirectory
+from node.dataplane.directory import ChainDirectory
 from node.verification.agent import AgentConfig, VerifierAgent
 from node.verification.policy import Policy
 from node.verification.rerun import ServerPool
 from node.verification.state import AgentState
-from veriplex.config import DEV_MNEMONIC
+from protocol.settings import DEV_MNEMONIC
 
 from .conftest import make_server, serve_request
 
@@ -87,7 +87,7 @@ class Node:
 
     @property
     def operator(self) -> str:
-        from node.protocol import address_of_key
+        from protocol.identity import address_of_key
 
         return address_of_key(self.key)
 

@@ -23,19 +23,19 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from node.executor import SamplingParams, StageExecutor, generate_local, sample_token
-from node.models.tiny import build_tiny_model
-from node.shard import load_shard
-from node.verify_job import StageCheck, TokenClaim, check_stage
+from node.runtime.executor import StageExecutor, generate_local
+from node.runtime.models.tiny import build_tiny_model
+from node.runtime.shard import load_shard
+from node.verification.stage_check import StageCheck, TokenClaim, check_stage
+from protocol.sampling import Sampling, sample_token
 from tests.verifier.lab import fake_quantize_
 from verifier.encoding import bf16_bits, bf16_to_float
-from verifier.tokens import SamplingSpec
 from verifier.tolerance import Thresholds
 
 VARIANTS = ("decode", "prefill", "threads1", "chunked")
 ATTACKS = ("other_seed", "other_size", "int8_all", "int8_one", "int4_all", "int4_one", "skip_layer",
            "noise_rows", "forged_row", "other_request", "random_tokens")
-SAMPLINGS = (SamplingParams(0.0, 1.0, 0), SamplingParams(0.7, 0.9, 11), SamplingParams(1.0, 1.0, 23))
+SAMPLINGS = (Sampling(0.0, 1.0, 0), Sampling(0.7, 0.9, 11), Sampling(1.0, 1.0, 23))
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Request:
     inputs: list[torch.Tensor]  # per stage: ids or exact input rows
     outputs: list[torch.Tensor]  # per stage (T, d)
     tokens: list[int]
-    sampling: SamplingParams
+    sampling: Sampling
 
 
 class _Skip(torch.nn.Module):
@@ -113,7 +113,7 @@ class Bench:
 
     # ── honest ──────────────────────────────────────────────────────────────────────────────
     @torch.inference_mode()
-    def run(self, prompt: list[int], new_tokens: int, sampling: SamplingParams, variant: str) -> Request:
+    def run(self, prompt: list[int], new_tokens: int, sampling: Sampling, variant: str) -> Request:
         """Generate with cached decode, then (unless `variant` is "decode") recompute the rows the
         variant's way over the same sequence."""
         gen = generate_local(self.stages, prompt, new_tokens, sampling)
@@ -161,7 +161,7 @@ class Bench:
     def token_claim(self, req: Request, tokens=None) -> TokenClaim:
         s = req.sampling
         return TokenClaim(tuple(req.tokens if tokens is None else tokens), None,
-                          SamplingSpec(s.temperature, s.top_p, s.seed))
+                          Sampling(s.temperature, s.top_p, s.seed))
 
     def round(self, rows: torch.Tensor) -> torch.Tensor:
         """bf16 rounding of rows, back in the shard's dtype."""

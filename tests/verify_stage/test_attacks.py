@@ -1,4 +1,4 @@
-"""The verifier's check (`node.verify_job.check_stage`) on honest work from the node's executor and on
+"""The verifier's check (`node.verification.stage_check.check_stage`) on honest work from the node's executor and on
 every cheat of `attacks.py`, with the shipped FP32 profile."""
 
 from __future__ import annotations

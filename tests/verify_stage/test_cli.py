@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from node.verify_job import save_stage_files
+from node.verification.stage_check import save_stage_files
 from veriplex.cli import cli
 
 
@@ -51,8 +51,8 @@ def test_honest_last_stage_with_tokens_passes_and_prints_json_statistics(models,
 def test_bf16_profile_recomputes_in_bf16_and_passes_rows_of_a_bf16_worker(models, files, tmp_path):
     from safetensors.torch import load_file
 
-    from node.executor import StageExecutor
-    from node.shard import load_shard
+    from node.runtime.executor import StageExecutor
+    from node.runtime.shard import load_shard
 
     inp, _, _ = files[0]
     worker = StageExecutor(load_shard(models["served"], 0, 4, "cpu", torch.bfloat16))

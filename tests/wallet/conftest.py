@@ -19,8 +19,8 @@ from click.testing import CliRunner, Result
 from eth_account import Account
 
 from devnet.testing import running_anvil
+from protocol.settings import DEV_MNEMONIC
 from veriplex.cli import cli
-from veriplex.config import DEV_MNEMONIC
 
 REPO = Path(__file__).resolve().parents[2]
 FAST_SCRYPT_N = 1024  # the config's minimum; geth's 2^18 would take ~1 s per unlock
@@ -81,11 +81,11 @@ class Veriplex:
 
     def fund(self, target: str, amount: str, ok: bool = True,
              devnet_chain_id: int | None = None) -> Any:
-        """`veriplex devnet fund TARGET AMOUNT --json`. The command lives in node.cli_operator and
+        """`veriplex devnet fund TARGET AMOUNT --json`. The command lives in node.cli.operator and
         is attached to the devnet group by devnet's CLI; invoked here directly, with the settings
         the root group would build."""
-        from node.cli_operator import devnet_fund
-        from veriplex.config import load_settings
+        from node.cli.operator import devnet_fund
+        from protocol.settings import load_settings
 
         settings = load_settings(
             home=self.home, chain={"rpc_url": self.rpc_url, "manifest": self.manifest},

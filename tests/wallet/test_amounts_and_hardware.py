@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.cli_chain import format_eth, parse_duration, parse_eth
-from node.operator_hardware import Profile, check, detect, link_speed_mbps, resolve
+from node.cli.chain import format_eth, parse_duration, parse_eth
+from node.runtime.hardware import Profile, check, detect, link_speed_mbps, resolve
 
 ETH = 10**18
 

@@ -20,7 +20,7 @@ from contracts.client import Chain, dev_key
 from contracts.manifest import Manifest
 from contracts.rpc import Signer
 from devnet.testing import DevnetHandle, running_devnet
-from veriplex.config import DEV_MNEMONIC
+from protocol.settings import DEV_MNEMONIC
 
 from .conftest import Veriplex, rpc, write_secret
 

@@ -14,7 +14,7 @@ from contracts.batch import Pipeline, Record, Stage
 from contracts.client import Chain, dev_key
 from contracts.manifest import Manifest
 from contracts.rpc import Signer
-from veriplex.config import DEV_MNEMONIC
+from protocol.settings import DEV_MNEMONIC
 
 from .conftest import rpc
 

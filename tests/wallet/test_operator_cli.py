@@ -7,7 +7,7 @@ import pytest
 
 from contracts.client import Chain, dev_key
 from contracts.rpc import Signer
-from veriplex.config import DEV_MNEMONIC
+from protocol.settings import DEV_MNEMONIC
 
 from .conftest import SLASHER_DEV_INDEX, write_secret
 

@@ -80,6 +80,27 @@ def _chunk_root(
 
 @pure
 @internal
+def _token_root(
+    chain_id: uint64, request_id: bytes32, stage: uint16, positions: uint32, hidden_size: uint32,
+    n_tokens: uint32, index: uint32, token_id: uint32, siblings: DynArray[bytes32, MAX_DEPTH],
+) -> bytes32:
+    """@notice The stage root implied by an opened token leaf (ENCODING.md token leaf)."""
+    assert index < n_tokens, "verification: token index outside the committed tokens"
+    leaf: bytes32 = keccak256(
+        concat(
+            x"00", b"vpx", x"01", x"02", convert(chain_id, bytes8), request_id,
+            convert(stage, bytes2), convert(index, bytes4), x"0000", convert(token_id, bytes4),
+        )
+    )
+    chunks: uint256 = (convert(hidden_size, uint256) + 31) // 32
+    return self._root(
+        leaf, convert(positions, uint256) * chunks + convert(index, uint256), positions,
+        hidden_size, n_tokens, siblings,
+    )
+
+
+@pure
+@internal
 def _unpack(hi: bytes32, lo: bytes32) -> uint256[32]:
     # value 0 sits in the most significant 16 bits of `hi`, value 16 in those of `lo`
     out: uint256[32] = empty(uint256[32])

@@ -1,0 +1,197 @@
+"""What the gateway serves and how a request reaches a pipeline: the model (registry entry,
+tokenizer, chat template, context length), routers (the coordinator's `/route`, or a fixed pipeline
+for tests and benchmarks) and the runner that signs a `PipelineRequest` with the gateway key and
+streams its tokens through `node.dataplane.client.PipelineClient`, failing over through the router,
+then asks every stage for its signed commitment (`Runner.commitments`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from coincurve import PrivateKey
+
+from contracts.batch import request_id as chain_request_id
+from contracts.model_registry import ModelInfo
+from node.dataplane.client import Generation, PipelineClient
+from node.dataplane.query import SignedStageCommit, request_commitment
+from protocol.dataplane_errors import DataPlaneError
+from protocol.messages import PipelineRequest, StageAssignment
+from protocol.sampling import Sampling
+
+from .errors import InvalidRequest, ModelNotFound, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    """The one model this gateway serves."""
+
+    info: ModelInfo
+    tokenizer: Any
+    context_length: int
+
+    @classmethod
+    def load(cls, info: ModelInfo, checkpoint: Path) -> ServedModel:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(checkpoint), local_files_only=True)
+        config = json.loads((checkpoint / "config.json").read_text())
+        ctx = int(config.get("max_position_embeddings") or 2048)
+        return cls(info, tok, ctx)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def check_name(self, name: str) -> None:
+        if name != self.name:
+            raise ModelNotFound(f"the model '{name}' does not exist on this gateway; it serves "
+                                f"'{self.name}' (see GET /v1/models)", "model_not_found", "model")
+
+    def stop_ids(self) -> tuple[int, ...]:
+        eos = self.tokenizer.eos_token_id
+        ids = eos if isinstance(eos, list) else [eos]
+        return tuple(int(i) for i in ids if i is not None)
+
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidRequest(f"model '{self.name}' has no chat template; use /v1/completions",
+                                 "no_chat_template", "messages")
+        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                 tokenize=True, return_dict=False)
+        if isinstance(out, dict) or hasattr(out, "keys"):
+            out = out["input_ids"]
+        return [int(t) for t in out]
+
+    def text_ids(self, prompt: str) -> list[int]:
+        return [int(t) for t in self.tokenizer.encode(prompt, add_special_tokens=True)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+
+class Router(Protocol):
+    async def route(self, prompt_tokens: int, output_tokens: int) -> tuple[StageAssignment, ...]: ...
+
+    def replacement(self, failed: StageAssignment) -> StageAssignment: ...
+
+
+class StaticRouter:
+    """A fixed pipeline (tests, benchmarks, a single-operator deployment)."""
+
+    def __init__(self, stages: Sequence[StageAssignment], spares: Sequence[StageAssignment] = ()):
+        self.stages, self.spares = tuple(stages), list(spares)
+
+    async def route(self, prompt_tokens: int, output_tokens: int) -> tuple[StageAssignment, ...]:
+        return self.stages
+
+    def replacement(self, failed: StageAssignment) -> StageAssignment:
+        for s in self.spares:
+            if (s.start, s.end) == (failed.start, failed.end) and s.operator != failed.operator:
+                return s
+        raise Unavailable(f"no spare serves layers [{failed.start}, {failed.end})", "no_route")
+
+
+class CoordinatorRouter:
+    """Pipelines from the coordinator's phase-2 router (`POST /route`)."""
+
+    def __init__(self, url: str, model_id: int) -> None:
+        from node.coordinator import CoordinatorClient
+
+        self.client, self.model_id = CoordinatorClient(url), model_id
+
+    def _route(self, prompt_tokens: int, output_tokens: int,
+               exclude: tuple[str, ...] = ()) -> tuple[StageAssignment, ...]:
+        from protocol.messages import RouteRequest
+
+        try:
+            r = self.client.route(RouteRequest(model_id=self.model_id, prompt_tokens=prompt_tokens,
+                                               output_tokens=output_tokens, exclude=exclude))
+        except Exception as exc:  # noqa: BLE001 - any coordinator failure is "no pipeline now"
+            raise Unavailable(f"no pipeline available from the coordinator: {exc}", "no_route") from None
+        return tuple(StageAssignment(operator=s.operator, host=s.host, port=s.port, start=s.start,
+                                     end=s.end) for s in r.stages)
+
+    async def route(self, prompt_tokens: int, output_tokens: int) -> tuple[StageAssignment, ...]:
+        return await asyncio.to_thread(self._route, prompt_tokens, output_tokens)
+
+    def replacement(self, failed: StageAssignment) -> StageAssignment:
+        for s in self._route(1, 1, (failed.operator,)):
+            if (s.start, s.end) == (failed.start, failed.end):
+                return s
+        raise Unavailable(f"no other operator serves layers [{failed.start}, {failed.end})",
+                          "no_route")
+
+
+@dataclass
+class Run:
+    request_id: str
+    seq: int
+    request: PipelineRequest
+    generation: Generation
+
+
+class Runner:
+    """Signs and runs requests on pipelines as the gateway."""
+
+    def __init__(self, key: bytes, chain_id: int, payments: str, gateway: str, router: Router,
+                 step_timeout_s: float = 30.0, commit_timeout_s: float = 5.0,
+                 commit_attempts: int = 3) -> None:
+        self.client = PipelineClient(PrivateKey(key), chain_id)
+        self.chain_id, self.payments, self.gateway = chain_id, payments, gateway
+        self.router, self.step_timeout_s = router, step_timeout_s
+        self.commit_timeout_s, self.commit_attempts = commit_timeout_s, commit_attempts
+
+    def request_id(self, seq: int) -> str:
+        """The on-chain request id the record will settle under (known before any work)."""
+        return "0x" + chain_request_id(self.chain_id, self.payments, self.gateway, seq).hex()
+
+    async def prepare(self, seq: int, prompt_len: int, max_tokens: int, sampling: Sampling,
+                      stop_ids: tuple[int, ...]) -> PipelineRequest:
+        stages = await self.router.route(prompt_len, max_tokens)
+        return PipelineRequest(chain_id=self.chain_id, request_id=self.request_id(seq),
+                               gateway=self.gateway, stages=stages, sampling=sampling,
+                               prompt_len=prompt_len, max_new_tokens=max_tokens, stop_ids=stop_ids)
+
+    async def generate(self, req: PipelineRequest, prompt: list[int],
+                       on_token: Callable[[int, int], None] | None = None,
+                       progress: Generation | None = None) -> Generation:
+        def replace(k: int, r: PipelineRequest) -> StageAssignment:
+            return self.router.replacement(r.stages[k])
+
+        return await self.client.generate(req, prompt, replace=replace,
+                                          step_timeout_s=self.step_timeout_s, on_token=on_token,
+                                          progress=progress)
+
+    async def commitments(self, req: PipelineRequest, positions: int
+                          ) -> tuple[list[SignedStageCommit], str | None]:
+        """Every stage's signed commitment over rows [0, positions), asked concurrently, each
+        retried up to `commit_attempts` times; on failure ([], why) — the caller records the
+        request with a zero root and the reason (the client already has its tokens)."""
+        async def one(j: int) -> SignedStageCommit:
+            st = req.stages[j]
+            for attempt in range(self.commit_attempts):
+                try:
+                    sc, sig = await request_commitment(self.client.key, self.chain_id, req, j,
+                                                       positions, self.commit_timeout_s)
+                    return SignedStageCommit(j, st.operator, (st.start, st.end), sc, sig)
+                except (DataPlaneError, OSError, TimeoutError) as exc:
+                    if attempt + 1 == self.commit_attempts:
+                        raise DataPlaneError(f"stage {j} ({st.operator} at {st.host}:{st.port}): "
+                                             f"{exc}") from None
+                    await asyncio.sleep(0.05 * 2**attempt)
+            raise AssertionError("unreachable")
+
+        try:
+            return list(await asyncio.gather(*(one(j) for j in range(len(req.stages))))), None
+        except DataPlaneError as exc:
+            why = f"no commitment after {self.commit_attempts} attempts from {exc}"
+            log.error("request %s: %s; recorded with a zero commitment root", req.request_id, why)
+            return [], why
