@@ -24,13 +24,13 @@ names the receipt's Payments, else one derived from the receipt's Payments addre
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from web3 import Web3
 
+from audit.outcome import check_outcome
+from audit.report import AuditReport, Check, SettledRecord, Status, hx  # noqa: F401  (re-exported)
 from contracts.batch import Leaf, Pipeline, request_id, verify_proof
 from contracts.client import Chain
 from contracts.errors import ContractsError
@@ -43,62 +43,6 @@ from verifier.receipt import Receipt
 
 ZERO32 = b"\x00" * 32
 __all__ = ["AuditError", "AuditReport", "Check", "Status", "audit", "connect"]
-
-
-class Status(StrEnum):
-    PASS = "pass"
-    FAIL = "fail"
-    SKIP = "skip"
-    PENDING = "pending"
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: Status
-    summary: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status.value, "summary": self.summary,
-                "details": self.details}
-
-
-@dataclass
-class AuditReport:
-    request_id: str
-    chain_id: int
-    receipt_kind: str
-    checks: list[Check] = field(default_factory=list)
-    facts: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not any(c.status is Status.FAIL for c in self.checks)
-
-    def add(self, name: str, status: Status, summary: str, **details: Any) -> Check:
-        c = Check(name, status, summary, details)
-        self.checks.append(c)
-        return c
-
-    def to_json(self) -> dict[str, Any]:
-        return {"request_id": self.request_id, "chain_id": self.chain_id,
-                "receipt": self.receipt_kind, "ok": self.ok,
-                "checks": [c.to_json() for c in self.checks], **self.facts}
-
-
-@dataclass(frozen=True)
-class SettledRecord:
-    """The record as Payments settled it (its `RequestSettled` event)."""
-
-    batch_id: int
-    leaf: Leaf
-    block_number: int
-    tx_hash: str
-
-
-def hx(b: bytes) -> str:
-    return "0x" + bytes(b).hex()
 
 
 def _same_addr(a: str, b: str) -> bool:
@@ -158,8 +102,6 @@ def _derived_manifest(rpc: Rpc, chain_id: int, payments: str) -> Manifest:
 def audit(chain: Chain, receipt: Receipt) -> AuditReport:
     """Every check but `recompute` (see the module docstring). Raises `AuditError` only when the
     chain cannot be read; a receipt the chain contradicts gives failed checks."""
-    from audit.outcome import check_outcome
-
     report = AuditReport(receipt.rid_hex(), chain.chain_id, receipt.kind)
     try:
         if not _check_deployment(chain, receipt, report):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.check import AuditReport, SettledRecord, Status, hx
+from audit.report import AuditReport, SettledRecord, Status, hx
 from contracts.batch import Pipeline
 from contracts.errors import Revert
 from contracts.verification import TaskStatus, Verification

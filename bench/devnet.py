@@ -38,7 +38,7 @@ from eth_utils import keccak, to_checksum_address
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devnet.accounts import dev_accounts  # noqa: E402
-from devnet.testing import running_devnet  # noqa: E402
+from devnet.process import running_devnet  # noqa: E402
 from protocol.settings import DEV_MNEMONIC  # noqa: E402
 
 EMITTERS = 50

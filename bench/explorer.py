@@ -43,7 +43,7 @@ from devnet.explorer.decode import Decoder  # noqa: E402
 from devnet.explorer.indexer import Indexer, IndexerStatus, set_charged_total  # noqa: E402
 from devnet.explorer.models import Block, Log, Request, Served, Tx, make_engine  # noqa: E402
 from devnet.explorer.queries import topic_of  # noqa: E402
-from devnet.testing import running_devnet  # noqa: E402
+from devnet.process import running_devnet  # noqa: E402
 from protocol.settings import DEV_MNEMONIC  # noqa: E402
 
 NODES = 50

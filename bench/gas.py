@@ -24,6 +24,8 @@ from pathlib import Path
 
 from eth_account import Account
 
+from tests.support.chain import ETH
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -36,7 +38,6 @@ from contracts.rpc import Signer  # noqa: E402
 from contracts.scheduler import AllocationEntry  # noqa: E402
 
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
-ETH = 10**18
 HW = Hardware("NVIDIA H100", 81_559, 989_000, 3_350, 100_000, "eu-west")
 EPOCH_ENTRIES = 100
 LAYERS = 32

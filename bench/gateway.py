@@ -34,7 +34,7 @@ from contracts.apikeys import create_api_key  # noqa: E402
 from contracts.client import Chain, dev_key  # noqa: E402
 from contracts.deploy import DeployParams, deploy_all  # noqa: E402
 from contracts.rpc import Signer  # noqa: E402
-from devnet.testing import running_anvil  # noqa: E402
+from devnet.process import running_anvil  # noqa: E402
 from gateway.engine import ServedModel  # noqa: E402
 from node.dataplane.client import PipelineClient  # noqa: E402
 from node.dataplane.query import commit_all  # noqa: E402

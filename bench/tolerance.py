@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from protocol.sampling import Sampling  # noqa: E402
-from tests.verifier.lab import ATTACKS, TinyLab, attack_pairs, benign_pairs, prompts, tiny_llama  # noqa: E402
+from tests.support.lab import ATTACKS, TinyLab, attack_pairs, benign_pairs, prompts, tiny_llama  # noqa: E402
 from verifier.calibrate import clopper_pearson_upper, evaluate, fit_thresholds  # noqa: E402
 from verifier.profiles import PROFILES  # noqa: E402
 from verifier.tokens import check_tokens, reproduce_token  # noqa: E402

@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from contracts.verification import VerificationParams  # noqa: E402
 from node.runtime.executor import generate_local  # noqa: E402
-from tests.verify_stage.attacks import ATTACKS, SAMPLINGS, VARIANTS, Bench, build_models  # noqa: E402
+from tests.support.attacks import ATTACKS, SAMPLINGS, VARIANTS, Bench, build_models  # noqa: E402
 from verifier.calibrate import FitOptions, clopper_pearson_upper, fit_thresholds  # noqa: E402
 from verifier.profiles import PROFILES  # noqa: E402
 from verifier.tolerance import Thresholds  # noqa: E402

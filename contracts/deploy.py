@@ -19,7 +19,7 @@ from web3 import Web3
 
 from contracts.build import Artifact, compile_all
 from contracts.errors import ContractsError
-from contracts.manifest import Deployment, Manifest
+from contracts.manifest import DEPLOY_ORDER, Deployment, Manifest
 from contracts.rpc import Rpc, Signer
 from contracts.verification import VerificationParams
 
@@ -134,15 +134,6 @@ def _constructor_args(
 
 
 # Dependency order: a contract's constructor may take addresses of those before it.
-DEPLOY_ORDER = [
-    "NodeRegistry",
-    "ModelRegistry",
-    "Scheduler",
-    "Payments",
-    "BlockhashRandomness",
-    "SpotCheck",
-    "Verification",
-]
 
 
 def _wire_roles(

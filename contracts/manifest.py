@@ -25,6 +25,18 @@ from contracts.errors import ContractsError, ManifestError
 MANIFEST_VERSION = 1
 
 
+# Every contract a deployment holds, in the order `contracts.deploy` deploys them.
+DEPLOY_ORDER = [
+    "NodeRegistry",
+    "ModelRegistry",
+    "Scheduler",
+    "Payments",
+    "BlockhashRandomness",
+    "SpotCheck",
+    "Verification",
+]
+
+
 @dataclass(frozen=True)
 class Deployment:
     address: str
@@ -122,7 +134,6 @@ def check_artifacts(manifest: Manifest) -> None:
     """Raise ManifestError unless every contract this checkout deploys is in the manifest with
     the artifact hash this checkout builds (else the bindings' ABIs would not match)."""
     from contracts.build import compile_all
-    from contracts.deploy import DEPLOY_ORDER
 
     artifacts = compile_all()
     for name in DEPLOY_ORDER:

@@ -1,6 +1,6 @@
 """The embedded local chain: py-evm behind a standard Ethereum JSON-RPC server, state in SQLite.
 
-Run it with ``veriplex devnet up``; start one from tests with `devnet.testing.running_devnet`.
+Run it with ``veriplex devnet up``; start one from tests with `devnet.process.running_devnet`.
 Modules: `store` (the SQLite file and its lock), `kvstore` (py-evm's key-value DB over it),
 `chain` (mining, snapshots, time), `txpool` (admission checks), `execution` (eth_call and
 eth_estimateGas), `params` (parameter validation), `rpc` (the methods), `filters`,

@@ -12,9 +12,8 @@ import sys
 
 import pytest
 
+from tests.support.chain import ETH
 from veriplex.demo_chain import run_scenario
-
-ETH = 10**18
 
 
 @pytest.mark.slow

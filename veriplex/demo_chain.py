@@ -74,7 +74,7 @@ def _mine(rpc_url: str, blocks: int) -> int:
 def run_scenario(home: Path) -> dict[str, Any]:
     """Run the scenario in `home`; return what it observed (for tests and the summary)."""
     from contracts.manifest import Manifest
-    from devnet.testing import running_devnet
+    from devnet.process import running_devnet
 
     password_file = home / "demo-password"
     home.mkdir(parents=True, exist_ok=True)

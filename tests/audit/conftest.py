@@ -20,7 +20,7 @@ from contracts.client import Chain, dev_key
 from contracts.deploy import DeployParams, deploy_all
 from contracts.node_registry import Hardware
 from contracts.rpc import Signer
-from devnet.testing import DevnetHandle, running_devnet
+from devnet.process import DevnetHandle, running_devnet
 from protocol.settings import DEV_MNEMONIC
 
 from .game import ETH, PARAMS, WINDOW, Batch, Plane, World, fresh, make_world, play, settle

@@ -36,10 +36,10 @@ from contracts.verification import (
 )
 from protocol.identity import sign_digest
 from protocol.messages import StageCommit
+from tests.support.chain import ETH, mine
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment
 
-ETH = 10**18
 PARAMS = VerificationParams(
     sample_bps=10_000, committee_size=2, max_rounds=1, commit_blocks=10, reveal_blocks=10,
     open_blocks=10, randomness_delay=1, spot_chunks=2, stage_slash_wei=ETH // 2,
@@ -64,9 +64,6 @@ def fresh(chain: Chain, eth: int = 10) -> Signer:
     chain.transfer(signer.address, eth * ETH)
     return signer
 
-
-def mine(chain: Chain, blocks: int) -> None:
-    chain.rpc.mine(blocks)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Every test in this directory runs once against anvil (the reference node, started from the npm
 binary on a free loopback port) and once against our embedded py-evm devnet (started through
-`devnet.testing.running_devnet`), with the same expectations. A node is shared by the whole session
+`devnet.process.running_devnet`), with the same expectations. A node is shared by the whole session
 (starting one costs seconds); each test that changes state runs between `evm_snapshot` and
 `evm_revert`, so tests stay independent. Protocol-level checks go through `Rpc` (httpx, raw JSON),
 chain-level conveniences (signing with eth_account, waiting for receipts) through `Chain`.
@@ -28,7 +28,7 @@ from eth_account.signers.local import LocalAccount
 from vyper.compiler.settings import Settings as VyperSettings
 from web3 import Web3
 
-from devnet.testing import running_anvil, running_devnet
+from devnet.process import running_anvil, running_devnet
 from protocol.settings import DEV_MNEMONIC
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

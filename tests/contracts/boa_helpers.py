@@ -8,8 +8,9 @@ from typing import Any
 
 import boa
 
+from tests.support.chain import ETH
+
 VY = Path(__file__).resolve().parents[2] / "contracts" / "vy"
-ETH = 10**18
 HW = ("NVIDIA H100", 81_559, 989_000, 3_350, 100_000, "eu-west")
 
 

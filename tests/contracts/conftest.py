@@ -11,8 +11,9 @@ import pytest
 from contracts.client import Chain, dev_key
 from contracts.deploy import DeployParams, deploy_all
 from contracts.rpc import Signer
-from devnet.testing import running_anvil
+from devnet.process import running_anvil
 from protocol.settings import DEV_MNEMONIC
+from tests.support.chain import mine  # noqa: F401  (re-exported to this package's tests)
 
 
 @pytest.fixture(scope="session")
@@ -32,10 +33,10 @@ def deployer() -> Signer:
 
 @pytest.fixture(scope="session")
 def devnet_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The embedded devnet, once `devnet.testing.running_devnet` exists (built in parallel)."""
-    if importlib.util.find_spec("devnet.testing") is None:
-        pytest.skip("devnet.testing.running_devnet does not exist yet")
-    from devnet.testing import running_devnet
+    """The embedded devnet, once `devnet.process.running_devnet` exists (built in parallel)."""
+    if importlib.util.find_spec("devnet.process") is None:
+        pytest.skip("devnet.process.running_devnet does not exist yet")
+    from devnet.process import running_devnet
 
     with running_devnet(tmp_path_factory.mktemp("devnet"), deploy=False) as handle:
         yield handle.url
@@ -68,11 +69,6 @@ def chain(deployed: tuple[str, Path], deployer: Signer) -> Chain:
     url, manifest = deployed
     return Chain.connect(url, manifest, signer=deployer)
 
-
-def mine(chain: Chain, blocks: int) -> None:
-    """Advance a dev node by `blocks` empty blocks (evm_mine: anvil and the devnet)."""
-    for _ in range(blocks):
-        chain.w3.provider.make_request("evm_mine", [])
 
 
 def fresh(chain: Chain, eth: int = 10) -> Signer:

@@ -12,10 +12,10 @@ from contracts.batch import Pipeline, Record, Stage, leaves_of, merkle_proof, me
 from contracts.errors import PaymentsRevert, SchedulerRevert
 from contracts.node_registry import Hardware
 from contracts.scheduler import AllocationEntry
+from tests.support.chain import ETH
 
 from .conftest import dev_signer, fresh, mine
 
-ETH = 10**18
 HW = Hardware("RTX 4090", 24_564, 82_600, 1_008, 10_000, "us-east")
 
 

@@ -20,12 +20,12 @@ from contracts.node_registry import Hardware
 from contracts.verification import Opening, TaskStatus, VerificationParams, commitment_root
 from protocol.messages import StageCommit
 from protocol.settings import DEV_MNEMONIC
+from tests.support.chain import ETH
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment
 
 from .conftest import fresh, mine
 
-ETH = 10**18
 HW = Hardware("RTX 4090", 24_564, 82_600, 1_008, 10_000, "us-east")
 PARAMS = VerificationParams(
     sample_bps=10_000,

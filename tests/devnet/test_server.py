@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from web3 import Web3
 
-from devnet.testing import running_devnet
+from devnet.process import running_devnet
 from tests.devnet.local import Probe
 
 
@@ -147,7 +147,7 @@ def test_websocket_clients_get_new_heads_and_matching_logs_as_they_are_mined(
 
 def test_sigterm_seals_the_pending_block_exits_0_and_a_restart_serves_that_transaction(
         tmp_path: Path) -> None:
-    from devnet.testing import READY
+    from devnet.process import READY
 
     db = tmp_path / "devnet.sqlite"
     env = {k: v for k, v in os.environ.items() if not k.startswith("VERIPLEX_")}

@@ -30,12 +30,12 @@ from devnet.explorer.app import create_app
 from devnet.explorer.decode import Decoder
 from devnet.explorer.indexer import Indexer, IndexerStatus
 from devnet.explorer.models import make_engine
-from devnet.testing import DevnetHandle, running_devnet
+from devnet.process import DevnetHandle, running_devnet
 from protocol.settings import DEV_MNEMONIC
+from tests.support.chain import ETH
 
 from .verified import Verified, make_verified
 
-ETH = 10**18
 LAYERS = 4
 
 

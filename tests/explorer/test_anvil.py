@@ -17,7 +17,7 @@ from contracts.client import dev_key
 from contracts.deploy import deploy_all
 from devnet.explorer.app import create_app
 from devnet.explorer.models import Block, Tx
-from devnet.testing import running_anvil
+from devnet.process import running_anvil
 from protocol.settings import DEV_MNEMONIC
 
 from .conftest import make_explorer

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from contracts.client import dev_key
 from devnet.explorer.models import Block, Log, Tx
-from devnet.testing import running_devnet
+from devnet.process import running_devnet
 from protocol.settings import DEV_MNEMONIC
 
 from .conftest import Activity, free_port, make_explorer

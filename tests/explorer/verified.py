@@ -24,10 +24,10 @@ from contracts.rpc import Signer
 from contracts.verification import Opening, VerificationParams, commitment_root
 from protocol.messages import StageCommit
 from protocol.settings import DEV_MNEMONIC
+from tests.support.chain import ETH, mine
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment
 
-ETH = 10**18
 PARAMS = VerificationParams(
     sample_bps=10_000, committee_size=2, max_rounds=1, commit_blocks=10, reveal_blocks=10,
     open_blocks=10, randomness_delay=1, spot_chunks=2, stage_slash_wei=ETH // 2,
@@ -52,9 +52,6 @@ def _fresh(chain: Chain, eth: int = 10) -> Signer:
     chain.transfer(signer.address, eth * ETH)
     return signer
 
-
-def _mine(chain: Chain, blocks: int) -> None:
-    chain.w3.provider.make_request("evm_mine", [{"blocks": hex(blocks)}])
 
 
 def make_verified(url: str, workdir: Path) -> Verified:
@@ -90,7 +87,7 @@ def make_verified(url: str, workdir: Path) -> Verified:
     settled = chain.payments.settle_batch([key], [pipeline], [record], sender=gateway)
     leaf = leaves_of(chain.chain_id, chain.payments.address, gateway.address, [key], [record])[0]
     proof = merkle_proof([leaf.hash()], 0)
-    _mine(chain, 2)
+    mine(chain, 2)
     task_id, _ = ver.open_task(settled.batch_id, leaf, proof, [pipeline], sc, sender=client)
     task = ver.task(task_id)
     members = ver.committee(task_id)
@@ -103,14 +100,14 @@ def make_verified(url: str, workdir: Path) -> Verified:
     for m in members:
         ver.reveal_verdict(task_id, False, own[m].root, salts[m], sender=by_addr[m])
     ver.close_votes(task_id)
-    _mine(chain, 2)
+    mine(chain, 2)
     spots = ver.spot_checks(task_id)
     ver.open_chunks(task_id, task.stage_operator,
                     [Opening.from_chunk(claims[task.stage].open_chunk(p, k)) for p, k in spots])
     for m in members:
         ver.open_chunks(task_id, m, [Opening.from_chunk(own[m].open_chunk(p, k)) for p, k in spots])
     ver.finalize(task_id)
-    _mine(chain, 20)
+    mine(chain, 20)
     ver.refund_client(task_id, proof)
     chain.payments.release(settled.batch_id)
     return Verified(Manifest.load(path), "0x" + rid.hex(), task_id, task.stage_owner.lower(),

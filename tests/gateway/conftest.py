@@ -19,7 +19,7 @@ from contracts.apikeys import SignedApiKey, create_api_key
 from contracts.client import Chain, dev_key
 from contracts.model_registry import ModelInfo
 from contracts.rpc import Signer
-from devnet.testing import running_anvil
+from devnet.process import running_anvil
 from protocol.settings import DEV_MNEMONIC
 from tests.support.gateway import (  # noqa: F401 - re-exported for the test modules
     CHATML,

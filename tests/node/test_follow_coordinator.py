@@ -238,7 +238,7 @@ def test_workers_follow_the_epoch_the_coordinator_publishes_on_the_devnet(
     from contracts.client import Chain, dev_key
     from contracts.node_registry import Hardware
     from contracts.rpc import Signer
-    from devnet.testing import running_devnet
+    from devnet.process import running_devnet
     from node.dataplane.client import PipelineClient
     from protocol.identity import address_of_key
     from protocol.messages import PipelineRequest, StageAssignment

@@ -26,7 +26,7 @@ from contracts.client import Chain, dev_key
 from contracts.deploy import deploy_all
 from contracts.node_registry import Hardware
 from contracts.rpc import Signer
-from devnet.testing import running_anvil, running_devnet
+from devnet.process import running_anvil, running_devnet
 from node.coordinator import HeartbeatClient, HeartbeatLoop
 from protocol.api_errors import ModelNotServed
 from protocol.messages import (

@@ -24,8 +24,8 @@ from coincurve import PrivateKey
 from contracts.client import Chain
 from contracts.model_registry import ModelInfo
 from contracts.rpc import Signer
+from tests.support.chain import ETH
 
-ETH = 10**18
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 RANGES = [(0, 4), (4, 8)]

@@ -14,6 +14,7 @@ from contracts.apikeys import create_api_key
 from contracts.client import Chain, dev_key
 from contracts.rpc import Signer
 from protocol.settings import DEV_MNEMONIC
+from tests.support.chain import ETH
 from veriplex.up_setup import CHATML
 
 
@@ -27,7 +28,6 @@ def chat_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-ETH = 10**18
 
 
 def paying_client(rpc_url: str, manifest: Path, gateway: str) -> str:

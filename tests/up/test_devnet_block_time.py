@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from contracts.client import Chain
-from devnet.testing import running_devnet
+from devnet.process import running_devnet
 
 
 def test_a_devnet_with_half_second_blocks_deploys_and_keeps_mining(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from .lab import TinyLab, tiny_llama  # noqa: E402
+from tests.support.lab import TinyLab, tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.support.lab import ATTACKS, TinyLab, attack_pairs, benign_pairs, prompts, tiny_llama
 from verifier.calibrate import (
     FitOptions,
     chunk_k,
@@ -25,8 +26,6 @@ from verifier.calibrate import (
 from verifier.errors import ToleranceError
 from verifier.profiles import BF16, FP32
 from verifier.tolerance import judge
-
-from .lab import ATTACKS, TinyLab, attack_pairs, benign_pairs, prompts, tiny_llama
 
 FIT = prompts(2, 24, seed=1)
 HELD = torch.cat([prompts(1, 32, seed=2), prompts(1, 32, seed=3)])

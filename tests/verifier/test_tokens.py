@@ -9,11 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.sampling import Sampling, sample_token, step_seed
+from tests.support.lab import prompts
 from verifier.errors import TokenCheckError
 from verifier.profiles import FP32
 from verifier.tokens import _uniform, check_tokens, reproduce_token, token_acceptable
-
-from .lab import prompts
 
 
 @settings(max_examples=60, deadline=None)

@@ -12,7 +12,7 @@ import asyncio
 import pytest
 
 from contracts.verification import TaskStatus
-from devnet.testing import running_devnet
+from devnet.process import running_devnet
 from node.verification.policy import Policy
 
 from .world import ETH, Miner, NodeSpec, World, params

@@ -20,7 +20,7 @@ import pytest
 from coincurve import PrivateKey
 
 from contracts.verification import TaskStatus
-from devnet.testing import running_devnet
+from devnet.process import running_devnet
 
 from .world import ETH, HW, Miner, Node, NodeSpec, World, params
 

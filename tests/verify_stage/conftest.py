@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from .attacks import SAMPLINGS, VARIANTS, Bench, build_models
+from tests.support.attacks import SAMPLINGS, VARIANTS, Bench, build_models
 
 
 @pytest.fixture(scope="session")

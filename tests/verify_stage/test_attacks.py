@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.support.attacks import ATTACKS
 from verifier.profiles import FP32
-
-from .attacks import ATTACKS
 
 
 def test_honest_stages_pass_whether_computed_by_cached_decode_prefill_one_thread_or_chunks(bench, requests_):

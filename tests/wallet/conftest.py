@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 from eth_account import Account
 
-from devnet.testing import running_anvil
+from devnet.process import running_anvil
 from protocol.settings import DEV_MNEMONIC
 from veriplex.cli import cli
 

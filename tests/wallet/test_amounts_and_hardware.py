@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 
 from node.cli.chain import format_eth, parse_duration, parse_eth
 from node.runtime.hardware import Profile, check, detect, link_speed_mbps, resolve
-
-ETH = 10**18
+from tests.support.chain import ETH
 
 
 def test_amounts_are_whole_eth_with_decimals_converted_exactly_to_wei():

@@ -7,11 +7,11 @@ import pytest
 
 from contracts.apikeys import SignedApiKey
 from contracts.client import Chain
+from tests.support.chain import ETH
 
 from .conftest import rpc
 
 pytestmark = pytest.mark.anvil
-ETH = 10**18
 
 
 @pytest.fixture

@@ -19,12 +19,11 @@ from contracts.batch import Pipeline, Record, Stage
 from contracts.client import Chain, dev_key
 from contracts.manifest import Manifest
 from contracts.rpc import Signer
-from devnet.testing import DevnetHandle, running_devnet
+from devnet.process import DevnetHandle, running_devnet
 from protocol.settings import DEV_MNEMONIC
+from tests.support.chain import ETH
 
 from .conftest import Veriplex, rpc, write_secret
-
-ETH = 10**18
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,11 @@ from contracts.client import Chain, dev_key
 from contracts.manifest import Manifest
 from contracts.rpc import Signer
 from protocol.settings import DEV_MNEMONIC
+from tests.support.chain import ETH
 
 from .conftest import rpc
 
 pytestmark = pytest.mark.anvil
-ETH = 10**18
 
 
 def test_a_served_request_is_charged_to_the_key_and_claimed_by_the_operators_owner(

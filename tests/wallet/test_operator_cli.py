@@ -8,11 +8,11 @@ import pytest
 from contracts.client import Chain, dev_key
 from contracts.rpc import Signer
 from protocol.settings import DEV_MNEMONIC
+from tests.support.chain import ETH
 
 from .conftest import SLASHER_DEV_INDEX, write_secret
 
 pytestmark = pytest.mark.anvil
-ETH = 10**18
 HW_FLAGS = ["--gpu", "NVIDIA RTX 4090", "--vram-mib", "24564", "--tflops", "165.2",
             "--mem-bw-gbps", "1008", "--net-bw-mbps", "1000", "--region", "eu-central"]
 

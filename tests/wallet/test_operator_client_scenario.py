@@ -11,11 +11,11 @@ import pytest
 
 from contracts.apikeys import SignedApiKey
 from contracts.manifest import Manifest
+from tests.support.chain import ETH
 
 from .conftest import rpc
 
 pytestmark = pytest.mark.anvil
-ETH = 10**18
 
 
 def run(vpx, *args: str) -> str:

@@ -1,4 +1,4 @@
-"""`running_devnet`: a real `veriplex devnet up` subprocess for tests and scripts.
+"""`running_devnet` / `running_anvil`: a real chain in a child process, for the chain-only demo, tests and benches.
 
     with running_devnet(tmp_path) as dn:
         w3 = Web3(Web3.HTTPProvider(dn.url))

@@ -28,7 +28,7 @@ from node.runtime.models.tiny import build_tiny_model
 from node.runtime.shard import load_shard
 from node.verification.stage_check import StageCheck, TokenClaim, check_stage
 from protocol.sampling import Sampling, sample_token
-from tests.verifier.lab import fake_quantize_
+from tests.support.lab import fake_quantize_
 from verifier.encoding import bf16_bits, bf16_to_float
 from verifier.tolerance import Thresholds
 
