@@ -113,15 +113,15 @@ def _latest(s: Session, event: str, address: str) -> Log | None:
     return s.scalars(q.order_by(Log.block_number.desc(), Log.log_index.desc()).limit(1)).first()
 
 
-def batch_draw(s: Session, r: Request, release_block: int | None) -> dict[str, Any]:
-    """The sampling randomness of `r`'s batch (the same for every request in it): the
-    Verification contract, its source, the anchor block, the seed and the sample rate, or a
-    `note` saying why it cannot be recomputed (yet). See `sampling`."""
-    out: dict[str, Any] = {"verification": None, "randomness_source": None, "anchor_block": None,
-                           "seed": None, "sample_bps": None}
-    roles = _latest(s, "RolesSet", r.payments)  # the values the contract reads now, as it does
-    pay_params = _latest(s, "ParamsSet", r.payments)
-    if roles is None or pay_params is None or release_block is None:
+def draw_context(s: Session, payments: str) -> dict[str, Any]:
+    """What every batch of one Payments shares in its sampling draw: its Verification contract,
+    the randomness source, the sample rate, the window and delay that place the anchor block, or
+    a `note` saying why the draw cannot be recomputed."""
+    out: dict[str, Any] = {"verification": None, "randomness_source": None, "seed": None,
+                           "anchor_block": None, "sample_bps": None}
+    roles = _latest(s, "RolesSet", payments)  # the values the contract reads now, as it does
+    pay_params = _latest(s, "ParamsSet", payments)
+    if roles is None or pay_params is None:
         out["note"] = "The settling Payments' roles or parameters are not in the index."
         return out
     ver = str(roles.args["verification"]).lower()
@@ -136,21 +136,41 @@ def batch_draw(s: Session, r: Request, release_block: int | None) -> dict[str, A
         return out
     p = ver_params.args["params"]
     src = str(source.args["source"]).lower()
-    anchor = anchor_block(int(release_block), int(pay_params.args["verification_window"]),
-                          int(p["randomness_delay"]))
     created = s.scalars(select(Tx).where(Tx.created == src).limit(1)).first()
-    src_name = created.contract if created is not None else None
-    out.update(randomness_source=src, randomness_contract=src_name, anchor_block=anchor,
-               sample_bps=int(p["sample_bps"]))
-    block = s.get(Block, anchor)
-    if src_name != "BlockhashRandomness":
-        out["note"] = (f"The randomness source {src} is not the devnet's BlockhashRandomness: "
-                       "its value at the anchor block decides (Verification.is_sampled).")
-    elif block is None:
+    out.update(randomness_source=src,
+               randomness_contract=created.contract if created is not None else None,
+               sample_bps=int(p["sample_bps"]),
+               window=int(pay_params.args["verification_window"]),
+               delay=int(p["randomness_delay"]))
+    return out
+
+
+def batch_draw(s: Session, r: Request, release_block: int | None,
+               context: dict[str, Any] | None = None,
+               anchor_hash: str | None = None) -> dict[str, Any]:
+    """The sampling randomness of `r`'s batch (the same for every request in it): the
+    `draw_context` plus the anchor block and the seed, or a `note` saying why not (yet).
+    `context` and `anchor_hash` may be passed in when already read (lists of requests)."""
+    out = dict(context if context is not None else draw_context(s, r.payments))
+    if "window" not in out:
+        return out
+    if release_block is None:
+        out["note"] = "The settling Payments' roles or parameters are not in the index."
+        return out
+    anchor = anchor_block(int(release_block), out["window"], out["delay"])
+    out["anchor_block"] = anchor
+    if anchor_hash is None:
+        block = s.get(Block, anchor)
+        anchor_hash = block.hash if block is not None else None
+    if out.get("randomness_contract") != "BlockhashRandomness":
+        out["note"] = (f"The randomness source {out['randomness_source']} is not the devnet's "
+                       "BlockhashRandomness: its value at the anchor block decides "
+                       "(Verification.is_sampled).")
+    elif anchor_hash is None:
         out["note"] = f"The anchor block {anchor} is not mined (or indexed) yet: not drawn yet."
     else:
-        out.update(seed="0x" + batch_seed_of(bytes.fromhex(block.hash[2:]),
-                                             int(r.batch_id)).hex(), anchor_hash=block.hash)
+        out.update(seed="0x" + batch_seed_of(bytes.fromhex(anchor_hash[2:]),
+                                             int(r.batch_id)).hex(), anchor_hash=anchor_hash)
     return out
 
 
@@ -173,6 +193,9 @@ def sampling(s: Session, r: Request, release_block: int | None,
     is the anchor's block hash when the source is `BlockhashRandomness` (the devnet's); another
     source (VRF, beacon) is named and left to `Verification.is_sampled`."""
     out = batch_draw(s, r, release_block)
+    out.pop("window", None)
+    out.pop("delay", None)
+    out.setdefault("randomness_contract", None)
     out.setdefault("draw_bps", None)
     out.setdefault("sampled", None)
     if out["seed"] is not None:
