@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 NPM_BIN := node_modules/.bin
 
-.PHONY: demo test test-fast setup lint bench clean
+.PHONY: demo test test-fast setup browser lint bench clean
 
 setup: $(STAMP) $(NPM_BIN)/anvil
 
@@ -26,7 +26,16 @@ $(NPM_BIN)/anvil: package.json
 demo: setup
 	$(BIN)/veriplex demo
 
-test: setup
+# The explorer's browser tests drive Debian's chromium (never a download): installed here when we
+# can (root with apt-get, as .ci/run does), else the skip is announced loudly before the run.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	      >/dev/null) ; } || true
+	@command -v chromium >/dev/null || echo "*** WARNING: chromium is not installed: the \
+	explorer's BROWSER TESTS WILL BE SKIPPED (apt-get install chromium) ***" >&2
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
