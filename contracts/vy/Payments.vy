@@ -320,9 +320,11 @@ def _set_params(
         assert window >= staticcall ISlasher(self.verification).min_window(), (
             "payments: window too short to open tasks"
         )
-        assert staticcall self.registry.unbonding_period() >= window + staticcall ISlasher(
-            self.verification
-        ).task_lifetime(), "payments: unbonding shorter than window + task lifetime"
+        # min_unbonding() is the current window + the task lifetime
+        need: uint256 = staticcall ISlasher(self.verification).min_unbonding()
+        assert staticcall self.registry.unbonding_period() + self.verification_window >= need + window, (
+            "payments: unbonding shorter than window + task lifetime"
+        )
     self.verification_window = window
     self.protocol_fee_bps = fee_bps
     self.verifier_share_bps = verifier_bps

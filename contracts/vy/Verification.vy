@@ -33,10 +33,8 @@
 from snekmate.auth import ownable
 from snekmate.auth import ownable_2step
 
-from modules import batch_tree
 from modules import timelock
 from interfaces import ICommittee
-from interfaces import IModelShape
 from interfaces import IRandomness
 from interfaces import ISpotCheck
 from interfaces import IVerifierRegistry
@@ -58,15 +56,6 @@ exports: (
 
 # ------------------------------------------------------------------ TYPES
 
-struct Stage:
-    operator: address
-    layer_start: uint256
-    layer_end: uint256
-
-struct Pipeline:
-    model_id: uint256
-    stages: DynArray[Stage, MAX_STAGES]
-
 struct StageCommit:
     root: bytes32  # verifier/ENCODING.md root (binds the shape below)
     positions: uint32
@@ -81,11 +70,6 @@ struct RecordLeaf:
     tokens_out: uint256
     charge: uint256
     commitment_root: bytes32
-
-struct Opening:
-    hi: bytes32  # values 0..15 of the chunk, bf16 big-endian (token leaf: the token id)
-    lo: bytes32  # values 16..31 (token leaf: zero)
-    siblings: DynArray[bytes32, MAX_DEPTH]
 
 struct Params:
     sample_bps: uint256  # probability a settled request is checked
@@ -207,19 +191,17 @@ event VotesClosed:
 event ChunksOpened:
     task_id: indexed(uint256)
     party: indexed(address)
-    round: uint256
-    positions: DynArray[uint32, MAX_LEAVES]
-    chunks: DynArray[uint16, MAX_LEAVES]
+    round: uint256  # the leaves are spot_checks(task) of this round, in order
     his: DynArray[bytes32, MAX_LEAVES]
     los: DynArray[bytes32, MAX_LEAVES]
 
-event LeafJudged:
+event LeavesJudged:
     task_id: indexed(uint256)
     round: uint256
-    position: uint32
-    chunk: uint16
-    agree: uint256  # members whose opened leaf passes the rule against the stage's
-    disagree: uint256
+    bad: uint256  # bit k: leaf k of spot_checks (random spots, then named) shown wrong
+    split: bool
+    agree: uint256[MAX_LEAVES]  # per leaf: members whose opening passes the rule against the stage's
+    disagree: uint256[MAX_LEAVES]
 
 event MemberSlashed:
     task_id: indexed(uint256)
@@ -303,21 +285,19 @@ V_FAIL: constant(uint8) = 2
 V_SUSPECT: constant(uint8) = 3
 V_NO_INPUT: constant(uint8) = 4
 
-ATTESTATION_DOMAIN: constant(Bytes[24]) = b"veriplex-stage-commit-v1"
 
 registry: public(IVerifierRegistry)
 payments: public(IVerifierPayments)
-models: public(IModelShape)
 randomness: public(IRandomness)
 spot_check: public(ISpotCheck)
 committee_draw: public(ICommittee)
+opener: public(address)  # the TaskOpener: the only way in
 params: public(Params)
 
 task_count: public(uint256)
 tasks: public(HashMap[uint256, Task])  # ids start at 1
 task_of: public(HashMap[bytes32, uint256])  # request id -> task id
 open_tasks: public(HashMap[uint256, uint256])  # batch id -> tasks not yet closed
-batch_seed: public(HashMap[uint256, bytes32])  # fixed on first use
 suspects: public(HashMap[address, uint256])  # owner -> V_SUSPECT outcomes since its last jail
 members: HashMap[uint256, DynArray[address, MAX_MEMBERS]]  # operators, all rounds
 member: public(HashMap[uint256, HashMap[address, Member]])  # task -> operator -> state
@@ -332,18 +312,18 @@ chunks: HashMap[uint256, HashMap[address, HashMap[uint256, bytes32[2]]]]
 
 @deploy
 def __init__(
-    registry_: IVerifierRegistry, payments_: IVerifierPayments, models_: IModelShape,
-    randomness_: IRandomness, spot_check_: ISpotCheck, committee_: ICommittee, params_: Params,
-    timelock_delay_: uint256,
+    registry_: IVerifierRegistry, payments_: IVerifierPayments,
+    randomness_: IRandomness, spot_check_: ISpotCheck, committee_: ICommittee, opener_: address,
+    params_: Params, timelock_delay_: uint256,
 ):
     ownable.__init__()
     ownable_2step.__init__()
     timelock.__init__(timelock_delay_)
     self.registry = registry_
     self.payments = payments_
-    self.models = models_
     self.spot_check = spot_check_
     self.committee_draw = committee_
+    self.opener = opener_
     assert randomness_.address != empty(address), "verification: randomness is the zero address"
     self.randomness = randomness_
     log RandomnessSet(source=randomness_.address)
@@ -367,42 +347,17 @@ def set_params(params_: Params):
     self._set_params(params_)
 
 
-@external
-def set_randomness(source: IRandomness):
-    ownable._check_owner()
-    timelock._execute(keccak256(abi_encode(source.address)))
-    assert source.address != empty(address), "verification: randomness is the zero address"
-    self.randomness = source
-    log RandomnessSet(source=source.address)
-
-
-@pure
-@external
-def params_op(params_: Params) -> bytes32:
-    return keccak256(abi_encode(params_))
-
-
-@pure
-@external
-def randomness_op(source: address) -> bytes32:
-    return keccak256(abi_encode(source))
-
-
 @internal
 def _set_params(p: Params):
-    assert p.sample_bps > 0 and p.sample_bps <= BPS, "verification: sample rate outside 1..10000"
-    assert p.committee_size > 0 and p.committee_size <= MAX_COMMITTEE, (
-        "verification: committee size outside 1..16"
-    )
-    assert p.max_rounds > 0 and p.max_rounds <= MAX_ROUNDS, "verification: rounds outside 1..3"
-    assert p.commit_blocks > 0 and p.reveal_blocks > 0 and p.open_blocks > 0, (
-        "verification: zero phase length"
-    )
-    assert p.randomness_delay > 0, "verification: randomness delay is zero"
-    assert p.spot_chunks > 0 and p.spot_chunks <= MAX_SPOTS, "verification: spot chunks outside 1..4"
-    assert p.max_bad < 32, "verification: max_bad must be below 32"
-    assert p.open_task_blocks > 0 and p.seat_stake > 0, "verification: zero open window or seat"
-    assert p.suspect_threshold > 0, "verification: suspect threshold is zero"
+    # Bounds (contracts.verification.VerificationParams.validate quotes the offending value).
+    assert (
+        p.sample_bps > 0 and p.sample_bps <= BPS and p.committee_size > 0
+        and p.committee_size <= MAX_COMMITTEE and p.max_rounds > 0 and p.max_rounds <= MAX_ROUNDS
+        and p.commit_blocks > 0 and p.reveal_blocks > 0 and p.open_blocks > 0
+        and p.randomness_delay > 0 and p.spot_chunks > 0 and p.spot_chunks <= MAX_SPOTS
+        and p.max_bad < 32 and p.open_task_blocks > 0 and p.seat_stake > 0
+        and p.suspect_threshold > 0
+    ), "verification: params out of range"
     self.params = p
     # Cross-contract rules, on every change: tasks fit the window; nobody leaves before judgment.
     window: uint256 = staticcall self.payments.verification_window()
@@ -416,62 +371,51 @@ def _set_params(p: Params):
 # ------------------------------------------------------------------ OPEN (anyone)
 
 @external
-def open_task(
-    batch_id: uint256,
-    record: RecordLeaf,
-    proof: DynArray[bytes32, batch_tree.MAX_PROOF],
-    pipelines: DynArray[Pipeline, MAX_PIPELINES],
-    stage_commits: DynArray[StageCommit, MAX_STAGES],
-    signature: Bytes[65],
+def start_task(
+    batch_id: uint256, record: RecordLeaf, stage: uint256, stage_operator: address,
+    layer_start: uint256, layer_end: uint256, sc: StageCommit, input_operator: address,
+    input_commit: StageCommit, seed: bytes32, gateway: address, settle_block: uint256,
+    void_reason: String[64], opener: address,
 ) -> uint256:
     """
-    @notice Start checking a sampled request. `stage_commits` must hash to the record's
-            commitment root; `signature` is the chosen stage operator's over its commitment
-            (`attestation_digest`). An attested commitment that cannot be checked voids the
-            record: the client is refunded, the gateway's bond slashed.
+    @notice Called by the TaskOpener once it checked a sampled record (in its batch, the
+            stage's signature, the shape): a task with round 0's committee, or, with a
+            `void_reason`, a voided record (client refunded, gateway bond slashed).
     """
-    b: IVerifierPayments.Batch = self._record_batch(batch_id, record, proof, pipelines)
-    p: Params = self.params
-    settle_block: uint256 = (b.terms >> 160) & ((1 << 48) - 1)
-    assert block.number <= settle_block + p.randomness_delay + p.open_task_blocks, (
-        "verification: too late to open"
-    )
-    stages: DynArray[Stage, MAX_STAGES] = pipelines[record.pipeline_index].stages
-    assert len(stage_commits) == len(stages), "verification: one commitment per stage"
-    assert keccak256(abi_encode(stage_commits)) == record.commitment_root, (
-        "verification: stage commitments do not match record"
-    )
-    seed: bytes32 = self._batch_seed(batch_id, settle_block)
-    assert self._sampled(seed, record.request_id), "verification: request not sampled"
-    stage: uint256 = convert(
-        keccak256(abi_encode(seed, record.request_id, convert(1, uint256))), uint256
-    ) % len(stages)
-    sc: StageCommit = stage_commits[stage]
-    op: address = stages[stage].operator
-    assert self._signer(record.request_id, stage, sc, signature) == op, (
-        "verification: stage did not sign this commitment"
-    )
-    task_id: uint256 = self._new_task(batch_id, record.request_id)
-    gateway: address = convert(b.terms & ((1 << 160) - 1), address)
-    bad: String[64] = self._shape_fault(record, stage, len(stages), sc, pipelines[record.pipeline_index].model_id)
-    if bad != "":
+    assert msg.sender == self.opener, "verification: caller is not the task opener"
+    assert self.task_of[record.request_id] == 0, "verification: task already open"
+    task_id: uint256 = self.task_count + 1
+    self.task_count = task_id
+    self.task_of[record.request_id] = task_id
+    if void_reason != "":
         self.tasks[task_id].status = VOID
-        self._void(task_id, batch_id, record, gateway, bad)
+        self.tasks[task_id].batch_id = batch_id
+        self.tasks[task_id].record = record
+        taken: uint256 = extcall self.payments.slash_gateway(
+            gateway, self.params.gateway_slash, opener
+        )
+        log TaskVoided(
+            task_id=task_id, batch_id=batch_id, request_id=record.request_id, gateway=gateway,
+            reason=void_reason, gateway_slashed=taken, refunded=record.charge,
+        )
+        extcall self.payments.refund(
+            batch_id, record.request_id, record.key, record.pipeline_index, record.charge
+        )
         return task_id
-
+    p: Params = self.params
     self.open_tasks[batch_id] += 1
     t: Task = empty(Task)
     t.status = VOTING
     t.batch_id = batch_id
     t.record = record
     t.stage = stage
-    t.stage_operator = op
-    t.stage_owner = staticcall self.registry.owner_of_operator(op)
+    t.stage_operator = stage_operator
+    t.stage_owner = staticcall self.registry.owner_of_operator(stage_operator)
     t.commit = sc
-    if stage > 0:
-        t.input_operator = stages[stage - 1].operator
-        t.input_owner = staticcall self.registry.owner_of_operator(t.input_operator)
-        t.input_commit = stage_commits[stage - 1]
+    if input_operator != empty(address):
+        t.input_operator = input_operator
+        t.input_owner = staticcall self.registry.owner_of_operator(input_operator)
+        t.input_commit = input_commit
     t.seed = seed
     t.snapshot_block = settle_block
     t.deadline = block.number + self._lifetime(p)
@@ -479,43 +423,14 @@ def open_task(
     extcall self.registry.lock(t.stage_owner)
     log TaskOpened(
         task_id=task_id, batch_id=batch_id, request_id=record.request_id, stage=stage,
-        stage_operator=op, layer_start=stages[stage].layer_start,
-        layer_end=stages[stage].layer_end, stage_commit=sc, input_operator=t.input_operator,
-        input_root=t.input_commit.root, seed=seed, deadline=t.deadline, opener=msg.sender,
+        stage_operator=stage_operator, layer_start=layer_start, layer_end=layer_end,
+        stage_commit=sc, input_operator=input_operator, input_root=input_commit.root, seed=seed,
+        deadline=t.deadline, opener=opener,
     )
     n: uint256 = self._start_round(
         task_id, 0, keccak256(abi_encode(seed, record.request_id, convert(2, uint256)))
     )
     assert n > 0, "verification: no eligible verifier"
-    return task_id
-
-
-@external
-def claim_unopened(
-    batch_id: uint256,
-    record: RecordLeaf,
-    proof: DynArray[bytes32, batch_tree.MAX_PROOF],
-    pipelines: DynArray[Pipeline, MAX_PIPELINES],
-) -> uint256:
-    """
-    @notice After the time to open tasks, before release: a sampled record nobody opened (its
-            gateway could not show the stage's signature) is refunded and the gateway's bond
-            slashed, part of it to the caller.
-    """
-    b: IVerifierPayments.Batch = self._record_batch(batch_id, record, proof, pipelines)
-    p: Params = self.params
-    settle_block: uint256 = (b.terms >> 160) & ((1 << 48) - 1)
-    assert block.number > settle_block + p.randomness_delay + p.open_task_blocks, (
-        "verification: tasks may still be opened"
-    )
-    seed: bytes32 = self._batch_seed(batch_id, settle_block)
-    assert self._sampled(seed, record.request_id), "verification: request not sampled"
-    task_id: uint256 = self._new_task(batch_id, record.request_id)
-    self.tasks[task_id].status = VOID
-    self._void(
-        task_id, batch_id, record, convert(b.terms & ((1 << 160) - 1), address),
-        "sampled record never opened",
-    )
     return task_id
 
 
@@ -585,9 +500,8 @@ def close_votes(task_id: uint256):
         op: address = self.members[task_id][i]
         if self.member[task_id][op].kind == 0:
             self._slash_member(task_id, op, "verification: verdict not revealed")
-    p: Params = self.params
-    spot: uint256 = block.number + p.randomness_delay
-    deadline: uint256 = spot + p.open_blocks
+    spot: uint256 = block.number + self.params.randomness_delay
+    deadline: uint256 = spot + self.params.open_blocks
     self.tasks[task_id].status = OPENING
     self.tasks[task_id].spot_block = spot
     self.tasks[task_id].open_deadline = deadline
@@ -610,7 +524,7 @@ def spot_checks(task_id: uint256) -> (DynArray[uint32, MAX_LEAVES], DynArray[uin
 
 
 @external
-def open_chunks(task_id: uint256, party: address, openings: DynArray[Opening, MAX_LEAVES]):
+def open_chunks(task_id: uint256, party: address, openings: DynArray[ISpotCheck.Opening, MAX_LEAVES]):
     """
     @notice Open every leaf of `spot_checks` for `party`: the stage operator (anyone holding its
             rows may), a revealed member (against its own output root), or the input stage when
@@ -651,35 +565,18 @@ def open_chunks(task_id: uint256, party: address, openings: DynArray[Opening, MA
         assert not m.opened, "verification: already opened"
         root = m.output_root
         self.member[task_id][party].opened = True
-    assert len(openings) == len(positions), "verification: wrong number of openings"
+    assert staticcall self.spot_check.check_openings(
+        convert(chain.id, uint64), t.record.request_id, convert(stage, uint16),
+        ISpotCheck.Shape(positions=sc.positions, hidden_size=sc.hidden_size, n_tokens=sc.n_tokens),
+        root, positions, cks, openings,
+    )
     his: DynArray[bytes32, MAX_LEAVES] = []
     los: DynArray[bytes32, MAX_LEAVES] = []
     for k: uint256 in range(len(openings), bound=MAX_LEAVES):
-        o: Opening = openings[k]
-        got: bytes32 = empty(bytes32)
-        if cks[k] == TOKEN:
-            assert o.lo == empty(bytes32) and convert(o.hi, uint256) < 2**32, (
-                "verification: malformed token opening"
-            )
-            got = staticcall self.spot_check.token_root(
-                convert(chain.id, uint64), t.record.request_id, convert(stage, uint16),
-                sc.positions, sc.hidden_size, sc.n_tokens, positions[k],
-                convert(convert(o.hi, uint256), uint32), o.siblings,
-            )
-        else:
-            got = staticcall self.spot_check.chunk_root(
-                convert(chain.id, uint64), t.record.request_id, convert(stage, uint16),
-                sc.positions, sc.hidden_size, sc.n_tokens, positions[k], cks[k], o.hi, o.lo,
-                o.siblings,
-            )
-            self._check_padding(sc.hidden_size, cks[k], o.hi, o.lo)
-        assert got == root, "verification: opening does not match root"
-        self.chunks[task_id][party][k] = [o.hi, o.lo]
-        his.append(o.hi)
-        los.append(o.lo)
-    log ChunksOpened(
-        task_id=task_id, party=party, round=r, positions=positions, chunks=cks, his=his, los=los
-    )
+        self.chunks[task_id][party][k] = [openings[k].hi, openings[k].lo]
+        his.append(openings[k].hi)
+        los.append(openings[k].lo)
+    log ChunksOpened(task_id=task_id, party=party, round=r, his=his, los=los)
 
 
 # ------------------------------------------------------------------ JUDGE (anyone)
@@ -704,81 +601,66 @@ def finalize(task_id: uint256):
 
     p: Params = self.params
     n_leaves: uint256 = p.spot_chunks + len(self.named[task_id])
-    # Pass 1: who opened, and each opened member's agreement with the stage, leaf by leaf.
-    agree_n: uint256[MAX_LEAVES] = empty(uint256[MAX_LEAVES])
-    disagree_n: uint256[MAX_LEAVES] = empty(uint256[MAX_LEAVES])
-    masks: uint256[MAX_COMMITTEE] = empty(uint256[MAX_COMMITTEE])  # bit k: agrees at leaf k
+    token_mask: uint256 = 0
+    for k: uint256 in range(len(self.named[task_id]), bound=MAX_LEAVES):
+        if self.named[task_id][k] & 65535 == convert(TOKEN, uint256):
+            token_mask |= 1 << (p.spot_chunks + k)
+    # Who opened, and each opened member's agreement with the stage, leaf by leaf.
+    kinds: DynArray[uint8, MAX_COMMITTEE] = []
+    masks: DynArray[uint256, MAX_COMMITTEE] = []
+    named_k: DynArray[uint256, MAX_COMMITTEE] = []
+    ops: DynArray[address, MAX_COMMITTEE] = []
     no_input: uint256 = 0
-    voters: uint256 = 0
     for i: uint256 in range(size, bound=MAX_COMMITTEE):
         op: address = self.members[task_id][t.round_first + i]
         m: Member = self.member[task_id][op]
-        if m.kind == 0 or m.slashed:
-            continue
         if m.kind == V_NO_INPUT:
             no_input += 1
-            continue
-        if not m.opened:
+        elif m.kind != 0 and not m.slashed and not m.opened:
             self._slash_member(task_id, op, "verification: evidence not opened")
-            continue
-        voters += 1
-        if not stage_open:
-            continue
-        for k: uint256 in range(n_leaves, bound=MAX_LEAVES):
-            if self._agree(task_id, t.stage_operator, op, k, p):
-                masks[i] |= 1 << k
-                agree_n[k] += 1
-            else:
-                disagree_n[k] += 1
+        elif m.kind != 0 and not m.slashed:
+            ops.append(op)
+            kinds.append(m.kind)
+            mask: uint256 = 0
+            if stage_open:
+                mask = self._agreement(task_id, t.stage_operator, op, n_leaves, token_mask, p)
+            masks.append(mask)
+            named_k.append(self._named_index(task_id, m.leaf, p.spot_chunks))
 
-    # Leaves the majority of opened evidence shows wrong.
-    bad: uint256 = 0  # bit k
+    bad: uint256 = 0
     tie: bool = False
-    pos: DynArray[uint32, MAX_LEAVES] = []
-    cks: DynArray[uint16, MAX_LEAVES] = []
-    if stage_open and voters > 0:
-        pos, cks = self._leaves(task_id, t)
-        for k: uint256 in range(n_leaves, bound=MAX_LEAVES):
-            if disagree_n[k] > agree_n[k]:
-                bad |= 1 << k
-            elif disagree_n[k] == agree_n[k] and disagree_n[k] > 0:
-                tie = True
-            log LeafJudged(
-                task_id=task_id, round=r, position=pos[k], chunk=cks[k], agree=agree_n[k],
-                disagree=disagree_n[k],
-            )
+    codes: DynArray[uint8, MAX_COMMITTEE] = []
+    agree_n: uint256[MAX_LEAVES] = empty(uint256[MAX_LEAVES])
+    disagree_n: uint256[MAX_LEAVES] = empty(uint256[MAX_LEAVES])
+    if stage_open and len(ops) > 0:
+        bad, tie, codes, agree_n, disagree_n = staticcall self.spot_check.judge(
+            kinds, masks, named_k, n_leaves
+        )
+        log LeavesJudged(task_id=task_id, round=r, bad=bad, split=tie, agree=agree_n, disagree=disagree_n)
 
-    # Pass 2: verdicts the evidence shows wrong; count the standing ones.
+    # Verdicts the evidence shows wrong lose their stake; count the standing ones.
     passes: uint256 = 0
     fails: uint256 = 0
     suspects: uint256 = 0
-    for i: uint256 in range(size, bound=MAX_COMMITTEE):
-        op: address = self.members[task_id][t.round_first + i]
-        m: Member = self.member[task_id][op]
-        if m.kind == 0 or m.kind == V_NO_INPUT or m.slashed:
-            continue
-        if stage_open:
-            full: uint256 = (1 << n_leaves) - 1
-            named_k: uint256 = self._named_index(task_id, m.leaf, p.spot_chunks)
-            if m.kind == V_PASS and (masks[i] != full or bad != 0):
-                # own evidence disagrees with the stage, or the stage is shown wrong
-                self._slash_member(task_id, op, "verification: pass contradicted by evidence")
-                continue
-            if m.kind == V_FAIL and (masks[i] >> named_k) & 1 == 1:
-                self._slash_member(task_id, op, "verification: own evidence agrees at named leaf")
-                continue
-            if m.kind == V_FAIL and bad == 0 and not tie:
-                self._slash_member(task_id, op, "verification: named leaf outweighed by evidence")
-                continue
-            if m.kind == V_FAIL and bad != 0 and (bad >> named_k) & 1 == 0:
-                self._slash_member(task_id, op, "verification: named leaf is not faulty")
-                continue
-        if m.kind == V_PASS:
+    for i: uint256 in range(len(ops), bound=MAX_COMMITTEE):
+        c: uint8 = 0
+        if len(codes) > 0:
+            c = codes[i]
+        if c == 1:
+            self._slash_member(task_id, ops[i], "verification: pass contradicted by evidence")
+        elif c == 2:
+            self._slash_member(task_id, ops[i], "verification: own evidence agrees at named leaf")
+        elif c == 3:
+            self._slash_member(task_id, ops[i], "verification: named leaf outweighed by evidence")
+        elif c == 4:
+            self._slash_member(task_id, ops[i], "verification: named leaf is not faulty")
+        elif kinds[i] == V_PASS:
             passes += 1
-        elif m.kind == V_FAIL:
+        elif kinds[i] == V_FAIL:
             fails += 1
         else:
             suspects += 1
+    voters: uint256 = len(ops)
 
     # Data availability: members said they got no input; the input stage had to open its spots.
     if no_input > 0 and t.input_operator != empty(address) and not self.input_opened[task_id][r]:
@@ -836,40 +718,11 @@ def expire(task_id: uint256):
     self._close(task_id, t, UNRESOLVED, 0, 0, 0, 0)
 
 
-# ------------------------------------------------------------------ VIEWS
-
-@view
-@external
-def is_sampled(batch_id: uint256, request_id: bytes32) -> bool:
-    """@notice Whether the batch's randomness selects `request_id` (reverts until it exists)."""
-    seed: bytes32 = self.batch_seed[batch_id]
-    if seed == empty(bytes32):
-        b: IVerifierPayments.Batch = staticcall self.payments.batches(batch_id)
-        assert b.root != empty(bytes32), "verification: unknown batch"
-        seed = self._fresh_batch_seed(batch_id, (b.terms >> 160) & ((1 << 48) - 1))
-    return self._sampled(seed, request_id)
-
-
 @view
 @external
 def committee(task_id: uint256) -> DynArray[address, MAX_MEMBERS]:
     """@notice Every member (operator key) of every round so far, in draw order."""
     return self.members[task_id]
-
-
-@view
-@external
-def named_leaves(task_id: uint256) -> DynArray[uint256, MAX_LEAVES]:
-    """@notice This round's named leaves (position << 16 | chunk)."""
-    return self.named[task_id]
-
-
-@view
-@external
-def task_lifetime() -> uint256:
-    """@notice Most blocks from settlement until a task of the batch must have closed."""
-    p: Params = self.params
-    return p.randomness_delay + p.open_task_blocks + self._lifetime(p)
 
 
 @view
@@ -887,13 +740,6 @@ def min_unbonding() -> uint256:
     return staticcall self.payments.verification_window() + p.randomness_delay + p.open_task_blocks + self._lifetime(p)
 
 
-@view
-@external
-def attestation_digest(request_id: bytes32, stage: uint256, sc: StageCommit) -> bytes32:
-    """@notice What a stage operator signs for its commitment (contracts.verification)."""
-    return self._digest(request_id, stage, sc)
-
-
 # ------------------------------------------------------------------ INTERNAL
 
 @view
@@ -902,98 +748,6 @@ def _task(task_id: uint256) -> Task:
     t: Task = self.tasks[task_id]
     assert t.status != ABSENT, "verification: unknown task"
     return t
-
-
-@view
-@internal
-def _record_batch(
-    batch_id: uint256, record: RecordLeaf, proof: DynArray[bytes32, batch_tree.MAX_PROOF],
-    pipelines: DynArray[Pipeline, MAX_PIPELINES],
-) -> IVerifierPayments.Batch:
-    b: IVerifierPayments.Batch = staticcall self.payments.batches(batch_id)
-    assert b.root != empty(bytes32), "verification: unknown batch"
-    assert b.pipelines_hash != empty(bytes32), "verification: batch already released"
-    assert self.task_of[record.request_id] == 0, "verification: task already open"
-    leaf: bytes32 = batch_tree._leaf(
-        record.request_id, record.key, record.pipeline_index, record.tokens_in, record.tokens_out,
-        record.charge, record.commitment_root,
-    )
-    assert batch_tree._verify(proof, b.root, leaf), "verification: record not in batch"
-    assert keccak256(abi_encode(pipelines)) == b.pipelines_hash, (
-        "verification: pipelines do not match batch"
-    )
-    assert record.pipeline_index < len(pipelines), "verification: bad pipeline index"
-    return b
-
-
-@internal
-def _new_task(batch_id: uint256, request_id: bytes32) -> uint256:
-    task_id: uint256 = self.task_count + 1
-    self.task_count = task_id
-    self.task_of[request_id] = task_id
-    return task_id
-
-
-@internal
-def _void(task_id: uint256, batch_id: uint256, record: RecordLeaf, gateway: address, reason: String[64]):
-    # The gateway put on chain a record nobody can check: the client gets its coin back and the
-    # gateway's bond pays (part of it to whoever showed it).
-    taken: uint256 = extcall self.payments.slash_gateway(gateway, self.params.gateway_slash, msg.sender)
-    log TaskVoided(
-        task_id=task_id, batch_id=batch_id, request_id=record.request_id, gateway=gateway,
-        reason=reason, gateway_slashed=taken, refunded=record.charge,
-    )
-    extcall self.payments.refund(
-        batch_id, record.request_id, record.key, record.pipeline_index, record.charge
-    )
-
-
-@view
-@internal
-def _shape_fault(
-    record: RecordLeaf, stage: uint256, n_stages: uint256, sc: StageCommit, model_id: uint256
-) -> String[64]:
-    # The shape the record bills: L tokens, L - 1 computed positions, the model's hidden size;
-    # the first and the last stage also commit the L token ids (verifier/ENCODING.md).
-    if sc.root == empty(bytes32):
-        return "zero commitment root"
-    L: uint256 = record.tokens_in + record.tokens_out
-    if L < 2 or convert(sc.positions, uint256) != L - 1:
-        return "positions do not match billed tokens"
-    m: IModelShape.Model = staticcall self.models.models(model_id)
-    if convert(sc.hidden_size, uint256) != m.hidden_size:
-        return "hidden size does not match the model"
-    want_tokens: uint256 = 0
-    if stage == 0 or stage == n_stages - 1:
-        want_tokens = L
-    if convert(sc.n_tokens, uint256) != want_tokens:
-        return "token count does not match billed tokens"
-    return ""
-
-
-@view
-@internal
-def _digest(request_id: bytes32, stage: uint256, sc: StageCommit) -> bytes32:
-    return keccak256(
-        concat(
-            ATTESTATION_DOMAIN, convert(convert(chain.id, uint64), bytes8), request_id,
-            convert(convert(stage, uint16), bytes2), sc.root, convert(sc.positions, bytes4),
-            convert(sc.hidden_size, bytes4), convert(sc.n_tokens, bytes4),
-        )
-    )
-
-
-@view
-@internal
-def _signer(request_id: bytes32, stage: uint256, sc: StageCommit, sig: Bytes[65]) -> address:
-    if len(sig) != 65:
-        return empty(address)
-    r: uint256 = extract32(sig, 0, output_type=uint256)
-    s: uint256 = extract32(sig, 32, output_type=uint256)
-    v: uint256 = convert(slice(sig, 64, 1), uint256)
-    if v < 27:
-        v += 27
-    return ecrecover(self._digest(request_id, stage, sc), v, r, s)
 
 
 @view
@@ -1030,36 +784,11 @@ def _min_window(p: Params) -> uint256:
     return p.randomness_delay + 2 * p.open_task_blocks + 1
 
 
-@view
-@internal
-def _fresh_batch_seed(batch_id: uint256, settle_block: uint256) -> bytes32:
-    return keccak256(
-        abi_encode(
-            staticcall self.randomness.value(settle_block + self.params.randomness_delay), batch_id
-        )
-    )
-
-
-@internal
-def _batch_seed(batch_id: uint256, settle_block: uint256) -> bytes32:
-    seed: bytes32 = self.batch_seed[batch_id]
-    if seed == empty(bytes32):
-        seed = self._fresh_batch_seed(batch_id, settle_block)
-        self.batch_seed[batch_id] = seed
-    return seed
-
-
-@view
-@internal
-def _sampled(seed: bytes32, request_id: bytes32) -> bool:
-    return convert(keccak256(abi_encode(seed, request_id, convert(0, uint256))), uint256) % BPS < self.params.sample_bps
-
-
 @pure
 @internal
 def _check_leaf(sc: StageCommit, position: uint32, chunk: uint16):
     if chunk == TOKEN:
-        assert position < sc.n_tokens, "verification: token leaf outside the commitment"
+        assert position < sc.n_tokens, "verification: leaf outside the commitment"
     else:
         assert position < sc.positions and convert(chunk, uint256) * 32 < convert(
             sc.hidden_size, uint256
@@ -1093,54 +822,37 @@ def _named_index(task_id: uint256, leaf: uint256, n_spots: uint256) -> uint256:
     return MAX_LEAVES  # not named (V_PASS / V_SUSPECT): no bit
 
 
-@pure
-@internal
-def _check_padding(hidden_size: uint32, chunk: uint16, hi: bytes32, lo: bytes32):
-    # Values past d in a last partial chunk must be 0x0000 (ENCODING.md): the chunk rule would
-    # otherwise count made-up padding as evidence.
-    used: uint256 = convert(hidden_size, uint256) - convert(chunk, uint256) * 32
-    if used >= 32:
-        return
-    if used > 16:
-        assert convert(lo, uint256) & ((1 << ((32 - used) * 16)) - 1) == 0, (
-            "verification: non-zero chunk padding"
-        )
-    else:
-        assert lo == empty(bytes32), "verification: non-zero chunk padding"
-        assert convert(hi, uint256) & ((1 << ((16 - used) * 16)) - 1) == 0, (
-            "verification: non-zero chunk padding"
-        )
-
-
 @view
 @internal
-def _agree(task_id: uint256, a: address, b: address, k: uint256, p: Params) -> bool:
-    ca: bytes32[2] = self.chunks[task_id][a][k]
-    cb: bytes32[2] = self.chunks[task_id][b][k]
-    if k >= p.spot_chunks and self.named[task_id][k - p.spot_chunks] & 65535 == convert(TOKEN, uint256):
-        return ca[0] == cb[0]  # token ids: exact
-    return staticcall self.spot_check.bad_count(ca[0], ca[1], cb[0], cb[1], p.max_ulp) <= p.max_bad
+def _agreement(task_id: uint256, a: address, b: address, n: uint256, token_mask: uint256, p: Params) -> uint256:
+    ca: DynArray[bytes32[2], MAX_LEAVES] = []
+    cb: DynArray[bytes32[2], MAX_LEAVES] = []
+    for k: uint256 in range(n, bound=MAX_LEAVES):
+        ca.append(self.chunks[task_id][a][k])
+        cb.append(self.chunks[task_id][b][k])
+    return staticcall self.spot_check.agreement(ca, cb, token_mask, p.max_ulp, p.max_bad)
 
 
 @internal
 def _start_round(task_id: uint256, r: uint256, seed: bytes32) -> uint256:
     """@dev Seat up to committee_size << r members by snapshot stake, none seen before."""
-    t: Task = self.tasks[task_id]
-    p: Params = self.params
+    stage_owner: address = self.tasks[task_id].stage_owner
+    input_owner: address = self.tasks[task_id].input_owner
     # Bounded per round and over the task, so a late round can never overflow `members`.
     want: uint256 = min(
-        min(p.committee_size << r, MAX_COMMITTEE), MAX_MEMBERS - len(self.members[task_id])
+        min(self.params.committee_size << r, MAX_COMMITTEE), MAX_MEMBERS - len(self.members[task_id])
     )
-    exclude: DynArray[address, MAX_EXCLUDED] = [t.stage_owner]
-    if t.input_owner != empty(address):
-        exclude.append(t.input_owner)
+    exclude: DynArray[address, MAX_EXCLUDED] = [stage_owner]
+    if input_owner != empty(address):
+        exclude.append(input_owner)
     for op: address in self.members[task_id]:
         exclude.append(self.member[task_id][op].owner)
     ops: DynArray[address, MAX_COMMITTEE] = []
     owners: DynArray[address, MAX_COMMITTEE] = []
     stakes: DynArray[uint256, MAX_COMMITTEE] = []
     ops, owners, stakes = staticcall self.committee_draw.draw(
-        self.registry.address, seed, t.snapshot_block, want, p.seat_stake, exclude
+        self.registry.address, seed, self.tasks[task_id].snapshot_block, want, self.params.seat_stake,
+        exclude,
     )
     if len(ops) == 0:
         return 0
@@ -1152,8 +864,8 @@ def _start_round(task_id: uint256, r: uint256, seed: bytes32) -> uint256:
         )
         self.members[task_id].append(ops[j])
         extcall self.registry.lock(owners[j])
-    commit_deadline: uint256 = block.number + p.commit_blocks
-    reveal_deadline: uint256 = commit_deadline + p.reveal_blocks
+    commit_deadline: uint256 = block.number + self.params.commit_blocks
+    reveal_deadline: uint256 = commit_deadline + self.params.reveal_blocks
     self.tasks[task_id].status = VOTING
     self.tasks[task_id].outcome_round = r
     self.tasks[task_id].round_first = first
@@ -1208,13 +920,13 @@ def _close(
     if status == FRAUD:
         self._convict(task_id, t, bad, n_spots)
     elif status == SUSPECTED:
-        p: Params = self.params
         count: uint256 = self.suspects[t.stage_owner] + 1
-        jailed: bool = count >= p.suspect_threshold
+        jailed: bool = count >= self.params.suspect_threshold
         if jailed:
             count = 0
             extcall self.registry.jail(
-                t.stage_owner, block.number + p.jail_blocks, "verification: suspect threshold"
+                t.stage_owner, block.number + self.params.jail_blocks,
+                "verification: suspect threshold",
             )
         self.suspects[t.stage_owner] = count
         log StageSuspected(task_id=task_id, owner=t.stage_owner, count=count, jailed=jailed)
@@ -1229,7 +941,7 @@ def _close(
 def _convict(task_id: uint256, t: Task, bad: uint256, n_spots: uint256):
     # Split the stage's slash among accusers of this round whose named leaf was shown bad (or,
     # when the stage could not open, every standing accuser); jail it; refund the client.
-    p: Params = self.params
+    stage_slash: uint256 = self.params.stage_slash
     provers: DynArray[address, MAX_MEMBERS] = []
     for op: address in self.members[task_id]:
         m: Member = self.member[task_id][op]
@@ -1237,11 +949,11 @@ def _convict(task_id: uint256, t: Task, bad: uint256, n_spots: uint256):
             provers.append(m.owner)
     if len(provers) == 0:
         provers.append(msg.sender)
-    part: uint256 = p.stage_slash // len(provers)
+    part: uint256 = stage_slash // len(provers)
     for i: uint256 in range(len(provers), bound=MAX_MEMBERS):
         amount: uint256 = part
         if i == len(provers) - 1:
-            amount = p.stage_slash - part * i  # the last prover takes the rounding dust
+            amount = stage_slash - part * i  # the last prover takes the rounding dust
         taken: uint256 = self._slash(
             t.stage_owner, amount, provers[i], "verification: stage output failed the check"
         )
@@ -1249,7 +961,9 @@ def _convict(task_id: uint256, t: Task, bad: uint256, n_spots: uint256):
             task_id=task_id, stage_operator=t.stage_operator, owner=t.stage_owner, amount=taken,
             prover=provers[i], reason="verification: stage output failed the check",
         )
-    extcall self.registry.jail(t.stage_owner, block.number + p.jail_blocks, "verification: fraud")
+    extcall self.registry.jail(
+        t.stage_owner, block.number + self.params.jail_blocks, "verification: fraud"
+    )
     rec: RecordLeaf = t.record
     log ClientRefunded(
         task_id=task_id, batch_id=t.batch_id, request_id=rec.request_id, charge=rec.charge
@@ -1274,9 +988,8 @@ def _reward(task_id: uint256, t: Task, everyone: DynArray[address, MAX_MEMBERS],
     if n == 0:
         return
     ver_bps: uint256 = (staticcall self.payments.batches(t.batch_id)).terms >> 224 & 65535
-    p: Params = self.params
-    budget: uint256 = t.record.charge * ver_bps // p.sample_bps
-    full: uint256 = min(budget // n, p.verifier_reward)
+    budget: uint256 = t.record.charge * ver_bps // self.params.sample_bps
+    full: uint256 = min(budget // n, self.params.verifier_reward)
     want: uint8 = V_FAIL
     if status == PASSED:
         want = V_PASS
