@@ -45,7 +45,7 @@ SUBCOMMANDS: dict[str, str] = {
 # operator's tool (node) but reads naturally under `devnet`; devnet must not import node.
 EXTRA_COMMANDS: dict[str, dict[str, str]] = {
     "devnet": {"fund": "node.cli.operator:devnet_fund"},
-    "node": {"serve": "node.cli.serve:serve"},
+    "node": {"serve": "node.cli.serve:serve", "doctor": "node.cli.doctor:doctor"},
 }
 
 

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from html import escape
 
 W, H = 720, 220
-LEFT, RIGHT, TOP, BOTTOM = 64, 12, 14, 40
+LEFT, RIGHT, TOP, BOTTOM = 64, 12, 24, 40
+MAX_BAR = 48  # px: one epoch's bar stays a bar, not a wall
 PALETTE = {"passed": "#1a7f37", "fraud": "#cf222e", "refunded": "#bc4c00",
            "unresolved": "#8250df", "pending": "#9a6700"}
 DEFAULT_COLORS = ("#0b5cad", "#2da44e", "#bf3989", "#6e7781", "#e16f24")
@@ -57,7 +58,7 @@ def _frame(chart_id: str, title: str, top: float, unit: str, labels: Sequence[st
         out.append(f'<text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">'
                    f"{_fmt(v)}</text>")
     if unit:
-        out.append(f'<text class="unit" x="4" y="{TOP + 4}">{escape(unit)}</text>')
+        out.append(f'<text class="unit" x="4" y="12">{escape(unit)}</text>')
     n = len(labels)
     step = max(1, math.ceil(n / 8))
     for i in range(0, n, step):  # a few x labels, never crowded
@@ -77,13 +78,15 @@ def _frame(chart_id: str, title: str, top: float, unit: str, labels: Sequence[st
 
 def bars(chart_id: str, title: str, labels: Sequence[str], series: dict[str, Sequence[float]],
          unit: str = "") -> str:
-    """One bar per label, the series stacked bottom-up in their order."""
+    """One bar per label, the series stacked bottom-up in their order (counts: the axis has
+    whole-number ticks)."""
     names = list(series)
     totals = [sum(series[s][i] for s in names) for i in range(len(labels))]
-    top = nice_max(max(totals, default=0))
+    top = max(4.0, nice_max(max(totals, default=0)))
     pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
     n = max(1, len(labels))
     bw = pw / n
+    w = min(bw * 0.8, MAX_BAR)
     body: list[str] = []
     for i, label in enumerate(labels):
         base = 0.0
@@ -94,8 +97,8 @@ def bars(chart_id: str, title: str, labels: Sequence[str], series: dict[str, Seq
             y0 = TOP + ph - ph * base / top
             h = ph * v / top
             body.append(f'<rect class="bar" data-series="{escape(name)}" data-value="{v:g}" '
-                        f'x="{LEFT + i * bw + bw * 0.1:.1f}" y="{y0 - h:.1f}" '
-                        f'width="{bw * 0.8:.1f}" height="{h:.1f}" fill="{_color(name, j)}">'
+                        f'x="{LEFT + i * bw + (bw - w) / 2:.1f}" y="{y0 - h:.1f}" '
+                        f'width="{w:.1f}" height="{h:.1f}" fill="{_color(name, j)}">'
                         f"<title>{escape(label)}: {v:g} {escape(name)}</title></rect>")
             base += v
     if not any(totals):

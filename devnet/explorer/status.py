@@ -46,8 +46,8 @@ def _draws(s: Session, rows: list[Request]) -> dict[tuple[str, int], dict[str, A
             release[(lg.address, topics[lg.topic1 or ""])] = int(lg.args["release_block"])
     anchors = {key: anchor_block(release[key], c["window"], c["delay"])
                for key in batches if key in release and "window" in (c := contexts[key[0]])}
-    hashes = dict(s.execute(select(Block.number, Block.hash)
-                            .where(Block.number.in_(set(anchors.values())))).tuples().all())
+    hashes = {n: h for n, h in s.execute(select(Block.number, Block.hash)
+                                         .where(Block.number.in_(set(anchors.values()))))}
     return {key: proof.batch_draw(s, r, release.get(key), contexts[key[0]],
                                   hashes.get(anchors.get(key, -1)))
             for key, r in batches.items()}
