@@ -164,12 +164,12 @@ def variants(s: Snapshot) -> dict[str, Plan]:
         out["greedy"] = greedy_plan(s)
     except CannotPlace:
         pass
-    floor = alloc.RR_FLOOR
+    target = alloc.RR_TARGET
     try:
-        alloc.RR_FLOOR = 1e-9  # the round-robin term never binds: summed throughput only
+        alloc.RR_TARGET = 1e-9  # round robin never binds: the most summed throughput
         out["sum_only"] = allocate(s)
     finally:
-        alloc.RR_FLOOR = floor
+        alloc.RR_TARGET = target
     c = build_cluster(s)
     if count_states(c) <= 256:  # 8-node clusters: seconds at most
         out["exact"] = allocate_exact(s)
@@ -178,9 +178,9 @@ def variants(s: Snapshot) -> dict[str, Plan]:
 
 def robustness(quick: bool, verbose: bool = False) -> dict[str, float | str]:
     """Over generated clusters (sizes 8–64, every mix, 2–3 regions, 70B and 8B): each plan served
-    an offline batch (every request at once, 2.5× what our plan holds concurrently, at least 300)
+    an offline batch (every request at once, 2× what our plan holds concurrently, at least 200)
     under the load-aware router and under round robin; throughput = output tokens ÷ makespan."""
-    seeds = [0, 1] if quick else [0, 1, 2, 3, 4]
+    seeds = [0] if quick else [0, 1, 2, 3, 4]
     sizes = [8, 16] if quick else SIZES
     ratios, ratios_rr, errors, tpot_errors = [], [], [], []
     worst: tuple[float, str] = (math.inf, "")
@@ -200,23 +200,30 @@ def robustness(quick: bool, verbose: bool = False) -> dict[str, float | str]:
                     continue
                 count += 1
                 ours = plans["ours"]
-                conc = sum(int(r) for r in [ours.estimate.get("concurrency", 0.0)])
-                w = Workload(requests=max(300, int(2.5 * conc)), rate_per_s=1e9,
+                conc = int(ours.estimate["concurrency"])
+                w = Workload(requests=max(200, 2 * conc), rate_per_s=1e9,
                              prompt_mean=PROMPT, output_mean=OUTPUT, seed=seed)
                 thr: dict[str, float] = {}
                 thr_rr: dict[str, float] = {}
+                seen: dict[tuple, str] = {}
                 for name, plan in plans.items():
+                    key = tuple(sorted(plan.replicas, key=lambda r: r.stages[0].node))
+                    if key in seen:  # the same plan from another solver: the same figures
+                        thr[name], thr_rr[name] = thr[seen[key]], thr_rr[seen[key]]
+                        continue
+                    seen[key] = name
                     res = simulate(s, plan, w, "router")
                     thr[name] = res.throughput_tok_s
                     thr_rr[name] = simulate(s, plan, w, "rr").throughput_tok_s
-                    if name == "ours":
-                        sat = res.saturated_tok_s or res.throughput_tok_s
+                    if name == "ours" and res.saturated_tok_s is not None:
+                        sat = res.saturated_tok_s
                         errors.append(abs(sat - ours.estimate["throughput_tok_s"]) / sat)
                         tpot_errors.append(abs(res.tpot_p50_ms - ours.estimate["tpot_ms"])
                                            / res.tpot_p50_ms)
                 tag = f"{model}/{mix}/{n}/seed{seed}"
                 r = thr["ours"] / max(v for k, v in thr.items() if k != "ours")
                 r_rr = thr_rr["ours"] / max(v for k, v in thr_rr.items() if k != "ours")
+                r, r_rr = min(r, 1e9), min(r_rr, 1e9)
                 ratios.append(r)
                 ratios_rr.append(r_rr)
                 worst = min(worst, (r, tag))
@@ -225,7 +232,8 @@ def robustness(quick: bool, verbose: bool = False) -> dict[str, float | str]:
                     best = max(thr, key=lambda k: thr[k])
                     best_rr = max(thr_rr, key=lambda k: thr_rr[k])
                     print(f"  {tag}: vs best {r:.3f} ({best}), rr {r_rr:.3f} ({best_rr}), "
-                          f"estimate error {errors[-1]:.3f}", file=sys.stderr, flush=True)
+                          f"estimate error {errors[-1]:.3f}, {len(plans)} plans",
+                          file=sys.stderr, flush=True)
     ratios.sort()
     return {
         "clusters": count, "plan_vs_best_min": min(ratios),
@@ -245,6 +253,7 @@ def gmean(xs: list[float]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller version, under a minute")
+    ap.add_argument("--verbose", action="store_true", help="one line per generated cluster (stderr)")
     args = ap.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
@@ -290,7 +299,7 @@ def main() -> None:
     emit("throughput_vs_rr_sustained_smollm2", gmean([r["sus_ours"] / r["sus_rr"] for r in small]))
     emit("p99_rr_over_ours_smollm2", gmean([r["p99_rr"] / r["p99_ours"] for r in small]))
 
-    rob = robustness(args.quick)
+    rob = robustness(args.quick, verbose=args.verbose)
     for key, val in rob.items():
         emit(key, val)
 

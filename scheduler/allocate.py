@@ -171,10 +171,11 @@ def group_region(c: Cluster, nodes: list[int]) -> tuple[list[Built], list[int]]:
         need = replica_bytes(c, target)
         candidates.append(_sequential(c, nodes, by_speed, need))
         candidates.append(_sequential(c, nodes, by_cap, need))
-        m = min(total_layers // (L + _extra_layers(c)), int(total_mem // need))
-        if m >= 1 and m not in seen_m:
-            seen_m.add(m)
-            candidates.append(_balanced(c, nodes, m))
+        top = min(total_layers // (L + _extra_layers(c)), int(total_mem // need))
+        for m in (top, top - 1):  # one bin fewer when the last bins come up short of the model
+            if m >= 1 and m not in seen_m:
+                seen_m.add(m)
+                candidates.append(_balanced(c, nodes, m))
     best: tuple[list[Built], list[int]] | None = None
     for groups in candidates:
         built, rest = _build_all(c, groups)
@@ -310,39 +311,53 @@ def diagnose(c: Cluster, snapshot: Snapshot) -> None:
             f"short by about {max(need - held * m.layer_bytes, m.layer_bytes) / MIB:,.0f} MiB"])
 
 
-RR_FLOOR = 0.8  # a plan's round-robin rate (replicas × slowest) counts once below this × its sum
+ROUTER_TARGET, RR_TARGET = 0.95, 0.9  # how close to the best each routing must come
+
+
+def rates(built: list[Built]) -> tuple[float, float]:
+    """(load-aware, round-robin) throughput of a plan: the summed replica throughput, and the
+    replicas × the slowest one (round robin gives every replica the same share of requests, so
+    the slowest sets the finish time)."""
+    if not built:
+        return 0.0, 0.0
+    xs = [b[2].throughput for b in built]
+    return sum(xs), len(xs) * min(xs)
 
 
 def plan_value(built: list[Built]) -> float:
-    """What the plan is worth under any routing: its summed throughput (what a load-aware router
-    gets), unless round robin — every replica the same share of requests, so the slowest sets
-    the finish time — would get less than `RR_FLOOR` of it; then that rate ÷ `RR_FLOOR`."""
-    if not built:
-        return 0.0
-    xs = [b[2].throughput for b in built]
-    return min(sum(xs), len(xs) * min(xs) / RR_FLOOR)
+    """The summed throughput, for ranking plans that are equally robust."""
+    return rates(built)[0]
 
 
-def drop_stragglers(c: Cluster, built: list[Built], rest: list[int]
-                    ) -> tuple[list[Built], list[int]]:
-    """Keep the fastest replicas whose `plan_value` is the most; the slower ones' nodes are
-    offered to the kept replicas (`augment`: a slow node paired with fast ones where it adds KV
-    room or layers) and otherwise left standby."""
+def candidates(c: Cluster, built: list[Built], rest: list[int]
+               ) -> list[tuple[list[Built], list[int]]]:
+    """The plan and its straggler-free variants: without its slowest replicas, their nodes
+    offered to the kept ones (`augment`: a slow node paired with fast ones where it adds KV room
+    or layers) or left standby."""
     ranked = sorted(built, key=lambda b: (-b[2].throughput, c.ids[b[0][0]]))
-    best_n, best_v = len(ranked), plan_value(ranked)
+    out = [(built, rest)]
     for n in range(len(ranked) - 1, 0, -1):
-        v = plan_value(ranked[:n])
-        if v > best_v * (1 + 1e-9):
-            best_n, best_v = n, v
-    if best_n == len(ranked):
-        return built, rest
-    kept = ranked[:best_n]
-    freed = sorted({i for b in ranked[best_n:] for i in b[0]} | set(rest))
-    grown, unused = augment(c, kept, [i for i in freed if int(c.cap[i, MID]) >= 1])
-    if plan_value(grown) >= best_v:
-        kept = grown
-        freed = sorted(set(unused) | {i for i in freed if int(c.cap[i, MID]) < 1})
-    return kept, freed
+        kept = ranked[:n]
+        if kept[-1][2].throughput * n <= rates(out[-1][0])[1] * (1 + 1e-9):
+            continue  # no faster round robin than a plan already listed
+        freed = sorted({i for b in ranked[n:] for i in b[0]} | set(rest))
+        out.append((kept, freed))
+        grown, unused = augment(c, kept, [i for i in freed if int(c.cap[i, MID]) >= 1])
+        if grown != kept:
+            out.append((grown, sorted(set(unused) | {i for i in freed
+                                                      if int(c.cap[i, MID]) < 1})))
+    return out
+
+
+def choose(options: list[tuple[list[Built], list[int]]]) -> tuple[list[Built], list[int]]:
+    """The option whose worse routing comes closest to its target share of the best option
+    under that routing (no straggler replicas unless the load-aware gain pays for them)."""
+    both = [rates(b) for b, _ in options]
+    top_s = max(s for s, _ in both) or 1.0
+    top_q = max(q for _, q in both) or 1.0
+    score = [(min(s / top_s / ROUTER_TARGET, q / top_q / RR_TARGET), s) for s, q in both]
+    j = max(range(len(options)), key=lambda j: (score[j][0] - 1e-9 * j, score[j][1]))
+    return options[j]
 
 
 def _grouped(c: Cluster, pool: list[int], by_region: bool) -> tuple[list[Built], list[int]]:
@@ -383,7 +398,7 @@ def solve(c: Cluster) -> tuple[list[Built], list[int]]:
             pool.append(i)
     weak = [i for i in pool if int(c.cap[i, MID]) < 1]
     pool = [i for i in pool if int(c.cap[i, MID]) >= 1]
-    best: tuple[float, list[Built], list[int]] | None = None
+    options: list[tuple[list[Built], list[int]]] = []
     for by_region in (True, False) if len(c.regions) > 1 else (True,):
         grouped, rest = _grouped(c, pool, by_region)
         built, rest = augment(c, alone + grouped, sorted(set(rest)))
@@ -393,12 +408,9 @@ def solve(c: Cluster) -> tuple[list[Built], list[int]]:
         ok = [usable(c, b[2]) for b in built]
         kept = [b for b, good in zip(built, ok, strict=False) if good]
         rest.extend(i for b, good in zip(built, ok, strict=False) if not good for i in b[0])
-        kept, rest = drop_stragglers(c, kept, rest)
-        value = plan_value(kept)
-        if best is None or value > best[0] * (1 + 1e-9):
-            best = (value, kept, rest)
-    assert best is not None
-    return best[1], sorted(set(best[2]) | set(weak))
+        options.extend(candidates(c, kept, rest))
+    kept, rest = choose(options)
+    return kept, sorted(set(rest) | set(weak))
 
 
 def to_plan(c: Cluster, built: list[Built], unused: list[int], snapshot: Snapshot,

@@ -173,25 +173,43 @@ def decode_context(c: Cluster) -> float:
     return p.prompt_tokens + p.output_tokens / 2
 
 
-PREFILL_OVERLAP = 0.5  # share of a separate prompt's step a decode batch waits on (S >= 2)
-
-
 def unit_cost(c: Cluster, idx: np.ndarray, batch: float | np.ndarray,
               stages: int = 2) -> np.ndarray:
     """Seconds one layer on nodes `idx` adds to a replica's cycle at `batch` sequences.
 
     `batch / output_tokens` prompts join per cycle. Alone (`stages` 1) a prompt lands in the
-    same step as the decode rows (it arrives with them), so the step runs at `batch + prompts ×
-    prompt_tokens` tokens. In a pipeline a prompt reaches each stage apart from the decode batch
-    and runs as its own step: the batch finds it running half the time on average
-    (`PREFILL_OVERLAP`); what does not overlap is bounded by `stage_busy`."""
+    same step as the decode rows (it arrives with them), so a step with `x` prompts runs `batch +
+    x × prompt_tokens` tokens; `x` is Poisson, and the expected step is priced (the roofline's
+    max makes a lumpy step dearer than the mean one). In a pipeline a prompt reaches each stage apart from the decode batch
+    and runs as its own step, often while the batch is at another stage: the batch waits on
+    `1/√stages` of it (fitted to the simulator over generated clusters, where the bench's
+    `estimate_error_p90` checks it; the more stages, the more the prompt hides in their idle
+    time). What does not overlap is bounded by `stage_busy`."""
     p = c.snapshot.params
     b = np.asarray(batch, dtype=float)
     prompts = b / p.output_tokens
-    if stages == 1:
-        return layer_times(c, idx, b + prompts * p.prompt_tokens, b * decode_context(c))
+    if stages == 1:  # the step's prompt count is Poisson: price the expected step, not the mean's
+        kv = b * decode_context(c)
+        lam = np.maximum(prompts, 1e-12)
+        top = int(np.ceil(float(np.max(lam)) + 4 * np.sqrt(float(np.max(lam))) + 3))
+        pmf = np.exp(-lam)
+        total = pmf * layer_times(c, idx, b, kv)
+        for x in range(1, top + 1):
+            pmf = pmf * lam / x
+            total = total + pmf * layer_times(c, idx, b + x * p.prompt_tokens, kv)
+        return total + (1 - np.minimum(_poisson_cdf(lam, top), 1.0)) * layer_times(
+            c, idx, b + (top + 1) * p.prompt_tokens, kv)
     dec = layer_times(c, idx, b, b * decode_context(c))
-    return dec + PREFILL_OVERLAP * prompts * c.pre[idx]
+    return dec + stages ** -0.5 * prompts * c.pre[idx]
+
+
+def _poisson_cdf(lam: np.ndarray, top: int) -> np.ndarray:
+    pmf = np.exp(-lam)
+    cdf = pmf
+    for x in range(1, top + 1):
+        pmf = pmf * lam / x
+        cdf = cdf + pmf
+    return cdf
 
 
 def stage_busy(c: Cluster, idx: np.ndarray, batch: float | np.ndarray) -> np.ndarray:

@@ -68,6 +68,11 @@ class Router:
         self.shards: list[tuple[int, int, int]] = []  # (node index, a, b), sorted by (b, a, id)
         self.kv_capacity: dict[str, int] = {}
         by_id = {n.id: n for n in snapshot.nodes}
+        self.replica_of: dict[tuple[int, int], int] = {}  # (node index, start) → replica
+        for r, rep in enumerate(plan.replicas):
+            for st in rep.stages:
+                if st.node in self.cluster.index:
+                    self.replica_of[(self.cluster.index[st.node], st.start)] = r
         for st in plan.stages():
             if st.node not in self.cluster.index:
                 raise InvalidInput(f"plan names node {st.node!r}, absent from the snapshot")
@@ -77,6 +82,11 @@ class Router:
             self.kv_capacity[st.node] = node_weight_budget(snapshot, node) + reserve - weights
             self.shards.append((self.cluster.index[st.node], st.start, st.end))
         self.shards.sort(key=lambda s: (s[2], s[1], self.cluster.ids[s[0]]))
+        self.rep = [self.replica_of.get((i, a), -1) for i, a, _ in self.shards]
+        # The shard of the same replica ending at each cut (at most one: stages are contiguous).
+        self.own_pred: dict[tuple[int, int], int] = {}
+        for j, (_, _, b) in enumerate(self.shards):
+            self.own_pred[(self.rep[j], b)] = j
         self.ending_at: dict[int, list[int]] = {}
         for j, (_, _, b) in enumerate(self.shards):
             self.ending_at.setdefault(b, []).append(j)
@@ -126,7 +136,8 @@ class Router:
         kv_tokens = prompt_tokens + output_tokens
         idle = NodeLoad()
         n = len(self.shards)
-        best = [float("inf")] * n
+        best = [float("inf")] * n  # expected completion time of the chosen chain
+        rank = [float("inf")] * n  # what chains are chosen by: best + stitching penalties
         start_at = [0] * n
         prev = [-1] * n
         act = c.model.activation_bytes
@@ -153,24 +164,33 @@ class Router:
             free = self.kv_capacity[nid] - seen.kv_used_bytes
             if a == 0 and b * per_layer_kv <= free:
                 best[j], start_at[j] = b * per_layer + ld.queue_s, 0
+                rank[j] = best[j]
             for cut in range(a, b):
                 if (b - cut) * per_layer_kv > free:
                     continue
                 own = (b - cut) * per_layer + ld.queue_s
                 if cut not in frontier:
-                    frontier[cut] = self._frontier(cut, best)
-                for p in frontier[cut]:
+                    frontier[cut] = self._frontier(cut, rank)
+                # Under load, joining another replica's shard mid-way takes a batch slot that
+                # strands its own earlier stages' slot (each node runs at most max_batch
+                # sequences): it is chosen only when it beats staying by the hop's own cost.
+                stitch = (b - cut) * per_layer if use_load and loads else 0.0
+                preds = frontier[cut]
+                mine = self.own_pred.get((self.rep[j], cut))
+                if mine is not None and rank[mine] < float("inf") and mine not in preds:
+                    preds = [*preds, mine]
+                for p in preds:
                     pi = self.shards[p][0]
                     link = (link_time(c, pi, i, prompt_tokens * act)
                             + output_tokens * link_time(c, pi, i, act))
-                    cost = best[p] + link + own
-                    if cost < best[j]:
-                        best[j], start_at[j], prev[j] = cost, cut, p
+                    score = rank[p] + link + own + (stitch if self.rep[p] != self.rep[j] else 0.0)
+                    if score < rank[j]:
+                        best[j], rank[j], start_at[j], prev[j] = best[p] + link + own, score, cut, p
         finals = [j for j in self.ending_at.get(L, ()) if best[j] < float("inf")]
         if not finals:
             raise NoRoute(f"no admissible route for a request of {kv_tokens} KV tokens over "
                           f"{L} layers ({len(exclude)} node(s) excluded, {n} shards)")
-        j = min(finals, key=lambda j: (best[j], c.ids[self.shards[j][0]]))
+        j = min(finals, key=lambda j: (rank[j], c.ids[self.shards[j][0]]))
         cost = best[j]
         hops: list[Hop] = []
         kv: dict[str, int] = {}

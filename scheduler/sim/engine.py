@@ -39,7 +39,7 @@ from scheduler.costs import Cluster, layer_time, link_time
 from scheduler.route import Hop, NodeLoad
 from scheduler.sim.workload import Workload
 
-ARRIVE, DELIVER, DONE = 0, 1, 2  # event kinds
+ARRIVE, DELIVER, DONE, START = 0, 1, 2, 3  # event kinds; a START runs after all else at its time
 
 
 class Item(NamedTuple):
@@ -125,8 +125,15 @@ class Simulation:
         return out
 
     def _push(self, t: float, kind: int, data: Any) -> None:
-        heapq.heappush(self.events, (t, self.seq, kind, data))
+        heapq.heappush(self.events, (t, kind == START, self.seq, kind, data))
         self.seq += 1
+
+    def _wake(self, node: str) -> None:
+        """Start `node`'s next step once everything arriving at this instant has arrived (a step
+        takes all the work that is ready, as a stage's scheduler loop does)."""
+        if not self.busy[node] and not self.waking.get(node):
+            self.waking[node] = True
+            self._push(self.now, START, node)
 
     def run(self) -> SimResult:
         n = len(self.arrivals)
@@ -140,16 +147,20 @@ class Simulation:
         self.token_times: list[float] = []
         for r in range(n):
             self._push(float(self.arrivals[r]), ARRIVE, r)
+        self.waking: dict[str, bool] = {}
         while self.events:
-            t, _, kind, data = heapq.heappop(self.events)
+            t, _, _, kind, data = heapq.heappop(self.events)
             self.now = t
             if kind == ARRIVE:
                 self._arrive(data)
             elif kind == DELIVER:
                 node, items = data
                 self.queue[node].extend(items)
-                if not self.busy[node]:
-                    self._start(node)
+                self._wake(node)
+            elif kind == START:
+                self.waking[data] = False
+                if not self.busy[data] and self.queue[data]:
+                    self._start(data)
             else:
                 self._done(*data)
         return self._result()
@@ -234,7 +245,7 @@ class Simulation:
         for lane in sorted(set(freed_lanes)):
             self._admit(lane)
         if self.queue[node]:
-            self._start(node)
+            self._wake(node)
 
     def _result(self) -> SimResult:
         nan = float("nan")
