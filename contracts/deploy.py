@@ -3,9 +3,11 @@
 `deploy_all(rpc_url, private_key, manifest_path, params)` compiles (cached), sends one locally
 signed creation transaction per contract in dependency order, then the role-wiring transactions,
 and writes the manifest atomically. The deployer becomes admin of every contract. `DeployParams`
-holds the economic parameters; its validation enforces the protocol's cross-contract rule that
-unbonding outlasts the verification window plus the dispute time (else a cheater could leave with
-its stake before it can be slashed).
+holds the economic parameters. The contracts enforce the cross-contract rules (a window long
+enough to open every sampled task and void the unopened ones; unbonding at least the window plus
+the worst-case task lifetime, else a cheater could leave with its stake before it is judged);
+`DeployParams.effective()` raises a configured window or unbonding period that falls short to the
+smallest safe value, and the manifest records the values deployed.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ class DeployParams:
     dispute_blocks: int = 5
     protocol_fee_bps: int = 500
     verifier_share_bps: int = 1_000
+    min_gateway_bond_wei: int = 1 * ETH  # a gateway must bond this much to settle
+    min_charge_wei: int = 1  # per record: no free record can open a task
+    timelock_blocks: int = 0  # owner changes wait this long (0 on devnets; set it in production)
     slasher: str | None = None  # the verification contract; wire later when None
     coordinator: str | None = None  # publishes epochs; the deployer when None
     fee_recipient: str | None = None  # protocol fees; the deployer when None
@@ -56,9 +61,22 @@ class DeployParams:
         )
         return cls(**{f: getattr(protocol, f) for f in fields}, **roles)
 
+    def effective(self) -> DeployParams:
+        """These parameters with the window and the unbonding period raised to what the
+        verification game needs (`VerificationParams.min_window`, window + task lifetime)."""
+        from dataclasses import replace
+
+        v = self.verification
+        window = max(self.verification_window_blocks, v.min_window())
+        unbonding = max(self.unbonding_period_blocks, window + v.task_lifetime() + 1,
+                        window + self.dispute_blocks + 1)
+        return replace(self, verification_window_blocks=window, unbonding_period_blocks=unbonding)
+
     def validate(self) -> None:
         if self.min_stake_wei <= 0:
             raise ContractsError(f"min_stake_wei ({self.min_stake_wei}) must be > 0")
+        if self.min_charge_wei <= 0:
+            raise ContractsError(f"min_charge_wei ({self.min_charge_wei}) must be > 0")
         if self.unbonding_period_blocks <= self.verification_window_blocks + self.dispute_blocks:
             raise ContractsError(
                 f"unbonding_period_blocks ({self.unbonding_period_blocks}) must exceed "
@@ -106,7 +124,7 @@ def _constructor_args(
     name: str, p: DeployParams, deployed: dict[str, str], deployer: str
 ) -> list[Any]:
     if name == "NodeRegistry":
-        return [p.min_stake_wei, p.unbonding_period_blocks, p.prover_share_bps]
+        return [p.min_stake_wei, p.unbonding_period_blocks, p.prover_share_bps, p.timelock_blocks]
     if name == "ModelRegistry":
         return []
     if name == "Scheduler":
@@ -119,16 +137,24 @@ def _constructor_args(
             p.protocol_fee_bps,
             p.verifier_share_bps,
             p.fee_recipient or deployer,
+            p.min_gateway_bond_wei,
+            p.min_charge_wei,
+            p.timelock_blocks,
         ]
-    if name in ("BlockhashRandomness", "SpotCheck"):
+    if name in ("BlockhashRandomness", "SpotCheck", "Committee"):
         return []
+    if name == "TaskOpener":
+        return [deployed["Payments"], deployed["ModelRegistry"]]
     if name == "Verification":
         return [
             deployed["NodeRegistry"],
             deployed["Payments"],
             deployed["BlockhashRandomness"],
             deployed["SpotCheck"],
+            deployed["Committee"],
+            deployed["TaskOpener"],
             p.verification.as_tuple(),
+            p.timelock_blocks,
         ]
     raise ContractsError(f"no deployment recipe for contract {name!r}")
 
@@ -144,6 +170,11 @@ def _wire_roles(
     from contracts.node_registry import NodeRegistry
     from contracts.payments import Payments
 
+    from contracts.binding import Binding
+
+    Binding(rpc, addrs["TaskOpener"], arts["TaskOpener"].abi, signer)._send(
+        "wire", addrs["Verification"]
+    )
     slasher = p.slasher or addrs["Verification"]
     NodeRegistry(rpc, addrs["NodeRegistry"], arts["NodeRegistry"].abi, signer).set_slasher(slasher)
     Payments(rpc, addrs["Payments"], arts["Payments"].abi, signer).set_roles(
@@ -155,7 +186,7 @@ def deploy_all(
     rpc_url: str, private_key: str, manifest_path: Path, params: DeployParams | None = None
 ) -> Manifest:
     """Deploy and wire every contract; write and return the manifest."""
-    p = params or DeployParams()
+    p = (params or DeployParams()).effective()
     p.validate()
     arts = compile_all()
     missing = [n for n in DEPLOY_ORDER if n not in arts]

@@ -33,6 +33,8 @@ DEPLOY_ORDER = [
     "Payments",
     "BlockhashRandomness",
     "SpotCheck",
+    "Committee",
+    "TaskOpener",
     "Verification",
 ]
 

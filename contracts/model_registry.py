@@ -1,4 +1,5 @@
-"""Typed wrapper of the ModelRegistry contract: served models, their hashes and prices."""
+"""Typed wrapper of the ModelRegistry contract: served models, their hashes and prices, and how
+each is served (precision + verification profile hash)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,18 @@ class ModelInfo:
     def charge(self, tokens_in: int, tokens_out: int) -> int:
         """What the contract will accept as the charge for a request."""
         return tokens_in * self.price_in_wei + tokens_out * self.price_out_wei
+
+
+PRECISIONS = {1: "fp32", 2: "bf16", 3: "fp16", 4: "fp8"}  # the contract's PRECISION_* codes
+PRECISION_CODES = {v: k for k, v in PRECISIONS.items()}
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How a model is served: the registered compute precision and its verification profile."""
+
+    precision: str | None  # None until the admin sets it
+    profile_hash: bytes
 
 
 class ModelRegistry(Binding):
@@ -87,3 +100,14 @@ class ModelRegistry(Binding):
 
     def set_active(self, model_id: int, active: bool, sender: Signer | None = None) -> TxResult:
         return self._send("set_active", model_id, active, sender=sender)
+
+    def serving(self, model_id: int) -> Serving:
+        t = self._view("serving", model_id)
+        return Serving(PRECISIONS.get(int(t[0])), bytes(t[1]))
+
+    def set_serving(self, model_id: int, precision: str, profile_hash: bytes,
+                    sender: Signer | None = None) -> TxResult:
+        """Record the serving precision ("fp32", "bf16", "fp16", "fp8") and the profile hash (admin)."""
+        if precision not in PRECISION_CODES:
+            raise ValueError(f"precision {precision!r} is not one of {sorted(PRECISION_CODES)}")
+        return self._send("set_serving", model_id, PRECISION_CODES[precision], profile_hash, sender=sender)

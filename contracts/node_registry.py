@@ -207,6 +207,22 @@ class NodeRegistry(Binding):
         prover_share_bps: int,
         sender: Signer | None = None,
     ) -> TxResult:
+        """Behind the timelock: `queue_params` the same values first unless the delay is zero."""
         return self._send(
             "set_params", min_stake_wei, unbonding_period, prover_share_bps, sender=sender
         )
+
+    def queue_params(
+        self, min_stake_wei: int, unbonding_period: int, prover_share_bps: int,
+        sender: Signer | None = None,
+    ) -> TxResult:
+        op = bytes(self._view("params_op", min_stake_wei, unbonding_period, prover_share_bps))
+        return self._send("queue", op, sender=sender)
+
+    def stake_at(self, owner: str, block: int) -> int:
+        """The node's stake at the end of `block` (its checkpoints)."""
+        return int(self._view("stake_at", Web3.to_checksum_address(owner), block))
+
+    def locks(self, owner: str) -> int:
+        """Open verification tasks holding the node (it cannot withdraw while > 0)."""
+        return int(self._view("locks", Web3.to_checksum_address(owner)))

@@ -7,7 +7,7 @@ pipeline tables (see `contracts.batch`); `release` needs the batch's pipeline ta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from web3 import Web3
 
@@ -52,6 +52,7 @@ class SettledBatch:
     release_block: int
     gas_used: int
     request_ids: list[bytes]
+    skipped: list[tuple[int, int]] = field(default_factory=list)  # (seq, SKIP_* reason)
 
 
 class Payments(Binding):
@@ -71,7 +72,7 @@ class Payments(Binding):
         return KeyState(key_hash, str(t[0]), str(t[1]), int(t[2]), int(t[3]), int(t[4]), bool(t[5]))
 
     def batch(self, batch_id: int) -> BatchInfo | None:
-        root, pipelines_hash, release_block = self._view("batches", batch_id)
+        root, pipelines_hash, release_block, _terms = self._view("batches", batch_id)
         if int.from_bytes(bytes(root), "big") == 0:
             return None
         return BatchInfo(
@@ -123,8 +124,17 @@ class Payments(Binding):
     def totals(self) -> dict[str, int]:
         return {
             k: int(self._view(k))
-            for k in ("total_deposits", "total_balances", "total_escrow", "verifier_pool")
+            for k in ("total_deposits", "total_balances", "total_escrow", "verifier_pool",
+                      "total_bonds")
         }
+
+    def batch_terms(self, batch_id: int) -> tuple[str, int, int, int]:
+        """(gateway, settle block, protocol fee bps, verifier share bps) the batch settled under."""
+        g, b, f, v = self._view("batch_terms", batch_id)
+        return str(g), int(b), int(f), int(v)
+
+    def gateway_bond(self, gateway: str) -> int:
+        return int(self._view("gateway_bond", Web3.to_checksum_address(gateway)))
 
     def params(self) -> dict[str, object]:
         return {
@@ -133,6 +143,8 @@ class Payments(Binding):
                 "verification_window",
                 "protocol_fee_bps",
                 "verifier_share_bps",
+                "min_gateway_bond",
+                "min_charge",
                 "verification",
                 "fee_recipient",
             )
@@ -153,6 +165,16 @@ class Payments(Binding):
         return self._send("revoke_key", nonce, sender=sender)
 
     # -------------------------------------------------------------- gateway
+    def bond_gateway(self, amount_wei: int, sender: Signer | None = None) -> TxResult:
+        """Register (or top up) the sender as a gateway: only bonded gateways may settle."""
+        return self._send("bond_gateway", sender=sender, value=amount_wei)
+
+    def request_gateway_exit(self, sender: Signer | None = None) -> TxResult:
+        return self._send("request_gateway_exit", sender=sender)
+
+    def withdraw_gateway_bond(self, sender: Signer | None = None) -> TxResult:
+        return self._send("withdraw_gateway_bond", sender=sender)
+
     def settle_batch(
         self,
         keys: list[bytes],
@@ -167,6 +189,10 @@ class Payments(Binding):
             [r.as_tuple() for r in records],
             sender=sender,
         )
+        skipped = [(int(e.args["seq"]), int(e.args["reason"])) for e in res.events
+                    if e.name == "RecordSkipped"]
+        if not any(e.name == "BatchSettled" for e in res.events):
+            return SettledBatch(0, bytes(32), 0, 0, res.gas_used, [], skipped)
         ev = res.event("BatchSettled")
         return SettledBatch(
             batch_id=int(ev.args["batch_id"]),
@@ -177,6 +203,7 @@ class Payments(Binding):
             request_ids=[
                 bytes(e.args["request_id"]) for e in res.events if e.name == "RequestSettled"
             ],
+            skipped=skipped,
         )
 
     # -------------------------------------------------------------- anyone / roles
@@ -186,16 +213,10 @@ class Payments(Binding):
         pl = pipelines if pipelines is not None else self.batch_pipelines(batch_id)
         return self._send("release", batch_id, [p.as_tuple() for p in pl], sender=sender)
 
-    def refund(
-        self, batch_id: int, leaf: Leaf, proof: list[bytes], sender: Signer | None = None
-    ) -> TxResult:
-        return self._send(
-            "refund",
-            batch_id,
-            *leaf.fields(),
-            proof,
-            sender=sender,
-        )
+    def refund(self, batch_id: int, leaf: Leaf, sender: Signer | None = None) -> TxResult:
+        """Verification role only: the record's charge back to its client."""
+        return self._send("refund", batch_id, leaf.request_id, leaf.key_hash, leaf.pipeline_index,
+                          leaf.charge, sender=sender)
 
     def pay_verifier(
         self, verifier: str, amount_wei: int, sender: Signer | None = None
@@ -209,11 +230,30 @@ class Payments(Binding):
 
     def set_params(
         self, verification_window: int, protocol_fee_bps: int, verifier_share_bps: int,
+        min_gateway_bond: int | None = None, min_charge: int | None = None,
         sender: Signer | None = None,
     ) -> TxResult:
-        """Owner: the verification window (blocks a batch stays escrowed) and the fee shares."""
-        return self._send("set_params", verification_window, protocol_fee_bps,
-                          verifier_share_bps, sender=sender)
+        """Owner: the verification window (blocks a batch stays escrowed), the fee shares, the
+        gateway bond and the minimum charge (unchanged when None). Behind the timelock: `queue`
+        the same values first (`queue_params`) unless the delay is zero."""
+        args = self._params_args(verification_window, protocol_fee_bps, verifier_share_bps,
+                                 min_gateway_bond, min_charge)
+        return self._send("set_params", *args, sender=sender)
+
+    def queue_params(
+        self, verification_window: int, protocol_fee_bps: int, verifier_share_bps: int,
+        min_gateway_bond: int | None = None, min_charge: int | None = None,
+        sender: Signer | None = None,
+    ) -> TxResult:
+        args = self._params_args(verification_window, protocol_fee_bps, verifier_share_bps,
+                                 min_gateway_bond, min_charge)
+        return self._send("queue", bytes(self._view("params_op", *args)), sender=sender)
+
+    def _params_args(self, window: int, fee: int, ver: int, bond: int | None,
+                     min_charge: int | None) -> tuple[int, ...]:
+        bond = int(self._view("min_gateway_bond")) if bond is None else bond
+        min_charge = int(self._view("min_charge")) if min_charge is None else min_charge
+        return (window, fee, ver, bond, min_charge)
 
     def set_roles(
         self, verification: str, fee_recipient: str, sender: Signer | None = None

@@ -2,11 +2,14 @@
 
 A request's `commitment_root` (in its settlement record) is `commitment_root(stage_commits)`: the
 keccak of the ABI-encoded list of per-stage `StageCommit(root, positions, hidden_size, n_tokens)`.
-Verdict commitments are `verdict_commitment(task_id, member, verdict, output_root, salt)`. An
-opened chunk goes on chain as `Opening.from_values(values, siblings)` (two words of bf16 bits).
-`Verification` exposes one method per state transition of the contract (see contracts/README.md,
-"Verification"): `open_task`, `commit_verdict`, `reveal_verdict`, `close_votes`, `open_chunks`,
-`finalize`, `refund_client`, and the views a worker or auditor needs.
+Verdict commitments are `verdict_commitment(task_id, member, kind, output_root, position, chunk,
+salt)`: a `VerdictKind` (PASS, FAIL naming the failing leaf (position, chunk) — `TOKEN_CHUNK` for a
+token leaf — SUSPECT for statistical evidence, NO_INPUT when the inputs could not be had). An
+opened chunk goes on chain as `Opening.from_values(values, siblings)` (two words of bf16 bits), a
+token leaf as `Opening.from_token(token_id, siblings)`. `Verification` exposes one method per state
+transition (see contracts/README.md, "Verification"): `open_task` (through the TaskOpener, with
+the stage's signature), `commit_verdict`, `reveal_verdict`, `close_votes`, `open_chunks`,
+`finalize`, `next_round`, `expire`, and the views a worker or auditor needs.
 """
 
 from __future__ import annotations
@@ -39,6 +42,23 @@ class TaskStatus(IntEnum):
     FRAUD = 4
     REFUNDED = 5
     UNRESOLVED = 6
+    DRAWING = 7  # escalated: waits for a fresh block to seat the next round
+    VOID = 8  # unverifiable or never opened: refunded, gateway bond slashed
+    SUSPECTED = 9  # statistical evidence: counted against the operator, no slash
+
+
+class VerdictKind(IntEnum):
+    """What a member reveals (the contract's uint8)."""
+
+    PASS = 1
+    FAIL = 2  # proof-grade: names a failing leaf
+    SUSPECT = 3  # statistical: never slashes, counts toward jail
+    NO_INPUT = 4  # could not get the inputs: the input stage must open them
+
+
+TOKEN_CHUNK = 65535  # the chunk value naming a token leaf
+FINAL_STATUSES = frozenset({TaskStatus.PASSED, TaskStatus.FRAUD, TaskStatus.REFUNDED,
+                            TaskStatus.UNRESOLVED, TaskStatus.VOID, TaskStatus.SUSPECTED})
 
 
 BPS = 10_000
@@ -48,10 +68,10 @@ RANDOMNESS_ABI = [{"type": "function", "name": "value", "stateMutability": "view
                    "outputs": [{"name": "", "type": "bytes32"}]}]
 
 
-def anchor_block(release_block: int, verification_window: int, randomness_delay: int) -> int:
-    """The block whose randomness samples a batch (`_anchor`): `randomness_delay` blocks after its
-    settle block, which is its release block minus the Payments verification window."""
-    return release_block - verification_window + randomness_delay
+def anchor_block(settle_block: int, randomness_delay: int) -> int:
+    """The block whose randomness samples a batch: `randomness_delay` blocks after its settle
+    block (`Payments.batch_terms`)."""
+    return settle_block + randomness_delay
 
 
 def batch_seed_of(randomness_value: bytes, batch_id: int) -> bytes:
@@ -104,13 +124,15 @@ def attestation_digest(chain_id: int, request_id: bytes, stage: int, sc: StageCo
 
 
 def verdict_commitment(
-    task_id: int, member: str, verdict: bool, output_root: bytes, salt: bytes
+    task_id: int, member: str, kind: int, output_root: bytes, position: int, chunk: int,
+    salt: bytes,
 ) -> bytes:
-    """keccak256(abi_encode(task_id, member, verdict, output_root, salt)) — what a member commits."""
+    """keccak256(abi_encode(task_id, member, kind, output_root, position, chunk, salt)) — what a
+    member commits (position/chunk: the leaf a FAIL names; 0, 0 otherwise)."""
     return keccak(
         abi_encode(
-            ["uint256", "address", "bool", "bytes32", "bytes32"],
-            [task_id, to_canonical_address(member), verdict, output_root, salt],
+            ["uint256", "address", "uint8", "bytes32", "uint32", "uint16", "bytes32"],
+            [task_id, to_canonical_address(member), int(kind), output_root, position, chunk, salt],
         )
     )
 
@@ -132,6 +154,13 @@ class Opening:
             )
         words = [b"".join(v.to_bytes(2, "big") for v in vals[i : i + 16]) for i in (0, 16)]
         return cls(words[0], words[1], tuple(bytes(s) for s in siblings))
+
+    @classmethod
+    def from_token(cls, token_id: int, siblings: Sequence[bytes]) -> Opening:
+        """A token leaf: the id in the low bytes of `hi`, `lo` zero."""
+        if not 0 <= token_id < 2**32:
+            raise ContractsError(f"token id ({token_id}) must be in [0, 2**32)")
+        return cls(token_id.to_bytes(32, "big"), bytes(32), tuple(bytes(s) for s in siblings))
 
     @classmethod
     def from_chunk(cls, opening: Any) -> Opening:
@@ -158,7 +187,12 @@ class VerificationParams:
     max_bad: int = 4  # chunk rule K
     stage_slash_wei: int = 10**18
     verifier_slash_wei: int = 2 * 10**17
-    verifier_reward_wei: int = 10**15
+    verifier_reward_wei: int = 10**15  # cap per member; paid from the record's verification share
+    gateway_slash_wei: int = 10**18  # per unattested or unverifiable record
+    open_task_blocks: int = 8  # after the batch's randomness, to open its sampled tasks
+    seat_stake_wei: int = 10**18  # stake at which a node's seat probability saturates
+    jail_blocks: int = 1_000  # a convicted stage's jail term
+    suspect_threshold: int = 3  # SUSPECT outcomes that jail an operator
 
     def as_tuple(self) -> tuple[int, ...]:
         return astuple(self)
@@ -179,6 +213,11 @@ class VerificationParams:
             "stage_slash_wei": (0, None),
             "verifier_slash_wei": (0, None),
             "verifier_reward_wei": (0, None),
+            "gateway_slash_wei": (0, None),
+            "open_task_blocks": (1, None),
+            "seat_stake_wei": (1, None),
+            "jail_blocks": (0, None),
+            "suspect_threshold": (1, None),
         }
         for name, (lo, hi) in bounds.items():
             v = getattr(self, name)
@@ -197,7 +236,21 @@ class VerificationParams:
     @classmethod
     def from_settings(cls, section: Any) -> VerificationParams:
         """From `Settings.verification` (protocol.settings.VerificationSettings)."""
-        return cls(**{name: getattr(section, name) for name in cls.field_names()})
+        return cls(**{name: getattr(section, name) for name in cls.field_names()
+                      if hasattr(section, name)})
+
+    def round_blocks(self) -> int:
+        """Most blocks one round takes (`_round_len`)."""
+        return (2 * self.randomness_delay + self.commit_blocks + self.reveal_blocks
+                + self.open_blocks + 4)
+
+    def task_lifetime(self) -> int:
+        """Most blocks from settlement until a task of the batch has closed."""
+        return self.randomness_delay + self.open_task_blocks + self.max_rounds * self.round_blocks()
+
+    def min_window(self) -> int:
+        """The shortest Payments window: time to open tasks, then to void unopened ones."""
+        return self.randomness_delay + 2 * self.open_task_blocks + 1
 
 
 @dataclass(frozen=True)
@@ -216,6 +269,10 @@ class TaskInfo:
     reveal_deadline: int
     spot_block: int
     open_deadline: int
+    input_operator: str = ""
+    input_commit: StageCommit | None = None
+    deadline: int = 0  # hard: expire() after it
+    anchor_block: int = 0
 
 
 @dataclass(frozen=True)
@@ -223,12 +280,20 @@ class MemberInfo:
     owner: str
     round: int
     commitment: bytes
-    revealed: bool
-    verdict: bool
+    kind: int  # 0 until revealed, else a VerdictKind
     output_root: bytes
+    leaf: int  # position << 16 | chunk named by a FAIL
     opened: bool
-    agrees: bool
     slashed: bool
+
+    @property
+    def revealed(self) -> bool:
+        return self.kind != 0
+
+    @property
+    def verdict(self) -> bool:
+        """True when it vouched for the stage (PASS)."""
+        return self.kind == VerdictKind.PASS
 
 
 class Verification(Binding):
@@ -242,7 +307,7 @@ class Verification(Binding):
         t = self._view("tasks", task_id)
         if int(t[0]) == 0:
             return None
-        rec, sc = t[3], t[7]
+        rec, sc, isc = t[3], t[7], t[10]
         return TaskInfo(
             task_id=task_id,
             status=TaskStatus(int(t[0])),
@@ -254,10 +319,14 @@ class Verification(Binding):
             stage_operator=str(t[5]),
             stage_owner=str(t[6]),
             stage_commit=StageCommit(bytes(sc[0]), int(sc[1]), int(sc[2]), int(sc[3])),
-            commit_deadline=int(t[9]),
-            reveal_deadline=int(t[10]),
-            spot_block=int(t[11]),
-            open_deadline=int(t[12]),
+            input_operator=str(t[8]),
+            input_commit=StageCommit(bytes(isc[0]), int(isc[1]), int(isc[2]), int(isc[3])),
+            anchor_block=int(t[13]),
+            commit_deadline=int(t[14]),
+            reveal_deadline=int(t[15]),
+            spot_block=int(t[16]),
+            open_deadline=int(t[17]),
+            deadline=int(t[18]),
         )
 
     def task_of(self, request_id: bytes) -> int:
@@ -271,27 +340,29 @@ class Verification(Binding):
 
     def member(self, task_id: int, operator: str) -> MemberInfo:
         m = self._view("member", task_id, Web3.to_checksum_address(operator))
-        return MemberInfo(
-            str(m[0]),
-            int(m[1]),
-            bytes(m[2]),
-            bool(m[3]),
-            bool(m[4]),
-            bytes(m[5]),
-            bool(m[6]),
-            bool(m[7]),
-            bool(m[8]),
-        )
+        return MemberInfo(str(m[0]), int(m[1]), bytes(m[2]), int(m[3]), bytes(m[4]), int(m[5]),
+                          bool(m[6]), bool(m[7]))
+
+    def opener(self) -> Binding:
+        """The TaskOpener (the game's only way in: signature and shape checks, voiding)."""
+        b = getattr(self, "_opener_binding", None)
+        if b is None:
+            from contracts.build import compile_all
+
+            b = Binding(self.rpc, str(self._view("opener")), compile_all()["TaskOpener"].abi,
+                        self.signer, self.deploy_block)
+            self._opener_binding = b
+        return b
 
     def is_sampled(self, batch_id: int, request_id: bytes) -> bool:
-        return bool(self._view("is_sampled", batch_id, request_id))
+        return bool(self.opener()._view("is_sampled", batch_id, request_id))
 
     def batch_seed(self, batch_id: int, anchor_block: int) -> bytes:
         """The seed `is_sampled` uses for a batch: the stored one once a task fixed it, else the
         fresh one from the randomness source's value at `anchor_block` (reverts until it exists
         or once it is too old, like `is_sampled`). With `sample_draw` it decides a whole batch in
         two reads instead of one per record."""
-        stored = bytes(self._view("batch_seed", batch_id))
+        stored = bytes(self.opener()._view("batch_seed", batch_id))
         if stored != bytes(32):
             return stored
         source = self.rpc.w3.eth.contract(address=Web3.to_checksum_address(self._view("randomness")),
@@ -299,8 +370,12 @@ class Verification(Binding):
         return batch_seed_of(bytes(self.rpc.request(source.functions.value(anchor_block).call)),
                              batch_id)
 
+    def suspects(self, owner: str) -> int:
+        return int(self._view("suspects", Web3.to_checksum_address(owner)))
+
     def spot_checks(self, task_id: int) -> list[tuple[int, int]]:
-        """(position, chunk) pairs to open this round (raises Revert until drawable)."""
+        """(position, chunk) pairs every party opens this round: random spots, then the leaves
+        accusers named (raises Revert until drawable)."""
         positions, chunks = self._view("spot_checks", task_id)
         return [(int(p), int(c)) for p, c in zip(positions, chunks, strict=True)]
 
@@ -312,41 +387,51 @@ class Verification(Binding):
         proof: Sequence[bytes],
         pipelines: Sequence[Pipeline],
         stage_commits: Sequence[StageCommit],
+        signature: bytes = b"",
         sender: Signer | None = None,
     ) -> tuple[int, TxResult]:
-        tx = self._send(
-            "open_task",
+        """Open a sampled record's task (TaskOpener.open_task) with the chosen stage's signature
+        over `attestation_digest`; past the time to open, with empty commitments and signature,
+        void a sampled record nobody opened. Returns (task id, tx)."""
+        opener = self.opener()
+        data = opener.contract.functions.open_task(
             batch_id,
             leaf.fields(),
             list(proof),
             [p.as_tuple() for p in pipelines],
             [s.as_tuple() for s in stage_commits],
-            sender=sender,
-        )
-        return int(tx.event("TaskOpened").args["task_id"]), tx
+            bytes(signature),
+        )._encode_transaction_data()
+        receipt = self.rpc.transact(self._sender(sender), opener.address, bytes.fromhex(data[2:]))
+        tx = self._result(receipt)  # the game's events (TaskOpened / TaskVoided, committee)
+        return self.task_of(leaf.request_id), tx
 
     def commit_verdict(
         self,
         task_id: int,
-        verdict: bool,
+        kind: int,
         output_root: bytes,
         salt: bytes,
+        leaf: tuple[int, int] = (0, 0),
         sender: Signer | None = None,
     ) -> TxResult:
-        """Commit (the verdict and salt stay local until `reveal_verdict`)."""
+        """Commit (kind, named leaf and salt stay local until `reveal_verdict`). `kind` is a
+        VerdictKind (a bool is read as PASS/FAIL)."""
         me = self._sender(sender).address
-        c = verdict_commitment(task_id, me, verdict, output_root, salt)
+        c = verdict_commitment(task_id, me, _kind(kind), output_root, leaf[0], leaf[1], salt)
         return self._send("commit_verdict", task_id, c, sender=sender)
 
     def reveal_verdict(
         self,
         task_id: int,
-        verdict: bool,
+        kind: int,
         output_root: bytes,
         salt: bytes,
+        leaf: tuple[int, int] = (0, 0),
         sender: Signer | None = None,
     ) -> TxResult:
-        return self._send("reveal_verdict", task_id, verdict, output_root, salt, sender=sender)
+        return self._send("reveal_verdict", task_id, _kind(kind), output_root, leaf[0], leaf[1],
+                          salt, sender=sender)
 
     def close_votes(self, task_id: int, sender: Signer | None = None) -> TxResult:
         return self._send("close_votes", task_id, sender=sender)
@@ -365,14 +450,28 @@ class Verification(Binding):
     def finalize(self, task_id: int, sender: Signer | None = None) -> TxResult:
         return self._send("finalize", task_id, sender=sender)
 
-    def refund_client(
-        self, task_id: int, proof: Sequence[bytes], sender: Signer | None = None
-    ) -> TxResult:
-        return self._send("refund_client", task_id, list(proof), sender=sender)
+    def next_round(self, task_id: int, sender: Signer | None = None) -> TxResult:
+        """Seat an escalated task's next committee (once its fresh anchor block is mined)."""
+        return self._send("next_round", task_id, sender=sender)
+
+    def expire(self, task_id: int, sender: Signer | None = None) -> TxResult:
+        """Close a task past its hard deadline (UNRESOLVED, no rewards)."""
+        return self._send("expire", task_id, sender=sender)
 
     # -------------------------------------------------------------- admin
     def set_params(self, params: VerificationParams, sender: Signer | None = None) -> TxResult:
+        """Behind the timelock: `queue_params(params)` first unless the delay is zero."""
         return self._send("set_params", params.as_tuple(), sender=sender)
 
-    def set_randomness(self, source: str, sender: Signer | None = None) -> TxResult:
-        return self._send("set_randomness", Web3.to_checksum_address(source), sender=sender)
+    def queue_params(self, params: VerificationParams, sender: Signer | None = None) -> TxResult:
+        op = keccak(abi_encode([PARAMS_TYPE], [params.as_tuple()]))
+        return self._send("queue", op, sender=sender)
+
+
+PARAMS_TYPE = "(" + ",".join(["uint256"] * 18) + ")"
+
+
+def _kind(kind: int) -> int:
+    if isinstance(kind, bool):
+        return int(VerdictKind.PASS if kind else VerdictKind.FAIL)
+    return int(kind)

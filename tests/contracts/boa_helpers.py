@@ -41,29 +41,49 @@ def keyed(eth: int = 1_000) -> tuple[str, str]:
 
 
 class System:
-    """The four contracts deployed and wired in boa, with one model and registered nodes."""
+    """The contracts deployed and wired in boa, with one model and registered nodes.
 
-    def __init__(self, layers: int = 8, nodes: int = 3, window: int = 10) -> None:
+    `slasher=True` hands the verification role to an EOA (`self.slasher`, tests that drive it by
+    hand); `False` leaves it unwired for the caller (the Verification game). Operators have keys
+    (`operator_keys`) so they can sign stage commitments. Payments takes no gateway bond unless
+    `gateway_bond` says so (`bond_gateway` in the tests that need one)."""
+
+    def __init__(
+        self, layers: int = 8, nodes: int = 3, window: int = 10, *, hidden: int = 256,
+        slasher: bool = True, unbonding: int | None = None, gateway_bond: int = 0,
+        timelock: int = 0,
+    ) -> None:
         self.admin, self.slasher = funded(), funded()
         with boa.env.prank(self.admin):
-            self.reg = deployer_for("NodeRegistry").deploy(ETH, 2 * window + 5, 5_000)
+            self.reg = deployer_for("NodeRegistry").deploy(
+                ETH, unbonding or 2 * window + 5, 5_000, timelock
+            )
             self.models = deployer_for("ModelRegistry").deploy()
             self.sched = deployer_for("Scheduler").deploy(self.reg, self.models, self.admin)
             self.pay = deployer_for("Payments").deploy(
-                self.reg, self.models, window, 500, 1_000, self.admin
+                self.reg, self.models, window, 500, 1_000, self.admin, gateway_bond, 1, timelock
             )
-            self.reg.set_slasher(self.slasher)
-            self.pay.set_roles(self.slasher, self.admin)
+            if slasher:
+                self.reg.set_slasher(self.slasher)
+                self.pay.set_roles(self.slasher, self.admin)
             self.model_id = self.models.register_model(
-                "tiny", layers, 256, b"\x01" * 32, b"\x02" * 32, 10**9, 3 * 10**9
+                "tiny", layers, hidden, b"\x01" * 32, b"\x02" * 32, 10**9, 3 * 10**9
             )
         self.layers = layers
         self.owners: list[str] = []
         self.operators: list[str] = []
+        self.operator_keys: dict[str, str] = {}
         for _ in range(nodes):
-            owner, operator = funded(), funded(1)
-            with boa.env.prank(owner):
-                self.reg.register(operator, "http://n", HW, value=ETH)
-            self.owners.append(owner)
-            self.operators.append(operator)
+            self.add_node()
         self.chain_id = int(self.pay.eip712Domain()[3])
+
+    def add_node(self, stake: int = ETH) -> tuple[str, str]:
+        """Register one more node (owner, operator) staking `stake`."""
+        owner = funded()
+        operator, key = keyed(1)
+        with boa.env.prank(owner):
+            self.reg.register(operator, "http://n", HW, value=stake)
+        self.owners.append(owner)
+        self.operators.append(operator)
+        self.operator_keys[operator] = key
+        return owner, operator
