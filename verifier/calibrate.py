@@ -224,3 +224,96 @@ def clopper_pearson_upper(failures: int, trials: int, confidence: float = 0.95) 
     from scipy.stats import beta
 
     return float(beta.ppf(confidence, failures + 1, trials - failures))
+
+
+# ── profiles: one per precision, fitted on benign measurements ────────────────────────────────
+@dataclass(frozen=True)
+class ProfileFit:
+    """How a `Profile` sits relative to the benign measurements it is fitted on."""
+
+    proof_margin: float = 3.0  # proof-grade bounds: worst benign (depth-normalized) × this
+    chunk_slack: int = 2  # K is at least the worst benign chunk count at D plus this
+    max_chunk_bad: int = 8  # the largest K accepted when choosing D
+    tail_probs: tuple[float, ...] = (0.5, 0.2, 0.05, 0.01)  # levels at these benign quantiles ...
+    top_level_margin: float = 1.5  # ... and one at the worst benign score × this
+    tail_margin: float = 1.5  # null tails: 95 % upper bound of the exceed rate × this
+    alt_tails: tuple[float, ...] = (0.95, 0.85, 0.7, 0.5, 0.3)  # the cheat the scale is tuned for
+    trim: int = 4
+    logit_margin: float = 4.0
+
+
+def fit_depth_exponent(layers: Sequence[int], rms: Sequence[float]) -> float:
+    """κ in rms ≈ c · layers^κ: least squares of log q90(rms | depth) on log depth, clipped to [0, 2]."""
+    import numpy as np
+
+    by: dict[int, list[float]] = {}
+    for n, r in zip(layers, rms, strict=True):
+        if r > 0 and r == r:
+            by.setdefault(int(n), []).append(float(r))
+    if len(by) < 2:
+        return 0.0
+    x = np.log([n for n in sorted(by)])
+    y = np.log([float(np.quantile(by[n], 0.9)) for n in sorted(by)])
+    return float(np.clip(np.polyfit(x, y, 1)[0], 0.0, 2.0))
+
+
+def fit_profile(measurements: Sequence[Any], precision: str, fit: ProfileFit | None = None,
+                logit_pairs: Sequence[Pair] = (), chunk_candidates: Sequence[int] = D_CANDIDATES,
+                note: str = "") -> Any:
+    """A `verifier.evidence.Profile` from benign `Measurement`s (taken with depth_exponent 0 and
+    `chunk_candidates`) and benign logit pairs."""
+    import numpy as np
+
+    from verifier.evidence import ProofLimits, Profile
+    from verifier.sprt import EvidenceScale
+
+    f = fit or ProfileFit()
+    if not measurements:
+        raise ToleranceError("profile calibration needs benign measurements")
+    layers = [m.layers for m in measurements]
+    kappa = round(fit_depth_exponent(layers, [m.rms_rel_err for m in measurements]), 3)
+    norm = np.array([float(n) ** kappa for n in layers])
+    score = np.array([m.rms_rel_err for m in measurements]) / norm
+    row = np.array([m.max_row_rel_err for m in measurements]) / norm
+    # floor: bit-identical benign data (fp32 on one CPU) would otherwise give a zero bound
+    floor = 2.0 ** -9  # half a bf16 ulp, relative: the commitment's own rounding
+    d_k = None
+    for i, d in enumerate(chunk_candidates):
+        worst = max(m.chunk_worst[i] for m in measurements)
+        if worst + f.chunk_slack <= f.max_chunk_bad:
+            d_k = (d, worst + f.chunk_slack)
+            break
+    if d_k is None:
+        raise ToleranceError(f"no chunk rule D in {tuple(chunk_candidates)} keeps benign chunks under "
+                             f"K = {f.max_chunk_bad}")
+    proof = ProofLimits(max_row_err=float(max(row.max(), floor) * f.proof_margin),
+                        max_score=float(max(score.max(), floor / 2) * f.proof_margin),
+                        chunk_max_ulp=d_k[0], chunk_max_bad=d_k[1], trim=f.trim)
+    n = len(score)
+    levels, tails = [], []
+    for p in f.tail_probs:
+        t = float(np.quantile(score, 1 - p))
+        if levels and t <= levels[-1]:
+            continue
+        levels.append(t)
+        tails.append(min(1.0, clopper_pearson_upper(int((score > t).sum()), n) * f.tail_margin))
+    top = float(max(score.max(), floor / 4) * f.top_level_margin)
+    if not levels or top > levels[-1]:
+        levels.append(top)
+        tails.append(min(1.0, clopper_pearson_upper(int((score > top).sum()), n) * f.tail_margin))
+    alt = list(f.alt_tails[-len(levels):])
+    while True:  # merge bins (drop a level) until the e-values are nondecreasing: still valid, less power
+        b, g = (1.0, *tails, 0.0), (1.0, *alt, 0.0)
+        e = [(g[j] - g[j + 1]) / (b[j] - b[j + 1]) if b[j] > b[j + 1] else float("inf")
+             for j in range(len(levels) + 1)]
+        drop = next((j for j in range(len(e) - 1) if e[j + 1] < e[j]), None)
+        if drop is None or len(levels) == 1:
+            break
+        k = max(drop, 0) if drop < len(levels) else len(levels) - 1
+        del levels[k], tails[k], alt[k]
+    scale = EvidenceScale(tuple(levels), tuple(tails), tuple(alt))
+    if logit_pairs:
+        logit_tol, mass_tol = fit_token_tolerance(logit_pairs, FitOptions(margin=f.logit_margin))
+    else:
+        logit_tol, mass_tol = FitOptions().logit_tol, FitOptions().mass_tol
+    return Profile(precision, kappa, proof, scale, float(logit_tol), float(mass_tol), note)

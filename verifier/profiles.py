@@ -55,3 +55,27 @@ BF16 = Thresholds(
 )
 
 PROFILES: dict[str, Thresholds] = {"fp32": FP32, "bf16": BF16}
+
+
+# ── profiles with two kinds of evidence (verifier.evidence.Profile) ────────────────────────────
+# Fitted by `bench/tolerance.py` (SmolLM2-135M + a tiny random Llama, CPU; README "Profiles");
+# `bench/verify.py` and tests/verifier/test_profiles.py hold them to fresh data and held-out models.
+from verifier.evidence import Profile, ProofLimits  # noqa: E402
+
+_FITTED: dict[str, dict] = {}  # filled below from bench/tolerance.py's output
+
+SHIPPED: dict[str, Profile] = {}
+
+
+def widen(fit: Profile, base: Profile, max_depth: int = 128) -> Profile:
+    """`fit`, never tighter than `base`: proof bounds and token tolerances take the wider of the
+    two (`base`'s bounds carried to `fit`'s depth normalization at the worst depth up to
+    `max_depth`), the chunk rule the wider D and K; the evidence scale stays `fit`'s own."""
+    carry = max(n ** (base.depth_exponent - fit.depth_exponent) for n in range(1, max_depth + 1))
+    p, q = fit.proof, base.proof
+    proof = ProofLimits(max_row_err=max(p.max_row_err, q.max_row_err * carry),
+                        max_score=max(p.max_score, q.max_score * carry),
+                        chunk_max_ulp=max(p.chunk_max_ulp, q.chunk_max_ulp),
+                        chunk_max_bad=max(p.chunk_max_bad, q.chunk_max_bad), trim=p.trim)
+    return Profile(fit.precision, fit.depth_exponent, proof, fit.evidence, max(fit.logit_tol, base.logit_tol),
+                   max(fit.mass_tol, base.mass_tol), fit.note)
