@@ -34,7 +34,12 @@ from protocol.messages import (
     error_body,
 )
 from scheduler.errors import NoRoute, SchedulerError
-from scheduler.service.chain_io import current_epoch_matching, publish, read_nodes
+from scheduler.service.chain_io import (
+    current_epoch_matching,
+    publish,
+    read_nodes,
+    registry_changed,
+)
 from scheduler.service.state import CoordinatorState, Publication
 
 log = logging.getLogger("veriplex.coordinator")
@@ -60,15 +65,25 @@ class Coordinator:
         self.last_chain_error = ""
         self.snapshots: OrderedDict[str, bytes] = OrderedDict()
         self._last_poll: float | None = None
+        self._head: int | None = None  # the block the registry was last read at (or after)
         self._retry_at = 0.0
 
     async def step(self) -> None:
         """One loop iteration: refresh the registry when due, tick, publish what is pending."""
         now = self.clock()
+        if self._last_poll is not None and self._head is not None:
+            try:  # a slash, jailing or unbonding in a new block: re-read the registry now
+                head, changed = await asyncio.to_thread(registry_changed, self.chain, self._head)
+                self._head = head
+                if changed:
+                    self._last_poll = None
+            except ContractsError as e:
+                self._chain_failed(f"reading the registry's events failed: {e}")
         if self._last_poll is None or now - self._last_poll >= self.timing.registry_poll_s:
             try:
+                head = await asyncio.to_thread(self.chain.block_number)
                 nodes = await asyncio.to_thread(read_nodes, self.chain)
-                self._last_poll = now
+                self._last_poll, self._head = now, head
                 self.state.sync_registry(nodes, self.clock())
             except ContractsError as e:
                 self._chain_failed(f"reading the registry failed: {e}")

@@ -2,8 +2,10 @@
 
 Everything goes through the `contracts` package's typed wrappers (`Chain.node_registry`,
 `.model_registry`, `.scheduler`); nothing here builds web3 calls. `read_nodes` returns the
-operators that are schedulable right now (the contract's own `is_active`: registered, staked,
-not jailed) as `ChainNode`s; `model_spec` resolves the model's full shape (the registry stores
+operators that are schedulable right now (the contract's own `is_active`: registered, staked
+at or above the minimum, not jailed; and not unbonding: a node on its way out is not given new
+work) as `ChainNode`s; `registry_changed` tells the loop that registry events landed since a
+block, so slashes, jailings and unbondings are acted on at once rather than at the next poll; `model_spec` resolves the model's full shape (the registry stores
 only layers and hidden size) from a scheduler model document or a Hugging Face `config.json` and
 checks it against the registry; `publish` turns a `Publication` into a `publish_epoch`
 transaction signed by the coordinator key.
@@ -65,7 +67,7 @@ def read_nodes(chain: Chain) -> list[ChainNode]:
     for info in reg.nodes():
         if not info.registered or int(info.operator, 16) == 0:
             continue
-        if not reg.is_active(info.operator):
+        if not reg.is_active(info.operator) or info.unbonding_wei > 0:
             continue
         try:
             spec = node_spec(info)
@@ -75,8 +77,16 @@ def read_nodes(chain: Chain) -> list[ChainNode]:
                 _REFUSED[info.operator] = info.hardware
             continue
         out.append(ChainNode(operator=spec.operator, owner=info.owner, endpoint=info.endpoint,
-                             spec=spec))
+                             spec=spec, registered_block=info.registered_block))
     return out
+
+
+def registry_changed(chain: Chain, since_block: int) -> tuple[int, bool]:
+    """(chain head, whether the NodeRegistry logged anything in (since_block, head])."""
+    head = chain.block_number()
+    if head <= since_block:
+        return head, False
+    return head, bool(chain.node_registry.events(None, since_block + 1, head))
 
 
 def spec_from_hf_config(cfg: dict[str, Any], name: str) -> ModelSpec:

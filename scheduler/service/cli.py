@@ -19,10 +19,11 @@ import click
 
 from protocol.api_errors import ServiceError
 from protocol.net import ListenError, listen
+from protocol.settings import Settings
 from scheduler.errors import SchedulerError
 
 
-def _coordinator_signer(settings: Any, account: str | None, password_file: Path | None,
+def _coordinator_signer(settings: Settings, account: str | None, password_file: Path | None,
                         dev_account: int | None) -> Any:
     from contracts.client import dev_key
     from contracts.rpc import Signer
@@ -36,8 +37,8 @@ def _coordinator_signer(settings: Any, account: str | None, password_file: Path 
     return signer_of(settings, account, password_file)
 
 
-def _build(settings: Any, signer: Any, model_id: int | None, model_spec: Path | None,
-           checkpoint: Path | None) -> Any:
+def _build(settings: Settings, signer: Any, model_id: int | None, model_spec: Path | None,
+           checkpoint: Path | None, standby_reserve: int = 0) -> Any:
     from node.cli.chain import connect
     from scheduler.model import Links, Params
     from scheduler.schema import load_json, parse_links, parse_params
@@ -60,7 +61,7 @@ def _build(settings: Any, signer: Any, model_id: int | None, model_spec: Path | 
         model, chain.chain_id,
         Timing(cs.heartbeat_timeout_s, cs.max_clock_skew_s, cs.rebalance_interval_s,
                cs.imbalance_threshold),
-        params, links, cs.default_rtt_ms)
+        params, links, cs.default_rtt_ms, standby_reserve)
     return Coordinator(chain, state, LoopTiming(cs.registry_poll_s, cs.tick_s, cs.max_body_bytes))
 
 
@@ -84,10 +85,13 @@ def coordinator() -> None:
               help="File with the account's password (default: prompt).")
 @click.option("--dev-account", type=click.IntRange(min=0), default=None,
               help="Use dev account N of the devnet mnemonic as the coordinator key.")
+@click.option("--standby-reserve", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Hold the N latest registered nodes out of the allocation as hot standby "
+                   "(they verify; promoted when an eviction costs a replica).")
 @click.pass_obj
-def run_cmd(settings: Any, model_id: int | None, model_spec: Path | None,
+def run_cmd(settings: Settings, model_id: int | None, model_spec: Path | None,
             checkpoint: Path | None, host: str | None, port: int | None, account: str | None,
-            password_file: Path | None, dev_account: int | None) -> None:
+            password_file: Path | None, dev_account: int | None, standby_reserve: int) -> None:
     """Serve the coordinator API and publish allocation epochs until stopped."""
     import uvicorn
 
@@ -97,7 +101,7 @@ def run_cmd(settings: Any, model_id: int | None, model_spec: Path | None,
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         signer = _coordinator_signer(settings, account, password_file, dev_account)
-        coord = _build(settings, signer, model_id, model_spec, checkpoint)
+        coord = _build(settings, signer, model_id, model_spec, checkpoint, standby_reserve)
     except (ContractsError, ServiceError, SchedulerError) as e:
         raise click.ClickException(str(e)) from None
     except Exception as e:  # wallet errors come from node.wallet; keep them one line

@@ -13,6 +13,12 @@ published epoch — and decides, with the scheduler's pure core, when the alloca
   global re-allocation is adopted only when `dynamics.rebalance` finds the imbalance above the
   threshold.
 
+Hot standby (`standby_reserve` N > 0): the N most recently registered live nodes are held out of
+the allocation (planned as unavailable, so phase 1 and joins leave them standby; they verify
+meanwhile). When an eviction costs a replica (or leaves no plan), reserved nodes are promoted one
+by one — each placed with `dynamics.join`, phase 1 when nothing is placeable — until the replica
+count is back or the reserve is empty; a node registering later refills the reserve.
+
 Whenever the plan's epoch rows differ from the last published ones, `pending()` returns a
 `Publication`; the IO shell sends it and reports back with `mark_published`. No sockets, no
 clocks (`now` is always passed in), no randomness: tests drive it directly.
@@ -63,6 +69,7 @@ class ChainNode:
     owner: str
     endpoint: str
     spec: NodeSpec
+    registered_block: int = 0  # the registry's; the latest registered make the standby reserve
 
 
 @dataclass(frozen=True)
@@ -128,8 +135,10 @@ class CoordinatorState:
 
     def __init__(self, model: ModelSpec, chain_id: int, timing: Timing = Timing(),
                  params: Params | None = None, links: Links | None = None,
-                 default_rtt_ms: float = 100.0) -> None:
+                 default_rtt_ms: float = 100.0, standby_reserve: int = 0) -> None:
         self.model = model
+        self.standby_reserve = standby_reserve
+        self.reserved: set[str] = set()  # live nodes held out of the plan as hot standby
         self.chain_id = chain_id
         self.timing = timing
         self.params = params or Params()
@@ -158,6 +167,8 @@ class CoordinatorState:
             spec = self.registered[op].spec
             if op in self.layer_ms:
                 spec = replace(spec, layer_ms=self.layer_ms[op])
+            if op in self.reserved:
+                spec = replace(spec, available=False)
             nodes.append(spec)
         links = links_for({n.region for n in nodes}, self.base_links, self.default_rtt_ms)
         return Snapshot(model=self.model, nodes=tuple(nodes), links=links, params=self.params)
@@ -207,11 +218,38 @@ class CoordinatorState:
     def _evict(self, op: str, now: float, why: str) -> None:
         if op not in self.live:
             return
+        had = len(self.plan.replicas) if self.plan is not None else 0
         before = set(self.live)
         self.live.discard(op)
         self.loads.pop(op, None)
+        if op in self.reserved:  # a standby left: nothing served changes
+            self.reserved.discard(op)
+            self._working = self._snapshot(self.live)
+            self._note(now, f"standby {op} evicted ({why})")
+            return
         self._replan(now, f"{op} evicted ({why})", before,
                      lambda snap, plan: dynamics.leave(snap, plan, op))
+        self._promote(now, max(had, 1))
+
+    def _promote(self, now: float, want: int) -> None:
+        """Promote reserved standbys until the plan has `want` replicas (or none is left)."""
+        while self.reserved and (self.plan is None or len(self.plan.replicas) < want):
+            op = max(self.reserved, key=self._reserve_rank)
+            self.reserved.discard(op)
+            spec = self._snapshot({op}).nodes[0]
+            self._replan(now, f"standby {op} promoted", self.live - {op},
+                         lambda snap, plan, s=spec: dynamics.join(snap, plan, s))
+
+    def _reserve_rank(self, op: str) -> tuple[int, str]:
+        """Later registration ranks higher for the reserve; promotion takes the earliest."""
+        return (-self.registered[op].registered_block, op)
+
+    def _refill_reserve(self, candidates: list[str]) -> None:
+        """Hold the latest registered of `candidates` out as standby, up to the reserve size."""
+        ranked = sorted(candidates, key=lambda o: (self.registered[o].registered_block, o),
+                        reverse=True)
+        for op in ranked[:max(0, self.standby_reserve - len(self.reserved))]:
+            self.reserved.add(op)
 
     def sync_registry(self, nodes: list[ChainNode], now: float) -> None:
         """The registry's current active operators. New ones join with a grace period of one
@@ -235,10 +273,15 @@ class CoordinatorState:
         if self.plan is None and joined:  # first placement: phase 1 over all, not one by one
             before = set(self.live)
             self.live.update(joined)
+            self._refill_reserve(sorted(self.live - self.reserved))
             self._replan(now, f"{len(joined)} node(s) registered", before, None)
+            self._promote(now, 1)  # the reserve must never cost the only pipeline
         else:
             for op in joined:
-                self._join(op, now, "registered")
+                if self.plan is not None:
+                    self._refill_reserve([op])
+                self._join(op, now, "registered" + (" as standby" if op in self.reserved
+                                                     else ""))
 
     def heartbeat(self, signed: SignedHeartbeat, now: float) -> Heartbeat:
         """Check and record a signed heartbeat; raises a `HeartbeatRejected` subclass."""
@@ -379,8 +422,10 @@ class CoordinatorState:
             "published_rows": [list(r) for r in p.rows] if p else [],
             "pending": self.pending() is not None,
             "problem": self.problem,
+            "standby_reserve": sorted(self.reserved),
             "nodes": [
                 {"operator": op, "endpoint": n.endpoint, "live": op in self.live,
+                 "reserved": op in self.reserved,
                  "last_seen_s_ago": round(now - self.last_seen[op], 3)
                  if op in self.last_seen else None,
                  "last_seq": self.last_seq.get(op, 0),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -205,3 +206,74 @@ def test_a_global_reallocation_waits_for_the_interval_and_needs_imbalance_past_t
     publish(st, 2, T0 + 31)
     st.tick(T0 + 62)  # same measurements: the plan is already the best, nothing to publish
     assert st.pending() is None
+
+
+def reserved_start(n: int = 6, reserve: int = 2) -> CoordinatorState:
+    """`n` nodes registered in blocks 10, 11, …; the last `reserve` are hot standby."""
+    st = CoordinatorState(MODEL, CHAIN_ID, Timing(heartbeat_timeout_s=TIMEOUT,
+                                                  rebalance_interval_s=1e9),
+                          standby_reserve=reserve)
+    st.sync_registry([replace(chain_node(operator(i), 9000 + i), registered_block=10 + i)
+                      for i in range(n)], T0)
+    return st
+
+
+def test_the_standby_reserve_holds_the_latest_registered_nodes_out_of_the_allocation() -> None:
+    st = reserved_start(6, 2)
+    spare = {operator(4).address, operator(5).address}
+    assert st.reserved == spare
+    rows = st.pending().rows  # type: ignore[union-attr]
+    assert_covers(rows)
+    assert spare.isdisjoint({r[0] for r in rows})
+    assert spare <= st.live  # still live and registered: they verify meanwhile
+
+
+def test_an_evicted_stage_is_replaced_by_a_promoted_standby_in_a_new_epoch() -> None:
+    st = reserved_start(6, 2)
+    publish(st, 1, T0)
+    replicas = len(st.plan.replicas)  # type: ignore[union-attr]
+    cheater = st.published.rows[0][0]  # type: ignore[union-attr]
+    # slashed below the minimum: gone from the registry's active operators
+    st.sync_registry([replace(chain_node(operator(i), 9000 + i), registered_block=10 + i)
+                      for i in range(6) if operator(i).address != cheater], T0 + 1)
+    pub = st.pending()
+    assert pub is not None and cheater not in {r[0] for r in pub.rows}
+    assert_covers(pub.rows)
+    assert len(st.plan.replicas) == replicas  # type: ignore[union-attr]
+    promoted = {r[0] for r in pub.rows} - {r[0] for r in st.published.rows}  # type: ignore[union-attr]
+    assert promoted and promoted <= {operator(4).address, operator(5).address}
+    assert st.reserved == {operator(4).address, operator(5).address} - promoted
+    publish(st, 2, T0 + 1)
+    assert any("promoted" in e for e in st.events)
+
+
+def test_without_a_reserve_an_eviction_that_leaves_no_pipeline_publishes_nothing_new() -> None:
+    st = reserved_start(2, 0)
+    publish(st, 1, T0)
+    st.sync_registry([replace(chain_node(operator(1), 9001), registered_block=11)], T0 + 1)
+    assert st.plan is None and st.pending() is None and st.problem
+
+
+def test_with_a_reserve_the_only_pipeline_survives_its_stage_being_evicted() -> None:
+    st = reserved_start(4, 2)
+    publish(st, 1, T0)
+    serving = sorted({r[0] for r in st.published.rows})  # type: ignore[union-attr]
+    assert len(serving) == 2
+    st.heartbeat(beat(operator([i for i in range(4) if operator(i).address == serving[0]][0]),
+                      T0 + 1, kind=HeartbeatKind.LEAVE), T0 + 1)
+    pub = st.pending()
+    assert pub is not None and serving[0] not in {r[0] for r in pub.rows}
+    assert_covers(pub.rows)
+
+
+def test_a_node_registering_later_refills_the_reserve() -> None:
+    st = reserved_start(6, 2)
+    publish(st, 1, T0)
+    nodes = [replace(chain_node(operator(i), 9000 + i), registered_block=10 + i)
+             for i in range(6)]
+    cheater = st.published.rows[0][0]  # type: ignore[union-attr]
+    nodes = [n for n in nodes if n.operator != cheater]
+    st.sync_registry(nodes, T0 + 1)
+    assert len(st.reserved) == 1
+    st.sync_registry(nodes + [replace(chain_node(operator(6), 9006), registered_block=30)], T0 + 2)
+    assert operator(6).address in st.reserved and len(st.reserved) == 2
