@@ -38,11 +38,14 @@ browser:
 test: setup browser
 	$(BIN)/python -m pytest -q
 
+# Pure and in-process tests only: no chain process, no worker process (tests/conftest.py skips any
+# test that would start one), no slow real-model tests.
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	VERIPLEX_TEST_FAST=1 $(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check veriplex contracts node scheduler verifier devnet tests bench
+	$(BIN)/ruff check protocol contracts verifier devnet node scheduler gateway audit veriplex tests bench
+	$(BIN)/mypy
 
 bench: setup
 	for b in bench/*.py; do $(BIN)/python $$b --quick || exit 1; done

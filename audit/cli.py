@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from audit.check import AuditReport, Status
+from protocol.settings import Settings
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 MARKS = {Status.PASS: "✓", Status.FAIL: "✗", Status.SKIP: "–", Status.PENDING: "…"}
@@ -46,7 +46,7 @@ def render(report: AuditReport) -> str:
     return "\n".join(lines)
 
 
-def _settings_manifest(settings: Any, chain_id: int) -> Path:
+def _settings_manifest(settings: Settings, chain_id: int) -> Path:
     """The settings' manifest for the chain: <home>/deployments/<chain id>.json, else the devnet's."""
     path = Path(settings.manifest_path(chain_id))
     return path if path.is_file() else Path(settings.manifest_path(None))
@@ -78,7 +78,7 @@ def _fail(message: str) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
-def audit(settings: Any, receipt: str, rpc_url: str | None, manifest: Path | None,
+def audit(settings: Settings, receipt: str, rpc_url: str | None, manifest: Path | None,
           recompute: bool, model_dir: Path | None, key_file: Path | None, account: str | None,
           password_file: Path | None, device: str, as_json: bool) -> None:
     """Check RECEIPT (a receipt JSON file or a request id) against the chain."""

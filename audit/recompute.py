@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 
 from audit.check import AuditError, AuditReport, Status
+from protocol.settings import Settings
 from verifier.chunk_rule import chunk_bad_count
 from verifier.encoding import CHUNK, Domain, bf16_bits, pad_rows
 from verifier.merkle import StageCommitment
 from verifier.receipt import Receipt
 
 
-def signing_key(settings: Any, key_file: Path | None, account: str | None,
+def signing_key(settings: Settings, key_file: Path | None, account: str | None,
                 password_file: Path | None = None) -> bytes:
     """The key that signs FETCH: a hex key file only its owner can read, or a wallet account."""
     if (key_file is None) == (account is None):

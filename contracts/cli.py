@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
 from contracts.errors import ContractsError
+from protocol.settings import Settings
 
 
 def _fail(exc: Exception) -> None:
@@ -21,7 +21,7 @@ def _fail(exc: Exception) -> None:
 
 
 def load_key(
-    settings: Any, dev_account: int | None, keystore: Path | None, password_file: Path | None
+    settings: Settings, dev_account: int | None, keystore: Path | None, password_file: Path | None
 ) -> str:
     """The deployer's private key from a dev account index or a keystore + password file."""
     if (dev_account is None) == (keystore is None):
@@ -92,7 +92,7 @@ def build_cmd(force: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.pass_obj
 def deploy_cmd(
-    settings: Any,
+    settings: Settings,
     dev_account: int | None,
     keystore: Path | None,
     password_file: Path | None,
@@ -131,7 +131,7 @@ def deploy_cmd(
 
 @contracts.command("check")
 @click.pass_obj
-def check_cmd(settings: Any) -> None:
+def check_cmd(settings: Settings) -> None:
     """Check the manifest matches the chain (chain id, code) and this checkout's artifacts."""
     from contracts.manifest import Manifest, check_artifacts, check_live
     from contracts.rpc import Rpc

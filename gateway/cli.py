@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from protocol.net import ListenError, listen
+from protocol.settings import Settings
 
 STAGE_RE = re.compile(r"^(0x[0-9a-fA-F]{40})@([^:/]+):(\d+)/(\d+)-(\d+)$")
 
@@ -32,7 +33,7 @@ def parse_stage(text: str) -> Any:
     return StageAssignment(operator=op, host=host, port=int(port), start=int(a), end=int(b))
 
 
-def build_gateway(settings: Any, signer: Any, *, router: Any = None, checkpoint: Path | None = None,
+def build_gateway(settings: Settings, signer: Any, *, router: Any = None, checkpoint: Path | None = None,
                   model_id: int | None = None, db_url: str | None = None) -> Any:
     """A started-able `Gateway` from settings (the CLI and `veriplex up` use this)."""
     from node.cli.chain import connect
@@ -79,7 +80,7 @@ def gateway() -> None:
 @click.option("--dev-account", type=click.IntRange(min=0), default=None,
               help="Use dev account N of the devnet mnemonic as the gateway key.")
 @click.pass_obj
-def run_cmd(settings: Any, checkpoint: Path | None, model_id: int | None,
+def run_cmd(settings: Settings, checkpoint: Path | None, model_id: int | None,
             coordinator_url: str | None, stages: tuple[str, ...], host: str | None,
             port: int | None, db_url: str | None, account: str | None,
             password_file: Path | None, dev_account: int | None) -> None:

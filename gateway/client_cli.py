@@ -33,6 +33,7 @@ from node.cli.chain import (
     signer_of,
 )
 from node.wallet.cli import JSON, PASSWORD_FILE
+from protocol.settings import Settings
 
 ACCOUNT = click.option("--account", required=True, help="The client's wallet account.")
 
@@ -58,7 +59,7 @@ def client() -> None:
 @JSON
 @click.pass_obj
 @chain_errors
-def deposit_cmd(settings: Any, amount: str, account: str, password_file: Path | None,
+def deposit_cmd(settings: Settings, amount: str, account: str, password_file: Path | None,
                 as_json: bool) -> None:
     """Deposit AMOUNT ETH from ACCOUNT to pay for requests."""
     wei = parse_eth(amount)
@@ -77,7 +78,7 @@ def deposit_cmd(settings: Any, amount: str, account: str, password_file: Path | 
 @JSON
 @click.pass_obj
 @chain_errors
-def balance_cmd(settings: Any, name: str, as_json: bool) -> None:
+def balance_cmd(settings: Settings, name: str, as_json: bool) -> None:
     """Show NAME's deposit (spendable by its keys), earnings and wallet coin."""
     chain = connect(settings)
     b = balances(chain, address_of(settings, name))
@@ -93,7 +94,7 @@ def balance_cmd(settings: Any, name: str, as_json: bool) -> None:
 @JSON
 @click.pass_obj
 @chain_errors
-def withdraw_cmd(settings: Any, amount: str, account: str, password_file: Path | None,
+def withdraw_cmd(settings: Settings, amount: str, account: str, password_file: Path | None,
                  as_json: bool) -> None:
     """Withdraw AMOUNT ETH (or "all") of ACCOUNT's unspent deposit."""
     wei = None if amount.strip().lower() == "all" else parse_eth(amount)
@@ -147,7 +148,7 @@ def _default_gateway(chain: Chain) -> str:
 @JSON
 @click.pass_obj
 @chain_errors
-def key_create_cmd(settings: Any, account: str, cap: str, expires: str, gateway: str | None,
+def key_create_cmd(settings: Settings, account: str, cap: str, expires: str, gateway: str | None,
                    nonce: int | None, password_file: Path | None, as_json: bool) -> None:
     """Sign and register an API key for ACCOUNT; prints the bearer token."""
     cap_wei = parse_eth(cap, "cap")
@@ -205,7 +206,7 @@ def _key_rows(chain: Chain, client_address: str) -> list[dict[str, Any]]:
 @JSON
 @click.pass_obj
 @chain_errors
-def key_list_cmd(settings: Any, name: str, as_json: bool) -> None:
+def key_list_cmd(settings: Settings, name: str, as_json: bool) -> None:
     """List NAME's API keys with cap, spending and state."""
     chain = connect(settings)
     address = address_of(settings, name)
@@ -231,7 +232,7 @@ def key_list_cmd(settings: Any, name: str, as_json: bool) -> None:
 @JSON
 @click.pass_obj
 @chain_errors
-def key_revoke_cmd(settings: Any, key_id: str, account: str, unregistered: bool,
+def key_revoke_cmd(settings: Settings, key_id: str, account: str, unregistered: bool,
                    password_file: Path | None, as_json: bool) -> None:
     """Revoke the API key KEY_ID (its nonce, or its 0x key hash) of ACCOUNT."""
     if not (key_id.startswith("0x") or key_id.isdigit()):

@@ -10,10 +10,10 @@ positive, 1 when one is not (or on an error, printed as one line).
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import click
 
+from protocol.settings import Settings
 from verifier.params import Margin, MarginInputs, equilibrium_margin
 
 WEI_PER_ETH = 10**18
@@ -69,7 +69,7 @@ def params() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def check_cmd(
-    settings: Any,
+    settings: Settings,
     detection: float | None,
     compute_cost_fraction: float | None,
     stages: int,

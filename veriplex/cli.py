@@ -21,6 +21,8 @@ from typing import Any
 
 import click
 
+from protocol.settings import Settings
+
 # name -> "module:attribute" of a click command or group.
 SUBCOMMANDS: dict[str, str] = {
     "devnet": "devnet.cli:devnet",
@@ -175,7 +177,7 @@ def cli(ctx: click.Context, config_file: Path | None, rpc_url: str | None,
 @cli.command("config")
 @click.option("--json", "as_json", is_flag=True, help="Accepted for symmetry: always JSON.")
 @click.pass_obj
-def show_config(settings: Any, as_json: bool) -> None:
+def show_config(settings: Settings, as_json: bool) -> None:
     """Print the effective settings (defaults, file, environment and flags merged) as JSON."""
     click.echo(settings.model_dump_json(indent=2))
 

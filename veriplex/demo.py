@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from protocol.settings import Settings
 from veriplex.demo_chain import chain_demo
 
 
@@ -49,7 +50,7 @@ def demo(ctx: click.Context, model: str, workers: int, n_requests: int, max_requ
     from veriplex.stack import StackError
     from veriplex.up import UpError, UpOptions
 
-    settings: Any = ctx.obj
+    settings: Settings = ctx.obj
     home = data_dir or Path(tempfile.mkdtemp(prefix="veriplex-demo-"))
     opts = DemoOptions(
         up=UpOptions(data_dir=home, models_dir=settings.models_dir, model=model,

@@ -10,9 +10,11 @@ phases — and a verification window to match), N workers set up exactly as an o
 `veriplex wallet new` / `devnet fund` / `node register` commands, measured hardware profile), then
 the same chain restarted with 1 s blocks (the game's deadlines are in blocks), the explorer, the
 coordinator, the gateway, and the workers' `veriplex node serve --coordinator` processes.
-Pipeline workers register a device memory sized to hold about 1/S of the model (see
-`veriplex.up_plan`), so SmolLM2 really runs as an S-stage pipeline; the rest register too little
-memory for any layer and stay standby, free to verify. `up` returns once the coordinator routes a complete pipeline whose stages accept
+Every worker registers a device memory sized to hold about 1/S of the model (see
+`veriplex.up_plan`), so SmolLM2 really runs as an S-stage pipeline. The workers beyond the
+pipeline's are registered last and held by the coordinator as hot standby
+(`coordinator run --standby-reserve`): real capacity, verifying while idle, promoted into the
+pipeline in a new epoch when a stage is evicted (slashed, jailed, unbonding or silent). `up` returns once the coordinator routes a complete pipeline whose stages accept
 connections and the gateway answers `/v1/models`. Every child logs to `<data dir>/logs/`; wallet
 passwords live in a 0600 file there and never reach argv or a log.
 """
@@ -31,6 +33,7 @@ from typing import Any
 
 import click
 
+from protocol.settings import Settings
 from veriplex.stack import Stack, StackError, clean_env, tail, veriplex_argv
 from veriplex.up_setup import (
     FUNDER_DEV_INDEX,
@@ -119,7 +122,7 @@ def _serve_supports(option: str) -> bool:
 # ----------------------------------------------------------------------------- bring up
 def bring_up(opts: UpOptions, say: Callable[[str], None] = click.echo) -> Network:
     """Start everything; on failure stop what was started and raise UpError."""
-    from veriplex.up_plan import PlanError, model_spec, pipeline_vram_mib, verifier_vram_mib
+    from veriplex.up_plan import PlanError, model_spec, pipeline_vram_mib
 
     n_pipe, n_ver = opts.roles()
     for flag, wanted in (("--perturb-weights", opts.perturbed > 0),
@@ -144,12 +147,11 @@ def bring_up(opts: UpOptions, say: Callable[[str], None] = click.echo) -> Networ
         pipe_vram = pipeline_vram_mib(spec, opts.stages)
     except PlanError as exc:
         raise UpError(str(exc)) from None
-    ver_vram = verifier_vram_mib(spec)
     stack = Stack(data / "logs")
     t0 = time.monotonic()
     try:
         return _start_all(opts, say, stack, data, password_file, ckpt, name, spec, weights_root,
-                          tok_hash, n_pipe, n_ver, pipe_vram, ver_vram, t0)
+                          tok_hash, n_pipe, n_ver, pipe_vram, t0)
     except BaseException:
         stack.stop(grace_s=10)
         raise
@@ -157,7 +159,7 @@ def bring_up(opts: UpOptions, say: Callable[[str], None] = click.echo) -> Networ
 
 def _start_all(opts: UpOptions, say: Callable[[str], None], stack: Stack, data: Path,
                password_file: Path, ckpt: Path, name: str, spec: Any, weights_root: bytes,
-               tok_hash: bytes, n_pipe: int, n_ver: int, pipe_vram: int, ver_vram: int,
+               tok_hash: bytes, n_pipe: int, n_ver: int, pipe_vram: int,
                t0: float) -> Network:
     from contracts.client import Chain, dev_key
     from contracts.rpc import Signer
@@ -182,13 +184,14 @@ def _start_all(opts: UpOptions, say: Callable[[str], None], stack: Stack, data: 
     say(f"{took()} devnet up at {rpc_url} (chain id {chain_id}); contracts deployed")
     model_id = configure_chain(rpc_url, manifest, DEV_MNEMONIC, name, spec.layers, spec.hidden,
                                weights_root, tok_hash, opts, say)
-    workers = [Worker(i, f"owner-{i}", f"operator-{i}", _port(opts, 10 + i),
-                      pipe_vram if i < n_pipe else ver_vram,
-                      "pipeline" if i < n_pipe else "verifier", i < opts.perturbed)
+    # standbys get the pipeline workers' capacity (they must be able to take a stage over) and
+    # register last: the coordinator's reserve is the latest registered
+    workers = [Worker(i, f"owner-{i}", f"operator-{i}", _port(opts, 10 + i), pipe_vram,
+                      "pipeline" if i < n_pipe else "standby", i < opts.perturbed)
                for i in range(n_pipe + n_ver)]
     say(f"{took()} setting up {len(workers)} workers as operators (wallets, funding, "
-        f"registration with {WORKER_STAKE_ETH} ETH stake; {n_pipe} × {pipe_vram} MiB, "
-        f"{n_ver} × {ver_vram} MiB)")
+        f"registration with {WORKER_STAKE_ETH} ETH stake; {len(workers)} × {pipe_vram} MiB, "
+        f"the last {n_ver} held as hot standby)")
     for w in workers:
         w.address = setup_worker(data, rpc_url, manifest, w, password_file, FUNDER_DEV_INDEX)
     say(f"{took()} workers registered: " + ", ".join(w.address for w in workers))
@@ -207,7 +210,8 @@ def _start_all(opts: UpOptions, say: Callable[[str], None], stack: Stack, data: 
                                  "VERIPLEX_COORDINATOR__HEARTBEAT_TIMEOUT_S": "20"})
     coord = stack.start("coordinator", veriplex_argv(
         *root, "coordinator", "run", "--dev-account", "0", "--checkpoint", str(ckpt),
-        "--model-id", str(model_id), "--port", str(_port(opts, 2))), coord_env)
+        "--model-id", str(model_id), "--port", str(_port(opts, 2)),
+        "--standby-reserve", str(n_ver)), coord_env)
     coordinator_url = coord.wait_line(r"coordinator ready at (http://\S+) ", 120)[1]
     say(f"{took()} coordinator ready at {coordinator_url}")
     gw_env = clean_env(data, {"VERIPLEX_GATEWAY__BATCH_MAX_AGE_S": "2",
@@ -333,7 +337,7 @@ def wait_for_signal(net: Network, say: Callable[[str], None]) -> int:
 @click.option("--block-time", type=click.FloatRange(min=0.2), default=1.0, show_default=True,
               help="Seconds between devnet blocks.")
 @click.pass_obj
-def up(settings: Any, workers: int, stages: int, verifiers: int | None, model: str,
+def up(settings: Settings, workers: int, stages: int, verifiers: int | None, model: str,
        data_dir: Path | None, port_base: int | None, perturbed: int, perturb_std: float,
        verifier_policy: str | None, block_time: float) -> None:
     """Start the devnet, explorer, coordinator, gateway and N workers; Ctrl-C stops them all."""

@@ -14,9 +14,10 @@ import click
 
 from contracts.errors import ContractsError
 from protocol.net import ListenError, listen
+from protocol.settings import Settings
 
 
-def _manifest(settings: Any, rpc: Any) -> Any:
+def _manifest(settings: Settings, rpc: Any) -> Any:
     from contracts.manifest import Manifest
 
     try:
@@ -52,7 +53,7 @@ def _hide_password(db_url: str) -> str:
               help="Gateway whose receipts request pages link to (per-stage commitments).")
 @click.option("--no-index", is_flag=True, help="Serve the existing index without following the chain.")
 @click.pass_obj
-def explorer(settings: Any, rpc_url: str | None, db_url: str | None, host: str | None,
+def explorer(settings: Settings, rpc_url: str | None, db_url: str | None, host: str | None,
              port: int | None, gateway_url: str | None, no_index: bool) -> None:
     """Index a chain and serve the block explorer's web UI."""
 

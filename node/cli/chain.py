@@ -24,6 +24,7 @@ from contracts.manifest import Manifest, check_live
 from contracts.rpc import Rpc, Signer
 from node.wallet.cli import resolve_address, unlock
 from node.wallet.errors import WalletError
+from protocol.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 WEI_PER_ETH = 10**18
@@ -103,7 +104,7 @@ def chain_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def manifest_for(settings: Any, rpc: Rpc) -> Path:
+def manifest_for(settings: Settings, rpc: Rpc) -> Path:
     """The manifest to use: explicit, else the one for the node's chain id, else devnet.json."""
     if settings.chain.manifest is not None:
         return Path(settings.chain.manifest)
@@ -111,7 +112,7 @@ def manifest_for(settings: Any, rpc: Rpc) -> Path:
     return per_chain if per_chain.is_file() else settings.manifest_path(None)
 
 
-def connect(settings: Any, signer: Signer | None = None) -> Chain:
+def connect(settings: Settings, signer: Signer | None = None) -> Chain:
     """A checked connection to the configured chain and deployment."""
     rpc = Rpc(settings.chain.rpc_url, timeout_s=settings.chain.timeout_s)
     manifest = Manifest.load(manifest_for(settings, rpc))
@@ -119,12 +120,12 @@ def connect(settings: Any, signer: Signer | None = None) -> Chain:
     return Chain(rpc, manifest, signer)
 
 
-def signer_of(settings: Any, name: str, password_file: Path | None) -> Signer:
+def signer_of(settings: Settings, name: str, password_file: Path | None) -> Signer:
     """Unlock wallet account `name` as a transaction signer."""
     return Signer(unlock(settings, name, password_file))
 
 
-def address_of(settings: Any, name_or_address: str) -> str:
+def address_of(settings: Settings, name_or_address: str) -> str:
     return resolve_address(settings, name_or_address)
 
 

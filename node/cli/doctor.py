@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 import click
@@ -47,6 +46,7 @@ from contracts.node_registry import NodeInfo
 from node.cli.chain import connect, format_eth
 from node.wallet.cli import JSON, open_keystore, resolve_address
 from node.wallet.errors import WalletError
+from protocol.settings import Settings
 
 MIB = 2**20
 
@@ -69,7 +69,7 @@ class Check:
 class Context:
     """What the checks share: the settings, the node as the chain has it, the inputs."""
 
-    settings: Any
+    settings: Settings
     owner: str
     owner_name: str | None
     operator_name: str | None
@@ -365,7 +365,7 @@ def run_checks(c: Context) -> list[Check]:
               help="Clock skew allowed against the chain (default: coordinator.max_clock_skew_s).")
 @JSON
 @click.pass_obj
-def doctor(settings: Any, owner: str, operator_name: str | None, model_dir: Path | None,
+def doctor(settings: Settings, owner: str, operator_name: str | None, model_dir: Path | None,
            model_id: int | None, max_skew_s: float | None, as_json: bool) -> None:
     """Check this box before OWNER's node joins: device, model, endpoint, keys, stake, clock."""
     try:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import click
 
 from node.runtime.models.errors import ModelError
+from protocol.settings import Settings
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -43,7 +43,7 @@ def model() -> None:
     "--force", is_flag=True, help="Rebuild even if an import of this source is already there."
 )
 @click.pass_obj
-def import_cmd(settings: Any, source: str, out_dir: Path | None, force: bool) -> None:
+def import_cmd(settings: Settings, source: str, out_dir: Path | None, force: bool) -> None:
     """Import SOURCE ('smollm2', a .gguf file, or a HF safetensors directory) as a local checkpoint."""
     from node.runtime.models.importer import import_model
 
@@ -132,7 +132,7 @@ def parse_stages(spec: str, num_layers: int) -> list[tuple[int, int]]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_obj
 def generate_cmd(
-    settings: Any,
+    settings: Settings,
     checkpoint: Path,
     prompt: str,
     stages: str,

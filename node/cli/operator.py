@@ -32,6 +32,7 @@ from node.cli.chain import (
     signer_of,
 )
 from node.wallet.cli import JSON, PASSWORD_FILE
+from protocol.settings import Settings
 
 ENDPOINT_MAX = 256  # the registry's String[256]
 
@@ -158,7 +159,7 @@ def node() -> None:
 @JSON
 @click.pass_obj
 @chain_errors
-def register_cmd(settings: Any, owner: str, operator: str, endpoint: str, stake: str,
+def register_cmd(settings: Settings, owner: str, operator: str, endpoint: str, stake: str,
                  gpu: str | None, vram_mib: int | None, tflops: float | None,
                  mem_bw_gbps: float | None, net_bw_mbps: int | None, region: str | None,
                  password_file: Path | None, as_json: bool) -> None:
@@ -192,7 +193,7 @@ def register_cmd(settings: Any, owner: str, operator: str, endpoint: str, stake:
 @JSON
 @click.pass_obj
 @chain_errors
-def status_cmd(settings: Any, name: str, as_json: bool) -> None:
+def status_cmd(settings: Settings, name: str, as_json: bool) -> None:
     """Show the node owned by NAME (an account name or address; an operator finds its owner)."""
     chain = connect(settings)
     state = node_state(chain, _owner_of(chain, address_of(settings, name)))
@@ -206,7 +207,7 @@ def status_cmd(settings: Any, name: str, as_json: bool) -> None:
 @JSON
 @click.pass_obj
 @chain_errors
-def stake_cmd(settings: Any, name: str, amount: str, password_file: Path | None,
+def stake_cmd(settings: Settings, name: str, amount: str, password_file: Path | None,
               as_json: bool) -> None:
     """Add AMOUNT ETH to the stake of NAME's node."""
     wei = parse_eth(amount)
@@ -228,7 +229,7 @@ def stake_cmd(settings: Any, name: str, amount: str, password_file: Path | None,
 @JSON
 @click.pass_obj
 @chain_errors
-def unbond_cmd(settings: Any, name: str, amount: str | None, password_file: Path | None,
+def unbond_cmd(settings: Settings, name: str, amount: str | None, password_file: Path | None,
                as_json: bool) -> None:
     """Start unbonding NAME's stake; withdraw it after the unbonding period."""
     wei = parse_eth(amount) if amount is not None else None
@@ -252,7 +253,7 @@ def unbond_cmd(settings: Any, name: str, amount: str | None, password_file: Path
 @JSON
 @click.pass_obj
 @chain_errors
-def withdraw_cmd(settings: Any, name: str, password_file: Path | None, as_json: bool) -> None:
+def withdraw_cmd(settings: Settings, name: str, password_file: Path | None, as_json: bool) -> None:
     """Withdraw NAME's unbonded stake once the unbonding period has passed."""
     signer = signer_of(settings, name, password_file)
     chain = connect(settings, signer)
@@ -279,7 +280,7 @@ def withdraw_cmd(settings: Any, name: str, password_file: Path | None, as_json: 
 @JSON
 @click.pass_obj
 @chain_errors
-def rotate_cmd(settings: Any, name: str, operator: str, password_file: Path | None,
+def rotate_cmd(settings: Settings, name: str, operator: str, password_file: Path | None,
                as_json: bool) -> None:
     """Replace the operator (hot key) of NAME's node; only the owner can."""
     new = address_of(settings, operator)
@@ -308,7 +309,7 @@ def rotate_cmd(settings: Any, name: str, operator: str, password_file: Path | No
 @JSON
 @click.pass_obj
 @chain_errors
-def update_cmd(settings: Any, name: str, endpoint: str | None, redetect: bool, gpu: str | None,
+def update_cmd(settings: Settings, name: str, endpoint: str | None, redetect: bool, gpu: str | None,
                vram_mib: int | None, tflops: float | None, mem_bw_gbps: float | None,
                net_bw_mbps: int | None, region: str | None, password_file: Path | None,
                as_json: bool) -> None:
@@ -371,7 +372,7 @@ def rewards() -> None:
 @JSON
 @click.pass_obj
 @chain_errors
-def claim_cmd(settings: Any, name: str, password_file: Path | None, as_json: bool) -> None:
+def claim_cmd(settings: Settings, name: str, password_file: Path | None, as_json: bool) -> None:
     """Send NAME's credited earnings (served requests, verifications, proven faults) to it."""
     signer = signer_of(settings, name, password_file)
     chain = connect(settings, signer)
@@ -398,7 +399,7 @@ def claim_cmd(settings: Any, name: str, password_file: Path | None, as_json: boo
 @JSON
 @click.pass_obj
 @chain_errors
-def devnet_fund(settings: Any, target: str, amount: str, from_index: int, as_json: bool) -> None:
+def devnet_fund(settings: Settings, target: str, amount: str, from_index: int, as_json: bool) -> None:
     """Send AMOUNT ETH from a dev account to TARGET (wallet name or address). Devnets only."""
     from contracts.rpc import Rpc
 

@@ -168,7 +168,7 @@ class StageExecutor:
                 config=self.config,
                 inputs_embeds=h,
                 attention_mask=None,
-                past_key_values=cache,
+                cache=cache,
                 position_ids=pos,
                 layer_idx=first,
             )
@@ -178,7 +178,7 @@ class StageExecutor:
                 attention_mask=masks[kind],
                 position_embeddings=rope,
                 position_ids=pos,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
             )  # (1, T, d)
         out = StageOutput(start=start, hidden=h[0])

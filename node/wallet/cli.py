@@ -23,6 +23,7 @@ from node.wallet.errors import BadSecret, SecretUnavailable, WalletError
 from node.wallet.keystore import Keystore, parse_private_key
 from node.wallet.messages import message_bytes, recover_signer, sign_message
 from node.wallet.passwords import get_password, loosely_readable, prompt_secret, read_secret_file
+from protocol.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,7 +47,7 @@ def wallet_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def open_keystore(settings: Any) -> Keystore:
+def open_keystore(settings: Settings) -> Keystore:
     return Keystore(settings.keystore_dir, scrypt_n=settings.wallet.scrypt_n)
 
 
@@ -59,7 +60,7 @@ def password(password_file: Path | None, prompt: str = "password", confirm: bool
                         option=option)
 
 
-def unlock(settings: Any, name: str, password_file: Path | None) -> LocalAccount:
+def unlock(settings: Settings, name: str, password_file: Path | None) -> LocalAccount:
     """The account `name`, decrypted with the password from the file or the prompt."""
     ks = open_keystore(settings)
     ks.entry(name)  # unknown or corrupt: fail before asking for a password
@@ -81,7 +82,7 @@ def wallet() -> None:
 @JSON
 @click.pass_obj
 @wallet_errors
-def new_cmd(settings: Any, name: str, password_file: Path | None, as_json: bool) -> None:
+def new_cmd(settings: Settings, name: str, password_file: Path | None, as_json: bool) -> None:
     """Create a new random account NAME."""
     ks = open_keystore(settings)
     ks.check_free(name)  # bad or taken name: fail before asking for a password
@@ -101,7 +102,7 @@ def new_cmd(settings: Any, name: str, password_file: Path | None, as_json: bool)
 @JSON
 @click.pass_obj
 @wallet_errors
-def import_cmd(settings: Any, name: str, keystore_file: Path | None,
+def import_cmd(settings: Settings, name: str, keystore_file: Path | None,
                private_key_file: Path | None, password_file: Path | None, as_json: bool) -> None:
     """Import an account as NAME from a keystore file or a raw private key.
 
@@ -138,7 +139,7 @@ def import_cmd(settings: Any, name: str, keystore_file: Path | None,
 @JSON
 @click.pass_obj
 @wallet_errors
-def list_cmd(settings: Any, as_json: bool) -> None:
+def list_cmd(settings: Settings, as_json: bool) -> None:
     """List the accounts (name and address) and any unreadable files."""
     ks = open_keystore(settings)
     good, bad = ks.entries()
@@ -163,7 +164,7 @@ def list_cmd(settings: Any, as_json: bool) -> None:
 @JSON
 @click.pass_obj
 @wallet_errors
-def show_cmd(settings: Any, name: str, as_json: bool) -> None:
+def show_cmd(settings: Settings, name: str, as_json: bool) -> None:
     """Show NAME's address, file and key-derivation parameters (no password needed)."""
     e = open_keystore(settings).entry(name)
     params = " ".join(f"{k}={v}" for k, v in sorted(e.kdf_params.items()))
@@ -205,7 +206,7 @@ def message_options(fn: F) -> F:
 @JSON
 @click.pass_obj
 @wallet_errors
-def sign_cmd(settings: Any, name: str, message: str | None, hex_data: str | None,
+def sign_cmd(settings: Settings, name: str, message: str | None, hex_data: str | None,
              message_file: Path | None, password_file: Path | None, as_json: bool) -> None:
     """Sign MESSAGE with NAME (EIP-191 personal_sign); prints the 65-byte signature."""
     data = _message(message, hex_data, message_file)
@@ -223,7 +224,7 @@ def sign_cmd(settings: Any, name: str, message: str | None, hex_data: str | None
 @JSON
 @click.pass_obj
 @wallet_errors
-def verify_cmd(settings: Any, signature: str, message: str | None, hex_data: str | None,
+def verify_cmd(settings: Settings, signature: str, message: str | None, hex_data: str | None,
                message_file: Path | None, signer: str | None, as_json: bool) -> None:
     """Recover who signed MESSAGE (EIP-191) with SIGNATURE; with --signer, check it."""
     data = _message(message, hex_data, message_file)
@@ -243,7 +244,7 @@ def verify_cmd(settings: Any, signature: str, message: str | None, hex_data: str
 @JSON
 @click.pass_obj
 @wallet_errors
-def change_password_cmd(settings: Any, name: str, password_file: Path | None,
+def change_password_cmd(settings: Settings, name: str, password_file: Path | None,
                         new_password_file: Path | None, as_json: bool) -> None:
     """Re-encrypt NAME under a new password."""
     ks = open_keystore(settings)
@@ -262,7 +263,7 @@ def change_password_cmd(settings: Any, name: str, password_file: Path | None,
 @JSON
 @click.pass_obj
 @wallet_errors
-def remove_cmd(settings: Any, name: str, yes: bool, as_json: bool) -> None:
+def remove_cmd(settings: Settings, name: str, yes: bool, as_json: bool) -> None:
     """Delete NAME's keystore file. Without a backup the key is gone for good."""
     ks = open_keystore(settings)
     path = ks.path(name)
@@ -277,7 +278,7 @@ def remove_cmd(settings: Any, name: str, yes: bool, as_json: bool) -> None:
     emit(as_json, {"name": name, "removed": str(removed)}, f"removed account {name!r} ({removed})")
 
 
-def resolve_address(settings: Any, name_or_address: str) -> str:
+def resolve_address(settings: Settings, name_or_address: str) -> str:
     """An address given as such, or the address of a stored account name."""
     from eth_utils import is_hex_address, to_checksum_address
 

@@ -110,9 +110,9 @@ class TinyLab:
                 if variant == "decode":  # prefill half, then cached decode one position at a time
                     cache = transformers.DynamicCache(config=self.model.config)
                     half = ids.shape[1] // 2
-                    _forward(self.model, input_ids=ids[:, :half], past_key_values=cache, use_cache=True)
+                    _forward(self.model, input_ids=ids[:, :half], cache=cache, use_cache=True)
                     for t in range(half, ids.shape[1]):
-                        _forward(self.model, input_ids=ids[:, t:t + 1], past_key_values=cache, use_cache=True)
+                        _forward(self.model, input_ids=ids[:, t:t + 1], cache=cache, use_cache=True)
                 else:
                     if variant == "threads1":
                         torch.set_num_threads(1)
@@ -143,11 +143,11 @@ class TinyLab:
         cache = transformers.DynamicCache(config=self.model.config)
         mask = transformers.masking_utils.create_causal_mask(
             config=self.model.config, inputs_embeds=h, attention_mask=None,
-            past_key_values=cache, position_ids=pos, layer_idx=a)
+            cache=cache, position_ids=pos, layer_idx=a)
         for i in range(a, b):
             if i != skip:
                 h = self.layers[i](h, attention_mask=mask, position_embeddings=rope, position_ids=pos,
-                                   past_key_values=cache, use_cache=True)
+                                   cache=cache, use_cache=True)
         return h[0].float().numpy()
 
     @torch.inference_mode()
@@ -158,9 +158,9 @@ class TinyLab:
             return self.model(input_ids=ids).logits[0].float().numpy()
         cache = transformers.DynamicCache(config=self.model.config)
         half = ids.shape[1] // 2
-        parts = [self.model(input_ids=ids[:, :half], past_key_values=cache, use_cache=True).logits[0]]
+        parts = [self.model(input_ids=ids[:, :half], cache=cache, use_cache=True).logits[0]]
         for t in range(half, ids.shape[1]):
-            parts.append(self.model(input_ids=ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits[0])
+            parts.append(self.model(input_ids=ids[:, t:t + 1], cache=cache, use_cache=True).logits[0])
         return torch.cat(parts).float().numpy()
 
 

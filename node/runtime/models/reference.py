@@ -51,7 +51,7 @@ def whole_model_reference(model, prompt: list[int], steps: int) -> Reference:
         x = torch.tensor([prompt], device=device)
         for _ in range(steps):
             out = model(
-                input_ids=x, past_key_values=cache, use_cache=True, output_hidden_states=True
+                input_ids=x, cache=cache, use_cache=True, output_hidden_states=True
             )
             hs = list(out.hidden_states)
             hs[n] = pre_norm.pop()
