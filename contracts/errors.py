@@ -26,6 +26,8 @@ turns those bytes into the subclass chosen by the message's module prefix, so ca
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from eth_abi import decode as abi_decode
 
 ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
@@ -60,6 +62,16 @@ class RpcRejected(ChainError):
     """The node refused the request (nonce too low, insufficient funds, bad signature, ...)."""
 
 
+class Reason(StrEnum):
+    """Revert messages (module prefix dropped) that off-chain code acts on: match them with
+    `Revert.says(Reason.X)`, never by substring. The contracts' assert strings are the source;
+    tests/contracts/test_reasons.py holds each one to a `.vy` assert."""
+
+    TASK_ALREADY_OPEN = "task already open"
+    BATCH_ALREADY_RELEASED = "batch already released"
+    BLOCK_TOO_OLD = "block too old"
+
+
 class Revert(ContractsError):
     """Execution reverted. `reason` is the full decoded message ("registry: not registered"),
     `message` the part after the module prefix, `module` the prefix, `data` the raw bytes."""
@@ -74,6 +86,10 @@ class Revert(ContractsError):
         self.message = rest if sep else reason
         if sep and self.module is None:
             self.module = prefix
+
+    def says(self, reason: Reason) -> bool:
+        """True when this revert is `reason` (any module's assert with that message)."""
+        return self.message == reason.value
 
     @property
     def unauthorized(self) -> bool:

@@ -158,8 +158,6 @@ class Settler:
             receipt = pay.rpc.transact(self.chain.signer, pay.address, bytes.fromhex(data[2:]),
                                        on_signed=persist, on_sent=test_hook)
         except Revert as exc:
-            if "already settled" in str(exc):
-                return self._finalize(b.id, None)
             if signed:
                 raise  # mined and failed: retried next tick, after a fresh look at the chain
             self.store.set_batch(b.id, status="failed", error=str(exc)[:1000])

@@ -34,7 +34,7 @@ from eth_utils import to_checksum_address
 from contracts.batch import Leaf, Pipeline, merkle_proof, verify_proof
 from contracts.batch import request_id as chain_request_id
 from contracts.client import Chain
-from contracts.errors import ChainError, ContractsError, Revert
+from contracts.errors import ChainError, ContractsError, Reason, Revert
 from contracts.verification import VerificationParams, anchor_block, sample_draw
 from protocol.messages import StageCommit
 
@@ -147,7 +147,7 @@ class TaskOpener:
         try:
             self.chain.payments.release(b.chain_batch_id, pipes)
         except Revert as exc:
-            if "already released" not in str(exc):
+            if not exc.says(Reason.BATCH_ALREADY_RELEASED):
                 log.warning("batch %s: release refused, retrying: %s", b.chain_batch_id, exc)
                 return
         self.store.set_batch(b.id, released=1)
@@ -181,7 +181,7 @@ class TaskOpener:
         try:
             first = ver.is_sampled(b.chain_batch_id, bytes.fromhex(todo[0].request_id[2:]))
         except Revert as exc:
-            if "too old" in str(exc):
+            if exc.says(Reason.BLOCK_TOO_OLD):
                 for r in todo:
                     self.store.set_task(r.seq, "randomness_expired", error=str(exc))
                 self.store.set_batch(b.id, tasks_done=1)
@@ -203,7 +203,7 @@ class TaskOpener:
                 task_id, _ = ver.open_task(b.chain_batch_id, bp.leaf, bp.proof, bp.pipelines,
                                            stage_commits(r) or [])
             except Revert as exc:
-                if "task already open" in str(exc):
+                if exc.says(Reason.TASK_ALREADY_OPEN):
                     self.store.set_task(r.seq, "opened", task_id=ver.task_of(rid))
                     continue
                 self.store.set_task(r.seq, "failed", error=str(exc))
