@@ -91,6 +91,13 @@ class Binding:
         receipt = self.rpc.transact(signer, self.address, bytes.fromhex(data[2:]), value, gas)
         return self._result(receipt)
 
+    def simulate(self, fn: str, *args: Any, sender: str, block: Any = "pending") -> None:
+        """Pre-flight: run `fn(*args)` as an `eth_call` from `sender` on `block` (by default the
+        pending one, so a transaction another party already sent counts); raises `Revert` when
+        sending it now would revert. Sends nothing."""
+        data = getattr(self.contract.functions, fn)(*args)._encode_transaction_data()
+        self.rpc.call(self.address, bytes.fromhex(data[2:]), sender=sender, block=block)
+
     def _result(self, receipt: dict[str, Any]) -> TxResult:
         return TxResult(
             tx_hash="0x" + bytes(receipt["transactionHash"]).hex(),

@@ -152,6 +152,27 @@ class Rpc:
             raise ChainError(f"{method} failed at {self.url}: {reply['error']}")
         return reply.get("result")
 
+    def failed_transactions(self, from_block: int, to_block: int) -> list[dict[str, Any]]:
+        """Every transaction mined in [from_block, to_block] whose receipt says it reverted, as
+        `{"hash", "block", "from", "to", "input"}` (hex strings; for audits and demos)."""
+        out = []
+        for n in range(from_block, to_block + 1):
+            block = self.raw_request("eth_getBlockByNumber", [hex(n), True])
+            if not block or not block["transactions"]:
+                continue
+            try:
+                receipts = {r["transactionHash"]: r for r in
+                            self.raw_request("eth_getBlockReceipts", [hex(n)]) or []}
+            except ChainError:  # a node without eth_getBlockReceipts
+                receipts = {}
+            for tx in block["transactions"]:
+                r = receipts.get(tx["hash"]) or self.raw_request("eth_getTransactionReceipt",
+                                                                 [tx["hash"]])
+                if int(r["status"], 16) != 1:
+                    out.append({"hash": tx["hash"], "block": n, "from": tx["from"],
+                                "to": tx.get("to"), "input": tx.get("input", "0x")})
+        return out
+
     def mine(self, blocks: int = 1) -> None:
         """Mine `blocks` empty blocks (dev chains only: `evm_mine`, as anvil and our devnet serve)."""
         for _ in range(blocks):

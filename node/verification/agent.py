@@ -15,8 +15,14 @@ restart (votes come back from `AgentState`) or a race with another keeper change
   once everything is open or the open deadline passed.
 - FRAUD: anyone refunds the client (proof rebuilt from the batch's settlement events).
 
+Keeper calls (close_votes, finalize, refund_client) are sent once, not raced: for each (task,
+round, action) one committee member is the keeper (`keeper_rank` 0: a rotation of the sorted
+committee by keccak of the three); the member ranked k waits k × `keeper_delay_blocks` blocks after
+it first saw the call due (non-members wait longest), and everyone pre-flights the call as an
+`eth_call` on the pending block first, so nobody sends what another keeper already sent.
+
 Chain calls are synchronous and run in worker threads; re-executions run on the event loop next to
-the data plane. A transaction another keeper beat us to reverts and is logged at debug level only.
+the data plane. A keeper call whose pre-flight reverts (someone was first) is not sent.
 Blocks are counted as the contract does: a transaction sent at head `h` is mined at `h + 1` or
 later, so a phase that ends at block `D` is only acted in while `h < D`.
 """
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coincurve import PrivateKey
+from eth_utils import keccak
 
 from contracts.errors import ChainError, Revert
 from contracts.rpc import Signer
@@ -47,6 +54,17 @@ from protocol.identity import address_of_key
 log = logging.getLogger("veriplex.verifier")
 ZERO = "0x" + "00" * 20
 DONE = (TaskStatus.PASSED, TaskStatus.UNRESOLVED, TaskStatus.REFUNDED)
+
+
+def keeper_rank(committee: list[str], me: str, task_id: int, rnd: int, what: str) -> int:
+    """0 for the keeper of (task, round, action), k for its k-th fallback among the committee
+    (a rotation of the sorted members by keccak of the three, the same on every node), and the
+    committee's size for anyone outside it (the last resort)."""
+    members = sorted({op.lower() for op in committee})
+    if me.lower() not in members:
+        return len(members)
+    start = int.from_bytes(keccak(f"{task_id}:{rnd}:{what}".encode()), "big") % len(members)
+    return (members.index(me.lower()) - start) % len(members)
 
 
 @dataclass
@@ -68,6 +86,7 @@ class AgentConfig:
     start_block: int | None = None  # None: resume at the saved cursor (or the head − catch-up)
     catchup_blocks: int = 256  # how far back a (re)start looks for tasks opened while it was down
     retry_margin_blocks: int = 3  # a job starts no new attempt this close to the commit deadline
+    keeper_delay_blocks: int = 3  # a fallback keeper's wait per rank (the keeper's tx lands in 1)
 
 
 class VerifierAgent:
@@ -94,6 +113,8 @@ class VerifierAgent:
         self.chain_id = chain.chain_id
         self.events: list[str] = []  # one line per thing this agent did (tests, logs)
         self.stage_opened: set[tuple[int, int]] = set()
+        self.due_since: dict[tuple[int, int, str], int] = {}  # keeper call -> head first seen due
+        self.ranks: dict[tuple[int, int, str], int] = {}
 
     # ── lifecycle ─────────────────────────────────────────────────────────────────────────────
     async def run(self, stop: asyncio.Event) -> None:
@@ -174,7 +195,7 @@ class VerifierAgent:
         elif t.status is TaskStatus.OPENING:
             await self._opening(self.tasks[tid], t, head)
         elif t.status is TaskStatus.FRAUD:
-            await self._keep("refund_client", tid, lambda: self._refund(t))
+            await self._keep("refund_client", tid, t.round, head, lambda: self._refund_args(t))
 
     def _drop(self, tid: int) -> None:
         self.tasks.pop(tid, None)
@@ -185,6 +206,9 @@ class VerifierAgent:
             job = self.jobs.pop(k, None)
             if job is not None:
                 job.cancel()
+        for k in [k for k in {*self.due_since, *self.ranks} if k[0] == tid]:
+            self.due_since.pop(k, None)
+            self.ranks.pop(k, None)
         self.state.forget(tid)
 
     def _members(self, tid: int, rnd: int) -> list[tuple[str, Any]]:
@@ -215,7 +239,7 @@ class VerifierAgent:
                     await self._reveal(vote)
         all_revealed = bool(members) and all(m.revealed for _, m in members)
         if head > t.reveal_deadline or all_revealed:
-            await self._keep("close_votes", tr.task_id, lambda: self.ver.close_votes(tr.task_id, sender=self.signer))
+            await self._keep("close_votes", tr.task_id, t.round, head, lambda: (tr.task_id,))
 
     def _start_job(self, tr: Tracked, t: Any, key: tuple[int, int]) -> None:
         job = self.jobs.get(key)
@@ -284,7 +308,7 @@ class VerifierAgent:
             if tr.stage_operator.lower() == self.me.lower():
                 await self._open_stage(tr, t, spots)
         if head > t.open_deadline or all(m.opened or not m.revealed for _, m in members):
-            await self._keep("finalize", tid, lambda: self.ver.finalize(tid, sender=self.signer))
+            await self._keep("finalize", tid, t.round, head, lambda: (tid,))
 
     async def _open_own(self, vote: Vote, tr: Tracked, spots: list[tuple[int, int]]) -> None:
         key = (vote.task_id, vote.round)
@@ -338,18 +362,36 @@ class VerifierAgent:
         return rows, list(store.info(td.request_id, a, b).tokens)
 
     # ── keeper ────────────────────────────────────────────────────────────────────────────────
-    def _refund(self, t: Any) -> Any:
+    def _refund_args(self, t: Any) -> tuple[Any, ...]:
         from node.verification.task_data import refund_proof
 
-        proof = refund_proof(self.chain, t.batch_id, t.request_id)
-        return self.ver.refund_client(t.task_id, proof, sender=self.signer)
+        return (t.task_id, refund_proof(self.chain, t.batch_id, t.request_id))
 
-    async def _keep(self, what: str, tid: int, call: Callable[[], Any]) -> None:
-        """A keeper transaction; a revert means someone else was first (or it is not due yet)."""
-        try:
-            await asyncio.to_thread(call)
-        except Revert as e:
-            log.debug("verifier: %s on task %d: %s", what, tid, e)
+    def keeper_rank(self, tid: int, rnd: int, what: str) -> int:
+        key = (tid, rnd, what)
+        if key not in self.ranks:
+            self.ranks[key] = keeper_rank(self.ver.committee(tid), self.me, tid, rnd, what)
+        return self.ranks[key]
+
+    async def _keep(self, what: str, tid: int, rnd: int, head: int,
+                    args: Callable[[], tuple[Any, ...]]) -> None:
+        """Send keeper call `what` once it is our turn (see the module docstring) and its
+        pre-flight on the pending block passes."""
+        key = (tid, rnd, what)
+        since = self.due_since.setdefault(key, head)
+        rank = await asyncio.to_thread(self.keeper_rank, tid, rnd, what)
+        if head - since < rank * self.config.keeper_delay_blocks:
             return
-        self._note(f"task {tid}: {what}")
+        try:
+            call_args = await asyncio.to_thread(args)
+            await asyncio.to_thread(self.ver.simulate, what, *call_args, sender=self.me)
+        except Revert as e:  # done by another keeper already (or not due on chain yet)
+            log.debug("verifier: %s on task %d not sent: %s", what, tid, e)
+            return
+        try:
+            await asyncio.to_thread(getattr(self.ver, what), *call_args, sender=self.signer)
+        except Revert as e:
+            log.info("verifier: %s on task %d reverted: %s", what, tid, e)
+            return
+        self._note(f"task {tid}: {what}" + (f" (fallback keeper, rank {rank})" if rank else ""))
 

@@ -53,6 +53,11 @@ def test_an_honest_sampled_request_is_checked_by_agents_and_passes(tiny_model, t
     with running_devnet(tmp_path / "devnet") as dn, Miner(dn.url):
         world, opened, t, restarted, late = asyncio.run(_honest(tiny_model, tmp_path, dn.url))
         assert t.status is TaskStatus.PASSED
+        # keepers do not race: four agents closed and finalized, and no keeper call reverted
+        ver = world.chain.verification
+        failed = world.chain.rpc.failed_transactions(opened.open_block, world.chain.block_number())
+        keeper = [f for f in failed if (f["to"] or "").lower() == ver.address.lower()]
+        assert keeper == [], [ver.decode_call(bytes.fromhex(f["input"][2:]))[0] for f in keeper]
         b = opened.open_block
         members = {n.operator for n in world.nodes[2:]}
         reveals = world.events("VerdictRevealed", b)

@@ -239,3 +239,19 @@ def test_perturbation_is_seeded_changes_every_tensor_and_refuses_a_bad_std(tiny_
         assert torch.equal(t, b.tensors()[name]) and not torch.equal(t, ref.tensors()[name])
     with pytest.raises(ValueError, match="positive"):
         perturb_shard(ref, 0.0)
+
+
+def test_exactly_one_keeper_per_task_round_and_action_and_outsiders_come_last() -> None:
+    from node.verification.agent import keeper_rank
+
+    committee = [f"0x{i:040x}" for i in (7, 3, 9, 1)]
+    for tid in range(1, 30):
+        for what in ("close_votes", "finalize", "refund_client"):
+            ranks = sorted(keeper_rank(committee, m.upper().replace("0X", "0x"), tid, 0, what)
+                           for m in committee)
+            assert ranks == [0, 1, 2, 3]  # one keeper, then each fallback in turn
+    outsider = "0x" + "ee" * 20
+    assert keeper_rank(committee, outsider, 5, 0, "finalize") == len(committee)
+    keepers = {next(m for m in committee if keeper_rank(committee, m, tid, 0, "finalize") == 0)
+               for tid in range(1, 30)}
+    assert len(keepers) > 1  # the duty rotates among the members
