@@ -111,75 +111,6 @@ def recover_signer(signed: SignedHeartbeat) -> str:
         raise BadSignature(str(e)) from None
 
 
-# ── requests and answers ─────────────────────────────────────────────────────────────────────
-class RouteRequest(BaseModel):
-    """The body of `POST /route` (from the gateway)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-    version: int = Field(VERSION, ge=VERSION, le=VERSION)
-    model_id: int = Field(ge=1, lt=U64)
-    prompt_tokens: int = Field(1, ge=1, le=MAX_TOKENS)
-    output_tokens: int = Field(1, ge=1, le=MAX_TOKENS)
-    exclude: tuple[str, ...] = Field((), max_length=MAX_EXCLUDE,
-                                     description="operators to avoid (e.g. a stage that failed)")
-
-    @model_validator(mode="after")
-    def _addresses(self) -> RouteRequest:
-        for a in self.exclude:
-            if len(a) != 42 or not a.startswith("0x"):
-                raise ValueError(f"exclude entry {a!r} is not a 0x-prefixed 20-byte address")
-            int(a[2:], 16)
-        return self
-
-
-class RouteStage(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    operator: str
-    endpoint: str
-    host: str
-    port: int
-    start: int
-    end: int
-
-
-class RouteResponse(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    version: int = VERSION
-    epoch: int
-    model_id: int
-    snapshot_hash: str
-    stages: tuple[RouteStage, ...]
-    expected_ms: float
-
-
-class AssignmentResponse(BaseModel):
-    """`GET /assignment/{operator}`: what the latest published epoch asks of this operator."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    version: int = VERSION
-    operator: str
-    epoch: int
-    model_id: int
-    assigned: bool
-    layer_start: int = 0
-    layer_end: int = 0
-    standby: bool = False
-    snapshot_hash: str = ""
-
-
-class HeartbeatAck(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    version: int = VERSION
-    accepted: bool
-    seq: int
-    epoch: int
-    assignment: AssignmentResponse | None = None
-
-
-def error_body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
-
-
 # ── the data plane's request description ──────────────────────────────────────────────────────────────────
 class StageAssignment(BaseModel):
     """One stage of a pipeline: which operator serves layers [start, end) at host:port."""
@@ -190,6 +121,8 @@ class StageAssignment(BaseModel):
     port: int = Field(ge=1, le=65535)
     start: int = Field(ge=0, lt=2**16)
     end: int = Field(ge=1, le=2**16)
+    endpoint: str = Field("", max_length=2048,
+                          description="the operator's registered endpoint URL, when known (routes)")
 
 
 class PipelineRequest(BaseModel):
@@ -242,6 +175,65 @@ def decode_request(raw: bytes) -> PipelineRequest:
         return PipelineRequest.model_validate_json(raw)
     except (ValidationError, ValueError, json.JSONDecodeError) as e:
         raise BadMessage(f"invalid pipeline request: {e}".replace("\n", "; ")[:MAX_ERROR_TEXT]) from None
+
+
+# ── requests and answers ─────────────────────────────────────────────────────────────────────
+class RouteRequest(BaseModel):
+    """The body of `POST /route` (from the gateway)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    version: int = Field(VERSION, ge=VERSION, le=VERSION)
+    model_id: int = Field(ge=1, lt=U64)
+    prompt_tokens: int = Field(1, ge=1, le=MAX_TOKENS)
+    output_tokens: int = Field(1, ge=1, le=MAX_TOKENS)
+    exclude: tuple[str, ...] = Field((), max_length=MAX_EXCLUDE,
+                                     description="operators to avoid (e.g. a stage that failed)")
+
+    @model_validator(mode="after")
+    def _addresses(self) -> RouteRequest:
+        for a in self.exclude:
+            if len(a) != 42 or not a.startswith("0x"):
+                raise ValueError(f"exclude entry {a!r} is not a 0x-prefixed 20-byte address")
+            int(a[2:], 16)
+        return self
+
+
+class RouteResponse(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    version: int = VERSION
+    epoch: int
+    model_id: int
+    snapshot_hash: str
+    stages: tuple[StageAssignment, ...]
+    expected_ms: float
+
+
+class AssignmentResponse(BaseModel):
+    """`GET /assignment/{operator}`: what the latest published epoch asks of this operator."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    version: int = VERSION
+    operator: str
+    epoch: int
+    model_id: int
+    assigned: bool
+    layer_start: int = 0
+    layer_end: int = 0
+    standby: bool = False
+    snapshot_hash: str = ""
+
+
+class HeartbeatAck(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    version: int = VERSION
+    accepted: bool
+    seq: int
+    epoch: int
+    assignment: AssignmentResponse | None = None
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,8 @@ from protocol.messages import (
     HeartbeatKind,
     RouteRequest,
     RouteResponse,
-    RouteStage,
     SignedHeartbeat,
+    StageAssignment,
     recover_signer,
 )
 from scheduler import dynamics
@@ -406,7 +406,7 @@ class CoordinatorState:
         for h in r.hops:
             endpoint = p.endpoints.get(h.node, "")
             host, port = split_endpoint(endpoint)
-            stages.append(RouteStage(operator=h.node, endpoint=endpoint, host=host, port=port,
+            stages.append(StageAssignment(operator=h.node, endpoint=endpoint, host=host, port=port,
                                      start=h.start, end=h.end))
         return RouteResponse(epoch=p.epoch, model_id=self.model.model_id,
                              snapshot_hash=p.snapshot_hash, stages=tuple(stages),
