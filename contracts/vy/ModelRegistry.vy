@@ -5,6 +5,9 @@
         (a Merkle root over per-tensor hashes), the tokenizer hash, and the price per input and
         per output token in wei. Only the admin (two-step ownership) adds models or changes
         prices; weights are immutable — new weights are a new model id.
+        Each model also records how it is served: the precision workers must compute in (a
+        worker computing lower than this cheats, and checks treat it so) and the keccak hash of
+        the verification profile (verifier.evidence.Profile canonical JSON) checks are judged by.
 """
 
 from snekmate.auth import ownable
@@ -34,6 +37,17 @@ struct Model:
     active: bool
 
 
+# Serving precisions (verifier.evidence.PRECISIONS; codes in contracts.model_registry).
+PRECISION_FP32: constant(uint8) = 1
+PRECISION_BF16: constant(uint8) = 2
+PRECISION_FP16: constant(uint8) = 3
+PRECISION_FP8: constant(uint8) = 4
+
+struct Serving:
+    precision: uint8  # 0 until set
+    profile_hash: bytes32
+
+
 # ------------------------------------------------------------------ EVENTS
 
 event ModelRegistered:
@@ -55,12 +69,18 @@ event ModelActivationChanged:
     model_id: indexed(uint256)
     active: bool
 
+event ServingChanged:
+    model_id: indexed(uint256)
+    precision: uint8
+    profile_hash: bytes32
+
 
 # ------------------------------------------------------------------ STORAGE
 
 models: public(HashMap[uint256, Model])  # ids start at 1; 0 means "none"
 id_by_name: public(HashMap[String[64], uint256])
 model_count: public(uint256)
+serving: public(HashMap[uint256, Serving])  # model id -> registered precision and profile hash
 
 
 # ------------------------------------------------------------------ CONSTRUCTOR
@@ -135,6 +155,20 @@ def set_active(model_id: uint256, active: bool):
     self._check_exists(model_id)
     self.models[model_id].active = active
     log ModelActivationChanged(model_id=model_id, active=active)
+
+
+@external
+def set_serving(model_id: uint256, precision: uint8, profile_hash: bytes32):
+    """
+    @notice Record the precision a model is served in and the hash of the verification profile
+            its checks use. Checks already opened keep the profile they were opened under.
+    """
+    ownable._check_owner()
+    self._check_exists(model_id)
+    assert precision >= PRECISION_FP32 and precision <= PRECISION_FP8, "models: unknown precision"
+    assert profile_hash != empty(bytes32), "models: empty profile hash"
+    self.serving[model_id] = Serving(precision=precision, profile_hash=profile_hash)
+    log ServingChanged(model_id=model_id, precision=precision, profile_hash=profile_hash)
 
 
 # ------------------------------------------------------------------ VIEWS
