@@ -331,22 +331,31 @@ def plan_value(built: list[Built]) -> float:
 
 def candidates(c: Cluster, built: list[Built], rest: list[int]
                ) -> list[tuple[list[Built], list[int]]]:
-    """The plan and its straggler-free variants: without its slowest replicas, their nodes
-    offered to the kept ones (`augment`: a slow node paired with fast ones where it adds KV room
-    or layers) or left standby."""
+    """The plan and its straggler-free variants: without its slowest replicas (their nodes
+    standby), each listed only if its round robin beats every longer one's."""
     ranked = sorted(built, key=lambda b: (-b[2].throughput, c.ids[b[0][0]]))
     out = [(built, rest)]
+    best_q = rates(built)[1]
     for n in range(len(ranked) - 1, 0, -1):
-        kept = ranked[:n]
-        if kept[-1][2].throughput * n <= rates(out[-1][0])[1] * (1 + 1e-9):
-            continue  # no faster round robin than a plan already listed
-        freed = sorted({i for b in ranked[n:] for i in b[0]} | set(rest))
-        out.append((kept, freed))
-        grown, unused = augment(c, kept, [i for i in freed if int(c.cap[i, MID]) >= 1])
-        if grown != kept:
-            out.append((grown, sorted(set(unused) | {i for i in freed
-                                                      if int(c.cap[i, MID]) < 1})))
+        q = ranked[n - 1][2].throughput * n
+        if q <= best_q * (1 + 1e-9):
+            continue
+        best_q = q
+        out.append((ranked[:n], sorted({i for b in ranked[n:] for i in b[0]} | set(rest))))
     return out
+
+
+POOLED_MAX = 512  # nodes up to which the pooled grouping is tried besides region-first
+REGROW_MAX = 32  # freed nodes offered back to the kept replicas (fastest first)
+
+
+def regrow(c: Cluster, kept: list[Built], freed: list[int]) -> tuple[list[Built], list[int]]:
+    """Offer the nodes a straggler-free variant left standby to its replicas (`augment`: a slow
+    node paired with fast ones where it adds KV room or layers), the `REGROW_MAX` fastest."""
+    able = sorted((i for i in freed if int(c.cap[i, MID]) >= 1),
+                  key=lambda i: (float(c.tau[i]), c.ids[i]))
+    grown, unused = augment(c, kept, able[:REGROW_MAX])
+    return grown, sorted(set(unused) | set(freed) - {i for b in grown for i in b[0]})
 
 
 def choose(options: list[tuple[list[Built], list[int]]]) -> tuple[list[Built], list[int]]:
@@ -399,7 +408,11 @@ def solve(c: Cluster) -> tuple[list[Built], list[int]]:
     weak = [i for i in pool if int(c.cap[i, MID]) < 1]
     pool = [i for i in pool if int(c.cap[i, MID]) >= 1]
     options: list[tuple[list[Built], list[int]]] = []
-    for by_region in (True, False) if len(c.regions) > 1 else (True,):
+    # Pooling every region at once finds cross-region pairings (a big GPU in one region with a
+    # small one in another) that region-first grouping misses; in large clusters every region
+    # has partners enough, and the pooled pass would cost as much again.
+    pooled = len(c.regions) > 1 and len(pool) <= POOLED_MAX
+    for by_region in (True, False) if pooled else (True,):
         grouped, rest = _grouped(c, pool, by_region)
         built, rest = augment(c, alone + grouped, sorted(set(rest)))
         spare = [i for i in sorted(set(rest)) if int(c.cap[i, MID]) >= 1]
@@ -410,6 +423,8 @@ def solve(c: Cluster) -> tuple[list[Built], list[int]]:
         rest.extend(i for b, good in zip(built, ok, strict=False) if not good for i in b[0])
         options.extend(candidates(c, kept, rest))
     kept, rest = choose(options)
+    if rest and len(kept) < max(len(b) for b, _ in options):  # stragglers were left out
+        kept, rest = choose([(kept, rest), regrow(c, kept, rest)])
     return kept, sorted(set(rest) | set(weak))
 
 

@@ -55,6 +55,8 @@ class Cluster:
     flops: np.ndarray  # (n,) FLOP/s
     net: np.ndarray  # (n,) bytes/s
     steps: tuple[tuple[np.ndarray, np.ndarray] | None, ...]  # measured (tokens, s per layer)
+    measured: np.ndarray  # (n,) bool: the node has `steps`
+    lat1: np.ndarray  # (n,) s per layer for one sequence's decode step at the mean context
     pre: np.ndarray  # (n,) s per layer for one mean prompt's prefill
     tau: np.ndarray  # (n,) s per layer per cycle at a full batch (decode + amortized prefill)
     rtt: np.ndarray  # (r, r) seconds between region codes
@@ -117,11 +119,14 @@ def build_cluster(snapshot: Snapshot, nodes: list[NodeSpec] | None = None) -> Cl
         region=np.array([rcode[n.region] for n in nodes], dtype=np.int64),
         usable=usable, budget=budget, cap=cap, mem_tau=mem_tau, mem_bw=np.maximum(bw, 1.0),
         flops=flops, net=np.array([n.net_mbps * 1e6 / 8 for n in nodes], dtype=float),
-        steps=tuple(_measured(n) for n in nodes), pre=np.zeros(len(nodes)),
+        steps=tuple(_measured(n) for n in nodes),
+        measured=np.array([bool(n.step_ms) for n in nodes], dtype=bool), pre=np.zeros(len(nodes)),
+        lat1=np.zeros(len(nodes)),
         tau=np.zeros(len(nodes)), rtt=rtt,
     )
     everyone = np.arange(len(nodes))
     c.pre[:] = layer_times(c, everyone, float(p.prompt_tokens), 0.0)
+    c.lat1[:] = layer_times(c, everyone, 1.0, decode_context(c))
     c.tau[:] = unit_cost(c, everyone, float(p.max_batch), 2)
     return c
 
@@ -133,11 +138,12 @@ def layer_times(c: Cluster, idx: np.ndarray, tokens: float | np.ndarray,
     m = c.model
     idx = np.atleast_1d(idx)
     t = np.asarray(tokens, dtype=float)
-    t = np.broadcast_to(t, np.broadcast_shapes(t.shape, idx.shape))
     kv_read = np.asarray(kv_tokens, dtype=float) * m.kv_bytes_per_token_layer / c.mem_bw[idx]
     base = np.maximum(c.mem_tau[idx], t * m.layer_flops / c.flops[idx])
-    tables = [(col, c.steps[int(i)]) for col, i in enumerate(idx) if c.steps[int(i)] is not None]
-    if tables:
+    if c.measured[idx].any():
+        t = np.broadcast_to(t, base.shape)
+        tables = [(col, c.steps[int(i)]) for col, i in enumerate(idx)
+                  if c.steps[int(i)] is not None]
         base = base.copy()
         for col, table in tables:
             assert table is not None
@@ -268,8 +274,12 @@ def ring_links(c: Cluster, order: list[int]) -> float:
 def stage_room(c: Cluster, order: list[int]) -> np.ndarray:
     """Bytes each stage of `order` has for layers and KV (usable VRAM − embedding/LM head)."""
     m, n = c.model, len(order)
-    return np.array([float(c.usable[i]) - m.extra_bytes(q in (FIRST, ALONE), q in (LAST, ALONE))
-                     for i, q in zip(order, positions(n), strict=True)])
+    room = c.usable[order].astype(float)
+    if n == 1:
+        return room - m.extra_bytes(True, True)
+    room[0] -= m.extra_bytes(True, False)
+    room[-1] -= m.extra_bytes(False, True)
+    return room
 
 
 def seq_bytes_per_layer(c: Cluster) -> float:
@@ -300,7 +310,7 @@ def _batch_of(c: Cluster, order: list[int], layers: np.ndarray) -> np.ndarray:
     m = c.model
     free = stage_room(c, order)[None, :] - layers * m.layer_bytes
     seqs = np.floor(np.min(free / (np.maximum(layers, 1) * seq_bytes_per_layer(c)), axis=1))
-    return np.clip(seqs, 0, c.snapshot.params.max_batch)
+    return np.minimum(np.maximum(seqs, 0), c.snapshot.params.max_batch)
 
 
 def estimate(c: Cluster, order: list[int], layers: list[int]) -> ReplicaEstimate:
@@ -314,7 +324,7 @@ def estimate(c: Cluster, order: list[int], layers: list[int]) -> ReplicaEstimate
     links = ring_links(c, order)
     busy = k * stage_busy(c, idx, float(b)) if n > 1 else per_stage
     cycle = max(float(per_stage.sum()) + links, float(busy.max()))
-    unloaded = float((k * layer_times(c, idx, 1.0, decode_context(c))).sum()) + links
+    unloaded = float((k * c.lat1[idx]).sum()) + links
     ttft = float((k * c.pre[idx]).sum()) + links
     thr = batch / cycle if batch >= 1 else 0.0
     return ReplicaEstimate(throughput=thr, latency_s=unloaded, batch=batch,
@@ -337,11 +347,12 @@ def fill(c: Cluster, order: list[int], caps: np.ndarray, cost: np.ndarray) -> tu
     L, n = c.model.layers, len(order)
     good = (caps.min(axis=1) >= 1) & (caps.sum(axis=1) >= L)
     rank = np.argsort(cost, axis=1, kind="stable")
-    extra = np.take_along_axis(np.clip(caps - 1, 0, None), rank, axis=1)
+    rows = np.arange(len(caps))[:, None]
+    extra = np.maximum(caps - 1, 0)[rows, rank]
     before = np.cumsum(extra, axis=1) - extra
-    give = np.clip(np.minimum(extra, (L - n) - before), 0, None)
+    give = np.maximum(np.minimum(extra, (L - n) - before), 0)
     k = np.empty_like(give)
-    np.put_along_axis(k, rank, give + 1, axis=1)
+    k[rows, rank] = give + 1
     return good, k
 
 
@@ -356,33 +367,48 @@ def best_split(c: Cluster, order: list[int], full: bool = False
     m, p = c.model, c.snapshot.params
     L, n = m.layers, len(order)
     idx = np.array(order)
-    caps0 = np.array([int(c.cap[i, q]) for i, q in zip(order, positions(n), strict=True)])
+    caps0 = c.cap[order, positions(n)]
     if n > L or caps0.min() < 1 or caps0.sum() < L:
         c.memo[key] = None
         return None
-    targets = batch_targets(p.max_batch, full)
+    if n == 1:  # one node holds every layer: nothing to split
+        out = ([L], estimate(c, order, [L]))
+        c.memo[key] = out
+        return out
+    tkey = ("targets", full)
+    if tkey not in c.memo:
+        c.memo[tkey] = batch_targets(p.max_batch, full)
+    targets = c.memo[tkey]
     room = stage_room(c, order)
     kv_caps = np.floor(room[None, :] / (m.layer_bytes + targets[:, None]
                                         * seq_bytes_per_layer(c))).astype(np.int64)
     caps = np.minimum(caps0[None, :], kv_caps)
-    cost = unit_cost(c, idx, targets[:, None], n)  # (r, n)
+    prompts = targets[:, None] / p.output_tokens
+    phi = n ** -0.5 * c.pre[idx]
+    cost = layer_times(c, idx, targets[:, None], targets[:, None] * decode_context(c)) \
+        + prompts * phi  # (r, n): `unit_cost` for a pipeline
     good, k = fill(c, order, caps, cost)
     if not good.any():  # not even one sequence fits: the fastest split, unusable
         good, k = fill(c, order, caps0[None, :], cost[:1])
         targets = targets[:1]
     k, targets = k[good], targets[good]
     batch = _batch_of(c, order, k.astype(float))
-    b = np.maximum(batch, 1)
+    b = np.maximum(batch, 1)[:, None]
     links = ring_links(c, order)
-    cyc = (k * unit_cost(c, idx, b[:, None], n)).sum(axis=1) + links
-    if n > 1:
-        cyc = np.maximum(cyc, (k * stage_busy(c, idx, b[:, None])).max(axis=1))
-    lat = (k * layer_times(c, idx, 1.0, decode_context(c))).sum(axis=1) + links
+    dec = layer_times(c, idx, b, b * decode_context(c))
+    prompts = b / p.output_tokens
+    cyc = np.maximum((k * (dec + prompts * phi)).sum(axis=1) + links,  # unit_cost, stage_busy
+                     (k * (dec + prompts * c.pre[idx])).max(axis=1))
+    lat = (k * c.lat1[idx]).sum(axis=1) + links
     thr = np.where(batch >= 1, batch / cyc, 0.0)
     ok = (batch >= 1) & (lat <= p.latency_bound_ms / 1e3 + 1e-12)
     score = np.where(ok, thr, -lat)  # usable first, then throughput; else the least latency
     j = int(np.argmax(score))
     layers = [int(x) for x in k[j]]
-    out = (layers, estimate(c, order, layers))
+    busy = k[j] * (dec[j] + prompts[j] * c.pre[idx])
+    out = (layers, ReplicaEstimate(
+        throughput=float(thr[j]), latency_s=float(lat[j]), batch=int(batch[j]),
+        bottleneck_s=float(busy.max()), tpot_s=float(cyc[j]),
+        ttft_s=float((k[j] * c.pre[idx]).sum()) + links))
     c.memo[key] = out
     return out
