@@ -32,9 +32,25 @@ def draw(
     ops: DynArray[address, MAX_COMMITTEE] = []
     owners: DynArray[address, MAX_COMMITTEE] = []
     stakes: DynArray[uint256, MAX_COMMITTEE] = []
+    # Only nodes registered by the snapshot block count, so that registering once the seed is
+    # public cannot move the uniform pick (indexes are in registration order).
     n: uint256 = staticcall registry.node_count()
     if n == 0 or seat_stake == 0 or want == 0:
         return ops, owners, stakes
+    if staticcall registry.registered_at(n - 1) > snapshot_block:
+        lo: uint256 = 0
+        hi: uint256 = n - 1  # first index registered after the snapshot is in [lo, hi]
+        for _: uint256 in range(64):
+            if lo >= hi:
+                break
+            mid: uint256 = (lo + hi) // 2
+            if staticcall registry.registered_at(mid) > snapshot_block:
+                hi = mid
+            else:
+                lo = mid + 1
+        n = lo
+        if n == 0:
+            return ops, owners, stakes
     for k: uint256 in range(MAX_TRIES):
         if len(ops) >= want:
             break

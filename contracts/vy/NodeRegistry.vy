@@ -489,6 +489,20 @@ def stake_of(node: address) -> uint256:
 
 @view
 @external
+def slashable(node: address) -> uint256:
+    """@notice What a slash can still take from the node: stake + unbonding funds."""
+    return self.nodes[node].stake + self.nodes[node].unbonding
+
+
+@view
+@external
+def registered_at(index: uint256) -> uint256:
+    """@notice The registration block of the node at `index` (nondecreasing in the index)."""
+    return self.nodes[self.node_at[index]].registered_block
+
+
+@view
+@external
 def seat_info(node: address) -> (address, uint256, uint256):
     """@notice (operator, jailed_until, min_stake): what a committee draw needs besides stake_at."""
     return self.nodes[node].operator, self.nodes[node].jailed_until, self.min_stake

@@ -180,6 +180,18 @@ def is_sampled(batch_id: uint256, request_id: bytes32) -> bool:
 
 @view
 @external
+def stage_of(batch_id: uint256, request_id: bytes32, n_stages: uint256) -> uint256:
+    """@notice The stage a sampled request's task checks (reverts until the seed exists)."""
+    seed: bytes32 = self.batch_seed[batch_id]
+    if seed == empty(bytes32):
+        p: Params = staticcall self.game.params()
+        b: IVerifierPayments.Batch = staticcall self.payments.batches(batch_id)
+        seed = self._fresh_seed(batch_id, (b.terms >> 160) & ((1 << 48) - 1), p.randomness_delay)
+    return convert(keccak256(abi_encode(seed, request_id, convert(1, uint256))), uint256) % n_stages
+
+
+@view
+@external
 def attestation_digest(request_id: bytes32, stage: uint256, sc: StageCommit) -> bytes32:
     """@notice What a stage operator signs for its commitment (contracts.verification)."""
     return self._digest(request_id, stage, sc)

@@ -884,7 +884,7 @@ def _start_round(task_id: uint256, r: uint256, seed: bytes32) -> uint256:
 def _slash(owner: address, amount: uint256, prover: address, reason: String[128]) -> uint256:
     # NodeRegistry.slash reverts when the node holds nothing: skip instead, so one broke node
     # cannot block a task from closing.
-    if amount == 0 or staticcall self.registry.stake_of(owner) == 0:
+    if amount == 0 or staticcall self.registry.slashable(owner) == 0:
         return 0
     return extcall self.registry.slash(owner, amount, prover, reason)
 

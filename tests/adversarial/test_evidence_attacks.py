@@ -1,0 +1,94 @@
+"""Attacks 4-6 of issue 14: conviction from evidence, not luck. Partial forgeries (one chunk, only
+the generated positions, only a token id) are named by the accusers and convicted; a spoiler
+accuser loses instead of stalling the task; withheld inputs convict the withholder, not the
+verifiers who could not re-execute."""
+
+from __future__ import annotations
+
+import pytest
+
+from contracts.verification import TaskStatus
+from tests.contracts.verification_game import PARAMS, Game, Plan
+
+from .scenario import assert_books, assert_no_honest_loss, release, snapshot
+
+
+def _other_stages(g: Game, req, stage: int) -> set[str]:
+    return {g.operator_owner[s.operator] for j, s in enumerate(req.pipeline.stages) if j != stage}
+
+
+@pytest.mark.parametrize("forgery", ["chunk", "decode", "tokens"])
+def test_a_partial_forgery_is_convicted_and_its_accusers_paid(forgery: str) -> None:
+    g = Game()
+    req = g.settle(forge={0: forgery, 1: forgery})
+    deposit = g.s.pay.deposits(g.client)
+    snap = snapshot(g, g.s.owners)
+    tid = g.open_task(req)
+    cheater = g.operator_owner[g.ver.tasks(tid).stage_operator]
+    cheater_before = snap.pop(cheater)
+    honest = snap
+    members = g.round_members(tid)
+    assert g.run(tid, req, Plan(cheat=True)) == TaskStatus.FRAUD
+    for op in members:
+        assert not g.ver.member(tid, op).slashed  # the honest accusers stand
+    release(g, req)
+    assert g.worth(cheater) < cheater_before  # convicted: slashed, no pay for the request
+    assert g.s.pay.deposits(g.client) == deposit + req.record.charge
+    assert g.s.reg.nodes(cheater).jailed_until > 0  # FRAUD jails the stage
+    assert_no_honest_loss(g, honest)
+    assert_books(g)
+
+
+def test_a_spoiler_accuser_loses_and_the_honest_stage_is_paid() -> None:
+    g = Game()
+    req = g.settle()
+    tid = g.open_task(req)
+    spoiler_op = g.round_members(tid)[0]
+    spoiler = g.ver.member(tid, spoiler_op).owner
+    honest = snapshot(g, [o for o in g.s.owners if o != spoiler])
+    before = g.worth(spoiler)
+    assert g.run(tid, req, Plan(behaviours={0: "spoiler"})) == TaskStatus.PASSED
+    assert g.ver.member(tid, spoiler_op).slashed
+    release(g, req)
+    assert g.worth(spoiler) < before
+    assert_no_honest_loss(g, honest)
+    assert_books(g)
+
+
+def test_a_spoiler_colluding_with_a_cheat_cannot_save_it() -> None:
+    g = Game()
+    req = g.settle(forge={0: "rows", 1: "rows"})
+    snap = snapshot(g, g.s.owners)
+    tid = g.open_task(req)
+    cheater = g.operator_owner[g.ver.tasks(tid).stage_operator]
+    spoiler_op = g.round_members(tid)[0]
+    spoiler = g.ver.member(tid, spoiler_op).owner
+    colluders = {cheater, spoiler}
+    before = sum(snap.pop(o) for o in colluders)
+    honest = snap
+    assert g.run(tid, req, Plan(cheat=True, behaviours={0: "spoiler"})) == TaskStatus.FRAUD
+    release(g, req)
+    assert sum(g.worth(o) for o in colluders) < before
+    assert_no_honest_loss(g, honest)
+
+
+def test_withheld_inputs_convict_the_withholder_not_the_verifiers() -> None:
+    g = Game()
+    # find a request whose checked stage has an input stage (stage 1)
+    while True:
+        req = g.settle()
+        if g.chosen_stage(req) == 1:
+            break
+    withholder = g.operator_owner[req.pipeline.stages[0].operator]
+    tid = g.open_task(req, wait=False)
+    assert g.ver.tasks(tid).stage == 1
+    members = g.round_members(tid)
+    owners = [g.ver.member(tid, op).owner for op in members]
+    before = {o: g.worth(o) for o in owners}
+    w_before = g.worth(withholder)
+    plan = Plan(behaviours={i: "no_input" for i in range(len(members))})
+    g.play_round(tid, req, plan, open_input=False)  # the withholder opens nothing
+    g.finalize(tid)
+    for o in owners:
+        assert g.worth(o) >= before[o]  # nobody who could not re-execute is slashed
+    assert g.worth(withholder) < w_before
