@@ -13,9 +13,9 @@ from typing import Any
 
 from eth_utils import event_abi_to_log_topic
 from web3 import Web3
-from web3._utils.events import get_event_data
 
 from contracts.errors import ContractsError
+from contracts.logs import decode_log, event_table
 from contracts.rpc import Rpc, Signer
 
 
@@ -66,7 +66,7 @@ class Binding:
         self.abi = abi
         self.signer = signer
         self.contract = rpc.w3.eth.contract(address=self.address, abi=abi)
-        self._events = {event_abi_to_log_topic(e): e for e in abi if e.get("type") == "event"}
+        self._events = event_table(abi)
 
     def _sender(self, sender: Signer | None) -> Signer:
         s = sender or self.signer
@@ -116,12 +116,10 @@ class Binding:
             abi = self._events.get(bytes(log["topics"][0]))
             if abi is None:
                 continue
-            data = get_event_data(self.rpc.w3.codec, abi, log)
-            # Index by the ABI's names: an event arg called "keys" would shadow dict(...)'s .keys.
-            args = {i["name"]: _plain(data["args"][i["name"]]) for i in abi["inputs"]}
+            args = {k: _plain(v) for k, v in decode_log(abi, log).items()}
             out.append(
                 Event(
-                    name=data["event"],
+                    name=abi["name"],
                     args=args,
                     address=self.address,
                     block_number=int(log["blockNumber"]),

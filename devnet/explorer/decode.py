@@ -14,14 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_abi import decode as abi_decode
-from eth_utils import event_abi_to_log_topic, function_abi_to_4byte_selector
+from eth_utils import function_abi_to_4byte_selector
 from web3 import Web3
-from web3._utils.events import get_event_data
 
 from contracts.build import Artifact, compile_all
+from contracts.logs import decode_log, event_table
 from contracts.manifest import Manifest
-
-_CODEC = Web3().codec
 
 
 def _type_str(inp: dict[str, Any]) -> str:
@@ -69,11 +67,9 @@ class Decoder:
         self._any_event: dict[bytes, tuple[str | None, dict[str, Any]]] = {}
         for name, art in artifacts.items():
             fns = [e for e in art.abi if e.get("type") == "function"]
-            evs = [e for e in art.abi if e.get("type") == "event"]
             self._functions[name] = {function_abi_to_4byte_selector(f): f for f in fns}
-            self._events[name] = {event_abi_to_log_topic(e): e for e in evs}
-            for e in evs:
-                topic = event_abi_to_log_topic(e)
+            self._events[name] = event_table(art.abi)
+            for topic, e in self._events[name].items():
                 # A signature shared by several contracts (OwnershipTransferred) names none.
                 seen = self._any_event.get(topic)
                 self._any_event[topic] = (name if seen is None else None, e)
@@ -120,8 +116,8 @@ class Decoder:
             contract, abi = (None if self.by_address else hit[0]), hit[1]
         log = {"address": Web3.to_checksum_address(address), "topics": topics, "data": data, **ctx}
         try:
-            ev = get_event_data(_CODEC, abi, log)
+            raw = decode_log(abi, log)
         except Exception:  # noqa: BLE001 - a log that does not fit the ABI stays raw
             return None
-        args = {i["name"]: plain(i, ev["args"][i["name"]]) for i in abi["inputs"]}
+        args = {i["name"]: plain(i, raw[i["name"]]) for i in abi["inputs"]}
         return Decoded(contract, abi["name"], args)
