@@ -1,18 +1,23 @@
 """Phase 1: `allocate(snapshot) -> Plan`, the fast deterministic model-allocation heuristic.
 
+Every replica is priced at the batch it will run (`scheduler.costs`: KV room and `max_batch` set
+the batch, the request mix sets the prefill work, the roofline or measured step times the step).
 Steps (DESIGN §4): (1) nodes that hold the whole model alone become one-stage replicas; (2) inside
-each region, the rest are grouped into pipelines by a few candidate rules — consecutive by speed
-(similar GPUs together), consecutive by capacity (fewest stages), capacity-balanced bins — each
-sized for a few KV targets, and the rule whose replicas score the most aggregate throughput wins;
-(3) what no region could use is pooled across regions in region order (so a replica crosses as few
-regions as possible); (4) spare nodes are offered to the replica they help most, then a second
-chance releases the slowest members of the replicas that miss them least to form new replicas
-with the spares; a last pass tries other first/last stages (who holds embedding and LM head) per
-replica. Every replica is "water-filled": each layer goes to the node whose stage time
-would grow least, under its memory cap, then layers are traded for KV room when that raises
-throughput, and a slow member is dropped when the replica is faster without it; replicas over the
-latency bound are dissolved. Unused nodes are standby. No randomness, and every tie is broken by
-node id, so the same snapshot always gives the same plan.
+each region — and, up to `POOLED_MAX` nodes, also over all regions at once, which finds a big GPU's
+partner in another region — the rest are grouped into pipelines by a few candidate rules:
+consecutive by speed (similar GPUs together), consecutive by capacity (fewest stages),
+capacity-balanced bins (one big and one small node per bin when that is what fits) — each sized for
+a few KV targets, and the rule whose replicas score the most aggregate throughput wins; (3) what no
+region could use is pooled across regions in region order; (4) spare nodes are offered to the
+replica they help most, then a second chance releases the slowest members of the replicas that
+miss them least to form new replicas with the spares; a last pass tries other first/last stages.
+Each replica's split (`costs.best_split`) reserves KV for a batch target and gives layers to the
+cheapest nodes first; a slow member is dropped when the replica is faster without it.
+(5) No stragglers: the plan and its variants without its slowest replicas (their nodes offered
+back or left standby) are scored under both routings — summed throughput for a load-aware router,
+replicas × the slowest for round robin — and the one whose worse routing comes closest to its
+target share of the best (`choose`) is kept. No randomness, and every tie is broken by node id,
+so the same snapshot always gives the same plan.
 """
 
 from __future__ import annotations

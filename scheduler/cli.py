@@ -143,7 +143,8 @@ def allocate_cmd(cluster_path: Path, model_spec: str | None, solver: str,
 @click.option("--workload", "workload_path", type=click.Path(path_type=Path), default=None)
 @_guard
 def compare_cmd(cluster_path: Path, model_spec: str | None, workload_path: Path | None) -> None:
-    """Our plan + load-aware router vs. the same plan load-blind vs. greedy placement + RR."""
+    """Our plan and greedy placement, each under the load-aware router and strict round robin
+    (plus ours load-blind), with our planner's estimate beside them."""
     from scheduler.allocate import allocate
     from scheduler.schema import load_json, parse_snapshot
     from scheduler.sim.baselines import greedy_plan
@@ -156,6 +157,9 @@ def compare_cmd(cluster_path: Path, model_spec: str | None, workload_path: Path 
     ours, greedy = allocate(snapshot), greedy_plan(snapshot)
     _emit({
         "ours": simulate(snapshot, ours, workload, "router").to_dict(),
+        "ours_rr": simulate(snapshot, ours, workload, "rr").to_dict(),
         "ours_noload": simulate(snapshot, ours, workload, "noload").to_dict(),
+        "ours_estimate": dict(ours.estimate),
+        "greedy_router": simulate(snapshot, greedy, workload, "router").to_dict(),
         "greedy_rr": simulate(snapshot, greedy, workload, "rr").to_dict(),
     }, None)

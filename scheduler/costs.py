@@ -57,6 +57,7 @@ class Cluster:
     steps: tuple[tuple[np.ndarray, np.ndarray] | None, ...]  # measured (tokens, s per layer)
     measured: np.ndarray  # (n,) bool: the node has `steps`
     lat1: np.ndarray  # (n,) s per layer for one sequence's decode step at the mean context
+    kind: np.ndarray  # (n,) nodes alike in every cost quantity share a kind (splits are memoized by it)
     pre: np.ndarray  # (n,) s per layer for one mean prompt's prefill
     tau: np.ndarray  # (n,) s per layer per cycle at a full batch (decode + amortized prefill)
     rtt: np.ndarray  # (r, r) seconds between region codes
@@ -121,12 +122,18 @@ def build_cluster(snapshot: Snapshot, nodes: list[NodeSpec] | None = None) -> Cl
         flops=flops, net=np.array([n.net_mbps * 1e6 / 8 for n in nodes], dtype=float),
         steps=tuple(_measured(n) for n in nodes),
         measured=np.array([bool(n.step_ms) for n in nodes], dtype=bool), pre=np.zeros(len(nodes)),
-        lat1=np.zeros(len(nodes)),
+        lat1=np.zeros(len(nodes)), kind=np.zeros(len(nodes), dtype=np.int64),
         tau=np.zeros(len(nodes)), rtt=rtt,
     )
     everyone = np.arange(len(nodes))
     c.pre[:] = layer_times(c, everyone, float(p.prompt_tokens), 0.0)
     c.lat1[:] = layer_times(c, everyone, 1.0, decode_context(c))
+    named = {x for pair in snapshot.links.pairs for x in pair}
+    kinds: dict[tuple[Any, ...], int] = {}
+    for i, n in enumerate(nodes):
+        key: tuple[Any, ...] = ("own", i) if n.id in named or n.step_ms else (
+            n.region, n.vram_mib, n.tflops, n.mem_bw_gbps, n.net_mbps, n.layer_ms)
+        c.kind[i] = kinds.setdefault(key, len(kinds))
     c.tau[:] = unit_cost(c, everyone, float(p.max_batch), 2)
     return c
 
@@ -361,7 +368,7 @@ def best_split(c: Cluster, order: list[int], full: bool = False
     """The split of `order` with the most throughput whose unloaded token round trip is within the bound,
     over batch targets (each target reserves KV for that many sequences, then fills the cheapest
     nodes first); else the fastest one. None when the order cannot hold the model at all."""
-    key = ("split", tuple(order), full)
+    key = ("split", tuple(c.kind[order].tolist()), full)
     if key in c.memo:
         return c.memo[key]
     m, p = c.model, c.snapshot.params

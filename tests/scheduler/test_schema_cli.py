@@ -217,6 +217,8 @@ def test_cli_compare_scores_ours_and_both_baselines(tmp_path: Path) -> None:
                                    "--workload", str(w)])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
+    assert out.pop("ours_estimate")["throughput_tok_s"] > 0
+    assert set(out) == {"ours", "ours_rr", "ours_noload", "greedy_router", "greedy_rr"}
     assert {out[k]["policy"] for k in out} == {"router", "router-noload", "round-robin"}
     assert all(out[k]["completed"] == 40 for k in out)
 
