@@ -65,7 +65,7 @@ def build_server(model: Path, layers: tuple[int, int], key: bytes, directory: An
 
     from node.dataplane.hidden_store import HiddenStateStore
     from node.dataplane.server import StageServer
-    from node.runtime.executor import StageExecutor
+    from node.runtime.batch import BatchedExecutor
     from node.runtime.shard import load_shard, resolve_device_dtype
 
     device, dtype = resolve_device_dtype(settings.models.device, settings.models.dtype)
@@ -79,9 +79,13 @@ def build_server(model: Path, layers: tuple[int, int], key: bytes, directory: An
               file=sys.stderr)
     m, dp = settings.models, settings.dataplane
     store = HiddenStateStore(store_dir, m.hidden_store_max_bytes, m.hidden_retention_s, m.hidden_max_open_s)
-    return StageServer(StageExecutor(shard), store, PrivateKey(key), directory, chain_id, host=host,
+    # Continuous batching knobs: settings may name them (dataplane.*); the defaults suit one box.
+    return StageServer(BatchedExecutor(shard), store, PrivateKey(key), directory, chain_id, host=host,
                        port=port, kv_budget_bytes=kv_budget_bytes, max_frame_bytes=dp.max_frame_bytes,
-                       session_timeout_s=dp.session_timeout_s)
+                       session_timeout_s=dp.session_timeout_s,
+                       max_decode_rows=int(getattr(dp, "max_decode_rows", 256)),
+                       prefill_chunk=int(getattr(dp, "prefill_chunk", 256)),
+                       micro_batches=int(getattr(dp, "micro_batches", 1)))
 
 
 def _say(text: str) -> None:

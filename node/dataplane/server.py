@@ -22,8 +22,13 @@ After a request ran, any connection may carry COMMIT (the request's gateway asks
 signed commitment over its stored rows) and FETCH (the gateway or an active operator reads stored
 rows and token ids); both are answered from the hidden-state store by `node.dataplane.stored_requests`.
 
-Compute runs inline on the event loop: a stage works on one step at a time anyway, and this keeps
-the per-hop cost to a socket write, a keccak and a signature.
+Compute is continuously batched (`node.dataplane.batcher`, `node.runtime.batch`): a frame only
+*submits* its rows as a job; one compute loop repeatedly takes every ready job's rows — one decode
+row per running request plus prefill chunks — runs them as one batched forward in a worker thread
+(the event loop keeps reading, checking and signing frames meanwhile), stores each request's rows,
+and sends each request its own signed HIDDEN / TOKEN frame. Frames of one step travel back to back
+on the link. A full stage queues OPENs (FIFO) until KV is freed instead of refusing them; only a
+request that could never fit the budget is refused with NO_CAPACITY.
 """
 
 from __future__ import annotations
@@ -31,16 +36,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from coincurve import PrivateKey
 
+from node.dataplane.batcher import Batcher, Job
 from node.dataplane.directory import OperatorDirectory
 from node.dataplane.hidden_store import HiddenStateStore
 from node.dataplane.sessions import DataSession, SessionTable
 from node.dataplane.stored_requests import StoredRequests
+from node.runtime.batch import BatchedExecutor, Work
 from node.runtime.executor import StageExecutor
-from node.runtime.models.errors import ModelError
+from node.runtime.models.errors import ExecutionError, ModelError
 from protocol.dataplane_errors import (
     BadMessage,
     BadSignature,
@@ -104,8 +114,11 @@ class StageServer:
     def __init__(self, executor: StageExecutor, store: HiddenStateStore, key: PrivateKey,
                  directory: OperatorDirectory, chain_id: int, *, host: str = "127.0.0.1",
                  port: int = 0, kv_budget_bytes: int = 2**30, max_frame_bytes: int = 64 * 2**20,
-                 session_timeout_s: float = 60.0):
-        self.executor = executor
+                 session_timeout_s: float = 60.0, max_decode_rows: int = 256,
+                 prefill_chunk: int = 256, micro_batches: int = 1):
+        if not isinstance(executor, BatchedExecutor):  # every server batches, whoever built it
+            executor = BatchedExecutor(executor.shard)
+        self.executor: BatchedExecutor = executor
         self.key = key
         self.address = address_of_key(key)
         self.directory = directory
@@ -115,6 +128,18 @@ class StageServer:
         self.sessions = SessionTable(executor, store, kv_budget_bytes, session_timeout_s)
         self.stored = StoredRequests(store, key, directory, chain_id, self.layers, max_frame_bytes,
                                      leaves=self.sessions.leaves)
+        self.sessions.on_free = self._on_free
+        self.batcher = Batcher(max_decode_rows, prefill_chunk, micro_batches)
+        self._work = asyncio.Event()  # set when jobs may be ready
+        self._step_done = asyncio.Event()
+        self._running: set[bytes] = set()  # requests whose rows are in the step now computing
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="veriplex-step")
+        # OPENs waiting for KV room: (frame, writer, queued at), first come first served
+        self.waiting: deque[tuple[Frame, asyncio.StreamWriter, float]] = deque()
+        self._parked: dict[bytes, list[Frame]] = {}  # HIDDEN frames of queued requests
+        self._admitting = False
+        self.steps = 0  # batched steps run (tests and metrics)
+        self.max_batch = 0  # most requests seen in one step
         self.links: dict[Endpoint, asyncio.StreamWriter] = {}
         self._link_lock = asyncio.Lock()
         self._server: asyncio.base_events.Server | None = None
@@ -130,6 +155,7 @@ class StageServer:
         self._server = await asyncio.start_server(self._serve_conn, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         self._spawn(self._sweep())
+        self._spawn(self._compute_loop())
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -139,6 +165,7 @@ class StageServer:
         for w in self.links.values():
             w.close()
         self.links.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _spawn(self, coro) -> None:
         t = asyncio.get_running_loop().create_task(coro)
@@ -150,6 +177,7 @@ class StageServer:
             await asyncio.sleep(min(1.0, self.sessions.session_timeout_s / 2))
             for rid in self.sessions.close_idle():
                 log.info("session %s timed out and was freed", rid.hex())
+            self._expire_waiting()
 
     # ── inbound ───────────────────────────────────────────────────────────────────────────────
     async def _serve_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -186,6 +214,8 @@ class StageServer:
             writer.close()
         # The gateway went away: cancel the requests it opened here (stage 0 only; a lost upstream
         # on a later stage is a failed stage, which the gateway re-routes).
+        for item in [w for w in self.waiting if w[1] is writer]:
+            self.waiting.remove(item)
         for sess in [x for x in self.sessions.sessions.values() if x.upstream is writer and x.index == 0]:
             with contextlib.suppress(DataPlaneError, ModelError):
                 await self._finish(sess, CloseReason.CANCELLED)
@@ -216,6 +246,9 @@ class StageServer:
         if f.kind == Kind.OPEN:
             await self._on_open(f, writer)
         elif f.kind == Kind.HIDDEN:
+            if f.request_id not in self.sessions.sessions and self._is_waiting(f.request_id):
+                self._parked.setdefault(f.request_id, []).append(f)  # replayed once admitted
+                return
             await self._on_hidden(f)
         elif f.kind == Kind.TOKEN:
             await self._on_token(f)
@@ -247,7 +280,9 @@ class StageServer:
         if got.lower() != expected.lower():
             raise BadSignature(f"{f.kind.name} signed by {got}, but {role} is operator {expected}")
 
-    async def _on_open(self, f: Frame, writer: asyncio.StreamWriter) -> None:
+    async def _on_open(self, f: Frame, writer: asyncio.StreamWriter,
+                       queued_at: float | None = None) -> bool:
+        """Admit (True) or queue (False) an OPEN; `queued_at` when it comes from the queue."""
         ob = parse_open(f.body)
         req = ob.request
         if req.chain_id != self.chain_id or f.request_id != req.rid or f.epoch != req.epoch:
@@ -282,6 +317,10 @@ class StageServer:
         step = len(ob.tokens) - req.prompt_len
         if f.step != step:
             raise BadMessage(f"OPEN step {f.step} does not match its {len(ob.tokens)} tokens (step {step})")
+        if req.rid in self.sessions.sessions:  # a re-route: let its running step end, drop its rows
+            await self._quiesce(req.rid)
+        elif (self.waiting and queued_at is None) or not self._admissible(req):
+            return self._queue(f, writer, queued_at, req)
         s = self.sessions.admit(req, ob.raw_request, ob.gateway_sig, idx)
         s.upstream = writer
         self.sessions.note_open(s, ob.tokens)
@@ -301,6 +340,64 @@ class StageServer:
         except ModelError:
             self.sessions.close(req.rid)
             raise
+        for parked in self._parked.pop(req.rid, []):  # rows that came while the OPEN waited
+            await self._dispatch_parked(parked)
+        return True
+
+    # ── admission queue ───────────────────────────────────────────────────────────────────────
+    def _admissible(self, req) -> bool:
+        """Whether a fresh request's KV fits now; one that never could is refused by `admit`."""
+        if not self.sessions.fits_ever(req):
+            return True  # let admit() refuse it with the figures
+        return self.sessions.need_bytes(req) <= self.sessions.kv_budget_bytes - self.sessions.kv_reserved
+
+    def _queue(self, f: Frame, writer, queued_at: float | None, req) -> bool:
+        item = (f, writer, queued_at if queued_at is not None else time.monotonic())
+        if queued_at is None:
+            self.waiting.append(item)
+            log.info("stage full: request %s queued (%d waiting)", req.rid.hex(), len(self.waiting))
+        else:
+            self.waiting.appendleft(item)  # still the oldest: it keeps its place
+        return False
+
+    def _on_free(self, rid: bytes) -> None:
+        self.batcher.drop(rid)
+        self._parked.pop(rid, None)
+        if self.waiting and not self._admitting:
+            self._spawn(self._admit_waiting())
+
+    async def _admit_waiting(self) -> None:
+        self._admitting = True
+        try:
+            while self.waiting:
+                f, w, t = self.waiting.popleft()
+                try:
+                    if not await self._on_open(f, w, queued_at=t):
+                        break
+                except (DataPlaneError, ModelError) as e:
+                    self._parked.pop(f.request_id, None)
+                    self._on_failure(f, w, e)
+        finally:
+            self._admitting = False
+
+    def _expire_waiting(self) -> None:
+        now = time.monotonic()
+        while self.waiting and now - self.waiting[0][2] > self.sessions.session_timeout_s:
+            f, w, t = self.waiting.popleft()
+            self._parked.pop(f.request_id, None)
+            self._on_failure(f, w, NoCapacity(
+                f"request {f.request_id.hex()} waited {now - t:.0f} s for KV room on this stage "
+                f"({self.sessions.kv_reserved} of {self.sessions.kv_budget_bytes} bytes reserved)"))
+
+    def _is_waiting(self, rid: bytes) -> bool:
+        return any(item[0].request_id == rid for item in self.waiting)
+
+    async def _dispatch_parked(self, f: Frame) -> None:
+        s = self.sessions.sessions.get(f.request_id)
+        try:
+            await self._dispatch(f, s.upstream if s else None)
+        except (DataPlaneError, ModelError) as e:
+            self._on_failure(f, s.upstream if s else None, e)
 
     async def _on_hidden(self, f: Frame) -> None:
         s = self._session_for(f)
@@ -342,6 +439,14 @@ class StageServer:
     async def _on_close(self, f: Frame) -> None:
         s = self.sessions.sessions.get(f.request_id)
         if s is None:
+            for item in [w for w in self.waiting if w[0].request_id == f.request_id]:
+                # a queued request cancelled: same sender rule as for an admitted one
+                ob = parse_open(item[0].body)
+                idx = item[0].stage
+                self._check_signer(f, ob.request.gateway if idx == 0 else
+                                   ob.request.stages[idx - 1].operator, "the request's sender")
+                self.waiting.remove(item)
+                self._parked.pop(f.request_id, None)
             return  # already finished here (the last stage closes itself): closing is idempotent
         req = s.request
         self._check_signer(f, req.gateway if s.index == 0 else req.stages[s.index - 1].operator,
@@ -360,8 +465,8 @@ class StageServer:
 
     # ── compute ───────────────────────────────────────────────────────────────────────────────
     async def _advance(self, s: DataSession, x: torch.Tensor, start: int, step: int) -> None:
-        """Run positions [start, start + T) (skipping any already cached after a re-route), store the
-        output rows, and send them on — or, on the last stage, sample and send the token round."""
+        """Submit positions [start, start + T) (skipping any already cached after a re-route) to the
+        batcher; `_emit` stores, sends on or samples once they are computed."""
         rid, req, ex = s.rid, s.request, self.executor
         end = start + x.shape[0]
         cached = self.sessions.cached(rid)
@@ -370,6 +475,13 @@ class StageServer:
             raise Replay(f"positions [{start}, {end}) are already cached ({cached} held)")
         if end > req.capacity:
             raise BadMessage(f"positions [{start}, {end}) exceed the request's {req.capacity}")
+        if start > cached:
+            raise ExecutionError(
+                f"session {rid.hex()}: input starts at position {start} but the cache holds {cached} "
+                "positions (positions must arrive in order, without gaps)")
+        ex._embed_or_check(x)  # refuse bad rows here, before they change state or join a batch
+        if self.batcher.get(rid) is not None:
+            raise BadMessage(f"request {rid.hex()} sent step {step} before its previous step ran")
         # After a re-route this stage may be ahead of the sequence the gateway resumed from (it ran
         # positions whose token never reached the gateway): rewind cache and stored rows to it. The
         # last stage keeps one position fewer, to recompute the logits it samples from.
@@ -377,16 +489,88 @@ class StageServer:
         if s.resync and cached > keep:
             self.sessions.rewind(rid, keep)
             cached = keep
-        out = None
-        if cached < end:
-            out = ex.forward(rid, x[max(cached - start, 0):], max(cached, start), logits="last")
-            self.sessions.store_rows(rid, out.start, out.hidden)
         s.resync = False
         if s.index != 0:  # the first stage's next input is the TOKEN of this same step
             s.expect_step = step + 1
+        job = Job(rid, x[max(cached - start, 0):], max(cached, start), step, s.epoch,
+                  forward_from=start, resend=resync)
+        if job.remaining == 0:  # everything is cached: send the stored rows on
+            await self._emit(s, job, end)
+            return
+        self.batcher.submit(job)
+        self._work.set()
+
+    async def _quiesce(self, rid: bytes) -> None:
+        """Drop a request's queued rows and wait until no running step holds them (re-route)."""
+        self.batcher.drop(rid)
+        while rid in self._running:
+            await self._step_done.wait()
+
+    async def _compute_loop(self) -> None:
+        """Forever: take the batcher's plan, run it as one batched step off the loop, hand out rows."""
+        loop = asyncio.get_running_loop()
+        ex = self.executor
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            plan = self.batcher.plan(len(self.sessions.sessions) if ex.shard.is_first else None)
+            if not plan:
+                continue
+            works = [Work(j.rid, j.x[:n], j.start,
+                          "last" if ex.shard.is_last and n == j.remaining else "none")
+                     for j, n in plan]
+            self._running = {j.rid for j, _ in plan}
+            self._step_done.clear()
+            error: Exception | None = None
+            try:
+                outs = await loop.run_in_executor(self._pool, ex.step, works)
+            except Exception as e:  # inputs were checked at submission: this is a stage fault
+                log.exception("batched step of %d requests failed", len(works))
+                error, outs = e, []
+            finally:
+                self._running = set()
+                self._step_done.set()
+            self.steps += 1
+            self.max_batch = max(self.max_batch, len(plan))
+            for k, (job, n) in enumerate(plan):
+                s = self.sessions.sessions.get(job.rid)
+                if s is None:  # cancelled or finished while the step ran: its KV is already gone
+                    self.batcher.drop(job.rid)
+                    continue
+                try:
+                    if error is not None:
+                        if self.batcher.get(job.rid) is not job:
+                            continue
+                        raise error if isinstance(error, ModelError) else ModelError(str(error))
+                    out = outs[k]
+                    # The KV cache now holds these positions: the store must too, even when a
+                    # re-route dropped the job meanwhile (its rewind then sees both alike).
+                    self.sessions.store_rows(job.rid, out.start, out.hidden)
+                    if self.batcher.get(job.rid) is not job or s.epoch != job.epoch:
+                        continue
+                    if job.advance(n, out.hidden, out.logits):
+                        self.batcher.drop(job.rid)
+                        await self._emit(s, job, job.start)
+                except (DataPlaneError, ModelError) as e:
+                    self.batcher.drop(job.rid)
+                    self._fail(s, job.step, e)
+            if self.batcher:
+                self._work.set()
+
+    def _fail(self, s: DataSession, step: int, e: Exception) -> None:
+        """A request's step failed after its frame was accepted: tell its upstream, free it."""
+        stage = e.stage if isinstance(e, StageFailed) and e.stage is not None else s.index
+        log.info("request %s failed at step %d: %s", s.rid.hex(), step, e)
+        self._send_error(s.upstream, s.rid, code_of(e), str(e), step=step, epoch=s.epoch, stage=stage)
+        if isinstance(e, ModelError):
+            self.sessions.close(s.rid)
+
+    async def _emit(self, s: DataSession, job: Job, end: int) -> None:
+        """A step's rows are computed and stored: send them on, or (last stage) sample the token."""
+        rid, req, ex, step = s.rid, s.request, self.executor, job.step
         if ex.shard.is_last:
-            assert out is not None and out.logits is not None
-            tok = sample_token(out.logits[-1], ex.session(rid).sampling, end)
+            assert job.logits is not None
+            tok = sample_token(job.logits[-1], ex.session(rid).sampling, end)
             done = step + 1 >= req.max_new_tokens or tok in req.stop_ids
             self.sessions.note_token(rid, end, tok)
             f = make_frame(self.key, Kind.TOKEN, self.chain_id, rid, step, s.epoch, 0,
@@ -398,9 +582,11 @@ class StageServer:
                 self.sessions.close(rid)
             await self._send(req.stages[0], f, 0)
             return
-        rows = self.sessions.stored(rid, start, end) if resync or out is None else out.hidden
+        resend = job.resend or not job.outs
+        rows = (self.sessions.stored(rid, job.forward_from, end) if resend
+                else (torch.cat(job.outs) if len(job.outs) > 1 else job.outs[0]))
         f = make_frame(self.key, Kind.HIDDEN, self.chain_id, rid, step, s.epoch, s.index + 1,
-                       hidden_body(start, rows))
+                       hidden_body(job.forward_from, rows))
         await self._send(req.stages[s.index + 1], f, s.index + 1)
 
     async def _dispatch_local(self, f: Frame) -> None:

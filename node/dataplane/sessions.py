@@ -69,6 +69,7 @@ class SessionTable:
         self.clock = clock
         self.sessions: dict[bytes, DataSession] = {}
         self.closed: dict[bytes, tuple[float, int]] = {}  # rid -> (closed at, last epoch)
+        self.on_free: Callable[[bytes], None] | None = None  # told after a session's KV is freed
 
     @property
     def layers(self) -> tuple[int, int]:
@@ -122,10 +123,22 @@ class SessionTable:
         except StoreFull as e:
             raise NoCapacity(f"hidden-state store: {e}") from None
         p = req.sampling
-        self.executor.open(rid, Sampling(p.temperature, p.top_p, p.seed))
+        self._open_executor(rid, Sampling(p.temperature, p.top_p, p.seed), req.capacity)
         s = DataSession(req, raw, gateway_sig, index, need, resync=True)
         self.sessions[rid] = s
         return s
+
+    def _open_executor(self, rid: bytes, sampling: Sampling, capacity: int) -> None:
+        self.executor.open(rid, sampling, capacity=capacity)  # holds at most what was reserved
+
+    def need_bytes(self, req: PipelineRequest) -> int:
+        """KV bytes a request reserves on this stage: every position it may ever hold."""
+        return self.executor.kv_bytes_per_token * req.capacity
+
+    def fits_ever(self, req: PipelineRequest) -> bool:
+        """Whether the request fits the budget once every other session is gone (else it is
+        refused at once; otherwise a full stage queues it)."""
+        return self.need_bytes(req) <= self.kv_budget_bytes
 
     def close(self, rid: bytes) -> bool:
         """Free the KV cache and start the store's retention clock; False if there was no session."""
@@ -139,6 +152,8 @@ class SessionTable:
         except Exception:  # already evicted: nothing left to keep
             pass
         self.closed[rid] = (self.clock(), s.epoch)
+        if self.on_free is not None:
+            self.on_free(rid)
         return True
 
     def close_idle(self) -> list[bytes]:

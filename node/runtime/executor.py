@@ -73,7 +73,9 @@ class StageExecutor:
         ]
 
     # ── sessions ──────────────────────────────────────────────────────────────────────────────
-    def open(self, request_id: bytes, sampling: Sampling | None = None) -> Session:
+    def open(self, request_id: bytes, sampling: Sampling | None = None,
+             capacity: int | None = None) -> Session:
+        """Open a session; `capacity` (positions) bounds what a batched executor allocates."""
         from transformers import DynamicCache
 
         if request_id in self.sessions:

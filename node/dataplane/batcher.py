@@ -1,0 +1,106 @@
+"""Iteration-level scheduling for one stage: which rows of which requests go into the next step.
+
+Pure bookkeeping (no IO, no torch kernels): the stage server submits a `Job` per request step — the
+rows this stage must still compute for it — and asks `plan()` for the next batch. Policy, as in
+vLLM / SGLang / Parallax workers:
+
+- every running decode (a job with one row left) gets its row in the step, oldest first, up to
+  `max_decode_rows` — optionally capped at ⌈running / micro_batches⌉ on the first stage, so the
+  requests split into that many groups circulating round the ring one after another and every
+  stage has work while the others compute (set `micro_batches` to the number of stages when the
+  stages run on separate machines);
+- then prefills (new prompts, re-route replays, verification re-executions — all alike: the stage
+  cannot and must not tell them apart) in arrival order, each contributing a chunk, up to
+  `prefill_chunk` rows per step in total: a long prompt or a verification job is spread over several
+  steps and never stalls the running decodes (chunked prefill), and decodes are never starved.
+
+A job leaves the batcher when its last row is computed (`advance`), or at once when its request is
+cancelled, finished or re-routed (`drop`), which is what frees its place in the next step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Job:
+    """A request's rows still to compute on this stage for one step (prefill chunk or decode row)."""
+
+    rid: bytes
+    x: torch.Tensor  # ids (T,) or rows (T, d) not yet computed
+    start: int  # position of x[0]
+    step: int
+    epoch: int
+    forward_from: int  # first position of the rows this step sends on (a resync re-sends them all)
+    resend: bool = False  # send the stored rows [forward_from, end) (a resync), not just computed ones
+    seq: int = 0  # arrival order
+    outs: list[torch.Tensor] = field(default_factory=list)  # computed rows, in order
+    logits: torch.Tensor | None = None  # last stage: the logits of the step's last row
+
+    @property
+    def remaining(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def end(self) -> int:
+        return self.start + self.remaining
+
+    def advance(self, n: int, hidden: torch.Tensor, logits: torch.Tensor | None) -> bool:
+        """Record that the first `n` rows were computed; True when the job is complete."""
+        self.outs.append(hidden)
+        self.x, self.start = self.x[n:], self.start + n
+        if logits is not None:
+            self.logits = logits
+        return self.remaining == 0
+
+
+class Batcher:
+    """The jobs of one stage and the rule that picks each step's batch."""
+
+    def __init__(self, max_decode_rows: int = 256, prefill_chunk: int = 256, micro_batches: int = 1):
+        if max_decode_rows < 1 or prefill_chunk < 1 or micro_batches < 1:
+            raise ValueError(f"max_decode_rows ({max_decode_rows}), prefill_chunk ({prefill_chunk}) "
+                             f"and micro_batches ({micro_batches}) must be >= 1")
+        self.max_decode_rows = max_decode_rows
+        self.prefill_chunk = prefill_chunk
+        self.micro_batches = micro_batches
+        self.jobs: dict[bytes, Job] = {}
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def submit(self, job: Job) -> None:
+        if job.rid in self.jobs:
+            raise ValueError(f"request {job.rid.hex()} already has rows waiting on this stage")
+        job.seq = next(self._seq)
+        self.jobs[job.rid] = job
+
+    def drop(self, rid: bytes) -> Job | None:
+        return self.jobs.pop(rid, None)
+
+    def get(self, rid: bytes) -> Job | None:
+        return self.jobs.get(rid)
+
+    def plan(self, running: int | None = None) -> list[tuple[Job, int]]:
+        """The next step: (job, rows to compute) pairs. `running` = requests open on this stage,
+        for the micro-batch cap (None: no cap)."""
+        decodes = [j for j in self.jobs.values() if j.remaining == 1 and j.outs == []]
+        prefills = [j for j in self.jobs.values() if not (j.remaining == 1 and j.outs == [])]
+        cap = self.max_decode_rows
+        if running is not None and self.micro_batches > 1:
+            cap = min(cap, max(1, math.ceil(running / self.micro_batches)))
+        out = [(j, 1) for j in sorted(decodes, key=lambda j: j.seq)[:cap]]
+        budget = self.prefill_chunk
+        for j in sorted(prefills, key=lambda j: j.seq):
+            if budget <= 0:
+                break
+            n = min(j.remaining, budget)
+            out.append((j, n))
+            budget -= n
+        return out
