@@ -8,23 +8,23 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from eth_account import Account
 from eth_utils import keccak
 
-from contracts.apikeys import SignedApiKey, create_api_key
+from contracts.apikeys import create_api_key
 from contracts.client import Chain, dev_key
 from contracts.model_registry import ModelInfo
 from contracts.rpc import Signer
 from devnet.process import running_anvil
 from protocol.settings import DEV_MNEMONIC
-from tests.support.gateway import (  # noqa: F401 - re-exported for the test modules
+from tests.support.gateway import (
     CHATML,
     ETH,
-    BlackholeProxy,
+    GATEWAY_DEV_INDEX,
+    Client,
     DataPlane,
     ServedGateway,
     free_port,
@@ -32,8 +32,6 @@ from tests.support.gateway import (  # noqa: F401 - re-exported for the test mod
     register_operators,
     rpc,
 )
-
-GATEWAY_DEV_INDEX = 3
 
 
 @pytest.fixture(scope="session")
@@ -86,18 +84,6 @@ def dataplane(chat_model: Path, gateway_signer: Signer, anvil_url: str, deployme
     dp.stop()
 
 
-@dataclass
-class Client:
-    address: str
-    key: str
-    signed: SignedApiKey
-    deposit_wei: int
-
-    @property
-    def token(self) -> str:
-        return self.signed.token()
-
-
 @pytest.fixture
 def new_client(anvil_url: str, deployment: Path, gateway_signer: Signer):
     """`new_client(deposit_wei=..., cap_wei=..., expires_in_s=...)`: a fresh funded account that
@@ -128,4 +114,3 @@ def gateway(anvil_url: str, deployment: Path, gateway_signer: Signer, chat_model
     served = ServedGateway(gw, free_port()).start()
     yield served
     served.stop()
-

@@ -31,9 +31,14 @@ from contracts.client import Chain
 from contracts.rpc import Signer
 from protocol.identity import address_of_key
 from protocol.messages import StageAssignment
-from tests.support.gateway import StageProcess, register_operator
-
-from .conftest import BlackholeProxy, ServedGateway, free_port, make_gateway
+from tests.support.gateway import (
+    BlackholeProxy,
+    ServedGateway,
+    StageProcess,
+    free_port,
+    make_gateway,
+    register_operator,
+)
 
 pytestmark = pytest.mark.anvil
 

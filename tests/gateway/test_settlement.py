@@ -17,8 +17,7 @@ import pytest
 
 from gateway.settlement import EXIT_AFTER_BROADCAST_CODE
 from gateway.store import Store
-
-from .conftest import BlackholeProxy, ServedGateway, free_port, make_gateway, rpc
+from tests.support.gateway import BlackholeProxy, ServedGateway, free_port, make_gateway, rpc
 
 pytestmark = pytest.mark.anvil
 

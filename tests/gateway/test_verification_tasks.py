@@ -23,8 +23,7 @@ from gateway.store import Store
 from gateway.tasks import TaskOpener
 from node.dataplane.query import SignedStageCommit
 from protocol.settings import DEV_MNEMONIC
-
-from .conftest import ETH, ServedGateway, free_port, make_gateway, rpc
+from tests.support.gateway import ETH, ServedGateway, free_port, make_gateway, rpc
 
 pytestmark = pytest.mark.anvil
 

@@ -40,8 +40,7 @@ from scheduler.model import Plan
 from scheduler.schema import parse_snapshot
 from scheduler.service.chain_io import current_epoch_matching
 from scheduler.service.state import Publication
-
-from .conftest import MODEL, REGION, VRAM_MIB, Operator, beat, operator, wait_for
+from tests.support.coordinator import MODEL, REGION, VRAM_MIB, Operator, beat, operator, wait_for
 
 READY = re.compile(r"coordinator ready at (http://\S+) ")
 HEARTBEAT_TIMEOUT_S = 2.5

@@ -16,8 +16,7 @@ from protocol.messages import (
     recover_signer,
     sign_heartbeat,
 )
-
-from .conftest import CHAIN_ID, operator
+from tests.support.coordinator import CHAIN_ID, operator
 
 BASE = dict(chain_id=CHAIN_ID, operator=operator(0).address, seq=3, timestamp_ms=1_700_000_000_000,
             model_id=1, active=2, queue_ms=40, kv_used_bytes=1000, kv_capacity_bytes=4000,

@@ -14,8 +14,7 @@ from contracts.node_registry import Hardware, NodeInfo
 from protocol.api_errors import ModelSpecError
 from scheduler.errors import InvalidInput
 from scheduler.service.chain_io import NET_UNREPORTED_MBPS, load_model_spec, node_spec
-
-from .conftest import MODEL
+from tests.support.coordinator import MODEL
 
 INFO = ModelInfo(model_id=3, name="coord-test", layers=MODEL.layers, hidden_size=MODEL.hidden,
                  weights_root=b"\x01" * 32, tokenizer_hash=b"\x02" * 32, price_in_wei=1,

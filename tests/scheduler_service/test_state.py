@@ -21,8 +21,7 @@ from scheduler.allocate import allocate
 from scheduler.route import NodeLoad
 from scheduler.schema import parse_snapshot
 from scheduler.service.state import CoordinatorState, Timing
-
-from .conftest import CHAIN_ID, MODEL, beat, chain_node, operator
+from tests.support.coordinator import CHAIN_ID, MODEL, beat, chain_node, operator
 
 TIMEOUT = 10.0
 T0 = 1_000_000.0
@@ -277,3 +276,15 @@ def test_a_node_registering_later_refills_the_reserve() -> None:
     assert len(st.reserved) == 1
     st.sync_registry(nodes + [replace(chain_node(operator(6), 9006), registered_block=30)], T0 + 2)
     assert operator(6).address in st.reserved and len(st.reserved) == 2
+
+
+def test_a_standby_that_goes_quiet_and_comes_back_is_still_standby() -> None:
+    st = reserved_start(6, 2)
+    publish(st, 1, T0)
+    spare = operator(5)
+    st.heartbeat(beat(spare, T0 + 1, kind=HeartbeatKind.LEAVE), T0 + 1)
+    assert spare.address not in st.live and spare.address in st.reserved
+    assert st.pending() is None  # nothing served changed
+    st.heartbeat(beat(spare, T0 + 2), T0 + 2)
+    assert spare.address in st.live and spare.address in st.reserved
+    assert st.pending() is None

@@ -16,11 +16,13 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from coincurve import PrivateKey
 
+from contracts.apikeys import SignedApiKey
 from contracts.client import Chain
 from contracts.model_registry import ModelInfo
 from contracts.rpc import Signer
@@ -363,3 +365,18 @@ class GatewayProcess:
 
     def stop(self) -> None:
         _terminate(self.proc, 30)
+
+
+GATEWAY_DEV_INDEX = 3
+
+
+@dataclass
+class Client:
+    address: str
+    key: str
+    signed: SignedApiKey
+    deposit_wei: int
+
+    @property
+    def token(self) -> str:
+        return self.signed.token()

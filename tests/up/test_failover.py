@@ -14,9 +14,8 @@ import httpx
 import pytest
 
 from contracts.client import Chain
+from tests.support.up import paying_client
 from veriplex.up import UpOptions, bring_up
-
-from .conftest import paying_client
 
 
 def serving(net, rid: str) -> list:  # type: ignore[no-untyped-def]

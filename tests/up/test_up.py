@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.up import paying_client
 from veriplex.stack import group_members, processes
-
-from .conftest import paying_client
 
 
 class Lines:

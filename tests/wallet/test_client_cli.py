@@ -8,8 +8,7 @@ import pytest
 from contracts.apikeys import SignedApiKey
 from contracts.client import Chain
 from tests.support.chain import ETH
-
-from .conftest import rpc
+from tests.support.wallet import rpc
 
 pytestmark = pytest.mark.anvil
 

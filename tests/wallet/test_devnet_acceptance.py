@@ -22,8 +22,7 @@ from contracts.rpc import Signer
 from devnet.process import DevnetHandle, running_devnet
 from protocol.settings import DEV_MNEMONIC
 from tests.support.chain import ETH
-
-from .conftest import Veriplex, rpc, write_secret
+from tests.support.wallet import Veriplex, rpc, write_secret
 
 
 @pytest.fixture(scope="module")

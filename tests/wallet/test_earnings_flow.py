@@ -16,8 +16,7 @@ from contracts.manifest import Manifest
 from contracts.rpc import Signer
 from protocol.settings import DEV_MNEMONIC
 from tests.support.chain import ETH
-
-from .conftest import rpc
+from tests.support.wallet import rpc
 
 pytestmark = pytest.mark.anvil
 

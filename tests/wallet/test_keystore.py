@@ -10,8 +10,7 @@ import pytest
 from eth_account import Account
 
 from node.wallet import AccountExists, CorruptKeystore, Keystore, WrongPassword
-
-from .conftest import FAST_SCRYPT_N, write_secret
+from tests.support.wallet import FAST_SCRYPT_N, write_secret
 
 # Test vectors of the Web3 Secret Storage Definition (ethereum.org); both hold this key under
 # the password "testpassword".

@@ -9,8 +9,7 @@ from contracts.client import Chain, dev_key
 from contracts.rpc import Signer
 from protocol.settings import DEV_MNEMONIC
 from tests.support.chain import ETH
-
-from .conftest import SLASHER_DEV_INDEX, write_secret
+from tests.support.wallet import SLASHER_DEV_INDEX, write_secret
 
 pytestmark = pytest.mark.anvil
 HW_FLAGS = ["--gpu", "NVIDIA RTX 4090", "--vram-mib", "24564", "--tflops", "165.2",

@@ -12,8 +12,7 @@ import pytest
 from contracts.apikeys import SignedApiKey
 from contracts.manifest import Manifest
 from tests.support.chain import ETH
-
-from .conftest import rpc
+from tests.support.wallet import rpc
 
 pytestmark = pytest.mark.anvil
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
-from .conftest import FAST_SCRYPT_N, PASSWORD, write_secret
+from tests.support.wallet import FAST_SCRYPT_N, PASSWORD, write_secret
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from eth_account import Account
 
-from .conftest import FAST_SCRYPT_N, REPO
+from tests.support.wallet import FAST_SCRYPT_N, REPO
 
 PW = "typed at the terminal"
 
