@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Arch = Literal["llama", "qwen2", "mistral"]
 
@@ -75,7 +75,7 @@ def tiny_config(
     """The transformers config of a tiny model (≈7M parameters with the defaults)."""
     from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=hidden,
         intermediate_size=mlp,
