@@ -17,14 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 from audit.report import AuditReport, SettledRecord, Status, hx
+from contracts import verification as verification_contract
 from contracts.batch import Pipeline
 from contracts.errors import Revert
 from contracts.verification import TaskStatus, Verification
 from verifier.receipt import Receipt
-
-TASK_EVENTS = ("TaskOpened", "CommitteeSelected", "VerdictCommitted", "VerdictRevealed",
-               "VotesClosed", "ChunksOpened", "MemberSlashed", "StageSlashed", "TaskEscalated",
-               "TaskFinalized", "VerifierRewarded", "ClientRefunded")
 
 
 def chunk_values(hi: bytes, lo: bytes) -> list[int]:
@@ -35,7 +32,7 @@ def chunk_values(hi: bytes, lo: bytes) -> list[int]:
 
 def task_events(ver: Verification, task_id: int) -> dict[str, list[Any]]:
     """Every event of task `task_id`, by name, oldest first."""
-    return {name: ver.events(name, task_id=task_id) for name in TASK_EVENTS}
+    return {name: ver.events(name, task_id=task_id) for name in verification_contract.task_events()}
 
 
 def check_outcome(chain: Any, receipt: Receipt, rec: SettledRecord, pipe: Pipeline | None,

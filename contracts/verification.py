@@ -14,6 +14,7 @@ the stage's signature), `commit_verdict`, `reveal_verdict`, `close_votes`, `open
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass, fields
 from enum import IntEnum
@@ -66,6 +67,17 @@ BPS = 10_000
 RANDOMNESS_ABI = [{"type": "function", "name": "value", "stateMutability": "view",
                    "inputs": [{"name": "block_number", "type": "uint256"}],
                    "outputs": [{"name": "", "type": "bytes32"}]}]
+
+
+@functools.cache
+def task_events() -> tuple[str, ...]:
+    """The names of every Verification event about one task (those with a `task_id` argument), in
+    the contract's declaration order — the one list the audit and the explorer both read."""
+    from contracts.build import compile_all
+
+    abi = compile_all()["Verification"].abi
+    return tuple(e["name"] for e in abi if e.get("type") == "event"
+                 and any(i["name"] == "task_id" for i in e["inputs"]))
 
 
 def anchor_block(settle_block: int, randomness_delay: int) -> int:

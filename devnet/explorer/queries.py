@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from contracts.verification import TaskStatus
+from contracts.verification import TaskStatus, task_events
 from devnet.explorer import BadQuery, NotFound, network, proof
 from devnet.explorer import status as vstatus
 from devnet.explorer.indexer import charged_total
@@ -213,8 +213,8 @@ def node(s: Session, addr: str) -> dict[str, Any]:
                     "verification": served_status.get(r.request_id)} for r in served],
         "reputation": network.reputations(s, [owner]).get(owner),
         "verifications": {"revealed": len(reveals),
-                          "voted_pass": sum(1 for r in reveals if r.args["verdict"]),
-                          "voted_fail": sum(1 for r in reveals if not r.args["verdict"]),
+                          "voted_pass": sum(1 for r in reveals if vote_passes(r.args)),
+                          "voted_fail": sum(1 for r in reveals if not vote_passes(r.args)),
                           "rewarded": len(rewards), "slashed": len(member_slashes),
                           "of_its_work": _checks_of(s, operators)},
         "slashes": [log_row(lg) for lg in slashes],
@@ -222,6 +222,12 @@ def node(s: Session, addr: str) -> dict[str, Any]:
         "earnings": [log_row(e) for e in earnings],
         "history": [log_row(e) for e in history],
     }
+
+
+def vote_passes(args: dict[str, Any] | None) -> bool:
+    """A revealed verdict says the stage is right: `kind` PASS (1), or the older `verdict` bool."""
+    a = args or {}
+    return bool(a["verdict"]) if "verdict" in a else a.get("kind") == 1
 
 
 def _checks_of(s: Session, operators: list[str]) -> dict[str, Any]:
@@ -239,7 +245,7 @@ def _checks_of(s: Session, operators: list[str]) -> dict[str, Any]:
     tasks = []
     for o in opened:
         fin = finals.get((o.address, topic_of(int(o.args["task_id"]))))
-        status = _status_name(int(fin.args["status"])) if fin is not None else "open"
+        status = _status_name((fin.args or {}).get("status")) if fin is not None else "open"
         tasks.append({"task_id": o.args["task_id"], "request_id": o.args["request_id"],
                       "stage": o.args["stage"], "status": status, "block_number": o.block_number})
     return {"checked": len(tasks), "passed": sum(t["status"] == "passed" for t in tasks),
@@ -248,9 +254,6 @@ def _checks_of(s: Session, operators: list[str]) -> dict[str, Any]:
             "open": sum(t["status"] == "open" for t in tasks), "tasks": tasks}
 
 
-VERIFICATION_EVENTS = ("TaskOpened", "CommitteeSelected", "VerdictCommitted", "VerdictRevealed",
-                       "VotesClosed", "ChunksOpened", "TaskEscalated", "TaskFinalized",
-                       "MemberSlashed", "StageSlashed", "VerifierRewarded", "ClientRefunded")
 
 
 def request(s: Session, request_id: str, rpc_url: str | None = None,
@@ -267,18 +270,22 @@ def request(s: Session, request_id: str, rpc_url: str | None = None,
     credits = _events(s, "EarningsCredited", 500, topic2=batch_t, address=r.payments)
     refunds = _events(s, "RequestRefunded", 10, topic2=request_id, address=r.payments)
     tasks = _events(s, "TaskOpened", 100, topic3=request_id)  # request ids are unique per chain
-    verification: dict[str, list[dict[str, Any]]] = {e: [] for e in VERIFICATION_EVENTS}
+    verification: dict[str, list[dict[str, Any]]] = {e: [] for e in task_events()}
     for task in tasks:  # task ids restart per Verification deployment: scope to the opener's
-        for lg in s.scalars(select(Log).where(Log.event.in_(VERIFICATION_EVENTS),
+        for lg in s.scalars(select(Log).where(Log.event.in_(task_events()),
                                               Log.address == task.address,
                                               Log.topic1 == topic_of(int(task.args["task_id"])))
                             .order_by(Log.block_number, Log.log_index)):
             verification[lg.event or ""].append(log_row(lg))
-    finals = verification["TaskFinalized"]
+    finals = verification["TaskFinalized"] + verification["TaskVoided"]
     verdict = None
     if finals:
-        verdict = dict(finals[-1]["args"])
-        verdict["status_name"] = _status_name(int(verdict["status"]))
+        last = finals[-1]
+        verdict = dict(last["args"] or {})
+        if last["event"] == "TaskVoided":  # unverifiable or never opened: refunded, bond slashed
+            verdict["status_name"] = f"void ({verdict.get('reason', 'no reason given')})"
+        else:
+            verdict["status_name"] = _status_name(verdict.get("status"))
         refunded = verification["ClientRefunded"]
         if refunded:
             verdict["status_name"] = "fraud (client refunded)"
@@ -296,17 +303,17 @@ def request(s: Session, request_id: str, rpc_url: str | None = None,
                     "refunds": [log_row(x) for x in refunds]},
         "verification": verification,
         "verdict": verdict,
-        "sampling": proof.sampling(s, r, b.get("release_block"), verification["TaskOpened"]),
+        "sampling": proof.sampling(s, r, verification["TaskOpened"]),
         "commitments": proof.stage_commitments(s, r, verification["TaskOpened"]),
         "audit_command": f"veriplex audit request-{request_id}.json",  # the downloaded receipt
         **proof.audit_guide(request_id, r.gateway, rpc_url, gateway_url),
     }
 
 
-def _status_name(code: int) -> str:
+def _status_name(code: Any) -> str:
     try:
-        return TaskStatus(code).name.lower()
-    except ValueError:
+        return TaskStatus(int(code)).name.lower()
+    except (TypeError, ValueError):
         return f"status {code}"
 
 
