@@ -18,7 +18,8 @@ W, H = 720, 220
 LEFT, RIGHT, TOP, BOTTOM = 64, 12, 24, 40
 MAX_BAR = 48  # px: one epoch's bar stays a bar, not a wall
 PALETTE = {"passed": "#1a7f37", "fraud": "#cf222e", "refunded": "#bc4c00",
-           "unresolved": "#8250df", "pending": "#9a6700"}
+           "unresolved": "#8250df", "pending": "#9a6700", "suspected": "#bf8700",
+           "void": "#57606a"}
 DEFAULT_COLORS = ("#0b5cad", "#2da44e", "#bf3989", "#6e7781", "#e16f24")
 
 

@@ -101,7 +101,7 @@ def reputations(s: Session, owners: list[str] | None = None) -> dict[str, dict[s
         n = by_op.get(op)
         if n is not None:
             key = {"passed": "checks_passed", "fraud": "checks_failed",
-                   "refunded": "checks_failed", "unresolved": "checks_unresolved",
+                   "refunded": "checks_failed", "suspected": "checks_failed",
                    "pending": "checks_open"}.get(st, "checks_unresolved")
             n[key] += int(count)
     mine = None if ot is None else or_(  # each event names the node where it is indexed
@@ -179,8 +179,8 @@ def network(s: Session, buckets: int = 30) -> dict[str, Any]:
             .group_by(b)):
         k = min(int(k), nb - 1)
         reqs[k], tokens_in[k], tokens_out[k] = int(count), int(t_in or 0), int(t_out or 0)
-    outcomes = {name: [0] * nb for name in ("passed", "fraud", "refunded", "unresolved",
-                                            "pending")}
+    outcomes = {name: [0] * nb for name in ("passed", "fraud", "refunded", "suspected", "void",
+                                            "unresolved", "pending")}
     at = (func.coalesce(Task.final_block, Task.block_number) // size).label("at")
     for k, st, count in s.execute(select(at, Task.status, func.count()).group_by(at, Task.status)):
         name = st if st in outcomes else "unresolved"

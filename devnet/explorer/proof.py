@@ -115,49 +115,43 @@ def _latest(s: Session, event: str, address: str) -> Log | None:
 
 def draw_context(s: Session, payments: str) -> dict[str, Any]:
     """What every batch of one Payments shares in its sampling draw: its Verification contract,
-    the randomness source, the sample rate, the window and delay that place the anchor block, or
-    a `note` saying why the draw cannot be recomputed."""
+    the randomness source, the sample rate and the delay that places the anchor block after the
+    settle block, or a `note` saying why the draw cannot be recomputed."""
     out: dict[str, Any] = {"verification": None, "randomness_source": None, "seed": None,
                            "anchor_block": None, "sample_bps": None}
     roles = _latest(s, "RolesSet", payments)  # the values the contract reads now, as it does
-    pay_params = _latest(s, "ParamsSet", payments)
-    if roles is None or pay_params is None:
-        out["note"] = "The settling Payments' roles or parameters are not in the index."
+    if roles is None:
+        out["note"] = "The settling Payments' roles are not in the index."
         return out
-    ver = str(roles.args["verification"]).lower()
+    ver = str(roles.args.get("verification", "0x0")).lower()
     if int(ver, 16) == 0:
         out["note"] = "The settling Payments has no Verification contract: nothing is sampled."
         out["sample_bps"] = 0
         return out
     ver_params, source = _latest(s, "ParamsSet", ver), _latest(s, "RandomnessSet", ver)
     out["verification"] = ver
-    if ver_params is None or source is None:
+    p = (ver_params.args or {}).get("params") if ver_params is not None else None
+    if not isinstance(p, dict) or source is None or "randomness_delay" not in p:
         out["note"] = f"The Verification contract {ver} has no parameters or randomness indexed."
         return out
-    p = ver_params.args["params"]
     src = str(source.args["source"]).lower()
     created = s.scalars(select(Tx).where(Tx.created == src).limit(1)).first()
     out.update(randomness_source=src,
                randomness_contract=created.contract if created is not None else None,
-               sample_bps=int(p["sample_bps"]),
-               window=int(pay_params.args["verification_window"]),
-               delay=int(p["randomness_delay"]))
+               sample_bps=int(p["sample_bps"]), delay=int(p["randomness_delay"]))
     return out
 
 
-def batch_draw(s: Session, r: Request, release_block: int | None,
-               context: dict[str, Any] | None = None,
+def batch_draw(s: Session, r: Request, context: dict[str, Any] | None = None,
                anchor_hash: str | None = None) -> dict[str, Any]:
     """The sampling randomness of `r`'s batch (the same for every request in it): the
-    `draw_context` plus the anchor block and the seed, or a `note` saying why not (yet).
-    `context` and `anchor_hash` may be passed in when already read (lists of requests)."""
+    `draw_context` plus the anchor block (settle block + randomness delay) and the seed, or a
+    `note` saying why not (yet). `context` and `anchor_hash` may be passed in when already read
+    (lists of requests)."""
     out = dict(context if context is not None else draw_context(s, r.payments))
-    if "window" not in out:
+    if "delay" not in out:
         return out
-    if release_block is None:
-        out["note"] = "The settling Payments' roles or parameters are not in the index."
-        return out
-    anchor = anchor_block(int(release_block), out["window"], out["delay"])
+    anchor = anchor_block(int(r.block_number), out["delay"])
     out["anchor_block"] = anchor
     if anchor_hash is None:
         block = s.get(Block, anchor)
@@ -184,16 +178,14 @@ def sampled_from(draw: dict[str, Any], request_id: str) -> bool | None:
     return bool(d < int(draw["sample_bps"]))
 
 
-def sampling(s: Session, r: Request, release_block: int | None,
-             task_opened: list[dict[str, Any]]) -> dict[str, Any]:
+def sampling(s: Session, r: Request, task_opened: list[dict[str, Any]]) -> dict[str, Any]:
     """The batch's sampling randomness and whether it selected the request, recomputed from the
-    index by the Verification contract's rule (`_fresh_batch_seed`, `_sampled`): anchor =
-    release block - verification window + randomness delay; seed = keccak(abi(value(anchor),
+    index by the contract's rule (`TaskOpener._fresh_seed`, `_sampled`): anchor = the batch's
+    settle block + randomness delay; seed = keccak(abi(value(anchor),
     batch id)); sampled iff keccak(abi(seed, request id, 0)) mod 10,000 < sample_bps. The value
     is the anchor's block hash when the source is `BlockhashRandomness` (the devnet's); another
     source (VRF, beacon) is named and left to `Verification.is_sampled`."""
-    out = batch_draw(s, r, release_block)
-    out.pop("window", None)
+    out = batch_draw(s, r)
     out.pop("delay", None)
     out.setdefault("randomness_contract", None)
     out.setdefault("draw_bps", None)

@@ -5,6 +5,9 @@ The statuses, as a person scanning a list needs them:
 - ``passed``: a verification task checked one of its stages and the committee found it right;
 - ``fraud``: a task convicted the stage it checked (``refunded`` once the client got its charge back);
 - ``unresolved``: a task ended without a verdict either way (a split committee past its last round);
+- ``void``: the record could not be verified (no valid commitments, or nobody opened its task in
+  time): the client was refunded and the gateway's bond slashed;
+- ``suspected``: statistical evidence against the stage (counted toward jailing, no slash);
 - ``pending``: a task is open, or the request was drawn for verification and no task has been
   opened yet, or the batch's randomness is not drawn yet;
 - ``not sampled``: the batch's sampling draw (recomputed from the index by the contract's rule,
@@ -24,32 +27,26 @@ from sqlalchemy.orm import Session
 
 from contracts.verification import anchor_block
 from devnet.explorer import proof
-from devnet.explorer.models import Block, Log, Request, Task
+from devnet.explorer.models import Block, Request, Task
 from devnet.explorer.tasks import status_name
 
 __all__ = ["STATUSES", "status_name", "statuses", "with_status"]
-STATUSES = ("passed", "fraud", "refunded", "unresolved", "pending", "not sampled")
+STATUSES = ("passed", "fraud", "refunded", "unresolved", "void", "suspected", "pending",
+            "not sampled")
 
 
 def _draws(s: Session, rows: list[Request]) -> dict[tuple[str, int], dict[str, Any]]:
-    """The sampling draw of each batch the rows belong to: one context per Payments, one query
-    for the batches' release blocks and one for their anchor blocks."""
+    """The sampling draw of each batch the rows belong to: one context per Payments and one
+    query for the batches' anchor blocks (settle block + randomness delay)."""
     batches = {(r.payments, int(r.batch_id)): r for r in rows}
     if not batches:
         return {}
     contexts = {pay: proof.draw_context(s, pay) for pay in {p for p, _ in batches}}
-    topics = {"0x" + b.to_bytes(32, "big").hex(): b for _, b in batches}
-    release: dict[tuple[str, int], int] = {}
-    for lg in s.scalars(select(Log).where(Log.event == "BatchSettled",
-                                          Log.topic1.in_(list(topics)))):
-        if (lg.address, topics[lg.topic1 or ""]) in batches and isinstance(lg.args, dict):
-            release[(lg.address, topics[lg.topic1 or ""])] = int(lg.args["release_block"])
-    anchors = {key: anchor_block(release[key], c["window"], c["delay"])
-               for key in batches if key in release and "window" in (c := contexts[key[0]])}
+    anchors = {key: anchor_block(int(r.block_number), c["delay"])
+               for key, r in batches.items() if "delay" in (c := contexts[key[0]])}
     hashes = {n: h for n, h in s.execute(select(Block.number, Block.hash)
                                          .where(Block.number.in_(set(anchors.values()))))}
-    return {key: proof.batch_draw(s, r, release.get(key), contexts[key[0]],
-                                  hashes.get(anchors.get(key, -1)))
+    return {key: proof.batch_draw(s, r, contexts[key[0]], hashes.get(anchors.get(key, -1)))
             for key, r in batches.items()}
 
 

@@ -4,7 +4,8 @@ stage operator and outcome without decoding logs.
 
 Events are matched by name and read with `.get`: `TaskOpened` (task id, batch, request, stage,
 stage operator) inserts a row; `TaskFinalized` sets its status from the status code (a code we do
-not know is kept as ``status N``); `ClientRefunded` marks it ``refunded``. A Verification contract
+not know is kept as ``status N``); `TaskVoided` marks it ``void`` (unverifiable or never
+opened: the client refunded, the gateway's bond slashed); `ClientRefunded` marks it ``refunded``. A Verification contract
 that changes its events' other fields changes nothing here. `backfill` rebuilds the table from
 indexed logs (an index made before this table existed); `rewind` reopens tasks whose closing
 block a reorg removed.
@@ -20,9 +21,10 @@ from sqlalchemy.orm import Session
 from contracts.verification import TaskStatus
 from devnet.explorer.models import Log, Task
 
-EVENTS = ("TaskOpened", "TaskFinalized", "ClientRefunded")
-FINAL_NAMES = {TaskStatus.PASSED: "passed", TaskStatus.FRAUD: "fraud",
-               TaskStatus.REFUNDED: "refunded", TaskStatus.UNRESOLVED: "unresolved"}
+EVENTS = ("TaskOpened", "TaskFinalized", "TaskVoided", "ClientRefunded")
+FINAL_NAMES = {"PASSED": "passed", "FRAUD": "fraud", "REFUNDED": "refunded",
+               "UNRESOLVED": "unresolved", "VOID": "void", "SUSPECTED": "suspected"}
+OPEN_NAMES = {"VOTING", "OPENING", "DRAWING"}  # still being judged
 
 
 def status_name(code: Any) -> str:
@@ -31,8 +33,9 @@ def status_name(code: Any) -> str:
         st = TaskStatus(int(code))
     except (TypeError, ValueError):
         return f"status {code}"
-    return FINAL_NAMES.get(st, "pending" if st in (TaskStatus.VOTING, TaskStatus.OPENING)
-                           else f"status {int(code)}")
+    if st.name in OPEN_NAMES:
+        return "pending"
+    return FINAL_NAMES.get(st.name, f"status {int(code)}")
 
 
 def _int(v: Any) -> int:
@@ -55,7 +58,8 @@ def record(s: Session, event: str, address: str, args: dict[str, Any], block: in
                    status="pending", final_block=None))
         return
     s.flush()  # a task opened and closed in the same batch of blocks
-    name = "refunded" if event == "ClientRefunded" else status_name(args.get("status"))
+    name = ("refunded" if event == "ClientRefunded" else "void" if event == "TaskVoided"
+            else status_name(args.get("status")))
     s.execute(update(Task).where(Task.verification == address, Task.task_id == tid)
               .values(status=name, final_block=block))
 

@@ -75,6 +75,7 @@ def make_activity(dn: DevnetHandle) -> Activity:
         10**12, 3 * 10**12)
     epoch = chain.scheduler.publish_epoch([AllocationEntry(model_id, 0, LAYERS, operator)],
                                           keccak(b"solver snapshot"))
+    chain.payments.bond_gateway(int(chain.payments.params()["min_gateway_bond"]))  # admin
     chain.payments.deposit(ETH, sender=client)
     expiry = int(chain.rpc.w3.eth.get_block("latest")["timestamp"]) + 86_400
     key = ApiKey(client.address, admin.address, ETH // 2, expiry, 0)

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from contracts.client import Chain
+from contracts.verification import VerdictKind
 from devnet.explorer.app import create_app, fmt_eth
 from verifier.receipt import parse_receipt
 
@@ -166,7 +167,7 @@ def test_the_request_page_shows_the_verification_game_and_its_outcome(
     assert v["TaskOpened"][0]["args"]["seed"].startswith("0x")  # the sampling randomness
     assert sorted(v["CommitteeSelected"][0]["args"]["members"]) == sorted(verified.members)
     assert sorted(e["args"]["member"] for e in v["VerdictCommitted"]) == sorted(verified.members)
-    assert [e["args"]["verdict"] for e in v["VerdictRevealed"]] == [False, False]
+    assert [e["args"]["kind"] for e in v["VerdictRevealed"]] == [VerdictKind.FAIL] * 2
     assert len(v["ChunksOpened"]) == 1 + len(verified.members)  # the stage, then each member
     assert {e["args"]["owner"] for e in v["StageSlashed"]} == {verified.stage_owner}
     assert sum(int(e["args"]["amount"]) for e in v["StageSlashed"]) == PARAMS.stage_slash_wei
