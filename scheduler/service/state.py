@@ -222,9 +222,8 @@ class CoordinatorState:
         before = set(self.live)
         self.live.discard(op)
         self.loads.pop(op, None)
-        if op in self.reserved:  # a standby left: nothing served changes
-            self.reserved.discard(op)
-            self._working = self._snapshot(self.live)
+        if op in self.reserved:  # a standby went quiet: nothing served changes; it stays in
+            self._working = self._snapshot(self.live)  # the reserve for when it is back
             self._note(now, f"standby {op} evicted ({why})")
             return
         self._replan(now, f"{op} evicted ({why})", before,
@@ -233,8 +232,8 @@ class CoordinatorState:
 
     def _promote(self, now: float, want: int) -> None:
         """Promote reserved standbys until the plan has `want` replicas (or none is left)."""
-        while self.reserved and (self.plan is None or len(self.plan.replicas) < want):
-            op = max(self.reserved, key=self._reserve_rank)
+        while self.reserved & self.live and (self.plan is None or len(self.plan.replicas) < want):
+            op = max(self.reserved & self.live, key=self._reserve_rank)
             self.reserved.discard(op)
             spec = self._snapshot({op}).nodes[0]
             self._replan(now, f"standby {op} promoted", self.live - {op},
@@ -246,8 +245,8 @@ class CoordinatorState:
 
     def _refill_reserve(self, candidates: list[str]) -> None:
         """Hold the latest registered of `candidates` out as standby, up to the reserve size."""
-        ranked = sorted(candidates, key=lambda o: (self.registered[o].registered_block, o),
-                        reverse=True)
+        ranked = sorted((o for o in candidates if o not in self.reserved),
+                        key=lambda o: (self.registered[o].registered_block, o), reverse=True)
         for op in ranked[:max(0, self.standby_reserve - len(self.reserved))]:
             self.reserved.add(op)
 
@@ -257,6 +256,7 @@ class CoordinatorState:
         fresh = {n.operator: n for n in nodes}
         for op in sorted(set(self.registered) - set(fresh)):
             self._evict(op, now, "no longer active on the registry")
+            self.reserved.discard(op)
             del self.registered[op]
             self.last_seq.pop(op, None)
             self.last_seen.pop(op, None)
