@@ -1,17 +1,16 @@
-"""Calibrate the tolerance test on a tiny random Llama and report it on held-out prompts.
+"""Fit one verification profile per serving precision on benign noise (SmolLM2 + a tiny Llama).
 
-For each precision profile (fp32: the verifier's input is either the worker's exact rows or their
-bf16 rounding, i.e. what the previous stage's commitment authenticates; bf16: model and rows in
-bf16), builds benign (claimed, recomputed) pairs — a worker computing the stage repeated, on 1
-thread, in a batch of 4, by cached decode, with eager attention; the verifier recomputing with one
-sdpa prefill — on *fit* prompts, fits `Thresholds` with `verifier.calibrate.fit_thresholds`, then
-judges benign pairs on *held-out* prompts (other seeds and lengths) and every attack of
-`tests/verifier/lab.py` on them; token tolerances are fitted on cached-decode vs prefill logits and
-checked on held-out token sequences (honest: drawn from the worker's logits; forged: random). Prints one `name: value` line per figure, the fitted thresholds as
-JSON (the source of `verifier/profiles.py`), then a summary. The model is built in memory from a
-seed; nothing is downloaded.
+For fp32 and bf16: serve requests the legitimate ways (`node/verification/calib_checks.serve_mix`: padded
+batches of 1–32 mixed-length requests with batched cached decode, one request at a time, chunked
+and whole prefills, 1 or 2 threads), check every stage of `stage_sets` (single layers, 2- and
+3-stage pipelines, the whole model) with the verifier's one prefill from the committed input, and
+fit a `verifier.evidence.Profile` (`verifier.calibrate.fit_profile`): the depth exponent, proof
+limits at 3× the worst benign figure, the chunk rule (D, K), the evidence scale's levels and
+honest-tail bounds, token tolerances from worker vs verifier logits. Prints each profile as JSON
+(the source of `verifier/profiles.py`) with its hash. Seeds differ from `bench/verify.py`'s, which
+holds the shipped profiles to fresh data.
 
-    .venv/bin/python bench/tolerance.py [--quick] [--profiles fp32,bf16]
+    .venv/bin/python bench/tolerance.py [--quick] [--precisions fp32,bf16] [--out DIR]
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,96 +26,52 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from protocol.sampling import Sampling  # noqa: E402
-from tests.support.lab import ATTACKS, TinyLab, attack_pairs, benign_pairs, prompts, tiny_llama  # noqa: E402
-from verifier.calibrate import clopper_pearson_upper, evaluate, fit_thresholds  # noqa: E402
-from verifier.profiles import PROFILES  # noqa: E402
-from verifier.tokens import check_tokens, reproduce_token  # noqa: E402
-from verifier.tolerance import judge  # noqa: E402
+from node.verification.calib_checks import Clock, benign_checks, serve_mix  # noqa: E402
+from node.verification.calib_lab import Lab, load_smollm2, smollm2_available, tiny_model  # noqa: E402
+from verifier.calibrate import fit_profile  # noqa: E402
+from verifier.evidence import ProofLimits  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def pairs(named):
-    return [(c, r) for _, c, r in named]
-
-
-def run_profile(name: str, quick: bool) -> dict:
-    lab = TinyLab(tiny_llama(0, dtype=DTYPES[name]))
-    n_fit, n_held, length = (2, 2, 32) if quick else (6, 50, 64)  # full: >= 1,000 benign fp32 pairs
-    regimes = (False, True) if name == "fp32" else (False,)  # rounding bf16 rows is a no-op in bf16
-    t0 = time.perf_counter()
-    fit = [p for r in regimes for p in benign_pairs(lab, prompts(n_fit, length, 1), rounded_inputs=r)]
-    # token tolerances: logits of cached decode (the worker) vs one prefill (the verifier)
-    fit_ids = prompts(n_fit, length, 1)
-    logit_pairs = [(lab.logits(ids, decode=True), lab.logits(ids)) for ids in fit_ids]
-    th = fit_thresholds(pairs(fit), logit_pairs=logit_pairs)
-    held_prompts = torch.cat([prompts(n_held // 2, length, 2), prompts(n_held - n_held // 2, length + 31, 3)[:, :length]])
-    held = [p for r in regimes for p in benign_pairs(lab, held_prompts, rounded_inputs=r)]
-    attacks = {a: [p for r in regimes for p in attack_pairs(lab, held_prompts[: min(6, n_held)], a,
-                                                            rounded_inputs=r)] for a in ATTACKS}
-    token_data = [(lab.logits(ids, decode=True), lab.logits(ids)) for ids in held_prompts]
-    out = {"fit_pairs": len(fit), "thresholds": th}
-    for label, t in (("fitted", th), ("shipped", PROFILES[name])):
-        ev = evaluate(pairs(held), t)
-        fa = ev.trials - ev.passed
-        print(f"{name}_{label}_false_alarms: {fa}/{ev.trials}", flush=True)
-        print(f"{name}_{label}_false_alarm_upper95: {clopper_pearson_upper(fa, ev.trials):.4f}")
-        for reason in ev.reasons:
-            print(f"  false alarm reason: {reason}")
-        rates = []
-        for attack, ap in attacks.items():
-            verdicts = [judge(c, r, t) for _, c, r in ap]
-            caught = sum(not v.passed for v in verdicts)
-            rates.append(caught / len(ap))
-            chunk_fail = min(v.stats.failing_chunk_frac for v in verdicts)
-            print(f"{name}_{label}_detect_{attack}: {caught / len(ap):.3f} ({caught}/{len(ap)}; "
-                  f"lowest fraction of chunks failing the chunk rule {chunk_fail:.3f})", flush=True)
-        tok_fa, tok_n, tok_caught = token_checks(token_data, t)
-        print(f"{name}_{label}_token_false_alarms: {tok_fa}/{tok_n}")
-        print(f"{name}_{label}_token_detect_random: {tok_caught / tok_n:.3f} ({tok_caught}/{tok_n})")
-        rates.append(tok_caught / tok_n)
-        out[label] = (fa + tok_fa, ev.trials + tok_n, min(rates))
-    print(f"{name}_benign_worst: {json.dumps({k: round(v, 6) for k, v in ev.worst.items()})}")
-    print(f"{name}_fit_pairs: {len(fit)}")
-    print(f"{name}_fitted_thresholds: {json.dumps(th.to_json())}")
-    print(f"{name}_seconds: {time.perf_counter() - t0:.1f}")
-    return out
-
-
-def token_checks(token_data, th) -> tuple[int, int, int]:
-    """Tokens a worker drew from its cached-decode logits, checked against the verifier's prefill
-    logits (greedy, and sampling at two seeds): (false alarms, sequences, random sequences caught)."""
-    rng = np.random.default_rng(0)
-    specs = (Sampling(), Sampling(0.7, 0.9, 11), Sampling(1.0, 1.0, 12))
-    fa = caught = n = 0
-    for worker, verifier in token_data:
-        for spec in specs:
-            honest = [reproduce_token(worker[i], spec, i + 1) for i in range(len(worker))]
-            fa += not check_tokens(verifier, honest, 1, spec, th.logit_tol, th.mass_tol).passed
-            forged = [int(t) for t in rng.integers(0, verifier.shape[1], len(honest))]
-            caught += not check_tokens(verifier, forged, 1, spec, th.logit_tol, th.mass_tol).passed
-            n += 1
-    return fa, n, caught
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer, shorter prompts (< 1 min)")
-    ap.add_argument("--profiles", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--out", type=Path, default=None, help="write <precision>.json profiles here")
     args = ap.parse_args()
-    names = [p for p in args.profiles.split(",") if p]
-    for p in names:
-        if p not in DTYPES:
-            ap.error(f"unknown profile {p!r}; choose from {sorted(DTYPES)}")
-    if args.quick:
-        names = [p for p in names if p == "fp32"] or names[:1]  # bf16 matmuls are slow on CPU
-    results = {p: run_profile(p, args.quick) for p in names}
-    parts = []
-    for p, r in results.items():
-        fa, n, detect = r["shipped"]
-        parts.append(f"{p}: shipped profile {fa}/{n} held-out false alarms, lowest detection {detect:.2f}")
-    print("summary: " + "; ".join(parts))
+    clock = Clock()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # measured: 2 threads on this shared 2-core box run 30x slower (spinning)
+    for prec in args.precisions.split(","):
+        checks, logit_pairs = [], []
+        models = [("tiny-llama", lambda d: tiny_model("llama", 0, d))]
+        if smollm2_available():
+            models.insert(0, ("smollm2", load_smollm2))
+        for name, load in models:
+            lab = Lab(load(DTYPES[prec]), name)
+            rng = np.random.default_rng(1000)
+            small = name == "smollm2"
+            if args.quick:
+                sizes, modes = (1, 4), ("decode1", "chunked")
+            elif small:
+                sizes, modes = (1, 3, 12), ("decode1", "chunked", "prefill", "decode1")
+            else:
+                sizes, modes = (1, 2, 4, 8, 16, 32) * 3, ("decode1", "chunked", "prefill", "decode1") * 2
+            groups = serve_mix(lab, rng, sizes, modes, 24 if small else 40, 12 if small else 20)
+            got = benign_checks(lab, name, groups, ProofLimits(), singles=True, logit_pairs=logit_pairs,
+                                pipelines=(3,) if small else (2, 3))
+            checks += got
+            print(f"{prec}_{name}_benign_checks: {len(got)} ({clock():.0f} s)", flush=True)
+        prof = fit_profile([c.m for c in checks], prec, logit_pairs=logit_pairs,
+                           note=f"fitted by bench/tolerance.py on {len(checks)} benign checks "
+                                f"({', '.join(sorted({c.model for c in checks}))})")
+        print(f"{prec}_profile: {json.dumps(prof.to_json())}")
+        print(f"{prec}_profile_hash: 0x{prof.hash.hex()}")
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"{prec}.json").write_text(json.dumps(prof.to_json(), indent=2) + "\n")
+    print(f"summary: profiles fitted for {args.precisions} in {clock():.0f} s")
 
 
 if __name__ == "__main__":

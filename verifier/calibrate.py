@@ -276,7 +276,7 @@ def fit_profile(measurements: Sequence[Any], precision: str, fit: ProfileFit | N
     score = np.array([m.rms_rel_err for m in measurements]) / norm
     row = np.array([m.max_row_rel_err for m in measurements]) / norm
     # floor: bit-identical benign data (fp32 on one CPU) would otherwise give a zero bound
-    floor = 2.0 ** -9  # half a bf16 ulp, relative: the commitment's own rounding
+    floor = 2.0 ** -12  # 1/16 of a bf16 ulp, relative: below any compute precision cheat
     d_k = None
     for i, d in enumerate(chunk_candidates):
         worst = max(m.chunk_worst[i] for m in measurements)

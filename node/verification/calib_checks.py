@@ -70,8 +70,8 @@ def stage_sets(n_layers: int, singles: bool = True, pipelines: Sequence[int] = (
 
 
 def _measure(claimed: torch.Tensor, rec: torch.Tensor, layers: int, limits: ProofLimits,
-             kappa: float) -> Measurement:
-    return measure(to_bf16(claimed), to_bf16(rec), layers, limits, kappa, D_CANDIDATES)
+             kappa: float, candidates: bool = False) -> Measurement:
+    return measure(to_bf16(claimed), to_bf16(rec), layers, limits, kappa, D_CANDIDATES if candidates else ())
 
 
 def _tokens_ok(lab: Lab, rows: torch.Tensor, run: Run, tokens: Sequence[int], spec: SamplingSpec,
@@ -93,18 +93,22 @@ def serve_mix(lab: Lab, rng: np.random.Generator, batch_sizes: Sequence[int], mo
     for b in batch_sizes:
         ps = [lab.prompt(rng, int(rng.integers(3, max_prompt + 1))) for _ in range(b)]
         groups.append((f"batched{b}", lab.serve(ps, [int(rng.integers(2, max_new + 1)) for _ in ps])))
-    for i, mode in enumerate(modes):
+    for i, mode in enumerate(modes):  # every other one on 2 threads (the default here is 1)
         ps = [lab.prompt(rng, int(rng.integers(3, max_prompt + 1))) for _ in range(2)]
-        groups.append((f"{mode}{'-1thread' if i % 2 else ''}",
-                       lab.serve(ps, [int(rng.integers(2, max_new + 1)) for _ in ps], mode, 1 if i % 2 else None)))
+        groups.append((f"{mode}-{2 if i % 2 else 1}threads",
+                       lab.serve(ps, [int(rng.integers(2, max_new + 1)) for _ in ps], mode, 2 if i % 2 else 1)))
     return groups
 
 
 @torch.inference_mode()
 def benign_checks(lab: Lab, name: str, groups: Iterable[tuple[str, list[Run]]], limits: ProofLimits,
                   profile: Profile | None = None, singles: bool = True,
-                  logit_pairs: list | None = None, pipelines: Sequence[int] = (2, 3)) -> list[Check]:
-    """Every stage of `stage_sets` of every served request, checked by the verifier."""
+                  logit_pairs: list | None = None, pipelines: Sequence[int] = (2, 3),
+                  window: int = 0) -> list[Check]:
+    """Every stage of `stage_sets` of every served request, checked by the verifier; with `window`,
+    also each run of `window` consecutive positions as a check of its own (a verifier checking a
+    slice of a request: causal attention makes the first positions' rows those of a shorter
+    prefill)."""
     kappa = profile.depth_exponent if profile else 0.0
     out: list[Check] = []
     L = lab.n_layers
@@ -112,7 +116,12 @@ def benign_checks(lab: Lab, name: str, groups: Iterable[tuple[str, list[Run]]], 
         for a, b in stage_sets(L, singles, pipelines):
             recs = lab.recompute([lab.stage_input(r, a) for r in runs], a, b, batched=g % 2 == 1)
             for r, rec in zip(runs, recs, strict=True):
-                m = _measure(r.rows[b], rec, b - a, profile.proof if profile else limits, kappa)
+                lim = profile.proof if profile else limits
+                m = _measure(r.rows[b], rec, b - a, lim, kappa, profile is None)
+                for s in range(0, rec.shape[0] - window + 1, window) if window else ():
+                    # a check of the positions [s, s + window) alone: causal, so the same rows
+                    wm = _measure(r.rows[b][s:s + window], rec[s:s + window], b - a, lim, kappa, profile is None)
+                    out.append(Check(name, (a, b), f"{how}@{s}", wm, None))
                 tok = None
                 if b == L:
                     spec = SAMPLED if (g + len(r.ids)) % 2 else SamplingSpec()

@@ -11,9 +11,9 @@ what a verifier does, in fp32 or bf16 on CPU:
   decode steps; `decode1` — one request at a time, prefill then cached decode; `chunked` — the final
   sequence prefilled in chunks through the cache; `prefill` — one prefill of the final sequence;
   each optionally on 1 thread;
-- a *verifier* (`recompute`) runs layers [a, b) with one prefill from the stage's committed input
-  (token ids on the first stage, else the bf16 bits of the previous stage's output — all a
-  commitment authenticates), one request at a time or as a right-padded batch.
+- a *verifier* (`recompute`) runs layers [a, b) with one prefill from the stage's input (token ids
+  on the first stage, else the previous stage's stored rows, proven against its commitment), one
+  request at a time or as a right-padded batch.
 
 Cheats are model edits (`cheat_model`: int8 / 4-bit / fp8 weights, pruned heads, another model,
 half-width MLP, skipped layers) or row edits done by the caller. Used by `bench/verify.py`,
@@ -234,8 +234,10 @@ class Lab:
         return [out[i, :x.shape[0]] for i, x in enumerate(inputs)]
 
     def stage_input(self, run: Run, a: int) -> torch.Tensor:
-        """What the verifier of stage [a, ·) gets: token ids, or the committed (bf16) rows."""
-        return torch.tensor(run.ids) if a == 0 else to_bf16(run.rows[a])
+        """What the verifier of stage [a, ·) gets: token ids, or the previous stage's stored rows in
+        the worker's dtype (the node's verifier fetches them and checks that their bf16 rounding
+        rebuilds the committed root; in bf16 they are the committed rows themselves)."""
+        return torch.tensor(run.ids) if a == 0 else run.rows[a]
 
 
 # ── cheats ──────────────────────────────────────────────────────────────────────────────────────

@@ -1,0 +1,50 @@
+"""The shipped profiles held to fresh benign and attack data on a model they were not fitted on.
+
+The profiles were fitted (bench/tolerance.py) on SmolLM2 and a tiny Llama; here a tiny Qwen2 of
+another shape (4 layers, hidden 96, 3 heads / 1 KV head) serves requests in padded batches with
+batched decode, one at a time and in chunks, and every stage is checked by the verifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from node.verification.calib_checks import PROOF_ATTACKS, attack_checks, benign_checks, failed, serve_mix, stage_sets
+from node.verification.calib_lab import Lab, tiny_model
+from verifier.profiles import SHIPPED
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@pytest.fixture(scope="module", params=["fp32", "bf16"])
+def heldout(request):
+    prec = request.param
+    lab = Lab(tiny_model("qwen2", 5, DTYPES[prec], layers=4, hidden=96, heads=3, kv_heads=1, mlp=256))
+    return prec, lab
+
+
+def test_benign_checks_on_a_held_out_model_never_fail_proof_grade(heldout):
+    prec, lab = heldout
+    prof = SHIPPED[prec]
+    groups = serve_mix(lab, np.random.default_rng(42), (1, 5, 12), ("decode1", "chunked", "prefill"), 24, 10)
+    checks = benign_checks(lab, "heldout", groups, prof.proof, prof)
+    assert len(checks) >= 300
+    bad = [(c.how, c.stage, c.m.score, c.m.row_score, c.m.failing_chunks, c.tokens_ok)
+           for c in checks if failed(c, prof)]
+    assert not bad, bad[:5]
+    # statistical evidence: honest checks carry e-values whose mean stays below one
+    e = np.array([prof.evidence.evalue(c.m.score) for c in checks])
+    assert e.mean() <= 1.0 and np.log(e).mean() < 0
+
+
+@pytest.mark.parametrize("attack", PROOF_ATTACKS)
+def test_every_proof_grade_attack_fails_every_check_on_a_held_out_model(heldout, attack):
+    prec, lab = heldout
+    prof = SHIPPED[prec]
+    rng = np.random.default_rng(3)
+    runs = lab.serve([lab.prompt(rng, 12) for _ in range(3)], [8] * 3)
+    checks = attack_checks(lab, "heldout", attack, runs, stage_sets(lab.n_layers, False, (2,)), prof, rng)
+    assert checks
+    passed = [(c.stage, c.m.score, c.m.row_score, c.tokens_ok) for c in checks if not failed(c, prof)]
+    assert not passed, passed
