@@ -40,6 +40,7 @@ SUBCOMMANDS: dict[str, str] = {
     "params": "verifier.cli:params",
     "audit": "audit.cli:audit",
     "verify-stage": "node.cli.verify:verify_stage",
+    "calibrate": "node.cli.calibrate:calibrate",
     "explorer": "devnet.explorer.cli:explorer",
 }
 
