@@ -24,6 +24,14 @@ from node.dataplane.client import Generation
 from node.dataplane.query import SignedStageCommit
 from protocol.dataplane_errors import DataPlaneError
 from protocol.messages import PipelineRequest
+from protocol.receipt import (
+    GatewayReceipt,
+    ReceiptBatch,
+    ReceiptModel,
+    ReceiptStage,
+    TokenCounts,
+    TokenPrices,
+)
 from protocol.sampling import Sampling
 
 from .auth import Accounts, Reservation
@@ -263,22 +271,21 @@ class Gateway:
             self.settler.nudge()
         self.accounts.finish(job.reservation, charge if tout else None)
         self.metrics.served(tin, tout, charge if tout else 0)
-        receipt = {
-            "request_id": job.request_id, "seq": job.seq, "gateway": self.address,
-            "chain_id": self.chain_id, "payments": self.payments,
-            "batch": {"status": "pending", "batch_id": None,
-                      "lookup": f"/v1/receipts/{job.request_id}"},
-            "pipeline": [{"operator": s.operator, "host": s.host, "port": s.port,
-                          "layers": [s.start, s.end]} for s in req.stages],
-            "commitment_root": "0x" + root.hex(), "commitments": commits_json,
-            "commitment_roots": [c["root"] for c in commits_json],
-            "commitments_error": commits_error,
-            "model": {"id": info.model_id, "name": info.name},
-            "model_hash": "0x" + info.weights_root.hex(),
-            "tokens": {"prompt": tin, "completion": tout},
-            "price_wei": {"prompt": str(info.price_in_wei), "completion": str(info.price_out_wei)},
-            "charge_wei": str(charge if tout else 0),
-        }
+        receipt = GatewayReceipt(
+            request_id=job.request_id, seq=job.seq, gateway=self.address, chain_id=self.chain_id,
+            payments=self.payments,
+            batch=ReceiptBatch(lookup=f"/v1/receipts/{job.request_id}"),
+            pipeline=tuple(ReceiptStage(operator=s.operator, host=s.host, port=s.port,
+                                        layers=(s.start, s.end)) for s in req.stages),
+            commitment_root="0x" + root.hex(), commitments=tuple(commits_json),
+            commitment_roots=tuple(c["root"] for c in commits_json),
+            commitments_error=commits_error,
+            model=ReceiptModel(id=info.model_id, name=info.name),
+            model_hash="0x" + info.weights_root.hex(),
+            tokens=TokenCounts(prompt=tin, completion=tout),
+            price_wei=TokenPrices(prompt=str(info.price_in_wei), completion=str(info.price_out_wei)),
+            charge_wei=str(charge if tout else 0),
+        ).to_json()
         return Outcome(text, tokens, reason, receipt)
 
     # ------------------------------------------------------------------ lookups

@@ -28,6 +28,7 @@ from typing import Any
 
 from contracts.batch import Pipeline, Stage
 from protocol.messages import StageCommit
+from protocol.receipt import RECEIPT_VERSION
 from verifier.errors import ReceiptError
 
 EXPLORER_KIND = "veriplex.explorer.request"
@@ -194,6 +195,10 @@ def _list(v: Any, field: str) -> list[Any]:
 
 # ------------------------------------------------------------------ the two shapes
 def _from_gateway(d: dict[str, Any]) -> Receipt:
+    version = d.get("version", RECEIPT_VERSION)  # receipts from before versioning are version 1
+    if version != RECEIPT_VERSION:
+        raise ReceiptError(f"receipt version {version!r} is not supported (this audit reads "
+                           f"version {RECEIPT_VERSION})")
     batch = d.get("batch") if isinstance(d.get("batch"), dict) else {}
 
     def pick(key: str) -> Any:
