@@ -21,12 +21,13 @@ class _Frozen(BaseModel):
 
 
 class ReceiptStage(_Frozen):
-    """One stage of the pipeline that served the request."""
+    """One stage of the pipeline that served the request, as a receipt states it (the gateway always
+    says where it was reached; the explorer's download, from the chain, cannot)."""
 
     operator: str = Field(pattern=ADDRESS)
-    host: str
-    port: int = Field(ge=1, le=65535)
     layers: tuple[int, int]
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
 
 
 class ReceiptStageCommit(_Frozen):

@@ -28,7 +28,7 @@ from typing import Any
 
 from contracts.batch import Pipeline, Stage
 from protocol.messages import StageCommit
-from protocol.receipt import RECEIPT_VERSION
+from protocol.receipt import RECEIPT_VERSION, ReceiptStage
 from verifier.errors import ReceiptError
 
 EXPLORER_KIND = "veriplex.explorer.request"
@@ -49,16 +49,6 @@ class StageClaim:
 
 
 @dataclass(frozen=True)
-class StageEndpoint:
-    """One stage of the pipeline that served the request (host/port only in gateway receipts)."""
-
-    operator: str
-    layers: tuple[int, int]
-    host: str | None = None
-    port: int | None = None
-
-
-@dataclass(frozen=True)
 class Receipt:
     kind: str  # "gateway" | "explorer" | "request id"
     request_id: bytes
@@ -71,7 +61,7 @@ class Receipt:
     charge: int | None = None
     commitment_root: bytes | None = None
     commitments: tuple[StageClaim, ...] = ()
-    pipeline: tuple[StageEndpoint, ...] = ()
+    pipeline: tuple[ReceiptStage, ...] = ()
     batch_id: int | None = None
     tx_hash: str | None = None
     leaf_index: int | None = None
@@ -153,10 +143,11 @@ def _stage_claim(v: Any, i: int) -> StageClaim:
     )
 
 
-def _endpoint(v: Any, i: int) -> StageEndpoint:
+def _endpoint(v: Any, i: int) -> ReceiptStage:
     f = f"pipeline[{i}]"
     if isinstance(v, list | tuple) and len(v) == 3:  # [operator, start, end]
-        return StageEndpoint(_address(v[0], f + ".operator"), _layers(v[1:], f + ".layers"))
+        return ReceiptStage(operator=_address(v[0], f + ".operator"),
+                            layers=_layers(v[1:], f + ".layers"))
     if not isinstance(v, dict) or "operator" not in v:
         raise ReceiptError(f"{f} must be {{operator, layers, ...}} or [operator, start, end]")
     if "layers" in v:
@@ -164,9 +155,9 @@ def _endpoint(v: Any, i: int) -> StageEndpoint:
     else:
         layers = _layers([v.get("layer_start", v.get("start")), v.get("layer_end", v.get("end"))],
                          f + ".layers")
-    return StageEndpoint(
-        _address(v["operator"], f + ".operator"),
-        layers,
+    return ReceiptStage(
+        operator=_address(v["operator"], f + ".operator"),
+        layers=layers,
         host=str(v["host"]) if v.get("host") is not None else None,
         port=_opt(v, "port", lambda x, n: _int(x, n, 1, 65535), f + ".port"),
     )
