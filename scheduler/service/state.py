@@ -214,6 +214,8 @@ class CoordinatorState:
         spec = self._snapshot({op}).nodes[0]
         self._replan(now, f"{op} joined ({why})", before,
                      lambda snap, plan: dynamics.join(snap, plan, spec))
+        if self.plan is None:  # the others alone place nothing: a standby must step in
+            self._promote(now, 1)
 
     def _evict(self, op: str, now: float, why: str) -> None:
         if op not in self.live:
@@ -231,9 +233,14 @@ class CoordinatorState:
         self._promote(now, max(had, 1))
 
     def _promote(self, now: float, want: int) -> None:
-        """Promote reserved standbys until the plan has `want` replicas (or none is left)."""
-        while self.reserved & self.live and (self.plan is None or len(self.plan.replicas) < want):
-            op = max(self.reserved & self.live, key=self._reserve_rank)
+        """Promote reserved standbys that are heard from (heartbeat within the timeout) until
+        the plan has `want` replicas (or none is left): a silent standby is no replacement."""
+        def ready() -> set[str]:
+            return {op for op in self.reserved & self.live
+                    if now - self.last_seen.get(op, now) <= self.timing.heartbeat_timeout_s}
+
+        while ready() and (self.plan is None or len(self.plan.replicas) < want):
+            op = max(ready(), key=self._reserve_rank)
             self.reserved.discard(op)
             spec = self._snapshot({op}).nodes[0]
             self._replan(now, f"standby {op} promoted", self.live - {op},

@@ -288,3 +288,17 @@ def test_a_standby_that_goes_quiet_and_comes_back_is_still_standby() -> None:
     st.heartbeat(beat(spare, T0 + 2), T0 + 2)
     assert spare.address in st.live and spare.address in st.reserved
     assert st.pending() is None
+
+
+def test_a_silent_start_does_not_spend_the_reserve_and_a_standby_steps_in_when_needed() -> None:
+    st = reserved_start(4, 2)  # registered at T0; nobody heartbeats in time (slow start)
+    st.tick(T0 + TIMEOUT + 1)
+    assert st.plan is None and st.reserved == {operator(2).address, operator(3).address}
+    # one pipeline worker and both standbys come back: the pipeline needs a standby now
+    for i in (0, 2, 3):
+        st.heartbeat(beat(operator(i), T0 + TIMEOUT + 2), T0 + TIMEOUT + 2)
+    assert st.plan is not None
+    pub = st.pending()
+    assert pub is not None and operator(0).address in {r[0] for r in pub.rows}
+    assert_covers(pub.rows)
+    assert len(st.reserved) == 1
