@@ -8,7 +8,10 @@ queueing delay + (per-layer time at the node's current batch × layers it runs) 
 for every output token + the link from the previous hop — the per-layer time is charged for every
 layer served, never once per node. Hops whose node lacks free KV
 memory for the request's tokens over the layers it would run, or whose batch already holds
-`max_batch` sequences, are skipped (admission). One dynamic
+`max_batch` sequences, are skipped (admission). Under load (when
+loads are given), a request whose own replica's chain admits it stays on that chain: joining
+another replica's shard mid-way would take a batch slot and strand the slot of that replica's
+earlier stages; stitching routes around full, failed or excluded nodes. One dynamic
 program over shards in order of their end layer touches each edge once: linear in the edges.
 
 `Router` is built once per plan; `route()` is pure given the loads passed in, so the coordinator
@@ -136,8 +139,7 @@ class Router:
         kv_tokens = prompt_tokens + output_tokens
         idle = NodeLoad()
         n = len(self.shards)
-        best = [float("inf")] * n  # expected completion time of the chosen chain
-        rank = [float("inf")] * n  # what chains are chosen by: best + stitching penalties
+        best = [float("inf")] * n
         start_at = [0] * n
         prev = [-1] * n
         act = c.model.activation_bytes
@@ -164,33 +166,34 @@ class Router:
             free = self.kv_capacity[nid] - seen.kv_used_bytes
             if a == 0 and b * per_layer_kv <= free:
                 best[j], start_at[j] = b * per_layer + ld.queue_s, 0
-                rank[j] = best[j]
             for cut in range(a, b):
                 if (b - cut) * per_layer_kv > free:
                     continue
                 own = (b - cut) * per_layer + ld.queue_s
                 if cut not in frontier:
-                    frontier[cut] = self._frontier(cut, rank)
-                # Under load, joining another replica's shard mid-way takes a batch slot that
-                # strands its own earlier stages' slot (each node runs at most max_batch
-                # sequences): it is chosen only when it beats staying by the hop's own cost.
-                stitch = (b - cut) * per_layer if use_load and loads else 0.0
+                    frontier[cut] = self._frontier(cut, best)
+                # Under load, a request whose own replica's chain admits it up to this shard
+                # stays on it: joining another replica's shard mid-way would take a batch slot
+                # and strand the slot of that replica's earlier stages (each node runs at most
+                # max_batch sequences). Stitching routes around full, failed or excluded nodes.
                 preds = frontier[cut]
-                mine = self.own_pred.get((self.rep[j], cut))
-                if mine is not None and rank[mine] < float("inf") and mine not in preds:
-                    preds = [*preds, mine]
+                mine = self.own_pred.get((self.rep[j], a)) if use_load and loads else None
+                if mine is not None and best[mine] < float("inf"):
+                    if cut != a:
+                        continue
+                    preds = [mine]
                 for p in preds:
                     pi = self.shards[p][0]
                     link = (link_time(c, pi, i, prompt_tokens * act)
                             + output_tokens * link_time(c, pi, i, act))
-                    score = rank[p] + link + own + (stitch if self.rep[p] != self.rep[j] else 0.0)
-                    if score < rank[j]:
-                        best[j], rank[j], start_at[j], prev[j] = best[p] + link + own, score, cut, p
+                    cost = best[p] + link + own
+                    if cost < best[j]:
+                        best[j], start_at[j], prev[j] = cost, cut, p
         finals = [j for j in self.ending_at.get(L, ()) if best[j] < float("inf")]
         if not finals:
             raise NoRoute(f"no admissible route for a request of {kv_tokens} KV tokens over "
                           f"{L} layers ({len(exclude)} node(s) excluded, {n} shards)")
-        j = min(finals, key=lambda j: (rank[j], c.ids[self.shards[j][0]]))
+        j = min(finals, key=lambda j: (best[j], c.ids[self.shards[j][0]]))
         cost = best[j]
         hops: list[Hop] = []
         kv: dict[str, int] = {}
