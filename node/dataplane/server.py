@@ -516,8 +516,11 @@ class StageServer:
             plan = self.batcher.plan(len(self.sessions.sessions) if ex.shard.is_first else None)
             if not plan:
                 continue
+            # Sessions are resolved now, on the loop: one cancelled while the step computes in
+            # the worker thread only wastes its rows, it cannot fail the others'.
             works = [Work(j.rid, j.x[:n], j.start,
-                          "last" if ex.shard.is_last and n == j.remaining else "none")
+                          "last" if ex.shard.is_last and n == j.remaining else "none",
+                          session=ex.session(j.rid))
                      for j, n in plan]
             self._running = {j.rid for j, _ in plan}
             self._step_done.clear()

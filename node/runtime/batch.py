@@ -86,6 +86,7 @@ class Work:
     x: torch.Tensor  # ids (T,) on the first stage, rows (T, d) elsewhere
     start: int
     logits: LogitsMode = "last"
+    session: Session | None = None  # resolved by the caller when it may close sessions meanwhile
 
 
 class BatchedExecutor(StageExecutor):
@@ -132,7 +133,7 @@ class BatchedExecutor(StageExecutor):
             if w.request_id in seen:
                 raise ExecutionError(f"request {w.request_id.hex()} appears twice in one step")
             seen.add(w.request_id)
-            s = self.session(w.request_id)
+            s = w.session if w.session is not None else self.session(w.request_id)
             if w.start != s.length:
                 raise ExecutionError(
                     f"session {w.request_id.hex()}: input starts at position {w.start} but the cache "
