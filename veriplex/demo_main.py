@@ -7,8 +7,11 @@ perturbed weights), then acts as a client would, through the `veriplex` CLI and 
 requests, plain and streaming. It follows each request on chain — settled in a batch, a
 verification task opened (every request is sampled in the demo), the committee's revealed
 verdicts, the final status, slashes and refunds — and sends more requests (up to a bound) until
-it has seen both what the demo is about: a request verified PASSED and the perturbed worker
-slashed. `Observed` is what it saw; the command prints it and fails unless both happened.
+the perturbed worker is slashed. Then the network heals (`veriplex.demo_heal`): the coordinator
+evicts the cheater and promotes a standby into its layers in a new epoch, and the next requests
+are served and followed until one is verified PASSED. `Observed` is what it saw; the command
+prints it and fails unless a request passed after the eviction, the cheater was slashed and
+evicted, and no keeper transaction reverted.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from veriplex.demo_heal import Healing, epoch_rows, keeper_reverts, wait_eviction
 from veriplex.up import Network, UpError, UpOptions, bring_up
 
 PROMPTS = [
@@ -64,6 +68,7 @@ class Observed:
     earned: dict[str, int] = field(default_factory=dict)  # pipeline operator -> owner's credit
     released: list[int] = field(default_factory=list)  # batch ids released from escrow
     timings: dict[str, float] = field(default_factory=dict)
+    heal: Healing = field(default_factory=Healing)
 
     def passed(self) -> list[Request]:
         return [r for r in self.requests if r.status == "PASSED"]
@@ -83,6 +88,8 @@ class DemoOptions:
     max_requests: int = 10
     max_tokens: int = 24
     timeout_s: float = 300.0  # for the verification outcomes, after the first request
+    eviction_timeout_s: float = 90.0  # from the slash to an epoch without the cheater
+    retry_503_s: float = 60.0  # a request refused while the coordinator re-allocates is retried
     payout_timeout_s: float = 60.0  # then for a batch's escrow to be released
 
 
@@ -188,6 +195,9 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None]) -> tuple[Observed, N
         say("\nVeriplex is up:\n" + net.summary())
         chain = Chain.connect(net.rpc_url, net.manifest)
         start_block = chain.block_number()
+        heal = obs.heal
+        heal.epoch_before = chain.scheduler.epoch()
+        heal.epoch_rows_before = epoch_rows(chain, heal.epoch_before)
         obs.perturbed = [w.address for w in net.workers if w.perturbed]
         owners = {w.address: json.loads(net.cli("node", "status", w.owner, "--json"))["owner"]
                   for w in net.workers if w.role == "pipeline"}
@@ -207,12 +217,21 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None]) -> tuple[Observed, N
             nonlocal sent
             for _ in range(n):
                 stream = sent % 2 == 1
-                try:
-                    r = ask(api, net.model_name, PROMPTS[sent % len(PROMPTS)], stream,
-                            opts.max_tokens)
-                except openai.APIError as exc:
-                    raise DemoFailed(f"request {sent + 1} through the gateway failed: {exc} "
-                                     f"(see {net.data_dir / 'logs'})") from None
+                retry_until = time.monotonic() + opts.retry_503_s
+                while True:
+                    try:
+                        r = ask(api, net.model_name, PROMPTS[sent % len(PROMPTS)], stream,
+                                opts.max_tokens)
+                        break
+                    except openai.APIStatusError as exc:  # 503: no pipeline while re-allocating
+                        if exc.status_code != 503 or time.monotonic() > retry_until:
+                            raise DemoFailed(f"request {sent + 1} through the gateway failed: "
+                                             f"{exc} (see {net.data_dir / 'logs'})") from None
+                        say(f"   (gateway: {exc.status_code}, no pipeline yet; retrying)")
+                        time.sleep(2.0)
+                    except openai.APIError as exc:
+                        raise DemoFailed(f"request {sent + 1} through the gateway failed: {exc} "
+                                         f"(see {net.data_dir / 'logs'})") from None
                 obs.requests.append(r)
                 sent += 1
                 say(f"   [{r.kind:6}] {r.request_id}  {r.tokens[0]}+{r.tokens[1]} tokens, "
@@ -235,7 +254,8 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None]) -> tuple[Observed, N
                     say(f"   task {r.task_id} for {r.request_id[:18]}…: stage {r.stage} "
                         f"({r.stage_operator[:10]}…) {r.status}, verdicts "
                         f"{_verdicts(r.verdicts)}")
-            if obs.done():
+            if obs.perturbed_slashed():  # convicted: the healing comes next
+                obs.timings.setdefault("convicted_s", time.monotonic() - t1)
                 break
             settled_all = all(r.status in FINAL for r in obs.requests)
             drawn = [r for r in obs.requests if r.task_id]
@@ -260,13 +280,59 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None]) -> tuple[Observed, N
             follow(chain, obs.requests, obs, start_block)
         obs.timings["verification_s"] = time.monotonic() - t1
         obs.stake_after = stake_of(chain, owners)
+        if obs.perturbed_slashed():
+            heal_network(opts, say, chain, obs, start_block, send, t1)
         say("\n== Payouts: once a batch's verification window has passed and none of its tasks is "
             "open, the gateway releases its escrow to the pipeline's owners")
         wait_payouts(chain, owners, obs, start_block, timeout_s=opts.payout_timeout_s)
+        follow(chain, obs.requests, obs, start_block)  # every outcome as it stands at the end
+        keeper_reverts(chain, start_block, heal)
+        obs.timings["total_s"] = time.monotonic() - t0
         return obs, net
     except BaseException:
         net.stop()
         raise
+
+
+def heal_network(opts: DemoOptions, say: Callable[[str], None], chain: Any, obs: Observed,
+                 start_block: int, send: Callable[[int], None], t1: float) -> None:
+    """Wait for the cheater's eviction in a new epoch, then send the next requests and follow
+    them until one is verified PASSED on the healed pipeline (bounded)."""
+    heal = obs.heal
+    say("\n== Eviction: the convicted stage is below the minimum stake; the coordinator evicts it "
+        "and promotes a standby worker into its layers, published as a new epoch")
+    t2 = time.monotonic()
+    if not wait_eviction(chain, obs.perturbed, heal, opts.eviction_timeout_s):
+        say(f"   no epoch without the cheater within {opts.eviction_timeout_s:g} s")
+        return
+    obs.timings["slash_to_new_epoch_s"] = time.monotonic() - t2
+    say(f"   epoch {heal.epoch_before} -> {heal.new_epoch}: evicted {', '.join(heal.evicted)}; "
+        f"promoted {', '.join(heal.promoted) or 'nobody (a spare was already placed)'}")
+    for op, a, b in heal.new_rows:
+        say(f"      layers {a}-{b}: {op}")
+    say("\n== The next requests, served by the healed pipeline and verified")
+    n0 = len(obs.requests)
+    t3 = time.monotonic()
+    send(2)
+    obs.timings["first_after_eviction_s"] = time.monotonic() - t3
+    extra, deadline = 0, time.monotonic() + opts.timeout_s
+    while time.monotonic() < deadline:
+        heal.after = obs.requests[n0:]
+        follow(chain, heal.after, obs, start_block)
+        if any(r.status == "PASSED" for r in heal.after):
+            obs.timings["passed_after_eviction_s"] = time.monotonic() - t3
+            break
+        if all(r.status in FINAL for r in heal.after) and extra < 3:
+            extra += 1
+            say("   no pass yet among them: one more request")
+            send(1)
+        time.sleep(1.0)
+    heal.after = obs.requests[n0:]
+    for r in heal.after:
+        say(f"   {r.request_id[:18]}…: task {r.task_id} stage {r.stage} "
+            f"({r.stage_operator[:10]}…) {r.status}, verdicts {_verdicts(r.verdicts)}")
+    obs.timings["healing_s"] = time.monotonic() - t2
+    obs.timings["verification_s"] = time.monotonic() - t1
 
 
 def _verdicts(v: dict[str, bool]) -> str:
@@ -330,6 +396,21 @@ def report(obs: Observed, net: Network, say: Callable[[str], None]) -> list[str]
         if obs.stake_before[op] != obs.stake_after.get(op):
             say(f"   stake of {op}: {obs.stake_before[op] / 1e18:g} -> "
                 f"{obs.stake_after.get(op, 0) / 1e18:g} ETH")
+    heal = obs.heal
+    say("\n== Eviction and the healed pipeline")
+    if heal.new_epoch:
+        say(f"   epoch {heal.epoch_before} -> {heal.new_epoch}: evicted "
+            f"{', '.join(heal.evicted) or 'nobody'}, promoted from standby "
+            f"{', '.join(heal.promoted) or 'nobody'}; explorer: {net.explorer_url}/epoch/"
+            f"{heal.new_epoch}")
+    else:
+        say("   no new epoch without the cheater")
+    for r in heal.after:
+        say(f"   after the eviction: {r.request_id} {r.status}")
+    say(f"   reverted keeper transactions on this chain: {len(heal.reverted)}"
+        + "".join(f"\n      {x['method']} {x['tx']} (block {x['block']})" for x in heal.reverted)
+        + (f" (other reverted transactions: {len(heal.reverted_other)})"
+           if heal.reverted_other else ""))
     say("\n== Payouts")
     say(f"   batches released from escrow: {', '.join(map(str, obs.released)) or 'none yet'}")
     for op, credit in obs.earned.items():
@@ -342,6 +423,13 @@ def report(obs: Observed, net: Network, say: Callable[[str], None]) -> list[str]
     if not obs.perturbed_slashed():
         missing.append(f"the perturbed worker ({', '.join(obs.perturbed) or 'none started'}) "
                        f"was not slashed")
+    elif not heal.new_epoch:
+        missing.append("the slashed worker was not evicted in a new epoch (see "
+                       "logs/coordinator.log)")
+    elif not any(r.status == "PASSED" for r in heal.after):
+        missing.append("no request served after the eviction was verified PASSED")
+    if heal.reverted:
+        missing.append(f"{len(heal.reverted)} keeper transaction(s) reverted")
     if missing:  # say where it stopped, so the log to read is obvious
         if not any(r.task_id for r in obs.requests):
             missing.append("no verification task was opened for any request (the gateway opens "

@@ -66,7 +66,7 @@ class Worker:
     operator: str
     port: int
     vram_mib: int
-    role: str  # "pipeline" | "verifier"
+    role: str  # "pipeline" | "standby" (hot standby: verifies, promoted when a stage is evicted)
     perturbed: bool
     address: str = ""
     child: Child | None = None
