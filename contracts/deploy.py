@@ -167,10 +167,9 @@ def _wire_roles(
 ) -> None:
     """The verification role (slasher, refunds, verifier payouts) is one address: the
     Verification contract, unless `p.slasher` names another (tests drive the role by hand)."""
+    from contracts.binding import Binding
     from contracts.node_registry import NodeRegistry
     from contracts.payments import Payments
-
-    from contracts.binding import Binding
 
     Binding(rpc, addrs["TaskOpener"], arts["TaskOpener"].abi, signer)._send(
         "wire", addrs["Verification"]

@@ -9,7 +9,7 @@ import pytest
 from contracts.batch import Pipeline, Stage
 from contracts.verification import TaskStatus
 from tests.contracts.boa_helpers import ETH, funded, keyed, mine
-from tests.contracts.verification_game import GATEWAY_BOND, PARAMS, Game, Plan
+from tests.contracts.verification_game import GATEWAY_BOND, PARAMS, Game
 
 from .scenario import assert_books, assert_no_honest_loss, honest_owners, release, snapshot
 

@@ -10,8 +10,6 @@ from contracts.verification import TaskStatus
 from tests.contracts.boa_helpers import ETH, mine
 from tests.contracts.verification_game import CHARGE, PARAMS, WINDOW, Game, Plan
 
-from .scenario import release
-
 
 def test_free_records_cannot_be_settled_and_rewards_come_from_the_record() -> None:
     g = Game()

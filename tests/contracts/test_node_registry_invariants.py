@@ -26,7 +26,7 @@ class RegistryMachine(RuleBasedStateMachine):
     def deploy(self) -> None:
         self.admin, self.slasher, self.stranger = funded(), funded(), funded()
         with boa.env.prank(self.admin):
-            self.reg = deployer_for("NodeRegistry").deploy(MIN, UNBONDING, 3_000)
+            self.reg = deployer_for("NodeRegistry").deploy(MIN, UNBONDING, 3_000, 0)
             self.reg.set_slasher(self.slasher)
         self.owners = [funded(100) for _ in range(N)]
         self.operators = [funded(1) for _ in range(N)]

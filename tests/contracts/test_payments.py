@@ -7,7 +7,7 @@ import boa
 import pytest
 
 from contracts.apikeys import create_api_key
-from contracts.batch import Leaf, Pipeline, Record, Stage, leaves_of, merkle_proof, merkle_root
+from contracts.batch import Pipeline, Record, Stage, leaves_of, merkle_root
 
 from .boa_helpers import ETH, System, funded, keyed, mine
 
@@ -70,8 +70,17 @@ def balance_invariant(s):
         + s.pay.total_balances()
         + s.pay.total_escrow()
         + s.pay.verifier_pool()
+        + s.pay.total_bonds()
     )
     assert boa.env.get_balance(s.pay.address) == t
+
+
+SKIP_KEY, SKIP_CHARGE, SKIP_STAGE, SKIP_FUNDS, SKIP_SETTLED = 1, 2, 3, 4, 5
+
+
+def skipped(s) -> list[tuple[int, int]]:
+    """(seq, reason) of the RecordSkipped events of the last call."""
+    return [(e.seq, e.reason) for e in s.pay.get_logs() if type(e).__name__ == "RecordSkipped"]
 
 
 # ---------------------------------------------------------------- deposits
@@ -151,8 +160,10 @@ def test_revoked_key_cannot_be_settled(s):
     u = Setup(s)
     with boa.env.prank(u.client):
         s.pay.revoke_key(1)
-    with boa.reverts("payments: key revoked"):
-        u.settle([u.record(1)])
+    # (was: the whole batch reverted; now the record is skipped and reported, issue 14 #12)
+    assert u.settle([u.record(1)]) == 0
+    assert skipped(s) == [(1, SKIP_KEY)]
+    assert s.pay.deposits(u.client) == 10 * ETH and not s.pay.is_settled(u.gateway, 1)
 
 
 # ---------------------------------------------------------------- settlement
@@ -177,45 +188,104 @@ def test_settle_batch_escrows_charges_and_stores_the_python_merkle_root(s):
 def test_a_request_is_never_charged_twice(s):
     u = Setup(s)
     u.settle([u.record(5)])
-    with boa.reverts("payments: request already settled"):
-        u.settle([u.record(6), u.record(5)])
-    with boa.reverts("payments: request already settled"):
-        u.settle([u.record(7), u.record(7)])
+    charged = s.pay.total_escrow()
+    u.settle([u.record(6), u.record(5)])
+    assert skipped(s) == [(5, SKIP_SETTLED)]
+    u.settle([u.record(7), u.record(7)])
+    assert skipped(s) == [(7, SKIP_SETTLED)]
+    assert s.pay.total_escrow() == 3 * charged  # 5, 6 and 7 once each
     u.settle([u.record(300), u.record(6)])  # other bitmap word, then back
+    assert skipped(s) == [(6, SKIP_SETTLED)]
 
 
 @pytest.mark.parametrize(
     "mutate, reason",
     [
         (lambda u: dict(records=[]), "payments: empty batch"),
-        (lambda u: dict(records=[u.record(1, charge=1)]), "payments: charge does not match prices"),
         (lambda u: dict(records=[u.record(1, key_index=1)]), "payments: bad key index"),
         (lambda u: dict(records=[u.record(1, pipeline_index=1)]), "payments: bad pipeline index"),
-        (lambda u: dict(records=[u.record(1, tin=10**10)]), "payments: key cap exceeded"),
-        (
-            lambda u: dict(records=[u.record(1)], sender=funded()),
-            "payments: key not for this gateway",
-        ),
     ],
 )
-def test_settle_batch_rejects_bad_records(s, mutate, reason):
+def test_settle_batch_rejects_malformed_batches(s, mutate, reason):
     u = Setup(s)
     with boa.reverts(reason):
         u.settle(**mutate(u))
     assert s.pay.batch_count() == 0 and s.pay.deposits(u.client) == 10 * ETH
 
 
-def test_settle_batch_rejects_an_insufficient_deposit(s):
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda u: dict(records=[u.record(1, charge=1)]), SKIP_CHARGE),
+        (lambda u: dict(records=[u.record(1, tin=0, tout=0, charge=0)]), SKIP_CHARGE),
+        (lambda u: dict(records=[u.record(1, tin=10**10)]), SKIP_FUNDS),
+        (lambda u: dict(records=[u.record(1)], sender=funded()), SKIP_KEY),
+    ],
+)
+def test_settle_batch_skips_and_reports_records_it_cannot_charge(s, mutate, reason):
+    # (was: each of these reverted the whole batch; issue 14 #12: only the record is skipped)
+    u = Setup(s)
+    assert u.settle(**mutate(u)) == 0
+    assert skipped(s) == [(1, reason)]
+    assert s.pay.batch_count() == 0 and s.pay.deposits(u.client) == 10 * ETH
+
+
+def test_one_bad_record_does_not_void_the_rest_of_the_batch(s):
+    u = Setup(s)
+    good, bad = u.record(1), u.record(2, charge=1)
+    assert u.settle([good, bad]) == 1
+    assert skipped(s) == [(2, SKIP_CHARGE)]
+    assert s.pay.total_escrow() == good.charge
+    leaves = leaves_of(s.chain_id, s.pay.address, u.gateway, [u.key], [good])
+    assert s.pay.batches(1).root == merkle_root([lf.hash() for lf in leaves])
+
+
+def test_settle_batch_skips_an_insufficient_deposit(s):
     u = Setup(s, deposit=10**9, cap=5 * ETH)
-    with boa.reverts("payments: insufficient deposit"):
-        u.settle([u.record(1)])
+    assert u.settle([u.record(1)]) == 0
+    assert skipped(s) == [(1, SKIP_FUNDS)]
 
 
-def test_settle_batch_rejects_an_expired_key(s):
+def test_settle_batch_skips_an_expired_key(s):
     u = Setup(s)
     boa.env.time_travel(seconds=3601)
-    with boa.reverts("payments: key expired"):
+    assert u.settle([u.record(1)]) == 0
+    assert skipped(s) == [(1, SKIP_KEY)]
+
+
+def test_two_keys_of_one_client_share_its_deposit(s):
+    u = Setup(s, deposit=10**11 + 6 * 10**10, cap=5 * ETH)
+    signed = create_api_key(u.client_key, u.gateway, 5 * ETH, now() + 3600, 2, s.chain_id,
+                            s.pay.address)
+    with boa.env.prank(u.gateway):
+        k2 = s.pay.register_key(signed.key.as_tuple(), signed.signature)
+    first = u.record(1)  # 1.6e11 wei: the whole deposit
+    second = u.record(2, key_index=1)
+    assert u.settle([first, second], keys=[u.key, k2]) == 1
+    assert skipped(s) == [(2, SKIP_FUNDS)]
+    assert s.pay.deposits(u.client) == 0
+
+
+def test_an_unbonded_gateway_cannot_settle_when_a_bond_is_required():
+    s = System(layers=8, nodes=3, window=WINDOW, gateway_bond=ETH)
+    u = Setup(s)
+    with boa.reverts("payments: gateway not bonded"):
         u.settle([u.record(1)])
+    with boa.env.prank(u.gateway):
+        s.pay.bond_gateway(value=ETH)
+    assert u.settle([u.record(1)]) == 1
+    with boa.env.prank(u.gateway):
+        s.pay.request_gateway_exit()
+    with boa.reverts("payments: gateway is exiting"):
+        u.settle([u.record(2)])
+    mine(s.reg.unbonding_period())
+    with boa.env.prank(u.gateway), boa.reverts("payments: gateway has open batches"):
+        s.pay.withdraw_gateway_bond()
+    s.pay.release(1, [u.pipeline.as_tuple()])
+    with boa.env.prank(u.gateway):
+        s.pay.withdraw_gateway_bond()
+    assert s.pay.gateway_bond(u.gateway) == 0
+    balance_invariant(s)
 
 
 @pytest.mark.parametrize(
@@ -225,7 +295,6 @@ def test_settle_batch_rejects_an_expired_key(s):
         (((0, 0, 2), (1, 2, 7)), "payments: pipeline incomplete"),
         (((0, 1, 8),), "payments: pipeline not contiguous"),
         ((), "payments: empty pipeline"),
-        (((None, 0, 8),), "payments: operator not registered"),
     ],
 )
 def test_settle_batch_rejects_bad_pipelines(s, stages, reason):
@@ -233,6 +302,16 @@ def test_settle_batch_rejects_bad_pipelines(s, stages, reason):
     st = tuple(Stage(s.operators[i] if i is not None else funded(), a, b) for i, a, b in stages)
     with boa.reverts(reason):
         u.settle([u.record(1)], pipelines=[Pipeline(s.model_id, st)])
+
+
+def test_records_of_a_pipeline_with_an_unregistered_or_inactive_stage_are_skipped(s):
+    # (was: "operator not registered" reverted the batch; issue 14 #3/#12: every stage must be
+    # active at settlement, and only that pipeline's records are skipped)
+    u = Setup(s)
+    stranger = Pipeline(s.model_id, (Stage(funded(), 0, 8),))
+    assert u.settle([u.record(1, pipeline_index=1), u.record(2)],
+                    pipelines=[u.pipeline, stranger]) == 1
+    assert skipped(s) == [(1, SKIP_STAGE)]
 
 
 def test_settle_batch_rejects_unknown_and_inactive_models(s):
@@ -293,55 +372,24 @@ def test_earnings_follow_the_owner_after_an_operator_rotation(s):
 # ---------------------------------------------------------------- refunds and verifier payouts
 
 
-def test_refund_returns_a_proven_record_once_and_only_before_release(s):
+def test_refund_returns_a_record_once_and_only_before_release(s):
+    # (the record's membership in its batch is proven by the verification contract, which
+    # alone may call refund: Payments takes the record's fields, no proof)
     u = Setup(s)
     records = [u.record(i, tin=i) for i in range(1, 6)]
     u.settle(records)
     leaves = leaves_of(s.chain_id, s.pay.address, u.gateway, [u.key], records)
-    hashes = [lf.hash() for lf in leaves]
-    lf, proof = leaves[3], merkle_proof(hashes, 3)
-    args = (
-        1,
-        lf.request_id,
-        lf.key_hash,
-        lf.pipeline_index,
-        lf.tokens_in,
-        lf.tokens_out,
-        lf.charge,
-        lf.commitment_root,
-    )
+    lf = leaves[3]
+    args = (1, lf.request_id, lf.key_hash, lf.pipeline_index, lf.charge)
     with boa.env.prank(u.gateway), boa.reverts("payments: caller is not the verification role"):
-        s.pay.refund(*args, proof)
+        s.pay.refund(*args)
     deposit_before = s.pay.deposits(u.client)
     with boa.env.prank(s.slasher):
-        with boa.reverts("payments: record not in batch"):
-            s.pay.refund(*args, merkle_proof(hashes, 2))
-        forged = Leaf(
-            lf.request_id,
-            lf.key_hash,
-            0,
-            lf.tokens_in,
-            lf.tokens_out,
-            lf.charge * 2,
-            lf.commitment_root,
-        )
-        with boa.reverts("payments: record not in batch"):
-            s.pay.refund(
-                1,
-                forged.request_id,
-                forged.key_hash,
-                0,
-                forged.tokens_in,
-                forged.tokens_out,
-                forged.charge,
-                forged.commitment_root,
-                proof,
-            )
-        s.pay.refund(*args, proof)
+        s.pay.refund(*args)
         with boa.reverts("payments: already refunded"):
-            s.pay.refund(*args, proof)
+            s.pay.refund(*args)
         with boa.reverts("payments: unknown batch"):
-            s.pay.refund(2, *args[1:], proof)
+            s.pay.refund(2, *args[1:])
     assert s.pay.deposits(u.client) == deposit_before + lf.charge
     assert s.pay.total_escrow() == sum(r.charge for r in records) - lf.charge
     balance_invariant(s)
@@ -349,17 +397,7 @@ def test_refund_returns_a_proven_record_once_and_only_before_release(s):
     s.pay.release(1, [u.pipeline.as_tuple()])
     lf0 = leaves[0]
     with boa.env.prank(s.slasher), boa.reverts("payments: batch already released"):
-        s.pay.refund(
-            1,
-            lf0.request_id,
-            lf0.key_hash,
-            0,
-            lf0.tokens_in,
-            lf0.tokens_out,
-            lf0.charge,
-            lf0.commitment_root,
-            merkle_proof(hashes, 0),
-        )
+        s.pay.refund(1, lf0.request_id, lf0.key_hash, 0, lf0.charge)
     balance_invariant(s)
 
 
@@ -385,25 +423,28 @@ def test_verifier_pool_pays_out_only_through_the_verification_role(s):
 # ---------------------------------------------------------------- admin
 
 
-def test_only_the_admin_sets_roles_and_params_and_they_are_validated(s):
+def test_only_the_admin_sets_roles_and_params_and_they_are_validated():
+    s = System(layers=8, nodes=1, window=WINDOW, slasher=False)
     with boa.env.prank(funded()):
         with boa.reverts("ownable: caller is not the owner"):
             s.pay.set_roles(s.slasher, s.admin)
         with boa.reverts("ownable: caller is not the owner"):
-            s.pay.set_params(5, 0, 0)
+            s.pay.set_params(5, 0, 0, 0, 1)
     with boa.env.prank(s.admin):
         with boa.reverts("payments: fee recipient is the zero address"):
             s.pay.set_roles(s.slasher, "0x" + "00" * 20)
-        with boa.reverts("payments: verification window is zero"):
-            s.pay.set_params(0, 0, 0)
+        with boa.reverts("payments: verification window outside 1..2**32"):
+            s.pay.set_params(0, 0, 0, 0, 1)
         with boa.reverts("payments: shares above 100%"):
-            s.pay.set_params(5, 6_000, 5_000)
-        s.pay.set_params(5, 100, 200)
-    assert (s.pay.verification_window(), s.pay.protocol_fee_bps(), s.pay.verifier_share_bps()) == (
-        5,
-        100,
-        200,
-    )
+            s.pay.set_params(5, 6_000, 5_000, 0, 1)
+        with boa.reverts("payments: minimum charge is zero"):
+            s.pay.set_params(5, 100, 200, 0, 0)
+        s.pay.set_params(5, 100, 200, ETH, 7)
+        s.pay.set_roles(s.slasher, s.admin)
+        with boa.reverts("payments: roles already set"):  # role wiring is set once
+            s.pay.set_roles(funded(), s.admin)
+    assert (s.pay.verification_window(), s.pay.protocol_fee_bps(), s.pay.verifier_share_bps(),
+            s.pay.min_gateway_bond(), s.pay.min_charge()) == (5, 100, 200, ETH, 7)
 
 
 def test_a_key_for_the_zero_client_is_rejected_before_signature_checks(s):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from contracts.apikeys import create_api_key
-from contracts.batch import Pipeline, Record, Stage, leaves_of, merkle_proof
+from contracts.batch import Pipeline, Record, Stage, leaves_of
 
 from .boa_helpers import ETH, System, funded, keyed, mine
 
@@ -95,36 +95,43 @@ class PaymentsMachine(RuleBasedStateMachine):
             )
             self.next_seq += 1
         if replay and self.batches:
-            # a record already settled: the whole batch must revert
-            old = next(iter(self.batches.values()))["records"][0]
-            records.append(old)
-            with boa.env.prank(self.gateway), boa.reverts("payments: request already settled"):
-                self.s.pay.settle_batch(
-                    self.keys, [self.pipeline.as_tuple()], [r.as_tuple() for r in records]
-                )
-            return
-        need = {k: 0 for k in self.keys}
+            # a record already settled is skipped (reported), the rest of the batch settles
+            records.append(next(iter(self.batches.values()))["records"][0])
+        # The contract's rule, record by record: a seq settles once; a record is skipped when its
+        # charge is below the minimum (1 wei) or its key's cap or client's deposit is short.
+        settled_seqs = {r.seq for b in self.batches.values() for r in b["records"]}
+        left = {k: self.deposits[self.clients[i]] for i, k in enumerate(self.keys)}
+        cap = {k: 20 * ETH - self.spent[k] for k in self.keys}
+        kept, seen = [], set()
         for r in records:
-            need[self.keys[r.key_index]] += r.charge
-        ok = all(need[k] <= self.deposits[self.clients[i]] for i, k in enumerate(self.keys))
+            k = self.keys[r.key_index]
+            if r.seq in settled_seqs or r.seq in seen or r.charge == 0:
+                continue
+            if r.charge > left[k] or r.charge > cap[k]:
+                continue
+            seen.add(r.seq)
+            left[k] -= r.charge
+            cap[k] -= r.charge
+            kept.append(r)
         with boa.env.prank(self.gateway):
-            if not ok:
-                with boa.reverts("payments: insufficient deposit"):
-                    self.s.pay.settle_batch(
-                        self.keys, [self.pipeline.as_tuple()], [r.as_tuple() for r in records]
-                    )
-                return
             batch_id = self.s.pay.settle_batch(
                 self.keys, [self.pipeline.as_tuple()], [r.as_tuple() for r in records]
             )
-        for i, k in enumerate(self.keys):
-            self.deposits[self.clients[i]] -= need[k]
-            self.spent[k] += need[k]
-        leaves = leaves_of(self.s.chain_id, self.s.pay.address, self.gateway, self.keys, records)
+        skipped = [e.seq for e in self.s.pay.get_logs() if type(e).__name__ == "RecordSkipped"]
+        assert sorted(skipped) == sorted(r.seq for r in records if r not in kept or
+                                         records.index(r) != _first(records, r))
+        if not kept:
+            assert batch_id == 0
+            return
+        for r in kept:
+            k = self.keys[r.key_index]
+            self.deposits[self.clients[r.key_index]] -= r.charge
+            self.spent[k] += r.charge
+        leaves = leaves_of(self.s.chain_id, self.s.pay.address, self.gateway, self.keys, kept)
         self.batches[batch_id] = {
-            "records": records,
+            "records": kept,
             "leaves": leaves,
-            "escrow": sum(r.charge for r in records),
+            "escrow": sum(r.charge for r in kept),
             "released": False,
         }
         for lf in leaves:
@@ -173,18 +180,7 @@ class PaymentsMachine(RuleBasedStateMachine):
         b = self.batches[batch_id]
         idx = data.draw(st.integers(0, len(b["leaves"]) - 1))
         lf = b["leaves"][idx]
-        proof = merkle_proof([x.hash() for x in b["leaves"]], idx)
-        args = (
-            batch_id,
-            lf.request_id,
-            lf.key_hash,
-            lf.pipeline_index,
-            lf.tokens_in,
-            lf.tokens_out,
-            lf.charge,
-            lf.commitment_root,
-            proof,
-        )
+        args = (batch_id, lf.request_id, lf.key_hash, lf.pipeline_index, lf.charge)
         state = self.outcome[lf.request_id]
         with boa.env.prank(self.s.slasher):
             if b["released"]:
@@ -238,6 +234,11 @@ class PaymentsMachine(RuleBasedStateMachine):
         )
         for k in self.keys:
             assert pay.keys(k).spent == self.spent[k]
+
+
+def _first(records, r) -> int:
+    """Index of the first record with r's seq (a repeated seq is skipped after its first)."""
+    return next(i for i, x in enumerate(records) if x.seq == r.seq)
 
 
 PaymentsMachine.TestCase.settings = settings(

@@ -32,14 +32,16 @@ ACTIONS = {
         ),
     ),
     "payments.set_roles": ("admin", lambda s, c: s.pay.set_roles(c, c)),
-    "payments.set_params": ("admin", lambda s, c: s.pay.set_params(3, 1, 1)),
+    "payments.set_params": ("admin", lambda s, c: s.pay.set_params(3, 1, 1, 0, 1)),
 }
+# Role wiring is set once (issue 14 #13): these run on a deployment not wired yet.
+UNWIRED = {"registry.set_slasher", "payments.set_roles"}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(action=st.sampled_from(sorted(ACTIONS)), role=st.sampled_from(ROLES))
 def test_a_call_succeeds_exactly_when_the_caller_holds_the_role(action, role):
-    s = System(layers=4, nodes=1)
+    s = System(layers=4, nodes=1, slasher=action not in UNWIRED)
     caller = {
         "admin": s.admin,
         "slasher": s.slasher,

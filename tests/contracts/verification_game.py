@@ -11,8 +11,6 @@ from dataclasses import dataclass, field, replace
 import boa
 import numpy as np
 from coincurve import PrivateKey
-from eth_abi import encode as abi_encode
-from eth_utils import keccak
 
 from contracts.apikeys import create_api_key
 from contracts.batch import Pipeline, Record, Stage, leaves_of, merkle_proof
@@ -198,13 +196,14 @@ class Game:
         return Request(seq, record, leaves[0], proof, batch_id, rows, toks, commits, scs, pipe)
 
     def chosen_stage(self, req: Request) -> int:
-        """The stage the batch's randomness checks (TaskOpener's rule)."""
+        """The stage the batch's randomness checks (TaskOpener.stage_of; fixed once a task of
+        the batch stored its seed)."""
         _, settle_block, _, _ = self.s.pay.batch_terms(req.batch_id)
-        value = self.rand.value(settle_block + self.params.randomness_delay)
-        seed = keccak(abi_encode(["bytes32", "uint256"], [value, req.batch_id]))
-        rid = req.leaf.request_id
-        word = keccak(abi_encode(["bytes32", "bytes32", "uint256"], [seed, rid, 1]))
-        return int.from_bytes(word, "big") % len(req.pipeline.stages)
+        anchor = settle_block + self.params.randomness_delay
+        if boa.env.evm.patch.block_number <= anchor:
+            mine(anchor - boa.env.evm.patch.block_number + 1)  # the seed is a later block's
+        return int(self.opener.stage_of(req.batch_id, req.leaf.request_id,
+                                        len(req.pipeline.stages)))
 
     def signature(self, req: Request, stage: int, signer: str | None = None) -> bytes:
         op = signer or req.pipeline.stages[stage].operator
@@ -217,7 +216,7 @@ class Game:
                   wait: bool = True) -> int:
         if wait:
             mine(2)  # the sampling randomness is a block after settlement
-        if signature is None:
+        if signature is None:  # (boa's blockhash moves with the head: no block in between)
             signature = self.signature(req, self.chosen_stage(req))
         with boa.env.prank(sender or funded()):
             return int(
