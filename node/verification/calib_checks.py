@@ -78,7 +78,7 @@ def _tokens_ok(lab: Lab, rows: torch.Tensor, run: Run, tokens: Sequence[int], sp
                profile: Profile | None) -> bool | None:
     if profile is None:
         return None
-    logits = lab.logits(rows)[run.prompt_len - 1: run.prompt_len - 1 + len(tokens)]
+    logits = lab.logits_fp32(rows)[run.prompt_len - 1: run.prompt_len - 1 + len(tokens)]
     return check_tokens(logits, list(tokens), run.prompt_len, spec, profile.logit_tol, profile.mass_tol).passed
 
 
@@ -125,11 +125,13 @@ def benign_checks(lab: Lab, name: str, groups: Iterable[tuple[str, list[Run]]], 
                 tok = None
                 if b == L:
                     spec = SAMPLED if (g + len(r.ids)) % 2 else SamplingSpec()
-                    worker = lab.logits(r.rows[L])[r.prompt_len - 1:]
-                    toks = r.tokens if spec.greedy else _sampled(worker, r.prompt_len, spec)
-                    tok = _tokens_ok(lab, rec, r, toks, spec, profile)
+                    assert r.logits is not None
+                    toks = r.tokens if spec.greedy else _sampled(r.logits, r.prompt_len, spec)
+                    tok = _tokens_ok(lab, r.rows[L], r, toks, spec, profile)  # the claimed rows' logits
                     if logit_pairs is not None and a == 0:
-                        logit_pairs.append((worker.numpy(), lab.logits(rec)[r.prompt_len - 1:].numpy()))
+                        n = len(r.tokens)
+                        mine = lab.logits_fp32(r.rows[L])[r.prompt_len - 1: r.prompt_len - 1 + n]
+                        logit_pairs.append((r.logits.numpy(), mine.numpy()))
                 out.append(Check(name, (a, b), how, m, tok))
     return out
 
@@ -214,7 +216,7 @@ def attack_checks(lab: Lab, name: str, attack: str, runs: Sequence[Run], stages:
             if b == L:
                 n = len(r.tokens)
                 spec, toks = SamplingSpec(), r.tokens
-                worker = lab.logits(c)[r.prompt_len - 1: r.prompt_len - 1 + n]
+                worker = lab.logits(c)[r.prompt_len - 1: r.prompt_len - 1 + n]  # the cheat's own logits
                 if attack == "random_tokens":
                     toks = [int(t) for t in rng.integers(0, lab.vocab, n)]
                 elif attack == "draft_tokens":  # a self-speculative draft: the stage's second half skipped
@@ -222,11 +224,12 @@ def attack_checks(lab: Lab, name: str, attack: str, runs: Sequence[Run], stages:
                     toks = [int(t) for t in lab.logits(drows)[r.prompt_len - 1: r.prompt_len - 1 + n].argmax(-1)]
                 elif attack == "other_seed":
                     spec = SAMPLED
-                    toks = _sampled(worker, r.prompt_len, SamplingSpec(SAMPLED.temperature, SAMPLED.top_p,
-                                                                       SAMPLED.seed + 1))
+                    assert r.logits is not None
+                    toks = _sampled(r.logits, r.prompt_len, SamplingSpec(SAMPLED.temperature, SAMPLED.top_p,
+                                                                         SAMPLED.seed + 1))
                 elif edits is not None or attack == "lower_precision":
                     toks = [int(t) for t in worker.argmax(-1)]  # the cheat's own greedy choices
-                tok = _tokens_ok(lab, rec, r, toks, spec, profile)
+                tok = _tokens_ok(lab, c, r, toks, spec, profile)  # against the claimed rows' logits
             out.append(Check(name, (a, b), attack, m, tok))
     return out
 

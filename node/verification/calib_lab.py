@@ -70,6 +70,7 @@ class Run:
     prompt_len: int
     tokens: list[int]  # generated tokens; token i sits at position prompt_len + i
     rows: list[torch.Tensor]  # per layer boundary l = 0..L: (T, d) in the model's dtype
+    logits: torch.Tensor | None = None  # (len(tokens), V) fp32: the worker's own logits of each token
 
 
 @contextlib.contextmanager
@@ -126,8 +127,18 @@ class Lab:
         return h
 
     def logits(self, rows: torch.Tensor) -> torch.Tensor:
-        """(T, V) fp32 logits of last-layer rows (T, d)."""
+        """(T, V) fp32 logits of last-layer rows (T, d), in the model's dtype (what a worker does)."""
         return self.model.lm_head(self.inner.norm(rows.unsqueeze(0)))[0].float()
+
+    @torch.inference_mode()
+    def logits_fp32(self, rows: torch.Tensor) -> torch.Tensor:
+        """(T, V) logits of rows (T, d) through the final norm and LM head in float32: the
+        verifier's token reference from the claimed rows (the row check vouches for them), so the
+        token tolerance covers only this head's rounding, not the stage's accumulated noise."""
+        h = rows.float()
+        norm = self.inner.norm
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon) * norm.weight.float()
+        return h @ self.model.lm_head.weight.float().T
 
     # ── workers ───────────────────────────────────────────────────────────────────────────────
     @torch.inference_mode()
@@ -161,7 +172,8 @@ class Lab:
         h0 = self.inner.embed_tokens(ids)
         h = self._layers(h0, pos, mask[:, None], 0, L, cache, keep)
         bounds = [[h0], *[[k] for k in keep]]  # per boundary, list of (B, t, d) pieces
-        toks = [[int(t)] for t in self.logits_batch(h[:, -1:]).argmax(-1)[:, 0]]
+        step_logits = [self.logits_batch(h[:, -1:])[:, 0]]  # (B, V) per step
+        toks = [[int(t)] for t in step_logits[0].argmax(-1)]
         seen = valid.clone()
         last = pos[:, -1]
         for _ in range(steps):
@@ -173,15 +185,17 @@ class Lab:
             h = self._layers(h0, last[:, None], seen[:, None, None, :], 0, L, cache, keep)
             for piece, k in zip(bounds, [h0, *keep], strict=True):
                 piece.append(k)
-            for t, nt in zip(toks, self.logits_batch(h).argmax(-1)[:, 0], strict=True):
+            step_logits.append(self.logits_batch(h)[:, 0])
+            for t, nt in zip(toks, step_logits[-1].argmax(-1), strict=True):
                 t.append(int(nt))
+        worker_logits = torch.stack(step_logits, 1)  # (B, steps + 1, V)
         full = [torch.cat(piece, 1) for piece in bounds]  # (B, P + steps, d)
         runs = []
         for i, (p, n) in enumerate(zip(prompts, new, strict=True)):
             T = len(p) + n - 1
             lo = P - len(p)
             rows = [f[i, lo:lo + T].clone() for f in full]
-            runs.append(Run(list(p) + toks[i][:n - 1], len(p), toks[i][:n], rows))
+            runs.append(Run(list(p) + toks[i][:n - 1], len(p), toks[i][:n], rows, worker_logits[i, :n].clone()))
         return runs
 
     def logits_batch(self, h: torch.Tensor) -> torch.Tensor:
@@ -204,7 +218,10 @@ class Lab:
             self._layers(h0, torch.arange(s, s + t)[None], None if chunk is None else mask, 0, L, cache, keep)
             for piece, k in zip(pieces, [h0, *keep], strict=True):
                 piece.append(k)
-        return Run(run.ids, run.prompt_len, run.tokens, [torch.cat(p, 1)[0] for p in pieces])
+        rows = [torch.cat(p, 1)[0] for p in pieces]
+        n = len(run.tokens)
+        return Run(run.ids, run.prompt_len, run.tokens, rows,
+                   self.logits(rows[L])[run.prompt_len - 1: run.prompt_len - 1 + n])
 
     # ── the verifier ──────────────────────────────────────────────────────────────────────────
     @torch.inference_mode()
