@@ -5,6 +5,7 @@ user runs it, in its own process: it must exit 0, which it does only when a requ
 PASSED and the perturbed worker was slashed, and print each request's explorer URL. The chain-only
 scenario (`veriplex demo chain`) is checked through what it returns."""
 
+import json
 import os
 import re
 import subprocess
@@ -18,14 +19,23 @@ from veriplex.demo_chain import run_scenario
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_demo_on_the_tiny_model_verifies_a_request_and_slashes_the_perturbed_worker(tmp_path):
+def test_demo_on_the_tiny_model_slashes_evicts_and_replaces_the_cheater_and_serves_on(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("VERIPLEX_")}
     env.update(VERIPLEX_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, "-m", "veriplex.cli", "demo", "--model", "tiny",
-                           "--data-dir", str(tmp_path / "demo"), "--timeout-s", "240"],
+                           "--data-dir", str(tmp_path / "demo"), "--timeout-s", "240", "--json"],
                           env=env, capture_output=True, text=True, timeout=580)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
+    # The network healed: the cheater convicted, slashed, evicted in a new epoch where a standby
+    # took its layers, and requests served after that verified PASSED; no keeper tx reverted.
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["ok"] and summary["slashed"] and summary["evicted"] == summary["slashed"]
+    assert summary["new_epoch"] > summary["epoch_before"] and summary["promoted"]
+    assert not set(summary["evicted"]) & {r[0] for r in summary["new_epoch_rows"]}
+    assert set(summary["passed_after_eviction"]) <= set(summary["served_after_eviction"])
+    assert summary["passed_after_eviction"]
+    assert summary["reverted_keeper_tx"] == 0, summary["reverted_keeper_txs"]
     assert "requests verified, the cheater slashed" in out
     passed = re.findall(r"^   (0x[0-9a-f]{64})  \[(?:chat|stream)\] PASSED", out, re.M)
     assert passed, out[-4000:]

@@ -29,6 +29,9 @@ class Healing:
     evicted: list[str] = field(default_factory=list)
     promoted: list[str] = field(default_factory=list)
     after: list[Any] = field(default_factory=list)  # demo_main.Request sent after the eviction
+    slash_block: int = 0  # the block that convicted the cheater (its first StageSlashed)
+    epoch_block: int = 0  # the block that published the healed epoch
+    slash_to_epoch_s: float | None = None  # chain time between the two (block timestamps)
     reverted: list[dict[str, Any]] = field(default_factory=list)  # keeper txs that reverted
     reverted_other: list[dict[str, Any]] = field(default_factory=list)
 
@@ -59,6 +62,21 @@ def wait_eviction(chain: Any, cheaters: list[str], heal: Healing, timeout_s: flo
                 return True
         time.sleep(0.5)
     return False
+
+
+def measure_healing(chain: Any, cheaters: list[str], heal: Healing, from_block: int) -> None:
+    """Chain time from the cheater's conviction to the epoch that evicted it."""
+    bad = {c.lower() for c in cheaters}
+    slashed = [e for e in chain.verification.events("StageSlashed", from_block=from_block)
+               if str(e.args.get("stage_operator", "")).lower() in bad]
+    published = [e for e in chain.scheduler.events("EpochPublished", from_block=from_block)
+                 if int(e.args.get("epoch", 0)) == heal.new_epoch]
+    if not slashed or not published:
+        return
+    heal.slash_block, heal.epoch_block = slashed[0].block_number, published[0].block_number
+    ts = [int(chain.w3.eth.get_block(n)["timestamp"]) for n in (heal.slash_block,
+                                                               heal.epoch_block)]
+    heal.slash_to_epoch_s = float(ts[1] - ts[0])
 
 
 def keeper_reverts(chain: Any, from_block: int, heal: Healing) -> None:
@@ -96,6 +114,9 @@ def summary(obs: Any, heal: Healing, missing: list[str]) -> dict[str, Any]:
         "epoch_before": heal.epoch_before,
         "new_epoch": heal.new_epoch,
         "new_epoch_rows": [list(r) for r in heal.new_rows],
+        "slash_block": heal.slash_block,
+        "new_epoch_block": heal.epoch_block,
+        "slash_to_new_epoch_chain_s": heal.slash_to_epoch_s,
         "served_after_eviction": sorted(after_ids),
         "passed_after_eviction": sorted(r.request_id for r in heal.after
                                         if r.status == "PASSED"),

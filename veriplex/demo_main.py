@@ -22,7 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from veriplex.demo_heal import Healing, epoch_rows, keeper_reverts, wait_eviction
+from veriplex.demo_heal import (
+    Healing,
+    epoch_rows,
+    keeper_reverts,
+    measure_healing,
+    wait_eviction,
+)
 from veriplex.up import Network, UpError, UpOptions, bring_up
 
 PROMPTS = [
@@ -305,8 +311,11 @@ def heal_network(opts: DemoOptions, say: Callable[[str], None], chain: Any, obs:
     if not wait_eviction(chain, obs.perturbed, heal, opts.eviction_timeout_s):
         say(f"   no epoch without the cheater within {opts.eviction_timeout_s:g} s")
         return
-    obs.timings["slash_to_new_epoch_s"] = time.monotonic() - t2
-    say(f"   epoch {heal.epoch_before} -> {heal.new_epoch}: evicted {', '.join(heal.evicted)}; "
+    obs.timings["wait_for_new_epoch_s"] = time.monotonic() - t2
+    measure_healing(chain, obs.perturbed, heal, start_block)
+    say(f"   epoch {heal.epoch_before} -> {heal.new_epoch} (block {heal.epoch_block}, "
+        f"{heal.slash_to_epoch_s if heal.slash_to_epoch_s is not None else '?'} s of chain time "
+        f"after the slash in block {heal.slash_block}): evicted {', '.join(heal.evicted)}; "
         f"promoted {', '.join(heal.promoted) or 'nobody (a spare was already placed)'}")
     for op, a, b in heal.new_rows:
         say(f"      layers {a}-{b}: {op}")
