@@ -236,3 +236,16 @@ def assess(claimed: Any, recomputed: Any, layers: int, profile: Profile,
     """Measure a check, judge it proof-grade, and turn its score into an e-value."""
     m = measure(claimed, recomputed, layers, profile.proof, profile.depth_exponent, chunk_candidates)
     return Assessment(m, proof_verdict(m, profile.proof), profile.evidence.evalue(m.score))
+
+
+FRAUD, SUSPECT, PASS = "fraud", "suspect", "pass"
+
+
+def vote_kind(a: Assessment, suspect_level: float) -> str:
+    """A committee member's vote from one assessment: FRAUD on proof-grade evidence (may slash),
+    SUSPECT when the score is above the on-chain suspect level (`verifier.sprt.suspect_rule`:
+    counted per operator, never slashes), else PASS. The token verdict is the caller's to add:
+    claimed tokens the claimed rows' logits do not explain are proof-grade too."""
+    if a.proof.failed:
+        return FRAUD
+    return SUSPECT if not a.measurement.score <= suspect_level else PASS

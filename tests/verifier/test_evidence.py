@@ -28,7 +28,7 @@ def noisy(x: np.ndarray, rel: float, seed: int = 1) -> np.ndarray:
 
 def test_the_relative_error_is_per_row_and_ignores_massive_channels():
     x = rows(massive=True)
-    c = noisy(x, 0.01)
+    c = x + 0.01 * rows(1)  # 1 % of the ordinary channels' scale
     c[:, 3] = x[:, 3]  # the cheat leaves the massive channel alone
     m = measure(c, x, 1, ProofLimits(trim=4))
     untrimmed = measure(c, x, 1, ProofLimits(trim=0))
@@ -109,3 +109,16 @@ def test_the_referee_upholds_the_claim_near_the_fp32_reference():
     assert r.outcome == VERIFIER_WRONG and r.closer == "stage"
     assert referee(honest_bf16, other_bf16, ref, 4, prof).outcome == VERIFIER_WRONG  # an accusation of honest rows
     assert referee(cheat, noisy(ref, 0.5, 4), ref, 4, prof).outcome == INCONCLUSIVE
+
+
+def test_a_vote_is_fraud_only_on_proof_grade_evidence_and_suspect_on_a_high_score():
+    from verifier.evidence import FRAUD, PASS, SUSPECT, vote_kind
+    from verifier.sprt import suspect_rule
+
+    prof = SHIPPED["bf16"]
+    level = suspect_rule(prof.evidence).level
+    x = rows(11)
+    assert vote_kind(assess(x, x, 1, prof), level) == PASS
+    between = (level + prof.proof.max_score) / 2  # above the suspect level, below the proof bound
+    assert vote_kind(assess(noisy(x, between, 2), x, 1, prof), level) == SUSPECT
+    assert vote_kind(assess(noisy(x, 0.5, 2), x, 1, prof), level) == FRAUD
