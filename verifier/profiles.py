@@ -1,15 +1,17 @@
-"""Shipped threshold profiles: `Thresholds` fitted on benign noise, one per compute precision.
+"""Shipped verification profiles, one per serving precision.
 
-Each profile is the output of `bench/tolerance.py` (which calls `verifier.calibrate.fit_thresholds`
-with its default `FitOptions`: margin 4, whole-stage rate margin 2, rate floor 1e-3, per-row rates
-at least 4 elements of a 256-wide row, binomial chunk tail 1e-9; token tolerances from cached-decode
-vs prefill logits) on a tiny random Llama, rounded outward. README.md gives the run, the benign
-figures they rest on and the held-out results. A deployment should re-fit on its own model and hardware and ship the JSON
-(`Thresholds.from_json`); tests hold these profiles to fresh benign and attack pairs.
+- `SHIPPED["fp32"]`, `SHIPPED["bf16"]` (`verifier.evidence.Profile`): the two kinds of evidence —
+  depth-normalized proof-grade limits, the chunk rule, the statistical evidence scale, token
+  tolerances — fitted by `bench/tolerance.py` (`verifier.calibrate.fit_profile`) on benign checks
+  of SmolLM2-135M and a tiny random Llama served in padded batches with batched decode, one at a
+  time, chunked and whole prefills, on 1 or 2 threads. Their `hash` is what
+  `ModelRegistry.set_serving` records; `bench/verify.py` and `tests/verifier/test_profiles.py`
+  hold them to fresh data and a held-out model. README.md: "Two kinds of evidence".
+- `FP32`, `BF16` (`verifier.tolerance.Thresholds`, legacy): the single-shot thresholds `judge`
+  takes, fitted on the lab's tiny Llama (README "Calibration"); `node/verification/jobs.py` and
+  `veriplex verify-stage` still judge with them. They do not transfer between models in bf16.
 
-- `FP32`: the stage runs in float32; the verifier's input rows are the worker's, or their bf16
-  rounding (what the previous stage's commitment authenticates) — both regimes were in the fit.
-- `BF16`: the stage runs in bfloat16 (the GPU case): rows and inputs are bf16 on both sides.
+`widen(fit, base)` makes a deployment's own fit (`veriplex calibrate`) never tighter than a base.
 """
 
 from __future__ import annotations
