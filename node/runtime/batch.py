@@ -104,6 +104,7 @@ class BatchedExecutor(StageExecutor):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         self._sdpa = sdpa_attention_forward
+        self._pad: tuple | None = None  # this step's padded decode K/V and masks
 
     def open(self, request_id: bytes, sampling: Sampling | None = None,
              capacity: int | None = None) -> Session:
@@ -155,6 +156,7 @@ class BatchedExecutor(StageExecutor):
                          for w, n in zip(items, lens, strict=True)]).unsqueeze(0)  # (1, N)
         rope = sh.rotary_emb(h, position_ids=pos)  # (cos, sin), each (1, N, hd)
         masks = [self._masks(w.start, n) for w, n in zip(items, lens, strict=True)]
+        self._prepare_decode(items, lens)
         for li, (layer, kind) in enumerate(zip(sh.layers, self._kinds, strict=True)):
             h = self._layer(layer, li, kind, h, rope, items, sessions, bounds, masks)
         outs = []
@@ -175,20 +177,66 @@ class BatchedExecutor(StageExecutor):
         v = attn.v_proj(x).view(1, N, -1, self.head_dim).transpose(1, 2)
         cos, sin = rope
         q, k = self._rope_fn(q, k, cos, sin)
-        parts = []
+        parts: list[torch.Tensor | None] = []
+        decodes: list[int] = []
         for i, w in enumerate(items):
             lo, hi = bounds[i], bounds[i + 1]
             kv = sessions[i].cache
             end = w.start + (hi - lo)
             kv.k[li][:, :, w.start: end].copy_(k[:, :, lo:hi])
             kv.v[li][:, :, w.start: end].copy_(v[:, :, lo:hi])
+            if hi - lo == 1 and self._pad is not None:
+                decodes.append(i)  # done together below
+                parts.append(None)
+                continue
             o, _ = self._sdpa(attn, q[:, :, lo:hi], kv.k[li][:, :, :end], kv.v[li][:, :, :end],
                               masks[i][kind], dropout=0.0, scaling=attn.scaling)
             parts.append(o)  # (1, T_i, H, hd)
-        o = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        if decodes:
+            o = self._decode_attention(attn, li, kind, q, items, sessions, bounds, decodes)
+            for b, i in enumerate(decodes):
+                parts[i] = o[b: b + 1]  # (1, 1, H, hd)
+        o = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # type: ignore[arg-type]
         h = residual + attn.o_proj(o.reshape(1, N, -1).contiguous())
         residual = h
         return residual + layer.mlp(layer.post_attention_layernorm(h))
+
+    def _decode_attention(self, attn, li, kind, q, items, sessions, bounds, decodes) -> torch.Tensor:
+        """Every decode row of the step in one padded attention call (B, H, 1, hd): per-request
+        calls on one query row cost more in kernel launches than the arithmetic itself."""
+        Kp, Vp, mask = self._pad
+        for b, i in enumerate(decodes):
+            end = items[i].start + 1
+            Kp[b, :, :end] = sessions[i].cache.k[li][0, :, :end]
+            Vp[b, :, :end] = sessions[i].cache.v[li][0, :, :end]
+        rows = torch.tensor([bounds[i] for i in decodes], device=q.device)
+        qd = q[0].index_select(1, rows).transpose(0, 1).unsqueeze(2)  # (B, H, 1, hd)
+        m = mask[kind]
+        o = torch.nn.functional.scaled_dot_product_attention(
+            qd, Kp, Vp, attn_mask=m, scale=attn.scaling,
+            enable_gqa=self.kv_heads != qd.shape[1])  # (B, H, 1, hd)
+        return o.transpose(1, 2)  # (B, 1, H, hd)
+
+    def _prepare_decode(self, items: list[Work], lens: list[int]) -> None:
+        """Zeroed padded K/V buffers and masks for this step's decode rows (None if < 2 of them)."""
+        ends = [w.start + 1 for w, n in zip(items, lens, strict=True) if n == 1]
+        if len(ends) < 2:
+            self._pad = None
+            return
+        sh, L = self.shard, max(ends)
+        shape = (len(ends), self.kv_heads, L, self.head_dim)
+        Kp = torch.zeros(shape, dtype=sh.dtype, device=sh.device)
+        Vp = torch.zeros(shape, dtype=sh.dtype, device=sh.device)
+        kpos = torch.arange(L, device=sh.device).unsqueeze(0)  # (1, L)
+        e = torch.tensor(ends, device=sh.device).unsqueeze(1)  # (B, 1)
+        masks = {}
+        for kind in set(self._kinds):
+            m = kpos < e
+            window = self.window if kind == "sliding_attention" else None
+            if window is not None:
+                m = m & (e - 1 - kpos < window)
+            masks[kind] = m[:, None, None, :]  # (B, 1, 1, L)
+        self._pad = (Kp, Vp, masks)
 
     def _masks(self, start: int, T: int) -> dict[str, torch.Tensor | None]:
         """Per attention kind, the (1, 1, T, start + T) boolean mask — None where `sdpa`'s own
