@@ -23,7 +23,20 @@ Prints one `name: value` line per figure, then a one-line summary (DESIGN §9):
                                sustains), and the ratios p99_rr_over_ours, p99_noload_over_ours;
   p99_noload_over_ours_busy    the same ratio at half of what ours sustains (where load matters)
 
-Run: `.venv/bin/python bench/scheduler.py [--quick]`.
+  Over generated clusters (sizes 8–64, mixes mixed/datacenter/consumer/apple, 2–3 regions,
+  5 seeds, Llama-3-70B and -8B alternating; the plans are made for the request mix they serve:
+  prompts 256, outputs 64 tokens), each plan serves an offline batch (2× what our plan holds at
+  once) under the load-aware router and under strict round robin:
+  plan_vs_best_min, _median     our throughput ÷ the best of every other plan we produce (greedy,
+                               ours on summed throughput only, the exact solver on 8-node
+                               clusters), router; `_rr` the same under round robin
+  estimate_error_p90, _max     |simulated saturated rate − our planner's estimate| ÷ simulated
+                               (`saturated_tok_s`: from the first completion to the last waited
+                               admission); tpot_error_p90 the same for the median time per token
+  worst_cluster, _rr           where plan_vs_best is lowest
+
+Run: `.venv/bin/python bench/scheduler.py [--quick] [--verbose]` (--verbose: one line per
+generated cluster on stderr).
 """
 
 from __future__ import annotations

@@ -316,7 +316,10 @@ def diagnose(c: Cluster, snapshot: Snapshot) -> None:
             f"short by about {max(need - held * m.layer_bytes, m.layer_bytes) / MIB:,.0f} MiB"])
 
 
-ROUTER_TARGET, RR_TARGET = 0.95, 0.9  # how close to the best each routing must come
+# The share of the best plan each routing should keep. Round robin's is looser (0.75): a slower
+# replica still adds to what the load-aware router serves, and dropping it for round robin's sake
+# beyond this cost more than it saved over the bench's generated clusters (0.9 and 0.6 were worse).
+ROUTER_TARGET, RR_TARGET = 0.95, 0.75
 
 
 def rates(built: list[Built]) -> tuple[float, float]:
