@@ -19,6 +19,7 @@ from devnet.explorer.models import Block, Log, Request, Served, Tx
 HASH_RE = re.compile(r"^0x[0-9a-fA-F]{64}$")
 ADDR_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
 MAX_NUMBER = 2**63 - 1
+SERVED_SHOWN = 50  # the node page lists its newest requests served (the count is of all)
 
 
 def parse_hash(text: str, what: str = "hash") -> str:
@@ -187,7 +188,7 @@ def node(s: Session, addr: str) -> dict[str, Any]:
                                                    Log.topic2.in_(op_topics))
                                  .order_by(Log.block_number.desc()).limit(200)))
     served = list(s.scalars(select(Served).where(Served.operator.in_(operators))
-                            .order_by(Served.block_number.desc()).limit(200)))
+                            .order_by(Served.block_number.desc()).limit(SERVED_SHOWN)))
     served_count = int(s.scalar(select(func.count()).select_from(Served)
                                 .where(Served.operator.in_(operators))) or 0)
     served_status = vstatus.statuses(s, list(s.scalars(select(Request).where(
