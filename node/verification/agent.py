@@ -41,7 +41,7 @@ from eth_utils import keccak
 
 from contracts.errors import ChainError, Revert
 from contracts.rpc import Signer
-from contracts.verification import TaskStatus
+from contracts.verification import FINAL_STATUSES, TaskStatus
 from node.verification.errors import AgentError
 from node.verification.evidence import check_against_root, openings
 from node.verification.jobs import Abstention, JobContext, prepare_vote
@@ -53,7 +53,7 @@ from protocol.identity import address_of_key
 
 log = logging.getLogger("veriplex.verifier")
 ZERO = "0x" + "00" * 20
-DONE = (TaskStatus.PASSED, TaskStatus.UNRESOLVED, TaskStatus.REFUNDED)
+DONE = FINAL_STATUSES  # FRAUD too, unless the contract refunds in a separate keeper call
 
 
 def keeper_rank(committee: list[str], me: str, task_id: int, rnd: int, what: str) -> int:
@@ -113,6 +113,9 @@ class VerifierAgent:
         self.chain_id = chain.chain_id
         self.events: list[str] = []  # one line per thing this agent did (tests, logs)
         self.stage_opened: set[tuple[int, int]] = set()
+        # the older game refunded a convicted task's client in a keeper call of its own; the
+        # current one refunds when it finalizes
+        self.refunds = any(f.get("name") == "refund_client" for f in self.ver.abi)
         self.due_since: dict[tuple[int, int, str], int] = {}  # keeper call -> head first seen due
         self.ranks: dict[tuple[int, int, str], int] = {}
 
@@ -187,7 +190,7 @@ class VerifierAgent:
 
     async def _advance(self, tid: int, head: int) -> None:
         t = await asyncio.to_thread(self.ver.task, tid)
-        if t is None or t.status in DONE:
+        if t is None or (t.status in DONE and not (t.status is TaskStatus.FRAUD and self.refunds)):
             self._drop(tid)
             return
         if t.status is TaskStatus.VOTING:
