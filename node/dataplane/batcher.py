@@ -4,6 +4,8 @@ Pure bookkeeping (no IO, no torch kernels): the stage server submits a `Job` per
 rows this stage must still compute for it — and asks `plan()` for the next batch. Policy, as in
 vLLM / SGLang / Parallax workers:
 
+- a step waits (briefly, `wait_s`) until the decode rows of the running requests are all back, so a
+  wave of requests stays one batch instead of fragmenting;
 - every running decode (a job with one row left) gets its row in the step, oldest first, up to
   `max_decode_rows` — optionally capped at ⌈running / micro_batches⌉ on the first stage, so the
   requests split into that many groups circulating round the ring one after another and every
@@ -41,6 +43,7 @@ class Job:
     seq: int = 0  # arrival order
     outs: list[torch.Tensor] = field(default_factory=list)  # computed rows, in order
     logits: torch.Tensor | None = None  # last stage: the logits of the step's last row
+    ready_at: float = 0.0  # when it was submitted (the server's clock), for the gather wait
 
     @property
     def remaining(self) -> int:
@@ -86,6 +89,22 @@ class Batcher:
 
     def get(self, rid: bytes) -> Job | None:
         return self.jobs.get(rid)
+
+    def wait_s(self, running: int, now: float, max_wait_s: float) -> float:
+        """How long to wait for more decode rows before stepping (0: step now). A step is worth
+        taking once prefill work is ready or ⌈running / micro_batches⌉ decode rows are: otherwise
+        the rows of requests whose tokens are still on their way round the ring would be split over
+        several steps — each reading every weight again — and stay split. Never more than
+        `max_wait_s` after the oldest ready row (a slow or lost request cannot hold the others)."""
+        if not self.jobs:
+            return 0.0
+        decodes = [j for j in self.jobs.values() if j.remaining == 1 and j.outs == []]
+        if len(decodes) < len(self.jobs):
+            return 0.0  # prefill work: go
+        target = min(self.max_decode_rows, max(1, math.ceil(running / self.micro_batches)))
+        if len(decodes) >= target:
+            return 0.0
+        return max(0.0, min(j.ready_at for j in decodes) + max_wait_s - now)
 
     def plan(self, running: int | None = None) -> list[tuple[Job, int]]:
         """The next step: (job, rows to compute) pairs. `running` = requests open on this stage,

@@ -101,6 +101,10 @@ CODES: list[tuple[type[Exception], ErrorCode]] = [
 ]
 
 
+def job_is_decode(x: torch.Tensor, start: int, cached: int) -> bool:
+    return x.shape[0] == 1 and start == cached
+
+
 def code_of(e: Exception) -> ErrorCode:
     return next((c for cls, c in CODES if isinstance(e, cls)), ErrorCode.EXECUTION)
 
@@ -115,7 +119,7 @@ class StageServer:
                  directory: OperatorDirectory, chain_id: int, *, host: str = "127.0.0.1",
                  port: int = 0, kv_budget_bytes: int = 2**30, max_frame_bytes: int = 64 * 2**20,
                  session_timeout_s: float = 60.0, max_decode_rows: int = 256,
-                 prefill_chunk: int = 256, micro_batches: int = 1):
+                 prefill_chunk: int = 256, micro_batches: int = 1, gather_s: float = 0.03):
         if not isinstance(executor, BatchedExecutor):  # every server batches, whoever built it
             executor = BatchedExecutor(executor.shard)
         self.executor: BatchedExecutor = executor
@@ -130,6 +134,8 @@ class StageServer:
                                      leaves=self.sessions.leaves)
         self.sessions.on_free = self._on_free
         self.batcher = Batcher(max_decode_rows, prefill_chunk, micro_batches)
+        self.gather_s = gather_s  # least of the longest wait for a wave's other decode rows
+        self.period_s = 0.0  # measured time between a request's consecutive decode rows here
         self._work = asyncio.Event()  # set when jobs may be ready
         self._step_done = asyncio.Event()
         self._running: set[bytes] = set()  # requests whose rows are in the step now computing
@@ -492,8 +498,14 @@ class StageServer:
         s.resync = False
         if s.index != 0:  # the first stage's next input is the TOKEN of this same step
             s.expect_step = step + 1
+        now = time.monotonic()
+        if s.last_ready and job_is_decode(x, start, cached):
+            # one decode row per trip round the ring: its period bounds how long a step waits
+            # for the rest of a wave (Batcher.wait_s)
+            self.period_s = 0.8 * self.period_s + 0.2 * (now - s.last_ready)
+        s.last_ready = now
         job = Job(rid, x[max(cached - start, 0):], max(cached, start), step, s.epoch,
-                  forward_from=start, resend=resync)
+                  forward_from=start, resend=resync, ready_at=now)
         if job.remaining == 0:  # everything is cached: send the stored rows on
             await self._emit(s, job, end)
             return
@@ -513,6 +525,13 @@ class StageServer:
         while True:
             await self._work.wait()
             self._work.clear()
+            wait = self.batcher.wait_s(len(self.sessions.sessions), time.monotonic(),
+                                       max(self.gather_s, min(self.period_s, 2.0)))
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._work.wait(), wait)
+                self._work.set()  # look again: more rows came, or the wait is over
+                continue
             plan = self.batcher.plan(len(self.sessions.sessions) if ex.shard.is_first else None)
             if not plan:
                 continue

@@ -43,6 +43,7 @@ class DataSession:
     tokens: list[int] = field(default_factory=list)  # first stage: the sequence so far
     expect_step: int = 0  # the HIDDEN (or, on the first stage, TOKEN) step expected next
     resync: bool = False  # set by an OPEN: the next HIDDEN may repeat positions already cached
+    last_ready: float = 0.0  # when its previous rows were submitted here (the ring's period)
     last_used: float = field(default_factory=time.monotonic)
 
     @property

@@ -142,3 +142,54 @@ def test_killed_first_stage_is_replaced_and_later_stages_take_the_request_back(f
                                       on_token=on_token, step_timeout_s=30))
     assert gen.tokens == uninterrupted
     assert [(h.stage, h.new_operator) for h in gen.handovers] == [(0, fleet.workers[5].address)]
+
+
+def test_a_stage_killed_mid_batch_is_replaced_and_every_batched_request_completes_once(
+        tiny_llama: Path, tmp_path: Path, worker_process):
+    """Four requests run batched through three worker processes; the middle stage is SIGKILLed
+    while they share its steps. Each request fails over to the spare on its own (one handover
+    each), its stages re-sync, and every request ends once with the uninterrupted greedy tokens."""
+    keys = [bytes([0x40 + k]) * 32 for k in range(4)]
+    gateway = PrivateKey(b"\x77" * 32)
+    allow = [address_of_key(PrivateKey(k)) for k in keys]
+    layers = [*RANGES, RANGES[1]]
+    workers = [worker_process(tiny_llama, rng, key, allow, address_of_key(gateway), tmp_path / f"w{i}")
+               for i, (rng, key) in enumerate(zip(layers, keys, strict=True))]
+    try:
+        for w in workers:
+            w.wait_ready()
+
+        def assignment(i: int) -> StageAssignment:
+            w = workers[i]
+            return StageAssignment(operator=w.address, host="127.0.0.1", port=w.port,
+                                   start=w.layers[0], end=w.layers[1])
+
+        prompts = [PROMPT, PROMPT[:20], list(range(50, 90)), PROMPT[5:]]
+        stages = [StageExecutor(load_shard(tiny_llama, a, b)) for a, b in RANGES]
+        want = [generate_local(stages, p, N_NEW).tokens for p in prompts]
+        client = PipelineClient(gateway, CHAIN_ID)
+        killed = []
+
+        def on_token(i: int, _tok: int) -> None:
+            if i == 6 and not killed:
+                killed.append(i)
+                workers[1].kill()
+
+        async def run():
+            reqs = [PipelineRequest(chain_id=CHAIN_ID, request_id="0x" + bytes([0x60 + k]).hex() * 32,
+                                    gateway=address_of_key(gateway),
+                                    stages=[assignment(i) for i in (0, 1, 2)],
+                                    prompt_len=len(p), max_new_tokens=N_NEW)
+                    for k, p in enumerate(prompts)]
+            return await asyncio.gather(*(
+                client.generate(r, p, replace=lambda k, _r: assignment(3), step_timeout_s=30,
+                                on_token=on_token if j == 0 else None)
+                for j, (r, p) in enumerate(zip(reqs, prompts, strict=True))))
+
+        gens = asyncio.run(run())
+        for g, w in zip(gens, want, strict=True):
+            assert g.tokens == w  # complete, once: exactly N_NEW tokens, no repeats
+            assert [(h.stage, h.new_operator) for h in g.handovers] == [(1, workers[3].address)]
+    finally:
+        for w in workers:
+            w.stop() if w.proc.poll() is None else None
