@@ -139,10 +139,10 @@ def test_a_node_named_in_a_link_override_is_its_own_type() -> None:
 def test_exact_solves_16_mixed_nodes_in_two_regions_and_bounds_the_heuristic() -> None:
     snap = parse_snapshot(gen_cluster(16, "H100:1,A100-80:1,L40S:1", ["us-east", "eu-west"],
                                       seed=3), MODELS["llama3-70b"])
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: other processes share this machine's cores
     best = allocate_exact(snap)
-    took = time.perf_counter() - start
-    assert took < 30, f"16 nodes took {took:.1f} s"
+    took = time.process_time() - start
+    assert took < 30, f"16 nodes took {took:.1f} CPU s"
     assert check_plan(best, snap) == []
     assert plan_score(snap, allocate(snap)) <= plan_score(snap, best) * (1 + 1e-9)
 
