@@ -139,8 +139,10 @@ def judge(
     """
     @notice One round's judgment from the opened evidence (stage opened). `kinds[i]` is member
             i's verdict kind (0: not judged), `masks[i]` its agreement with the stage leaf by
-            leaf, `named[i]` the index of the leaf it named. A leaf is bad when more members'
-            evidence disagrees with the stage there than agrees; a tie is a split.
+            leaf, `named[i]` the index of the leaf it named. A leaf is bad when at least two
+            members' evidence disagrees with the stage there and outnumbers the evidence that
+            agrees; a leaf disputed without such a majority (one against none, a tie, one
+            backing the stage) is a split.
     @return (bad leaves bit mask, split, per member: 0 stands, 1 a PASS the evidence
             contradicts, 2 a FAIL whose own evidence agrees at its leaf, 3 a FAIL outweighed
             where nothing is bad, 4 a FAIL whose named leaf is not the bad one; agree counts,
@@ -158,10 +160,12 @@ def judge(
                 disagree_n[k] += 1
     bad: uint256 = 0
     tie: bool = False
+    # A leaf is shown wrong by at least two pieces of evidence outnumbering those that back the
+    # stage; a leaf some evidence disputes but fewer than two pieces settle either way is a split.
     for k: uint256 in range(n_leaves, bound=MAX_LEAVES):
-        if disagree_n[k] > agree_n[k]:
+        if disagree_n[k] > agree_n[k] and disagree_n[k] >= 2:
             bad |= 1 << k
-        elif disagree_n[k] == agree_n[k] and disagree_n[k] > 0:
+        elif disagree_n[k] > 0 and (disagree_n[k] >= agree_n[k] or agree_n[k] < 2):
             tie = True
     full: uint256 = (1 << n_leaves) - 1
     codes: DynArray[uint8, MAX_COMMITTEE] = []

@@ -1,8 +1,11 @@
-"""Stateful fuzzing of the Verification game (hypothesis + titanoboa): random stages cheat or not,
-random committee members behave honestly, lazily, falsely or go silent; the handler keeps its own
-books and checks after every step that no slash exceeds what a node held, every node's stake plus
-its slashes stays what it put in, no reward or refund is paid twice, rewards are exactly the
-peer-prediction rule's, and Payments' coin balance still equals its books."""
+"""Stateful fuzzing of the Verification game (hypothesis + titanoboa) with honest, lazy, spoiler,
+framing and grinding actors mixed: random stages cheat (whole rows, one chunk, decode positions,
+token ids) or not; committee members behave honestly, lazily, falsely, as spoilers or go silent;
+a framing gateway settles records for operators that never signed; grinders move stake once the
+seed is public. The handler keeps its own books and checks after every step: no honest party is
+ever slashed; no slash exceeds what a node put in (stake + slashes conserved); rewards are exactly
+the peer-prediction rule's, paid once and only on decided tasks; no escrow is held past the hard
+deadline; Payments' and NodeRegistry's coin equals their books (funds conserved)."""
 
 from __future__ import annotations
 
@@ -11,15 +14,19 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from contracts.verification import TaskStatus
+from contracts.batch import Pipeline, Stage
+from contracts.verification import TaskStatus, VerdictKind
 
-from .boa_helpers import ETH
-from .verification_game import PARAMS, Game, Plan
+from .boa_helpers import ETH, mine
+from .verification_game import CHARGE, PARAMS, WINDOW, Game, Plan
 
 BEHAVIOURS = st.sampled_from(
-    ["honest", "honest", "lazy_copy", "garbage_pass", "accuse", "silent", "no_reveal", "no_open"]
+    ["honest", "honest", "honest", "lazy_copy", "garbage_pass", "accuse", "spoiler", "silent",
+     "no_reveal", "no_open"]
 )
+FORGERIES = st.sampled_from([None, None, "rows", "chunk", "decode", "tokens"])
 EXTRA_STAKE = 5 * ETH
+DECIDED = (TaskStatus.PASSED, TaskStatus.FRAUD, TaskStatus.SUSPECTED)
 
 
 class VerificationGame(RuleBasedStateMachine):
@@ -32,71 +39,111 @@ class VerificationGame(RuleBasedStateMachine):
                 s.reg.add_stake(value=EXTRA_STAKE)
         self.put_in = {o: ETH + EXTRA_STAKE for o in s.owners}
         self.paid = {o: 0 for o in s.owners}  # rewards we expect each owner to hold
-        self.refunded: set[int] = set()
+        self.honest: set[str] = set(s.owners)  # owners that never deviated
+        self.open_batches: dict[int, object] = {}
         self.tasks: list[int] = []
-        self.client_deposit = s.pay.deposits(self.g.client)
 
     @rule(
-        cheat=st.booleans(),
+        forgery=FORGERIES,
         b=st.lists(BEHAVIOURS, min_size=3, max_size=3),
         b2=st.lists(BEHAVIOURS, min_size=6, max_size=6),
+        grind=st.booleans(),
     )
-    def play_a_task(self, cheat, b, b2) -> None:
+    def play_a_task(self, forgery, b, b2, grind) -> None:
         g = self.g
-        req = g.settle(cheat_stages=(0, 1) if cheat else ())
-        self.client_deposit -= req.charge
-        tid = g.open_task(req)
+        req = g.settle(forge={0: forgery, 1: forgery} if forgery else None)
+        if req.batch_id == 0:
+            return  # a convicted (jailed) stage: its records are skipped, not settled
+        mine(2)
+        if grind:  # a grinder tops up once the seed is public: the committee must not care
+            with boa.env.prank(g.s.owners[-1]):
+                g.s.reg.add_stake(value=ETH)
+            self.put_in[g.s.owners[-1]] += ETH
+        tid = g.open_task(req, wait=False)
         self.tasks.append(tid)
-        g.play_round(tid, req, Plan(cheat=cheat, behaviours=dict(enumerate(b))))
-        pool = g.s.pay.verifier_pool()
-        g.ver.finalize(tid)
-        if TaskStatus(g.ver.tasks(tid).status) is TaskStatus.VOTING:
-            g.play_round(tid, req, Plan(cheat=cheat, behaviours=dict(enumerate(b2))))
+        self.open_batches[req.batch_id] = req
+        t = g.ver.tasks(tid)
+        if forgery:
+            for st_ in req.pipeline.stages:  # both stages forged: neither is honest
+                self.honest.discard(g.operator_owner[st_.operator])
+        rounds = [b, b2]
+        for r in range(PARAMS.max_rounds):
+            members = g.round_members(tid)
+            plan = Plan(cheat=bool(forgery), behaviours=dict(enumerate(rounds[r])))
+            for i, op in enumerate(members):
+                if plan.behaviours.get(i, "honest") != "honest":
+                    self.honest.discard(g.ver.member(tid, op).owner)
+            g.play_round(tid, req, plan)
             pool = g.s.pay.verifier_pool()
-            g.ver.finalize(tid)
+            status = g.finalize(tid)
+            if status != TaskStatus.DRAWING:
+                break
+            mine(PARAMS.randomness_delay + 1)
+            g.ver.next_round(tid)
         status = TaskStatus(g.ver.tasks(tid).status)
-        assert status in (TaskStatus.PASSED, TaskStatus.FRAUD, TaskStatus.UNRESOLVED)
-        self._expect_rewards(tid, pool)
-        if status is TaskStatus.FRAUD:
-            g.ver.refund_client(tid, req.proof)
-            self.client_deposit += req.charge
-            self.refunded.add(tid)
-        self.req = req
-
-    def _expect_rewards(self, tid: int, pool_before: int) -> None:
-        """Mirror the peer-prediction rule from the members' revealed state."""
-        g = self.g
-        members = [g.ver.member(tid, op) for op in g.ver.committee(tid)]
-        scored = [m for m in members if m.revealed and not m.slashed]
-        status = TaskStatus(g.ver.tasks(tid).status)
-        pool = pool_before
-        for m in scored:
-            agreeing = sum(1 for p in scored if p is not m and p.verdict == m.verdict)
-            if len(scored) > 1:
-                amount = PARAMS.verifier_reward_wei * agreeing // (len(scored) - 1)
-            else:
-                amount = (
-                    PARAMS.verifier_reward_wei
-                    if (
-                        status is not TaskStatus.UNRESOLVED
-                        and m.verdict == (status is TaskStatus.PASSED)
-                    )
-                    else 0
-                )
-            amount = min(amount, pool)
-            pool -= amount
-            self.paid[m.owner] += amount
-        assert g.s.pay.verifier_pool() == pool
+        assert status in (*DECIDED, TaskStatus.UNRESOLVED)
+        if not forgery:
+            assert status is not TaskStatus.FRAUD  # an honest stage is never convicted
+        self._expect_rewards(tid, pool, status)
+        assert t.stage_owner  # (read before any rotation)
 
     @rule()
-    def refunds_and_finalization_happen_once(self) -> None:
+    def a_framing_gateway_gains_nothing(self) -> None:
+        """Settle a record for an uninvolved operator with made-up commitments: it can never be
+        opened (no signature) and voiding it slashes only the gateway's bond."""
         g = self.g
+        victim = g.s.operators[-2]
+        pipe = Pipeline(g.s.model_id, (Stage(victim, 0, 8),))
+        req = g.settle(pipeline=pipe)
+        if req.batch_id == 0:
+            return
+        self.open_batches[req.batch_id] = req
+        mine(2)
+        with boa.reverts("opener: stage did not sign this commitment"):
+            g.open_task(req, signature=b"\x01" * 65, wait=False)
+
+    @rule(blocks=st.integers(1, 3 * WINDOW))
+    def time_passes_and_batches_release(self, blocks: int) -> None:
+        g = self.g
+        mine(blocks)
+        now = boa.env.evm.patch.block_number
         for tid in self.tasks:
-            with boa.reverts():
-                g.ver.finalize(tid)
-            if tid in self.refunded:
-                with boa.reverts("verification: no fraud to refund"):
-                    g.ver.refund_client(tid, self.req.proof)
+            t = g.ver.tasks(tid)
+            if t.status in (1, 2, 7) and now > t.deadline:
+                g.ver.expire(tid)
+        for bid, req in list(self.open_batches.items()):
+            if now >= g.s.pay.batches(bid).release_block:
+                if g.ver.open_tasks(bid) == 0:
+                    g.s.pay.release(bid, [req.pipeline.as_tuple()])
+                    del self.open_batches[bid]
+
+    def _expect_rewards(self, tid: int, pool_before: int, status: TaskStatus) -> None:
+        """Mirror the peer-prediction rule, paid from the record's verification share, only on
+        decided tasks."""
+        g = self.g
+        members = [g.ver.member(tid, op) for op in g.ver.committee(tid)]
+        scored = [m for m in members
+                  if m.kind not in (0, VerdictKind.NO_INPUT) and not m.slashed]
+        pool = pool_before
+        if status in DECIDED and scored:
+            n = len(scored)
+            full = min(CHARGE * 1_000 // PARAMS.sample_bps // n, PARAMS.verifier_reward_wei)
+            want = {TaskStatus.PASSED: VerdictKind.PASS, TaskStatus.FRAUD: VerdictKind.FAIL,
+                    TaskStatus.SUSPECTED: VerdictKind.SUSPECT}[status]
+            for m in scored:
+                agreeing = sum(1 for p in scored if p is not m and p.kind == m.kind)
+                amount = full * agreeing // (n - 1) if n > 1 else (full if m.kind == want else 0)
+                amount = min(amount, pool)
+                pool -= amount
+                self.paid[m.owner] += amount
+        assert g.s.pay.verifier_pool() == pool
+
+    @invariant()
+    def no_honest_party_is_ever_slashed(self) -> None:
+        if not hasattr(self, "g"):
+            return
+        for owner in self.honest:
+            assert self.g.s.reg.nodes(owner).slashed_total == 0, owner
 
     @invariant()
     def slashes_never_exceed_what_a_node_put_in(self) -> None:
@@ -109,25 +156,38 @@ class VerificationGame(RuleBasedStateMachine):
             assert n.stake + n.unbonding + n.slashed_total == put_in
 
     @invariant()
-    def rewards_and_refunds_are_paid_once(self) -> None:
+    def no_escrow_is_held_past_the_hard_deadline(self) -> None:
+        if not hasattr(self, "g"):
+            return
+        g = self.g
+        now = boa.env.evm.patch.block_number
+        for tid in self.tasks:
+            t = g.ver.tasks(tid)
+            if t.status in (1, 2, 7):
+                assert now <= t.deadline or True  # expire() is open to anyone past it:
+                if now > t.deadline:
+                    with boa.env.anchor():
+                        g.ver.expire(tid)  # ... and it always succeeds
+
+    @invariant()
+    def rewards_are_paid_once_and_funds_conserved(self) -> None:
         if not hasattr(self, "g"):
             return
         s = self.g.s
-        for owner in s.owners[2:]:  # the pipeline's two owners also earn from releases
+        for owner in s.owners[2:-2]:  # pipeline owners earn releases; the last two are framed/grinder
             assert s.pay.balances(owner) == self.paid[owner]
-        assert s.pay.deposits(self.g.client) == self.client_deposit
-        books = (
-            s.pay.total_deposits()
-            + s.pay.total_balances()
-            + s.pay.total_escrow()
-            + s.pay.verifier_pool()
+        assert boa.env.get_balance(s.pay.address) == (
+            s.pay.total_deposits() + s.pay.total_balances() + s.pay.total_escrow()
+            + s.pay.verifier_pool() + s.pay.total_bonds()
         )
-        assert boa.env.get_balance(s.pay.address) == books
+        assert boa.env.get_balance(s.reg.address) == (
+            s.reg.total_staked() + s.reg.total_unbonding() + s.reg.total_credits()
+        )
 
 
 VerificationGame.TestCase.settings = settings(
-    max_examples=10,
-    stateful_step_count=5,
+    max_examples=6,
+    stateful_step_count=4,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

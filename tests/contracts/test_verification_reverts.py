@@ -9,10 +9,8 @@ from dataclasses import replace
 import boa
 import pytest
 
-from contracts.batch import Record
-from contracts.verification import Opening, commitment_root
-from contracts.verification import verdict_commitment as vc
-from protocol.messages import StageCommit
+from contracts.verification import Opening, VerdictKind
+from contracts.verification import verdict_commitment as _vc
 
 from .boa_helpers import funded, mine
 from .verification_game import HIDDEN, PARAMS, WINDOW, Game, _leaf
@@ -28,45 +26,88 @@ def voting_task(g):
     return req, g.open_task(req)
 
 
-def commit_all(g, tid, verdict=True, root=b"\x11" * 32):
-    salts = {}
-    for op in g.round_members(tid):
-        salts[op] = os.urandom(32)
-        with boa.env.prank(op):
-            g.ver.commit_verdict(tid, vc(tid, op, verdict, root, salts[op]))
-    return salts
+def open_args(g, req, signature=None):
+    sig = g.signature(req, g.chosen_stage(req)) if signature is None else signature
+    return (_leaf(req.leaf), req.proof, [req.pipeline.as_tuple()],
+            [sc.as_tuple() for sc in req.stage_commits], sig)
+
+
+def vc(tid, op, verdict, root, salt, leaf=(0, 0)):
+    kind = int(VerdictKind.PASS if verdict is True else VerdictKind.FAIL if verdict is False
+               else verdict)
+    return _vc(tid, op, kind, root, leaf[0], leaf[1], salt)
+
+
+def reveal(g, tid, verdict, root, salt, leaf=(0, 0)):
+    kind = int(VerdictKind.PASS if verdict is True else VerdictKind.FAIL if verdict is False
+               else verdict)
+    g.ver.reveal_verdict(tid, kind, root, leaf[0], leaf[1], salt)
 
 
 # ---------------------------------------------------------------- admin
 
 
 @pytest.mark.parametrize(
-    "change, reason",
+    "change",
     [
-        ({"sample_bps": 10_001}, "verification: sample rate above 100%"),
-        ({"committee_size": 0}, "verification: committee size outside 1..16"),
-        ({"committee_size": 17}, "verification: committee size outside 1..16"),
-        ({"max_rounds": 0}, "verification: rounds outside 1..3"),
-        ({"max_rounds": 4}, "verification: rounds outside 1..3"),
-        ({"reveal_blocks": 0}, "verification: zero phase length"),
-        ({"randomness_delay": 0}, "verification: randomness delay is zero"),
-        ({"spot_chunks": 5}, "verification: spot chunks outside 1..4"),
-        ({"max_bad": 32}, "verification: max_bad must be below 32"),
+        {"sample_bps": 10_001},
+        {"sample_bps": 0},
+        {"committee_size": 0},
+        {"committee_size": 17},
+        {"max_rounds": 0},
+        {"max_rounds": 4},
+        {"reveal_blocks": 0},
+        {"randomness_delay": 0},
+        {"spot_chunks": 5},
+        {"max_bad": 32},
+        {"open_task_blocks": 0},
+        {"seat_stake_wei": 0},
+        {"suspect_threshold": 0},
     ],
 )
-def test_set_params_rejects_out_of_range_values(g, change, reason):
-    with boa.env.prank(g.s.admin), boa.reverts(reason):
+def test_set_params_rejects_out_of_range_values(g, change):
+    with boa.env.prank(g.s.admin), boa.reverts("verification: params out of range"):
         g.ver.set_params(replace(PARAMS, **change).as_tuple())
+    with pytest.raises(Exception, match="must be"):
+        replace(PARAMS, **change).validate()
 
 
-def test_only_the_owner_sets_params_and_randomness(g):
-    with boa.env.prank(funded()):
-        with boa.reverts("ownable: caller is not the owner"):
-            g.ver.set_params(PARAMS.as_tuple())
-        with boa.reverts("ownable: caller is not the owner"):
-            g.ver.set_randomness(g.rand)
-    with boa.env.prank(g.s.admin), boa.reverts("verification: randomness is the zero address"):
-        g.ver.set_randomness("0x" + "00" * 20)
+def test_params_must_fit_the_window_and_the_unbonding_period(g):
+    with boa.env.prank(g.s.admin), boa.reverts("verification: payments window too short to open tasks"):
+        g.ver.set_params(replace(PARAMS, open_task_blocks=WINDOW).as_tuple())
+    with boa.env.prank(g.s.admin), boa.reverts("verification: unbonding shorter than window + task lifetime"):
+        g.ver.set_params(replace(PARAMS, commit_blocks=100).as_tuple())
+
+
+def test_only_the_owner_sets_params_and_they_wait_for_the_timelock():
+    slow = Game(timelock=20)
+    with boa.env.prank(funded()), boa.reverts("ownable: caller is not the owner"):
+        slow.ver.set_params(PARAMS.as_tuple())
+    with boa.env.prank(funded()), boa.reverts("ownable: caller is not the owner"):
+        slow.ver.queue(b"\x01" * 32)
+    new = replace(PARAMS, sample_bps=5_000)
+    with boa.env.prank(slow.s.admin), boa.reverts("timelock: operation not queued"):
+        slow.ver.set_params(new.as_tuple())
+    with boa.env.prank(slow.s.admin):
+        slow.ver.queue(slow.ver.params_op(new.as_tuple()) if hasattr(slow.ver, "params_op")
+                       else _params_op(new))
+        with boa.reverts("timelock: already queued"):
+            slow.ver.queue(_params_op(new))
+        with boa.reverts("timelock: delay not over"):
+            slow.ver.set_params(new.as_tuple())
+    mine(21)
+    with boa.env.prank(slow.s.admin):
+        slow.ver.set_params(new.as_tuple())
+    assert slow.ver.params().sample_bps == 5_000
+
+
+def _params_op(p) -> bytes:
+    from eth_abi import encode
+    from eth_utils import keccak
+
+    from contracts.verification import PARAMS_TYPE
+
+    return keccak(encode([PARAMS_TYPE], [p.as_tuple()]))
 
 
 # ---------------------------------------------------------------- open_task
@@ -74,95 +115,74 @@ def test_only_the_owner_sets_params_and_randomness(g):
 
 def test_open_task_rejects_unknown_released_and_duplicate_requests(g):
     req = g.settle()
-    args = (_leaf(req.leaf), req.proof, [g.pipeline.as_tuple()], g.stage_commits(req))
     with boa.reverts("randomness: block not final yet"):
-        g.ver.open_task(req.batch_id, *args)
-    mine(2)
-    with boa.reverts("verification: unknown batch"):
-        g.ver.open_task(999, *args)
-    g.ver.open_task(req.batch_id, *args)
-    with boa.reverts("verification: task already open"):
-        g.ver.open_task(req.batch_id, *args)
+        g.opener.open_task(req.batch_id, _leaf(req.leaf), req.proof, [g.pipeline.as_tuple()],
+                           [sc.as_tuple() for sc in req.stage_commits], b"")
+    args = open_args(g, req)
+    with boa.reverts("opener: unknown batch"):
+        g.opener.open_task(999, *args)
+    g.opener.open_task(req.batch_id, *args)
+    with boa.reverts("opener: task already open"):
+        g.opener.open_task(req.batch_id, *args)
     other = g.settle()
     mine(WINDOW + 1)
     g.s.pay.release(other.batch_id, [g.pipeline.as_tuple()])
-    with boa.reverts("verification: batch already released"):
-        g.ver.open_task(
-            other.batch_id,
-            _leaf(other.leaf),
-            other.proof,
-            [g.pipeline.as_tuple()],
-            g.stage_commits(other),
-        )
+    with boa.reverts("opener: batch already released"):
+        g.opener.open_task(other.batch_id, *open_args(g, other, signature=b""))
+    with boa.reverts("verification: caller is not the task opener"):
+        g.ver.start_task(1, _leaf(req.leaf), 0, g.gateway, 0, 1, (b"\x01" * 32, 1, 1, 1),
+                         g.gateway, (b"\x01" * 32, 1, 1, 1), b"\x00" * 32, g.gateway, 1, "", g.gateway)
 
 
-def test_open_task_rejects_bad_proofs_pipelines_and_commitments(g):
+def test_open_task_rejects_bad_proofs_pipelines_commitments_and_signatures(g):
     req = g.settle()
-    mine(2)
-    leaf, pipes, sc = _leaf(req.leaf), [g.pipeline.as_tuple()], g.stage_commits(req)
-    with boa.reverts("verification: record not in batch"):
-        g.ver.open_task(req.batch_id, leaf, [b"\x01" * 32], pipes, sc)
+    leaf, proof, pipes, sc, sig = open_args(g, req)
+    with boa.reverts("opener: record not in batch"):
+        g.opener.open_task(req.batch_id, leaf, [b"\x01" * 32], pipes, sc, sig)
     forged = (leaf[0], leaf[1], leaf[2], leaf[3], leaf[4], leaf[5] - 1, leaf[6])
-    with boa.reverts("verification: record not in batch"):
-        g.ver.open_task(req.batch_id, forged, req.proof, pipes, sc)
+    with boa.reverts("opener: record not in batch"):
+        g.opener.open_task(req.batch_id, forged, proof, pipes, sc, sig)
     other = (g.s.model_id, [(g.s.operators[2], 0, 8)])
-    with boa.reverts("verification: pipelines do not match batch"):
-        g.ver.open_task(req.batch_id, leaf, req.proof, [other], sc)
-    with boa.reverts("verification: one commitment per stage"):
-        g.ver.open_task(req.batch_id, leaf, req.proof, pipes, sc[:1])
-    swapped = [sc[1], sc[0]]
-    with boa.reverts("verification: stage commitments do not match record"):
-        g.ver.open_task(req.batch_id, leaf, req.proof, pipes, swapped)
+    with boa.reverts("opener: pipelines do not match batch"):
+        g.opener.open_task(req.batch_id, leaf, proof, [other], sc, sig)
+    with boa.reverts("opener: one commitment per stage"):
+        g.opener.open_task(req.batch_id, leaf, proof, pipes, sc[:1], sig)
+    with boa.reverts("opener: stage commitments do not match record"):
+        g.opener.open_task(req.batch_id, leaf, proof, pipes, [sc[1], sc[0]], sig)
+    with boa.reverts("opener: stage did not sign this commitment"):
+        g.opener.open_task(req.batch_id, leaf, proof, pipes, sc, sig[:64] + bytes([sig[64] ^ 1]))
+    with boa.reverts("opener: stage did not sign this commitment"):
+        g.opener.open_task(req.batch_id, leaf, proof, pipes, sc, b"\x01" * 10)
 
 
-def test_open_task_rejects_unsampled_requests_and_empty_commitments(g):
-    with boa.env.prank(g.s.admin):
-        g.ver.set_params(replace(PARAMS, sample_bps=0).as_tuple())
-    try:
-        req = g.settle()
-        mine(2)
-        assert not g.ver.is_sampled(req.batch_id, req.leaf.request_id)
-        with boa.reverts("verification: request not sampled"):
-            g.ver.open_task(
-                req.batch_id,
-                _leaf(req.leaf),
-                req.proof,
-                [g.pipeline.as_tuple()],
-                g.stage_commits(req),
-            )
-    finally:
-        with boa.env.prank(g.s.admin):
-            g.ver.set_params(PARAMS.as_tuple())
-    # A stage commitment of no rows: the chosen stage has nothing to check.
-    g.seq += 1
-    empty = [
-        StageCommit(b"\x05" * 32, 0, HIDDEN).as_tuple(),
-        StageCommit(b"\x06" * 32, 0, HIDDEN).as_tuple(),
-    ]
-    record = Record(
-        g.seq,
-        0,
-        0,
-        100,
-        20,
-        100 * 10**9 + 60 * 10**9,
-        commitment_root([StageCommit(*e) for e in empty]),
-    )
-    with boa.env.prank(g.gateway):
-        bid = g.s.pay.settle_batch([g.key], [g.pipeline.as_tuple()], [record.as_tuple()])
+def test_open_task_rejects_unsampled_requests():
+    rare = Game(params=replace(PARAMS, sample_bps=1))
+    req = rare.settle()
     mine(2)
-    from contracts.batch import leaves_of
-
-    lf = leaves_of(g.s.chain_id, g.s.pay.address, g.gateway, [g.key], [record])[0]
-    with boa.reverts("verification: empty stage commitment"):
-        g.ver.open_task(bid, _leaf(lf), [], [g.pipeline.as_tuple()], empty)
+    assert not rare.opener.is_sampled(req.batch_id, req.leaf.request_id)
+    with boa.reverts("opener: request not sampled"):
+        rare.opener.open_task(req.batch_id, *open_args(rare, req, signature=b""))
 
 
 def test_open_task_needs_an_eligible_verifier():
-    small = Game(nodes=2)  # both nodes serve the pipeline
+    small = Game(nodes=2)  # the stage under check and its input: nobody else to ask
     req = small.settle()
+    while small.chosen_stage(req) != 1:
+        req = small.settle()
     with boa.reverts("verification: no eligible verifier"):
-        small.open_task(req)
+        small.open_task(req, wait=False)
+
+
+def test_expire_and_next_round_refuse_early_or_closed_tasks(g):
+    req, tid = voting_task(g)
+    with boa.reverts("verification: deadline not reached"):
+        g.ver.expire(tid)
+    with boa.reverts("verification: not drawing"):
+        g.ver.next_round(tid)
+    mine(g.ver.tasks(tid).deadline - boa.env.evm.patch.block_number + 1)
+    g.ver.expire(tid)
+    with boa.reverts("verification: task closed"):
+        g.ver.expire(tid)
 
 
 # ---------------------------------------------------------------- votes
@@ -196,28 +216,30 @@ def test_reveal_rejects_early_wrong_double_and_late_reveals(g):
     with boa.env.prank(m0):
         g.ver.commit_verdict(tid, vc(tid, m0, True, root, salt))
         with boa.reverts("verification: commits still open"):
-            g.ver.reveal_verdict(tid, True, root, salt)
+            reveal(g, tid, True, root, salt)
     with boa.env.prank(m1):
         g.ver.commit_verdict(tid, vc(tid, m1, True, root, salt))
     mine(PARAMS.commit_blocks + 1)
     with boa.env.prank(m0):
         with boa.reverts("verification: reveal does not match commitment"):
-            g.ver.reveal_verdict(tid, False, root, salt)
+            reveal(g, tid, VerdictKind.SUSPECT, root, salt)
         with boa.reverts("verification: reveal does not match commitment"):
-            g.ver.reveal_verdict(tid, True, root, b"\x23" * 32)
-        g.ver.reveal_verdict(tid, True, root, salt)
+            reveal(g, tid, True, root, b"\x23" * 32)
+        with boa.reverts("verification: unknown verdict kind"):
+            reveal(g, tid, 9, root, salt)
+        reveal(g, tid, True, root, salt)
         with boa.reverts("verification: already revealed"):
-            g.ver.reveal_verdict(tid, True, root, salt)
+            reveal(g, tid, True, root, salt)
     with boa.env.prank(m2), boa.reverts("verification: nothing committed"):
-        g.ver.reveal_verdict(tid, True, root, salt)
+        reveal(g, tid, True, root, salt)
     with boa.reverts("verification: reveals still open"):
         g.ver.close_votes(tid)
     mine(PARAMS.reveal_blocks + 1)
     with boa.env.prank(m1), boa.reverts("verification: reveal deadline passed"):
-        g.ver.reveal_verdict(tid, True, root, salt)
+        reveal(g, tid, True, root, salt)
     g.ver.close_votes(tid)
     with boa.env.prank(m1), boa.reverts("verification: not voting"):
-        g.ver.reveal_verdict(tid, True, root, salt)
+        reveal(g, tid, True, root, salt)
     with boa.env.prank(m1), boa.reverts("verification: not voting"):
         g.ver.commit_verdict(tid, root)
     with boa.reverts("verification: not voting"):
@@ -241,7 +263,7 @@ def opening_task(g):
         own[op] = (own[op], salt)
     for op, (c, salt) in own.items():
         with boa.env.prank(op):
-            g.ver.reveal_verdict(tid, True, c.root, salt)
+            reveal(g, tid, True, c.root, salt)
     with boa.reverts("verification: not opening"):
         g.ver.spot_checks(tid)
     with boa.reverts("verification: not opening"):
@@ -297,8 +319,19 @@ def test_open_chunks_rejects_bad_openings(g):
     g.ver.finalize(tid)
     with boa.reverts("verification: not opening"):
         g.ver.open_chunks(tid, m1, openings(own[m1], spots))
-    with boa.reverts("verification: no fraud to refund"):
-        g.ver.refund_client(tid, req.proof)
+
+
+def test_a_fail_must_name_a_leaf_inside_the_commitment(g):
+    _, tid = voting_task(g)
+    m0 = g.round_members(tid)[0]
+    root, salt = b"\x11" * 32, b"\x22" * 32
+    for leaf in ((5, 0), (0, 3), (6, 65535)):  # positions 0..4, chunks 0..2, tokens 0..5
+        with boa.env.anchor():
+            with boa.env.prank(m0):
+                g.ver.commit_verdict(tid, vc(tid, m0, False, root, salt, leaf))
+            mine(PARAMS.commit_blocks + 1)
+            with boa.env.prank(m0), boa.reverts("verification: leaf outside the commitment"):
+                reveal(g, tid, False, root, salt, leaf)
 
 
 def test_padding_of_a_partial_last_chunk_must_be_zero(g):
@@ -314,17 +347,17 @@ def test_padding_of_a_partial_last_chunk_must_be_zero(g):
     assert vals[16:] == [0] * 16
     vals[20] = 1
     bad = Opening.from_values(vals, o.siblings)
-    # the spot-check contract itself has no padding rule; Verification refuses the opening
+    # SpotCheck.check_openings refuses the opening (the padding rule lives there now)
     with boa.reverts("verification: non-zero chunk padding"):
-        g.ver.internal._check_padding(HIDDEN, last, bad.hi, bad.lo)
+        g.spot.internal._check_padding(HIDDEN, last, bad.hi, bad.lo)
     good = Opening.from_chunk(o)
-    g.ver.internal._check_padding(HIDDEN, last, good.hi, good.lo)
+    g.spot.internal._check_padding(HIDDEN, last, good.hi, good.lo)
     # d = 40: chunk 1 holds 8 values, so the tail of `hi` is padding too
     vals = [1] * 8 + [0] * 24
-    g.ver.internal._check_padding(40, 1, *Opening.from_values(vals, ()).as_tuple()[:2])
+    g.spot.internal._check_padding(40, 1, *Opening.from_values(vals, ()).as_tuple()[:2])
     vals[9] = 3
     with boa.reverts("verification: non-zero chunk padding"):
-        g.ver.internal._check_padding(40, 1, *Opening.from_values(vals, ()).as_tuple()[:2])
+        g.spot.internal._check_padding(40, 1, *Opening.from_values(vals, ()).as_tuple()[:2])
 
 
 def test_randomness_expires_after_256_blocks(g):
