@@ -34,9 +34,9 @@ def _gpu(snap: Snapshot, node: str) -> str:
     return snap.node(node).gpu
 
 
-def _saturating(plan: Plan, seed: int = 0) -> Workload:
-    """Every request at once, 2.5× what the plan holds concurrently: the cluster runs full."""
-    n = max(300, int(2.5 * plan.estimate["concurrency"]))
+def _saturating(plan: Plan, seed: int = 0, times: float = 2.5) -> Workload:
+    """Every request at once, `times` what the plan holds concurrently: the cluster runs full."""
+    n = max(300, int(times * plan.estimate["concurrency"]))
     return Workload(requests=n, rate_per_s=1e9, prompt_mean=256, output_mean=64, seed=seed)
 
 
@@ -88,6 +88,17 @@ def test_the_planners_estimate_is_within_25_percent_of_the_simulated_rate(nodes,
     plan = allocate(snap)
     res = simulate(snap, plan, _saturating(plan), "router")
     assert res.saturated_tok_s is not None, "the run never saturated the cluster"
+    est = plan.estimate["throughput_tok_s"]
+    assert abs(res.saturated_tok_s - est) / res.saturated_tok_s <= 0.25, (est, res)
+
+
+def test_a_64_node_datacenter_estimate_holds_in_the_simulator() -> None:
+    """The issue's 64-node datacenter cluster over three regions: estimated 37.4k tok/s, measured
+    7.8k before; now the estimate is the saturated rate the simulator measures, within 25 %."""
+    snap = _snap(64, "datacenter", seed=1, regions=("us-east", "eu-west", "ap-northeast"))
+    plan = allocate(snap)
+    res = simulate(snap, plan, _saturating(plan, times=1.5), "router")
+    assert res.saturated_tok_s is not None
     est = plan.estimate["throughput_tok_s"]
     assert abs(res.saturated_tok_s - est) / res.saturated_tok_s <= 0.25, (est, res)
 
