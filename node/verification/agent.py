@@ -17,9 +17,12 @@ restart (votes come back from `AgentState`) or a race with another keeper change
 
 Keeper calls (close_votes, finalize, refund_client) are sent once, not raced: for each (task,
 round, action) one committee member is the keeper (`keeper_rank` 0: a rotation of the sorted
-committee by keccak of the three); the member ranked k waits k × `keeper_delay_blocks` blocks after
-it first saw the call due (non-members wait longest), and everyone pre-flights the call as an
-`eth_call` on the pending block first, so nobody sends what another keeper already sent.
+committee by keccak of the three). Time is cut into slots of `keeper_delay_blocks` from the block
+the chain made the call due (`_due_block`: the deadline, or the block of the last reveal/opening
+when everyone acted early — the same on every node, however late a node polls): the member ranked
+k acts only in slot k (so a slow keeper that wakes up late does not race its fallback), anyone
+after every member's slot; and everyone pre-flights the call as an `eth_call` on the pending block
+first, so nobody sends what another keeper already sent.
 
 Chain calls are synchronous and run in worker threads; re-executions run on the event loop next to
 the data plane. A keeper call whose pre-flight reverts (someone was first) is not sent.
@@ -67,6 +70,14 @@ def keeper_rank(committee: list[str], me: str, task_id: int, rnd: int, what: str
     return (members.index(me.lower()) - start) % len(members)
 
 
+def keeper_turn(rank: int, members: int, due_block: int, head: int, delay: int) -> bool:
+    """Whether the keeper ranked `rank` may act at `head`: in its own slot of `delay` blocks
+    counted from `due_block` (slot k for rank k), or — anyone — once every member's slot has
+    passed. A keeper that wakes up after its slot leaves it to the next."""
+    slot = (head - due_block) // delay
+    return slot == rank or slot >= members
+
+
 @dataclass
 class Tracked:
     """A task this agent follows, as its TaskOpened event announced it."""
@@ -76,6 +87,7 @@ class Tracked:
     stage_operator: str
     tx_hash: str
     data: TaskData | None = None
+    block: int = 0  # where it was opened (events about it are searched from there)
 
 
 @dataclass(frozen=True)
@@ -86,7 +98,7 @@ class AgentConfig:
     start_block: int | None = None  # None: resume at the saved cursor (or the head − catch-up)
     catchup_blocks: int = 256  # how far back a (re)start looks for tasks opened while it was down
     retry_margin_blocks: int = 3  # a job starts no new attempt this close to the commit deadline
-    keeper_delay_blocks: int = 3  # a fallback keeper's wait per rank (the keeper's tx lands in 1)
+    keeper_delay_blocks: int = 4  # blocks per keeper slot (the keeper's tx lands in 1)
 
 
 class VerifierAgent:
@@ -118,6 +130,7 @@ class VerifierAgent:
         self.refunds = any(f.get("name") == "refund_client" for f in self.ver.abi)
         self.due_since: dict[tuple[int, int, str], int] = {}  # keeper call -> head first seen due
         self.ranks: dict[tuple[int, int, str], int] = {}
+        self.committee_size: dict[tuple[int, int, str], int] = {}
 
     # ── lifecycle ─────────────────────────────────────────────────────────────────────────────
     async def run(self, stop: asyncio.Event) -> None:
@@ -160,7 +173,8 @@ class VerifierAgent:
         a = ev.args
         tid = int(a["task_id"])
         if tid not in self.tasks:
-            self.tasks[tid] = Tracked(tid, int(a["stage"]), str(a["stage_operator"]), ev.tx_hash)
+            self.tasks[tid] = Tracked(tid, int(a["stage"]), str(a["stage_operator"]), ev.tx_hash,
+                                      block=int(getattr(ev, "block_number", 0) or 0))
 
     def _note(self, text: str) -> None:
         self.events.append(text)
@@ -212,6 +226,7 @@ class VerifierAgent:
         for k in [k for k in {*self.due_since, *self.ranks} if k[0] == tid]:
             self.due_since.pop(k, None)
             self.ranks.pop(k, None)
+            self.committee_size.pop(k, None)
         self.state.forget(tid)
 
     def _members(self, tid: int, rnd: int) -> list[tuple[str, Any]]:
@@ -242,7 +257,9 @@ class VerifierAgent:
                     await self._reveal(vote)
         all_revealed = bool(members) and all(m.revealed for _, m in members)
         if head > t.reveal_deadline or all_revealed:
-            await self._keep("close_votes", tr.task_id, t.round, head, lambda: (tr.task_id,))
+            await self._keep("close_votes", tr.task_id, t.round, head, lambda: (tr.task_id,),
+                             due=lambda: self._due_block(tr, "VerdictRevealed", t.round,
+                                                         t.reveal_deadline, all_revealed))
 
     def _start_job(self, tr: Tracked, t: Any, key: tuple[int, int]) -> None:
         job = self.jobs.get(key)
@@ -310,8 +327,11 @@ class VerifierAgent:
                 await self._open_own(vote, tr, spots)
             if tr.stage_operator.lower() == self.me.lower():
                 await self._open_stage(tr, t, spots)
-        if head > t.open_deadline or all(m.opened or not m.revealed for _, m in members):
-            await self._keep("finalize", tid, t.round, head, lambda: (tid,))
+        all_opened = all(m.opened or not m.revealed for _, m in members)
+        if head > t.open_deadline or all_opened:
+            await self._keep("finalize", tid, t.round, head, lambda: (tid,),
+                             due=lambda: self._due_block(tr, "ChunksOpened", t.round,
+                                                         t.open_deadline, all_opened))
 
     async def _open_own(self, vote: Vote, tr: Tracked, spots: list[tuple[int, int]]) -> None:
         key = (vote.task_id, vote.round)
@@ -373,17 +393,33 @@ class VerifierAgent:
     def keeper_rank(self, tid: int, rnd: int, what: str) -> int:
         key = (tid, rnd, what)
         if key not in self.ranks:
-            self.ranks[key] = keeper_rank(self.ver.committee(tid), self.me, tid, rnd, what)
+            committee = self.ver.committee(tid)
+            self.committee_size[key] = len({op.lower() for op in committee})
+            self.ranks[key] = keeper_rank(committee, self.me, tid, rnd, what)
         return self.ranks[key]
 
+    def _due_block(self, tr: Tracked, event: str, rnd: int, deadline: int, early: bool) -> int:
+        """The block the chain made a keeper call due: the one after `deadline`, or — when
+        every member acted before it — the block of the last such act (`event`) this round."""
+        if not early:
+            return deadline + 1
+        acts = [e.block_number for e in self.ver.events(event, from_block=tr.block,
+                                                        task_id=tr.task_id)
+                if e.args.get("round", rnd) == rnd]
+        return min(deadline + 1, max(acts)) if acts else deadline + 1
+
     async def _keep(self, what: str, tid: int, rnd: int, head: int,
-                    args: Callable[[], tuple[Any, ...]]) -> None:
-        """Send keeper call `what` once it is our turn (see the module docstring) and its
-        pre-flight on the pending block passes."""
+                    args: Callable[[], tuple[Any, ...]],
+                    due: Callable[[], int] | None = None) -> None:
+        """Send keeper call `what` in our slot (see the module docstring) once its pre-flight
+        on the pending block passes."""
         key = (tid, rnd, what)
-        since = self.due_since.setdefault(key, head)
+        if key not in self.due_since:
+            self.due_since[key] = head if due is None else await asyncio.to_thread(due)
+        since = self.due_since[key]
         rank = await asyncio.to_thread(self.keeper_rank, tid, rnd, what)
-        if head - since < rank * self.config.keeper_delay_blocks:
+        if not keeper_turn(rank, self.committee_size[(tid, rnd, what)], since, head,
+                           self.config.keeper_delay_blocks):
             return
         try:
             call_args = await asyncio.to_thread(args)

@@ -255,3 +255,17 @@ def test_exactly_one_keeper_per_task_round_and_action_and_outsiders_come_last() 
     keepers = {next(m for m in committee if keeper_rank(committee, m, tid, 0, "finalize") == 0)
                for tid in range(1, 30)}
     assert len(keepers) > 1  # the duty rotates among the members
+
+
+def test_each_keeper_acts_only_in_its_own_slot_and_anyone_after_every_members() -> None:
+    from node.verification.agent import keeper_turn
+
+    members, due, delay = 3, 100, 4
+    turns = {rank: [h for h in range(due, due + 20) if keeper_turn(rank, members, due, h, delay)]
+             for rank in range(members + 1)}  # rank 3: not a member
+    assert turns[0][:4] == [100, 101, 102, 103] and 104 not in turns[0]  # a late keeper waits
+    assert turns[1][:4] == [104, 105, 106, 107] and 103 not in turns[1]
+    assert turns[2][:4] == [108, 109, 110, 111]
+    assert turns[3][0] == 112  # outsiders only once every member's slot is over
+    for h in range(due, due + 12):  # before that, exactly one party may act at any head
+        assert sum(keeper_turn(r, members, due, h, delay) for r in range(members + 1)) == 1
