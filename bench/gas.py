@@ -4,8 +4,10 @@ Starts anvil on a free port (or uses `--rpc-url` with `--dev-account` keys of `-
 deploys every contract with `contracts.deploy.deploy_all`, then measures, from transaction
 receipts (intrinsic + calldata + execution gas): node registration, a stake top-up, publishing an
 epoch of 100 allocation entries, settling batches of 1, 10 and 100 requests, and gas per request
-in the batch of 100 (target <= 10,000). `--quick` runs the same measurements (gas does not depend
-on repetitions; the run takes well under a minute).
+in the batch of 100 (target <= 10,000); then one sampled request through the verification game:
+`open_task` with its on-chain stage-signature and shape checks, and a full challenge (three
+members commit, reveal, the votes close, the stage and each member open every leaf, finalize).
+`--quick` runs the same measurements (gas does not depend on repetitions).
 
     .venv/bin/python bench/gas.py [--quick] [--rpc-url URL]
 """
@@ -24,8 +26,6 @@ from pathlib import Path
 
 from eth_account import Account
 
-from tests.support.chain import ETH
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -36,6 +36,8 @@ from contracts.deploy import DeployParams, deploy_all  # noqa: E402
 from contracts.node_registry import Hardware  # noqa: E402
 from contracts.rpc import Signer  # noqa: E402
 from contracts.scheduler import AllocationEntry  # noqa: E402
+from contracts.verification import VerificationParams  # noqa: E402
+from tests.support.chain import ETH  # noqa: E402
 
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 HW = Hardware("NVIDIA H100", 81_559, 989_000, 3_350, 100_000, "eu-west")
@@ -83,7 +85,10 @@ def run(url: str, mnemonic: str) -> dict[str, int]:
             rpc_url=url,
             private_key=dev_key(0, mnemonic),
             manifest_path=manifest,
-            params=DeployParams(),
+            # every request sampled, so the one the challenge needs is (settlement gas does not
+            # depend on the sample rate)
+            params=DeployParams(verification=VerificationParams(
+                sample_bps=10_000, commit_blocks=20, reveal_blocks=20, open_blocks=20)),
         )
         chain = Chain.connect(url, manifest, signer=admin)
     reg, models, sched, pay = (
@@ -97,10 +102,12 @@ def run(url: str, mnemonic: str) -> dict[str, int]:
     model_id = models.register_model(
         "bench", LAYERS, 4096, b"\x01" * 32, b"\x02" * 32, 10**9, 3 * 10**9
     )
-    owners, operators = [], []
+    owners, operators, operator_keys = [], [], {}
     for i in range(EPOCH_ENTRIES):
         owner = fresh_signer(chain, admin, 3)
-        operator = Account.create().address
+        op_acct = Account.create()
+        operator = op_acct.address
+        operator_keys[operator] = op_acct
         res = reg.register(operator, f"http://gpu{i}:9000", HW, ETH, sender=owner)
         if i == 0:
             figures["gas_register"] = res.gas_used
@@ -135,6 +142,7 @@ def run(url: str, mnemonic: str) -> dict[str, int]:
         pay.address,
     )
     key = pay.register_key(signed, sender=gateway)
+    pay.bond_gateway(int(pay.params()["min_gateway_bond"]), sender=gateway)
     pipeline = Pipeline(
         model_id, tuple(Stage(operators[i], i * per, (i + 1) * per) for i in range(4))
     )
@@ -152,7 +160,76 @@ def run(url: str, mnemonic: str) -> dict[str, int]:
         settled = pay.settle_batch([key], [pipeline], records, sender=gateway)
         figures[f"gas_settle_batch_{n}"] = settled.gas_used
     figures["gas_per_request"] = figures["gas_settle_batch_100"] // 100
+    figures.update(challenge(chain, admin, gateway, key, operators, operator_keys, seq + 1))
     return figures
+
+
+def challenge(chain: Chain, admin: Signer, gateway: Signer, key: bytes, operators: list[str],
+              operator_keys: dict, seq: int) -> dict[str, int]:
+    """One request of a small model (6 tokens, hidden 80) through the game, every step honest."""
+    import os
+
+    import numpy as np
+    from coincurve import PrivateKey
+
+    from contracts.batch import leaves_of, merkle_proof
+    from contracts.verification import (
+        Opening,
+        StageCommit,
+        VerdictKind,
+        attestation_digest,
+        commitment_root,
+    )
+    from protocol.identity import sign_digest
+    from verifier.encoding import Domain
+    from verifier.merkle import StageCommitment
+
+    ver, pay = chain.verification, chain.payments
+    small = chain.model_registry.register_model("bench-small", 2, 80, b"\x03" * 32, b"\x04" * 32,
+                                               10**9, 3 * 10**9)
+    pipe = Pipeline(small, (Stage(operators[0], 0, 1), Stage(operators[1], 1, 2)))
+    rid = pay.request_id(gateway.address, seq)
+    rng = np.random.default_rng(3)
+    rows = [rng.standard_normal((5, 80)).astype(np.float32) for _ in range(2)]
+    toks = [int(t) for t in rng.integers(0, 1000, 6)]
+    commits = [StageCommitment.build(Domain(chain.chain_id, rid, j), rows[j], toks) for j in range(2)]
+    scs = [StageCommit(c.root, 5, 80, 6) for c in commits]
+    record = Record(seq, 0, 0, 4, 2, 4 * 10**9 + 6 * 10**9, commitment_root(scs))
+    settled = pay.settle_batch([key], [pipe], [record], sender=gateway)
+    leaf = leaves_of(chain.chain_id, pay.address, gateway.address, [key], [record])[0]
+    chain.w3.provider.make_request("evm_mine", [])
+    chain.w3.provider.make_request("evm_mine", [])
+    stage = int(ver.opener()._view("stage_of", settled.batch_id, rid, 2))
+    op_key = PrivateKey(bytes(operator_keys[operators[stage]].key))
+    sig = sign_digest(op_key, attestation_digest(chain.chain_id, rid, stage, scs[stage]))
+    tid, tx = ver.open_task(settled.batch_id, leaf, merkle_proof([leaf.hash()], 0), [pipe], scs,
+                            sig, sender=gateway)
+    out = {"gas_open_task": tx.gas_used}
+    members = ver.committee(tid)
+    total = 0
+    salts = {}
+    signers = {}
+    for op in members:
+        chain.transfer(op, 10**18, sender=admin)
+        signers[op] = Signer(operator_keys[op])
+        salts[op] = os.urandom(32)
+        total += ver.commit_verdict(tid, VerdictKind.PASS, commits[stage].root, salts[op],
+                                    sender=signers[op]).gas_used
+    for op in members:
+        total += ver.reveal_verdict(tid, VerdictKind.PASS, commits[stage].root, salts[op],
+                                    sender=signers[op]).gas_used
+    total += ver.close_votes(tid, sender=admin).gas_used
+    for _ in range(2):
+        chain.w3.provider.make_request("evm_mine", [])
+    spots = ver.spot_checks(tid)
+    openings = [Opening.from_chunk(commits[stage].open_chunk(p, k)) for p, k in spots]
+    for party in [ver.task(tid).stage_operator, *members]:
+        total += ver.open_chunks(tid, party, openings, sender=admin).gas_used
+    fin = ver.finalize(tid, sender=admin)
+    total += fin.gas_used
+    out["gas_finalize"] = fin.gas_used
+    out["gas_challenge_total"] = total
+    return out
 
 
 def main() -> None:

@@ -160,7 +160,7 @@ node_at: public(HashMap[uint256, address])  # index -> owner, for enumeration
 
 credits: public(HashMap[address, uint256])  # pull payments (prover rewards)
 locks: public(HashMap[address, uint256])  # open verification tasks the node is part of
-# Stake history: owner -> index -> (block << 192 | stake); one checkpoint per block that changed it.
+# Stake history: owner -> index -> (block << 192 | stake), one per change, in block order.
 checkpoints: HashMap[address, HashMap[uint256, uint256]]
 checkpoint_count: public(HashMap[address, uint256])
 total_staked: public(uint256)
@@ -531,13 +531,11 @@ def stake_at(node: address, block_number: uint256) -> uint256:
 
 @internal
 def _checkpoint(node: address, stake: uint256):
-    # Stakes stay far below 2**192 wei; one checkpoint per block (the last write wins).
+    # Stakes stay far below 2**192 wei. Always appended (several in one block: stake_at takes
+    # the last), so the cost never depends on the block a transaction lands in (gas estimates
+    # made against the previous block stay right).
     n: uint256 = self.checkpoint_count[node]
-    word: uint256 = (block.number << 192) | stake
-    if n > 0 and self.checkpoints[node][n - 1] >> 192 == block.number:
-        self.checkpoints[node][n - 1] = word
-        return
-    self.checkpoints[node][n] = word
+    self.checkpoints[node][n] = (block.number << 192) | stake
     self.checkpoint_count[node] = n + 1
 
 
