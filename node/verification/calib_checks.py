@@ -216,12 +216,12 @@ def attack_checks(lab: Lab, name: str, attack: str, runs: Sequence[Run], stages:
             if b == L:
                 n = len(r.tokens)
                 spec, toks = SamplingSpec(), r.tokens
-                worker = lab.logits(c)[r.prompt_len - 1: r.prompt_len - 1 + n]  # the cheat's own logits
+                worker = lab.logits_fp32(c)[r.prompt_len - 1: r.prompt_len - 1 + n]  # the cheat's own logits
                 if attack == "random_tokens":
                     toks = [int(t) for t in rng.integers(0, lab.vocab, n)]
                 elif attack == "draft_tokens":  # a self-speculative draft: the stage's second half skipped
                     drows = lab.recompute([inputs[i]], a, b, edits={j: Skip() for j in range((a + b + 1) // 2, b)})[0]
-                    toks = [int(t) for t in lab.logits(drows)[r.prompt_len - 1: r.prompt_len - 1 + n].argmax(-1)]
+                    toks = [int(t) for t in lab.logits_fp32(drows)[r.prompt_len - 1: r.prompt_len - 1 + n].argmax(-1)]
                 elif attack == "other_seed":
                     spec = SAMPLED
                     assert r.logits is not None

@@ -135,7 +135,7 @@ class Lab:
         """(T, V) logits of rows (T, d) through the final norm and LM head in float32: the
         verifier's token reference from the claimed rows (the row check vouches for them), so the
         token tolerance covers only this head's rounding, not the stage's accumulated noise."""
-        h = rows.float()
+        h = to_bf16(rows).float() if self.dtype != torch.float32 else rows.float()
         norm = self.inner.norm
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon) * norm.weight.float()
         return h @ self.model.lm_head.weight.float().T
@@ -199,7 +199,10 @@ class Lab:
         return runs
 
     def logits_batch(self, h: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(self.inner.norm(h)).float()
+        """The worker's logits of (B, t, d) rows: the network's head rule — final norm and LM head
+        in float32 from the rows as committed (bf16 logits are too coarse to reproduce a token:
+        ulp 0.5 at |logit| ≥ 64)."""
+        return self.logits_fp32(h)
 
     def _refill(self, run: Run, chunk: int | None) -> Run:
         """The same sequence recomputed by one prefill, or by a prefill in chunks through a cache."""
@@ -221,7 +224,7 @@ class Lab:
         rows = [torch.cat(p, 1)[0] for p in pieces]
         n = len(run.tokens)
         return Run(run.ids, run.prompt_len, run.tokens, rows,
-                   self.logits(rows[L])[run.prompt_len - 1: run.prompt_len - 1 + n])
+                   self.logits_fp32(rows[L])[run.prompt_len - 1: run.prompt_len - 1 + n])
 
     # ── the verifier ──────────────────────────────────────────────────────────────────────────
     @torch.inference_mode()
