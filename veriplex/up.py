@@ -207,7 +207,10 @@ def _start_all(opts: UpOptions, say: Callable[[str], None], stack: Stack, data: 
 
     coord_env = clean_env(data, {"VERIPLEX_COORDINATOR__TICK_S": "0.3",
                                  "VERIPLEX_COORDINATOR__REGISTRY_POLL_S": "1",
-                                 "VERIPLEX_COORDINATOR__HEARTBEAT_TIMEOUT_S": "20"})
+                                 # workers importing torch and loading a shard on a busy
+                                 # machine stay silent a while: not evicted (nor a standby
+                                 # promoted in their place) before their first heartbeat
+                                 "VERIPLEX_COORDINATOR__HEARTBEAT_TIMEOUT_S": "45"})
     coord = stack.start("coordinator", veriplex_argv(
         *root, "coordinator", "run", "--dev-account", "0", "--checkpoint", str(ckpt),
         "--model-id", str(model_id), "--port", str(_port(opts, 2)),
