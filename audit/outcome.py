@@ -111,6 +111,13 @@ def check_outcome(chain: Any, receipt: Receipt, rec: SettledRecord, pipe: Pipeli
         refund = " and the client refunded" if facts["client_refunds"] else ""
         report.add("verification", Status.FAIL, f"{who}: FRAUD proven — {tally}; stage operator "
                    f"slashed {slashed} wei{refund}")
+    elif status is TaskStatus.VOID:
+        report.add("verification", Status.FAIL, f"{who}: VOID — the record could not be checked "
+                   "(never opened, or an unverifiable commitment): the client was refunded and "
+                   "the gateway's bond slashed")
+    elif status is TaskStatus.SUSPECTED:
+        report.add("verification", Status.PASS, f"{who}: SUSPECTED (statistical evidence, counted "
+                   f"against the operator, no slash) — {tally}")
     elif status is TaskStatus.UNRESOLVED:
         report.add("verification", Status.FAIL, f"{who}: UNRESOLVED after round {task.round} — "
                    f"{tally}")
@@ -135,8 +142,9 @@ def _task_facts(ver: Verification, task: Any, evs: dict[str, list[Any]]) -> dict
         member_state[m] = {"owner": info.owner, "round": info.round,
                            "committed": info.commitment != b"\x00" * 32,
                            "revealed": info.revealed, "verdict": info.verdict if info.revealed
-                           else None, "opened": info.opened, "agrees": info.agrees,
-                           "slashed": info.slashed}
+                           else None, "kind": info.kind, "named_leaf": [info.leaf >> 16,
+                           info.leaf & 0xFFFF] if info.kind == 2 else None,
+                           "opened": info.opened, "slashed": info.slashed}
     openings = []
     for e in evs["ChunksOpened"]:
         a = e.args

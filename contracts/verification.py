@@ -212,7 +212,7 @@ class VerificationParams:
     def validate(self) -> None:
         """The contract's own checks, with the values quoted, before anything is sent."""
         bounds = {
-            "sample_bps": (0, 10_000),
+            "sample_bps": (1, 10_000),
             "committee_size": (1, 16),
             "max_rounds": (1, 3),
             "commit_blocks": (1, None),
@@ -381,6 +381,11 @@ class Verification(Binding):
                                           abi=RANDOMNESS_ABI)
         return batch_seed_of(bytes(self.rpc.request(source.functions.value(anchor_block).call)),
                              batch_id)
+
+    def stage_of(self, batch_id: int, request_id: bytes, n_stages: int) -> int:
+        """The stage a sampled request's task checks (TaskOpener's draw; reverts until the
+        batch's randomness exists): the one whose signature `open_task` needs."""
+        return int(self.opener()._view("stage_of", batch_id, request_id, n_stages))
 
     def suspects(self, owner: str) -> int:
         return int(self._view("suspects", Web3.to_checksum_address(owner)))

@@ -260,16 +260,18 @@ class Gateway:
                 commits: list[SignedStageCommit], commits_error: str | None) -> Outcome:
         info = self.model.info
         tin, tout = len(job.prompt), len(tokens)
-        charge = info.charge(tin, tout)
+        # A request without its stages' signed commitments cannot be verified: it is not billed
+        # (on chain such a record would be refunded and the gateway's bond slashed).
+        charge = info.charge(tin, tout) if commits else 0
         stages = [[s.operator, s.start, s.end] for s in req.stages]
         root = commitment_root([c.commit for c in commits]) if commits else ZERO_ROOT
         commits_json = [c.to_json() for c in commits]
-        if tout:
+        if tout and commits:
             self.store.record(Served(job.seq, job.request_id, job.reservation.key_hash, info.model_id,
                                      json.dumps(stages), tin, tout, charge, root,
                                      json.dumps(commits_json) if commits else None, commits_error))
             self.settler.nudge()
-        self.accounts.finish(job.reservation, charge if tout else None)
+        self.accounts.finish(job.reservation, charge if tout and commits else None)
         self.metrics.served(tin, tout, charge if tout else 0)
         receipt = GatewayReceipt(
             request_id=job.request_id, seq=job.seq, gateway=self.address, chain_id=self.chain_id,

@@ -136,6 +136,7 @@ class Settler:
                 return 0  # still in the mempool: wait
         keys, pipes, records = batch_call(rows)
         pay = self.chain.payments
+        self._ensure_bond()
         data = pay.contract.functions.settle_batch(
             keys, [p.as_tuple() for p in pipes], [r.as_tuple() for r in records]
         )._encode_transaction_data()
@@ -165,6 +166,16 @@ class Settler:
             return 0
         return self._finalize(b.id, receipt)
 
+    def _ensure_bond(self) -> None:
+        """Only bonded gateways may settle: top the bond up to the contract's minimum (once it
+        holds, this is one read per batch)."""
+        pay = self.chain.payments
+        me = self.chain.signer.address
+        need = int(pay.params()["min_gateway_bond"]) - pay.gateway_bond(me)
+        if need > 0:
+            pay.bond_gateway(need)
+            log.info("gateway bonded %d wei (the minimum to settle)", need)
+
     def _receipt(self, tx_hash: str) -> dict[str, Any] | None:
         return self.chain.payments.rpc.receipt(bytes.fromhex(tx_hash[2:]))
 
@@ -178,6 +189,13 @@ class Settler:
                 if ev.name == "BatchSettled":
                     values["chain_batch_id"] = int(ev.args["batch_id"])
                     values["total_charge"] = str(int(ev.args["total_charge"]))
+                elif ev.name == "RecordSkipped":
+                    # not charged (key revoked or expired, funds short, a stage inactive): the
+                    # record is not in the batch; reported, never retried blindly
+                    self.store.set_task(int(ev.args["seq"]), "skipped",
+                                        error=f"settlement skipped it (reason {ev.args['reason']})")
+                    log.warning("record %s skipped by the contract (reason %s)", ev.args["seq"],
+                                ev.args["reason"])
         self.store.set_batch(batch_id, **values)
         self.settled_batches += 1
         log.info("batch %d settled on chain (batch id %s)", batch_id, values.get("chain_batch_id"))

@@ -55,12 +55,15 @@ class BatchProof:
 
 def batch_proof(chain_id: int, payments: str, gateway: str, rows: list[RequestRow],
                 request_id: str) -> BatchProof:
-    """The record `request_id` of a batch whose records are `rows` (in seq order)."""
+    """The record `request_id` of a batch whose records are `rows` (in seq order). The key and
+    pipeline tables are the ones sent; records the contract skipped (`task_state` "skipped")
+    are not leaves of the batch."""
     keys, pipes, records = batch_call(rows)
+    kept = [(row, r) for row, r in zip(rows, records, strict=True) if row.task_state != "skipped"]
     leaves = [Leaf(chain_request_id(chain_id, payments, gateway, r.seq), keys[r.key_index],
                    r.pipeline_index, r.tokens_in, r.tokens_out, r.charge, r.commitment_root)
-              for r in records]
-    idx = next(i for i, row in enumerate(rows) if row.request_id == request_id)
+              for _, r in kept]
+    idx = next(i for i, (row, _) in enumerate(kept) if row.request_id == request_id)
     return BatchProof(leaves[idx], idx, merkle_proof([x.hash() for x in leaves], idx), pipes)
 
 
@@ -68,6 +71,12 @@ def pipelines_json(pipes: list[Pipeline]) -> list[dict[str, Any]]:
     return [{"model_id": p.model_id,
              "stages": [{"operator": s.operator, "layer_start": s.layer_start,
                          "layer_end": s.layer_end} for s in p.stages]} for p in pipes]
+
+
+def stage_signature(row: RequestRow, stage: int) -> bytes:
+    """The operator's attestation of stage `stage`'s commitment (what open_task checks)."""
+    c = json.loads(row.commitments or "[]")[stage]
+    return bytes.fromhex(str(c.get("signature", "0x")).removeprefix("0x"))
 
 
 def stage_commits(row: RequestRow) -> list[StageCommit] | None:
@@ -87,6 +96,7 @@ class TaskOpener:
         self.released = 0
         self.last_error: str | None = None
         self._release_blocks: dict[int, int] = {}  # chain batch id -> its (immutable) release block
+        self._settle_blocks: dict[int, int] = {}  # chain batch id -> its settle block
         self._params: tuple[float, int, VerificationParams] | None = None  # (read at, window, p)
 
     PARAMS_TTL_S = 30.0
@@ -117,14 +127,20 @@ class TaskOpener:
         """Whether the head is past the block whose randomness samples the batch (`anchor_block`,
         as the contract computes it). Parameters may be up to `PARAMS_TTL_S` old here: a wrong
         guess only delays to `is_sampled`'s own check."""
-        rb = self._release_blocks.get(batch_id)
-        if rb is None:
-            info = self.chain.payments.batch(batch_id)
-            if info is None:
-                return True  # let the contract say what is wrong
-            rb = self._release_blocks[batch_id] = info.release_block
-        window, p = self._read_params()
-        return head > anchor_block(rb, window, p.randomness_delay)
+        sb = self._settle_block(batch_id)
+        if sb is None:
+            return True  # let the contract say what is wrong
+        _, p = self._read_params()
+        return head > anchor_block(sb, p.randomness_delay)
+
+    def _settle_block(self, batch_id: int) -> int | None:
+        """The batch's settle block (its terms on chain, immutable once settled)."""
+        sb = self._settle_blocks.get(batch_id)
+        if sb is None:
+            if self.chain.payments.batch(batch_id) is None:
+                return None
+            sb = self._settle_blocks[batch_id] = self.chain.payments.batch_terms(batch_id)[1]
+        return sb
 
     def _release(self, b: BatchRow, head: int) -> None:
         """Release a batch's escrow (split among its operators, the verifier pool and the fee) once
@@ -156,7 +172,7 @@ class TaskOpener:
 
     def _batch(self, b: BatchRow, head: int) -> int:
         rows = self.store.batch_records(b.id)
-        todo = [r for r in rows if r.task_state is None]
+        todo = [r for r in rows if r.task_state is None]  # ("skipped": never on chain)
         for r in [r for r in todo if stage_commits(r) is None]:
             self.store.set_task(r.seq, "no_commitments")
         todo = [r for r in todo if stage_commits(r) is not None]
@@ -200,8 +216,11 @@ class TaskOpener:
             bp = batch_proof(self.chain.chain_id, self.chain.payments.address, signer.address,
                              rows, r.request_id)
             try:
+                # the chosen stage's signature is checked on chain when the task opens
+                scs = stage_commits(r) or []
+                stage = ver.stage_of(b.chain_batch_id, rid, len(scs))
                 task_id, _ = ver.open_task(b.chain_batch_id, bp.leaf, bp.proof, bp.pipelines,
-                                           stage_commits(r) or [])
+                                           scs, stage_signature(r, stage))
             except Revert as exc:
                 if exc.says(Reason.TASK_ALREADY_OPEN):
                     self.store.set_task(r.seq, "opened", task_id=ver.task_of(rid))
@@ -225,8 +244,10 @@ class TaskOpener:
         ver = self.chain.verification
         try:
             window, p = self._read_params(fresh=True)  # the sampling rate must be the current one
-            seed = ver.batch_seed(batch_id, anchor_block(self._release_blocks[batch_id], window,
-                                                         p.randomness_delay))
+            sb = self._settle_block(batch_id)
+            if sb is None:
+                raise KeyError(batch_id)
+            seed = ver.batch_seed(batch_id, anchor_block(sb, p.randomness_delay))
         except (ChainError, ContractsError, KeyError) as exc:
             log.debug("batch %s: sampling asked per record: %s", batch_id, exc)
             return lambda rid: ver.is_sampled(batch_id, rid)

@@ -191,7 +191,9 @@ event VotesClosed:
 event ChunksOpened:
     task_id: indexed(uint256)
     party: indexed(address)
-    round: uint256  # the leaves are spot_checks(task) of this round, in order
+    round: uint256
+    positions: DynArray[uint32, MAX_LEAVES]  # the leaves of spot_checks(task), in order
+    chunks: DynArray[uint16, MAX_LEAVES]  # 65535: a token leaf (hi = token id)
     his: DynArray[bytes32, MAX_LEAVES]
     los: DynArray[bytes32, MAX_LEAVES]
 
@@ -576,7 +578,9 @@ def open_chunks(task_id: uint256, party: address, openings: DynArray[ISpotCheck.
         self.chunks[task_id][party][k] = [openings[k].hi, openings[k].lo]
         his.append(openings[k].hi)
         los.append(openings[k].lo)
-    log ChunksOpened(task_id=task_id, party=party, round=r, his=his, los=los)
+    log ChunksOpened(
+        task_id=task_id, party=party, round=r, positions=positions, chunks=cks, his=his, los=los
+    )
 
 
 # ------------------------------------------------------------------ JUDGE (anyone)

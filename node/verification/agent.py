@@ -292,7 +292,8 @@ class VerifierAgent:
     async def _commit(self, vote: Vote) -> None:
         try:
             await asyncio.to_thread(self.ver.commit_verdict, vote.task_id, vote.verdict,
-                                    vote.output_root, vote.salt, sender=self.signer)
+                                    vote.output_root, vote.salt, tuple(vote.leaf),
+                                    sender=self.signer)
         except Revert as e:
             log.info("verifier: commit on task %d refused: %s", vote.task_id, e)
             return
@@ -303,7 +304,8 @@ class VerifierAgent:
     async def _reveal(self, vote: Vote) -> None:
         try:
             await asyncio.to_thread(self.ver.reveal_verdict, vote.task_id, vote.verdict,
-                                    vote.output_root, vote.salt, sender=self.signer)
+                                    vote.output_root, vote.salt, tuple(vote.leaf),
+                                    sender=self.signer)
         except Revert as e:
             log.info("verifier: reveal on task %d refused: %s", vote.task_id, e)
             return

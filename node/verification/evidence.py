@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from contracts.verification import Opening
+from contracts.verification import TOKEN_CHUNK, Opening
 from node.verification.errors import EvidenceError
 from protocol.messages import StageCommit
 from verifier.encoding import Domain
@@ -49,8 +49,41 @@ def check_against_root(chain_id: int, request_id: bytes, stage: int, sc: StageCo
 
 
 def openings(tree: StageCommitment, spots: Sequence[tuple[int, int]]) -> list[Opening]:
-    """The contract's `Opening`s of `tree` at the drawn (position, chunk) spots, in order."""
-    return [Opening.from_chunk(tree.open_chunk(p, c)) for p, c in spots]
+    """The contract's `Opening`s of `tree` at the leaves of `spot_checks` (random spots, then
+    the leaves accusers named), in order; chunk TOKEN_CHUNK is the token leaf at that index."""
+    out = []
+    for p, c in spots:
+        if int(c) == TOKEN_CHUNK:
+            o = tree.open_token(int(p))
+            out.append(Opening.from_token(o.token_id, o.siblings))
+        else:
+            out.append(Opening.from_chunk(tree.open_chunk(int(p), int(c))))
+    return out
+
+
+def failing_leaf(claimed: StageCommitment, recomputed: StageCommitment, max_ulp: int,
+                 max_bad: int) -> tuple[int, int]:
+    """The first leaf where the stage's claim breaks the on-chain rule against our recomputation
+    — a hidden chunk failing the chunk rule (D = max_ulp, K = max_bad), else the first token that
+    differs (chunk TOKEN_CHUNK) — the leaf a FAIL names so that its opening is forced. (0, 0)
+    when no single leaf fails (the statistical tests failed: a SUSPECT rather than a FAIL)."""
+    from verifier.chunk_rule import chunk_bad_counts
+
+    a, b = np.asarray(claimed.bits), np.asarray(recomputed.bits)
+    if a.shape == b.shape and a.size:
+        P, d = a.shape
+        chunks = (d + 31) // 32
+        pad = chunks * 32 - d
+        a2 = np.pad(a, ((0, 0), (0, pad))).reshape(P * chunks, 32)
+        b2 = np.pad(b, ((0, 0), (0, pad))).reshape(P * chunks, 32)
+        bad = np.nonzero(chunk_bad_counts(a2, b2, max_ulp) > max_bad)[0]
+        if bad.size:
+            i = int(bad[0])
+            return i // chunks, i % chunks
+    for i, (x, y) in enumerate(zip(claimed.tokens, recomputed.tokens, strict=False)):
+        if x != y:
+            return i, TOKEN_CHUNK
+    return 0, 0
 
 
 def forged_evidence(chain_id: int, request_id: bytes, stage: int, claimed: torch.Tensor,

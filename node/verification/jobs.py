@@ -29,7 +29,7 @@ import torch
 from coincurve import PrivateKey
 
 from node.dataplane.query import fetch_rows
-from node.verification.evidence import check_against_root, forged_evidence
+from node.verification.evidence import check_against_root, failing_leaf, forged_evidence
 from node.verification.policy import Claimed, Policy, Recomputed, decide
 from node.verification.rerun import (
     Listener,
@@ -204,8 +204,13 @@ async def prepare_vote(ctx: JobContext, td: TaskData, rnd: int, policy: Policy
         tree = forged_evidence(cid, rid, j, claimed.rows, claimed.tree.tokens, seed=td.task_id)
     else:  # nothing to show: a blank tree of the committed shape, so the member can still open
         tree = StageCommitment.build(Domain(cid, rid, j), torch.zeros(P, sc.hidden_size), [0] * sc.n_tokens)
+    leaf = [0, 0]
+    if d.verdict is False and claimed is not None:
+        # name the failing leaf, so its opening is forced (the contract judges that leaf)
+        p = getattr(ctx, "chunk_rule", None) or (6, 4)
+        leaf = list(failing_leaf(claimed.tree, tree, *p))
     vote = Vote(td.task_id, rnd, j, d.verdict, tree.root, os.urandom(32), str(policy),
-                tokens=list(tree.tokens), note=note[:500])
+                tokens=list(tree.tokens), leaf=leaf, note=note[:500])
     return vote, tree
 
 

@@ -42,6 +42,7 @@ class Vote:
     salt: bytes
     policy: str
     tokens: list[int] = field(default_factory=list)
+    leaf: list[int] = field(default_factory=lambda: [0, 0])  # (position, chunk) a FAIL names
     committed: bool = False
     revealed: bool = False
     opened: bool = False
