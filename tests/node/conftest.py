@@ -130,7 +130,7 @@ class WorkerProcess:
                                      env=env)
         self.port = 0
 
-    def wait_ready(self, timeout_s: float = 60.0) -> WorkerProcess:
+    def wait_ready(self, timeout_s: float = 180.0) -> WorkerProcess:
         import re
         import select
         import time

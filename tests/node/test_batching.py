@@ -10,6 +10,7 @@ magnitudes are ~10). Greedy tokens are compared exactly — what a user sees —
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from pathlib import Path
 
@@ -168,8 +169,8 @@ def test_admission_never_exceeds_the_budget_and_every_uncancelled_request_comple
                     await asyncio.sleep(0.01)
                     t.cancel()
             for t, prompt, n, cancel in tasks:
-                if cancel:
-                    with pytest.raises((asyncio.CancelledError, Exception)):
+                if cancel:  # cancelled, or already finished when the cancellation came
+                    with contextlib.suppress(asyncio.CancelledError):
                         await t
                     continue
                 gen = await t
