@@ -212,7 +212,7 @@ class VerificationParams:
     def validate(self) -> None:
         """The contract's own checks, with the values quoted, before anything is sent."""
         bounds = {
-            "sample_bps": (1, 10_000),
+            "sample_bps": (0, 10_000),
             "committee_size": (1, 16),
             "max_rounds": (1, 3),
             "commit_blocks": (1, None),

@@ -266,7 +266,7 @@ class Gateway:
         stages = [[s.operator, s.start, s.end] for s in req.stages]
         root = commitment_root([c.commit for c in commits]) if commits else ZERO_ROOT
         commits_json = [c.to_json() for c in commits]
-        if tout and commits:
+        if tout:  # (kept for its receipt; a zero charge is skipped at settlement, never paid)
             self.store.record(Served(job.seq, job.request_id, job.reservation.key_hash, info.model_id,
                                      json.dumps(stages), tin, tout, charge, root,
                                      json.dumps(commits_json) if commits else None, commits_error))
@@ -315,7 +315,9 @@ class Gateway:
             if b is not None:
                 out["batch"] = {"status": b.status, "batch_id": b.chain_batch_id,
                                 "tx_hash": b.tx_hash, "error": b.error}
-                if b.status == "settled":
+                if b.status == "settled" and row.task_state == "skipped":
+                    out["batch"]["status"] = "skipped"  # not charged: not a leaf of the batch
+                elif b.status == "settled":
                     bp = batch_proof(self.chain_id, self.payments, self.address,
                                      self.store.batch_records(row.batch), row.request_id)
                     lf = bp.leaf

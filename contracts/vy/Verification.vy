@@ -353,7 +353,7 @@ def set_params(params_: Params):
 def _set_params(p: Params):
     # Bounds (contracts.verification.VerificationParams.validate quotes the offending value).
     assert (
-        p.sample_bps > 0 and p.sample_bps <= BPS and p.committee_size > 0
+        p.sample_bps <= BPS and p.committee_size > 0
         and p.committee_size <= MAX_COMMITTEE and p.max_rounds > 0 and p.max_rounds <= MAX_ROUNDS
         and p.commit_blocks > 0 and p.reveal_blocks > 0 and p.open_blocks > 0
         and p.randomness_delay > 0 and p.spot_chunks > 0 and p.spot_chunks <= MAX_SPOTS
@@ -992,7 +992,8 @@ def _reward(task_id: uint256, t: Task, everyone: DynArray[address, MAX_MEMBERS],
     if n == 0:
         return
     ver_bps: uint256 = (staticcall self.payments.batches(t.batch_id)).terms >> 224 & 65535
-    budget: uint256 = t.record.charge * ver_bps // self.params.sample_bps
+    # (sample_bps > 0 here: a task exists only for a sampled record)
+    budget: uint256 = t.record.charge * ver_bps // max(self.params.sample_bps, 1)
     full: uint256 = min(budget // n, self.params.verifier_reward)
     want: uint8 = V_FAIL
     if status == PASSED:

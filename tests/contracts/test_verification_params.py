@@ -97,7 +97,7 @@ def test_params_check_reads_the_deployed_parameters(anvil_url, tmp_path):
 @pytest.mark.parametrize(
     "change, words",
     [
-        ({"sample_bps": 10_001}, "sample_bps (10001) must be 1..10000"),
+        ({"sample_bps": 10_001}, "sample_bps (10001) must be 0..10000"),
         ({"committee_size": 0}, "committee_size (0) must be 1..16"),
         ({"randomness_delay": 0}, "randomness_delay (0) must be >= 1"),
         ({"max_bad": 32}, "max_bad (32) must be 0..31"),

@@ -51,7 +51,6 @@ def reveal(g, tid, verdict, root, salt, leaf=(0, 0)):
     "change",
     [
         {"sample_bps": 10_001},
-        {"sample_bps": 0},
         {"committee_size": 0},
         {"committee_size": 17},
         {"max_rounds": 0},
