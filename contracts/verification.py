@@ -366,6 +366,27 @@ class Verification(Binding):
             self._opener_binding = b
         return b
 
+    def call_of(self, tx_hash: str) -> tuple[str, dict[str, Any]]:
+        """(function name, arguments) of `tx_hash`: a call to the game itself or to its
+        TaskOpener (`open_task(batch_id, record, proof, pipelines, stage_commits, signature)`,
+        the transaction a TaskOpened event comes from)."""
+        tx = self.rpc.raw_request("eth_getTransactionByHash", [tx_hash])
+        if tx and str(tx.get("to") or "").lower() == self.opener().address.lower():
+            return self.opener().call_of(tx_hash)
+        return super().call_of(tx_hash)
+
+    def decode_call(self, data: bytes) -> tuple[str, dict[str, Any]]:
+        """Calldata of the game or of its TaskOpener (open_task goes through the opener); no
+        chain read: the opener's ABI is the build's."""
+        from contracts.build import compile_all
+
+        opener = self.rpc.w3.eth.contract(abi=compile_all()["TaskOpener"].abi)
+        try:
+            fn, args = opener.decode_function_input(data)
+            return fn.fn_name, dict(args)
+        except Exception:  # noqa: BLE001 - not the opener's: the game's own (or garbage)
+            return super().decode_call(data)
+
     def is_sampled(self, batch_id: int, request_id: bytes) -> bool:
         return bool(self.opener()._view("is_sampled", batch_id, request_id))
 

@@ -49,6 +49,11 @@ def _contract() -> Verification:
     return Verification(Rpc("http://127.0.0.1:9"), "0x" + "11" * 20, compile_all()["Verification"].abi)
 
 
+def _opener():  # type: ignore[no-untyped-def]
+    """The TaskOpener's ABI: open_task goes through it (issue 14), with the stage's signature."""
+    return Rpc("http://127.0.0.1:9").w3.eth.contract(abi=compile_all()["TaskOpener"].abi)
+
+
 def _decode(v: Verification, task_id: int, stage: int, data: str):  # type: ignore[no-untyped-def]
     return decode_open_task(task_id, stage, *v.decode_call(bytes.fromhex(data[2:])))
 
@@ -60,8 +65,8 @@ def test_open_task_calldata_decodes_to_the_record_pipeline_and_every_stage_commi
                           Stage(Web3.to_checksum_address(ops[1]), 4, 8)))]
     commits = [StageCommit(b"\x01" * 32, P, D, P + 1), StageCommit(b"\x02" * 32, P, D, P + 1)]
     leaf = Leaf(RID, b"\x03" * 32, 0, 4, 3, 12345, b"\x04" * 32)
-    data = c.contract.encode_abi("open_task", [9, leaf.fields(), [b"\x05" * 32], [p.as_tuple() for p in pipes],
-                                      [s.as_tuple() for s in commits]])
+    data = _opener().encode_abi("open_task", [9, leaf.fields(), [b"\x05" * 32], [p.as_tuple() for p in pipes],
+                                      [s.as_tuple() for s in commits], b"\x07" * 65])
     td = _decode(c, 3, 1, data)
     assert (td.task_id, td.batch_id, td.stage, td.leaf) == (3, 9, 1, leaf)
     assert td.pipeline == pipes[0] and list(td.stage_commits) == commits
@@ -80,9 +85,9 @@ def test_calldata_of_another_function_or_garbage_is_refused():
 def test_a_checked_stage_outside_the_pipeline_is_refused():
     c = _contract()
 
-    data = c.contract.encode_abi("open_task", [1, Leaf(RID, RID, 0, 1, 1, 1, RID).fields(), [],
+    data = _opener().encode_abi("open_task", [1, Leaf(RID, RID, 0, 1, 1, 1, RID).fields(), [],
                                       [(1, [(Web3.to_checksum_address("0x" + "aa" * 20), 0, 8)])],
-                                      [StageCommit(RID, 1, 1, 0).as_tuple()]])
+                                      [StageCommit(RID, 1, 1, 0).as_tuple()], b""])
 
     with pytest.raises(TaskDataError, match="checked stage 2"):
         _decode(c, 1, 2, data)

@@ -169,6 +169,8 @@ class World:
         signed = create_api_key(bytes(client.account.key), gateway.address, ETH, int(time.time()) + 3600,
                                 1, ch.chain_id, ch.payments.address)
         key = await asyncio.to_thread(ch.payments.register_key, signed, sender=gateway)
+        bond = int(ch.payments.params()["min_gateway_bond"])  # only bonded gateways settle
+        await asyncio.to_thread(ch.payments.bond_gateway, bond, sender=gateway)
         layers = pipeline_nodes[-1].spec.layers[1]
         model_id = await asyncio.to_thread(ch.model_registry.register_model, f"tiny-{time.time_ns()}",
                                            layers, 256, b"\x01" * 32, b"\x02" * 32, PRICE_IN, PRICE_OUT)
@@ -194,8 +196,10 @@ class World:
             if time.monotonic() > deadline:
                 raise TimeoutError("the batch's sampling randomness never became available")
             await asyncio.sleep(0.2)
+        # the chosen stage's signed commitment is checked on chain when the task opens
+        stage = await asyncio.to_thread(ver.stage_of, settled.batch_id, rid, len(sc))
         task_id, tx = await asyncio.to_thread(ver.open_task, settled.batch_id, leaf, proof, [pipeline], sc,
-                                              sender=client)
+                                              ran.commits[stage].signature, sender=client)
         return Opened(task_id, settled.batch_id, client, charge,
                       await asyncio.to_thread(ch.payments.deposit_of, client.address), tx.block_number)
 
