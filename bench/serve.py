@@ -1,0 +1,325 @@
+"""Serving throughput: gateway + `node serve` stages (real processes) vs one transformers process.
+
+Every part is its own process as deployed — anvil with the contracts, two or three `veriplex node
+serve` stages of SmolLM2 (continuously batched), one `veriplex gateway run` — and this script is the
+client, the official `openai` package streaming chat completions (greedy, `max_tokens` each) at
+concurrency 1, 4, 16 and 64. In the same run, on the same checkpoint, dtype and torch threads,
+the single-process baselines: transformers' static-batch `generate` (batch = concurrency, no early
+stop) and its continuous-batching `generate_batch` where it runs on CPU; the better one is the
+baseline. Printed per concurrency N:
+
+- `serve_tok_per_s_cN`: completion tokens (the gateway's usage) / wall time of the wave;
+- `baseline_tok_per_s_cN`, `serve_ratio_cN` (serve ÷ best baseline);
+- `ttft_p50_ms_cN`, `ttft_p99_ms_cN`: request sent → first streamed chunk;
+- `itl_p50_ms_cN`: median gap between streamed chunks;
+- `serve_ratio_c16_wan`: the same at c16 with every stage behind a link emulator
+  (`tests/support/link.py`: 40 ms RTT, 100 Mbit/s), gateway→stage 0 and the ring alike;
+- `serve_ratio_c16_s3`: c16 through three stages.
+
+Threads: each stage process and the baseline get `--threads` torch threads (default: all cores),
+OMP_WAIT_POLICY=PASSIVE. On one 2-core box the stages share the cores the baseline has alone.
+`--quick`: c1 and c4 only, 16 tokens, two stages, static baseline (< 1 min once the model and
+processes are warm — process start-up dominates). Run: `.venv/bin/python bench/serve.py [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# bench/devnet.py would shadow the devnet package: drop this script's folder from the path.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from coincurve import PrivateKey  # noqa: E402
+from eth_utils import keccak  # noqa: E402
+
+from contracts.apikeys import create_api_key  # noqa: E402
+from contracts.client import Chain, dev_key  # noqa: E402
+from contracts.deploy import DeployParams, deploy_all  # noqa: E402
+from contracts.rpc import Signer  # noqa: E402
+from devnet.process import running_anvil  # noqa: E402
+from protocol.identity import address_of_key  # noqa: E402
+from protocol.settings import DEV_MNEMONIC  # noqa: E402
+from tests.support.gateway import (  # noqa: E402
+    ETH,
+    SERVING,
+    GatewayProcess,
+    _terminate,
+    _wait_line,
+    register_operator,
+    rpc,
+)
+from tests.support.link import LinkProxy  # noqa: E402
+
+GATEWAY_ACCOUNT = 3
+QUESTION = ("Write a long, detailed story about a lighthouse keeper who finds a message in a bottle. "
+            "Describe the sea, the weather and every person she meets.")
+
+BASELINE = r"""
+import sys, time, json, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+model_dir, threads, dtype, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+concs = [int(c) for c in sys.argv[5].split(",")]
+ids = [int(t) for t in sys.argv[6].split(",")]
+try_cb = sys.argv[7] == "1"
+torch.set_num_threads(threads)
+m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), local_files_only=True)
+m.config._attn_implementation = "sdpa"
+m.eval()
+kw = dict(do_sample=False, min_new_tokens=n, max_new_tokens=n, pad_token_id=0)
+out = {}
+with torch.inference_mode():
+    m.generate(torch.tensor([ids]), **{**kw, "min_new_tokens": 4, "max_new_tokens": 4})
+    for c in concs:
+        x = torch.tensor([ids] * c)
+        t = time.perf_counter()
+        m.generate(x, attention_mask=torch.ones_like(x), **kw)
+        out[f"static_{c}"] = c * n / (time.perf_counter() - t)
+        if try_cb:
+            try:
+                gc = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                      eos_token_id=-1, pad_token_id=0)
+                t = time.perf_counter()
+                res = m.generate_batch(inputs=[list(ids) for _ in range(c)], generation_config=gc,
+                                       progress_bar=False)
+                got = sum(len(r.generated_tokens) for r in res.values())
+                out[f"cb_{c}"] = got / (time.perf_counter() - t)
+            except Exception as e:  # not every attention backend runs it on CPU
+                out["cb_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+                try_cb = False
+print("RESULT " + json.dumps(out))
+"""
+
+
+def ensure_model() -> Path:
+    from node.runtime.models.importer import import_model
+    from protocol.settings import Settings
+
+    s = Settings()
+    d = (s.models.dir or s.home / "models") / "smollm2"
+    if not (d / "config.json").is_file():
+        print(f"importing SmolLM2 into {d} (once) ...", file=sys.stderr)
+        import_model("smollm2", d)
+    return d
+
+
+def split(num_layers: int, k: int) -> list[tuple[int, int]]:
+    cuts = [round(i * num_layers / k) for i in range(k + 1)]
+    return list(zip(cuts, cuts[1:], strict=False))
+
+
+class Stage:
+    """`veriplex node serve --layers A:B` with `threads` torch threads and a KV budget."""
+
+    def __init__(self, model: Path, layers: tuple[int, int], key: bytes, allow: list[str],
+                 gateway: str, workdir: Path, threads: int, dtype: str, kv_mib: int) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        kf = workdir / "operator.key"
+        kf.touch(mode=0o600)
+        kf.write_text(key.hex())
+        self.address = address_of_key(PrivateKey(key))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VERIPLEX_")}
+        env.update(VERIPLEX_HOME=str(workdir), PYTHONUNBUFFERED="1", OMP_WAIT_POLICY="PASSIVE",
+                   VERIPLEX_MODELS__DTYPE=dtype)
+        argv = [sys.executable, "-m", "veriplex.cli", "node", "serve", "--model", str(model),
+                "--layers", f"{layers[0]}:{layers[1]}", "--port", "0", "--operator-key-file",
+                str(kf), "--directory", "static", "--gateway", gateway, "--store-dir",
+                str(workdir / "store"), "--threads", str(threads), "--kv-budget-mib", str(kv_mib),
+                "--no-verify"]
+        for a in allow:
+            argv += ["--allow", a]
+        self.log = workdir / "serve.log"
+        with self.log.open("wb") as sink:
+            self.proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        self.layers, self.port = layers, 0
+
+    def wait_ready(self, timeout_s: float = 180) -> Stage:
+        self.port = int(_wait_line(self.proc, self.log, SERVING, timeout_s, f"stage {self.layers}")[4])
+        return self
+
+    def assignment(self, port: int | None = None):  # type: ignore[no-untyped-def]
+        from protocol.messages import StageAssignment
+
+        return StageAssignment(operator=self.address, host="127.0.0.1", port=port or self.port,
+                               start=self.layers[0], end=self.layers[1])
+
+    def stop(self) -> None:
+        _terminate(self.proc, 15)
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
+
+
+async def wave(url: str, token: str, model: str, c: int, max_tokens: int) -> dict[str, float]:
+    """`c` concurrent streaming chat completions; throughput and latency figures of the wave."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=url + "/v1", api_key=token, max_retries=0, timeout=600)
+    ttfts: list[float] = []
+    itls: list[float] = []
+    tokens: list[int] = []
+
+    async def one() -> None:
+        t0 = time.perf_counter()
+        last, first, n = None, None, 0
+        stream = await client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": QUESTION}], max_tokens=max_tokens,
+            temperature=0, stream=True)
+        async for chunk in stream:
+            now = time.perf_counter()
+            if chunk.choices and chunk.choices[0].delta.content:
+                if first is None:
+                    first = now
+                    ttfts.append(now - t0)
+                elif last is not None:
+                    itls.append(now - last)
+                last = now
+            if getattr(chunk, "usage", None):
+                n = chunk.usage.completion_tokens
+        tokens.append(n)
+
+    t = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(c)))
+    wall = time.perf_counter() - t
+    await client.close()
+    return {"tok_per_s": sum(tokens) / wall, "ttft_p50": pct(ttfts, 0.5), "ttft_p99": pct(ttfts, 0.99),
+            "itl_p50": pct(itls, 0.5), "done": len(tokens), "tokens": sum(tokens)}
+
+
+def baselines(model: Path, threads: int, dtype: str, n: int, concs: list[int], prompt: list[int],
+              try_cb: bool) -> dict:
+    import json
+
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    out = subprocess.run([sys.executable, "-c", BASELINE, str(model), str(threads), dtype, str(n),
+                          ",".join(map(str, concs)), ",".join(map(str, prompt)),
+                          "1" if try_cb else "0"], capture_output=True, text=True, env=env)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise SystemExit(f"baseline failed: {out.stderr[-2000:]}")
+    return json.loads(line[7:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--kv-budget-mib", type=int, default=1024)
+    a = ap.parse_args()
+    concs = [1, 4] if a.quick else [1, 4, 16, 64]
+    n = 16 if a.quick else a.max_tokens
+    model = ensure_model()
+    from gateway.engine import ServedModel
+
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    load0 = os.getloadavg()
+    results: dict[str, dict] = {}
+    with running_anvil(work) as anvil:
+        manifest = work / "manifest.json"
+        deploy_all(anvil.url, dev_key(0, DEV_MNEMONIC), manifest, DeployParams())
+        admin = Chain.connect(anvil.url, manifest, signer=Signer.from_key(dev_key(0, DEV_MNEMONIC)))
+        cfg = __import__("json").loads((model / "config.json").read_text())
+        mid = admin.model_registry.register_model("smollm2", int(cfg["num_hidden_layers"]),
+                                                  int(cfg["hidden_size"]), keccak(b"w"), keccak(b"t"),
+                                                  10**6, 3 * 10**6)
+        info = admin.model_registry.model(mid)
+        served = ServedModel.load(info, model)
+        prompt = served.chat_ids([{"role": "user", "content": QUESTION}])
+        gsigner = Signer.from_key(dev_key(GATEWAY_ACCOUNT, DEV_MNEMONIC))
+        ckey = "0x" + secrets.token_hex(32)
+        csig = Signer.from_key(ckey)
+        rpc(anvil.url, "anvil_setBalance", csig.address, hex(1000 * ETH))
+        cchain = Chain.connect(anvil.url, manifest, signer=csig)
+        cchain.payments.deposit(500 * ETH)
+        signed = create_api_key(ckey, gsigner.address, 400 * ETH, int(time.time()) + 86400, 1,
+                                cchain.chain_id, cchain.payments.address)
+        cchain.payments.register_key(signed)
+        token = signed.token()
+
+        configs = [("s2", 2, None)] if a.quick else [("s2", 2, None), ("s2_wan", 2, (40.0, 100.0)),
+                                                     ("s3", 3, None)]
+        stages_by_k: dict[int, list[Stage]] = {}
+        try:
+            for name, k, wan in configs:
+                if k not in stages_by_k:
+                    for old in stages_by_k.values():
+                        for s in old:
+                            s.stop()
+                    stages_by_k.clear()
+                    keys = [secrets.token_bytes(32) for _ in range(k)]
+                    addrs = [address_of_key(PrivateKey(x)) for x in keys]
+                    ws = [Stage(model, rng, key, addrs, gsigner.address, work / f"{name}-stage{i}",
+                                a.threads, a.dtype, a.kv_budget_mib)
+                          for i, (rng, key) in enumerate(zip(split(int(cfg["num_hidden_layers"]), k), keys,
+                                                              strict=True))]
+                    for w in ws:
+                        w.wait_ready()
+                        register_operator(anvil.url, manifest, w.address)
+                    stages_by_k[k] = ws
+                ws = stages_by_k[k]
+                proxies = [LinkProxy("127.0.0.1", w.port, rtt_ms=wan[0], mbit_s=wan[1]).start()
+                           for w in ws] if wan else []
+                stages = [w.assignment(p.port if proxies else None)
+                          for w, p in zip(ws, proxies or [None] * len(ws), strict=True)]
+                gwp = GatewayProcess(anvil.url, manifest, model, mid, stages, GATEWAY_ACCOUNT,
+                                     work / f"gateway-{name}", {"batch_size": "64",
+                                                                "batch_max_age_s": "2"})
+                try:
+                    gwp.wait_ready(180)
+                    asyncio.run(wave(gwp.url, token, info.name, 2, 4))  # warm-up
+                    cs = concs if name == "s2" else [16]
+                    for c in cs:
+                        r = asyncio.run(wave(gwp.url, token, info.name, c, n))
+                        results[f"{name}_c{c}"] = r
+                        print(f"# {name} c{c}: {r}", file=sys.stderr)
+                finally:
+                    gwp.stop()
+                    for p in proxies:
+                        p.stop()
+        finally:
+            for ws in stages_by_k.values():
+                for s in ws:
+                    s.stop()
+    base = baselines(model, a.threads, a.dtype, n, concs, prompt, try_cb=not a.quick)
+    load1 = os.getloadavg()
+    for c in concs:
+        r = results[f"s2_c{c}"]
+        best = max(v for k, v in base.items() if k in (f"static_{c}", f"cb_{c}"))
+        print(f"serve_tok_per_s_c{c}: {r['tok_per_s']:.2f}")
+        print(f"baseline_tok_per_s_c{c}: {best:.2f}")
+        print(f"serve_ratio_c{c}: {r['tok_per_s'] / best:.3f}")
+        print(f"ttft_p50_ms_c{c}: {r['ttft_p50'] * 1000:.1f}")
+        print(f"ttft_p99_ms_c{c}: {r['ttft_p99'] * 1000:.1f}")
+        print(f"itl_p50_ms_c{c}: {r['itl_p50'] * 1000:.1f}")
+        print(f"completed_c{c}: {r['done']}/{c}")
+    for key, label in (("s2_wan_c16", "serve_ratio_c16_wan"), ("s3_c16", "serve_ratio_c16_s3")):
+        if key in results:
+            best = max(v for k, v in base.items() if k in ("static_16", "cb_16"))
+            print(f"{label}: {results[key]['tok_per_s'] / best:.3f}")
+    for k, v in sorted(base.items()):
+        print(f"baseline_{k}: {v if isinstance(v, str) else f'{v:.2f}'}")
+    print(f"load_avg_1m: {load0[0]:.2f} -> {load1[0]:.2f}")
+    c_top = concs[-1]
+    print(f"summary: SmolLM2 {a.dtype}, {a.threads} threads/process, {n}-token answers, 2 stages: "
+          + ", ".join(f"c{c} {results[f's2_c{c}']['tok_per_s']:.1f} tok/s" for c in concs)
+          + f"; c{c_top} completed {results[f's2_c{c_top}']['done']}/{c_top}; machine load "
+          f"{load0[0]:.1f}->{load1[0]:.1f}")
+
+
+if __name__ == "__main__":
+    if os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":
+        os.execve(sys.executable, [sys.executable, *sys.argv],
+                  {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    main()
