@@ -102,3 +102,38 @@ def test_ownership_moves_only_when_the_new_admin_accepts(models, admin):
         models.register_model("m", 8, 256, ROOT, TOK, 1, 1)
     with boa.env.prank(admin), boa.reverts("ownable: caller is not the owner"):
         models.set_prices(1, 2, 2)
+
+
+# ── serving precision and verification profile ─────────────────────────────────────────────────
+def test_admin_records_the_serving_precision_and_profile_hash(models, admin):
+    from verifier.profiles import SHIPPED
+
+    prof = SHIPPED["bf16"]
+    with boa.env.prank(admin):
+        models.register_model("smollm2-135m", 30, 576, ROOT, TOK, 10, 20)
+        assert tuple(models.serving(1)) == (0, b"\x00" * 32)
+        models.set_serving(1, 2, prof.hash)
+        (ev,) = models.get_logs()  # the last call's logs: read before any other call
+    assert tuple(models.serving(1)) == (2, prof.hash)
+    assert (type(ev).__name__, ev.model_id, ev.precision, ev.profile_hash) == ("ServingChanged", 1, 2, prof.hash)
+
+
+@pytest.mark.parametrize("precision, digest, reason", [
+    (0, b"\x03" * 32, "models: unknown precision"),
+    (5, b"\x03" * 32, "models: unknown precision"),
+    (1, b"\x00" * 32, "models: empty profile hash"),
+])
+def test_set_serving_rejects_bad_fields(models, admin, precision, digest, reason):
+    with boa.env.prank(admin):
+        models.register_model("m", 8, 256, ROOT, TOK, 1, 1)
+        with boa.reverts(reason):
+            models.set_serving(1, precision, digest)
+
+
+def test_only_the_admin_sets_serving_and_only_for_known_models(models, admin):
+    with boa.env.prank(admin):
+        models.register_model("m", 8, 256, ROOT, TOK, 1, 1)
+        with boa.reverts("models: unknown model"):
+            models.set_serving(2, 1, b"\x03" * 32)
+    with boa.env.prank(funded()), boa.reverts():
+        models.set_serving(1, 1, b"\x03" * 32)

@@ -29,7 +29,7 @@ def test_benign_checks_on_a_held_out_model_never_fail_proof_grade(heldout):
     prof = SHIPPED[prec]
     groups = serve_mix(lab, np.random.default_rng(42), (1, 5, 12), ("decode1", "chunked", "prefill"), 24, 10)
     checks = benign_checks(lab, "heldout", groups, prof.proof, prof)
-    assert len(checks) >= 300
+    assert len(checks) >= 150
     bad = [(c.how, c.stage, c.m.score, c.m.row_score, c.m.failing_chunks, c.tokens_ok)
            for c in checks if failed(c, prof)]
     assert not bad, bad[:5]
