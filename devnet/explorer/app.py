@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -24,6 +27,7 @@ from contracts.errors import ChainError
 from contracts.rpc import Rpc
 from devnet.explorer import BadQuery, ExplorerError, NotFound, queries
 from devnet.explorer.indexer import IndexerStatus, indexed_chain_id
+from devnet.explorer.models import Block
 
 HERE = Path(__file__).parent
 RECEIPT_NOTE = (
@@ -55,6 +59,32 @@ def fmt_short(text: Any, n: int = 10) -> str:
 
 def fmt_time(ts: int) -> str:
     return dt.datetime.fromtimestamp(int(ts), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class TipCache:
+    """Page data of the heavier aggregate pages (network, nodes, node), kept per indexed tip
+    (block number and hash): the index only changes when blocks are added or a reorg replaces
+    them, and either changes the tip, so a hit is exactly what a recomputation would give."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self.lock = threading.Lock()
+        self.data: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
+
+    def get(self, s: Session, key: str, fn: Callable[[Session], dict[str, Any]]) -> dict[str, Any]:
+        tip = s.execute(select(Block.number, Block.hash).order_by(Block.number.desc())
+                        .limit(1)).first()
+        k = (key, tuple(tip) if tip is not None else None)
+        with self.lock:
+            if k in self.data:
+                self.data.move_to_end(k)
+                return self.data[k]
+        data = fn(s)
+        with self.lock:
+            self.data[k] = data
+            while len(self.data) > self.size:
+                self.data.popitem(last=False)
+        return data
 
 
 def create_app(engine: Engine, status: IndexerStatus, rpc: Rpc | None = None,
@@ -123,13 +153,16 @@ def create_app(engine: Engine, status: IndexerStatus, rpc: Rpc | None = None,
     def home_api(request: Request) -> Response:
         return render(request, True, "home.html", queries.home)
 
+    tip_cache = TipCache()
     for path, template, fn in (("/network", "network.html", queries.network_page),
                                ("/nodes", "nodes.html", queries.nodes)):
-        def html_view(request: Request, _t: str = template, _f: Any = fn) -> Response:
-            return render(request, False, _t, _f)
+        def html_view(request: Request, _t: str = template, _f: Any = fn,
+                      _p: str = path) -> Response:
+            return render(request, False, _t, lambda s: tip_cache.get(s, _p, _f))
 
-        def api_view(request: Request, _t: str = template, _f: Any = fn) -> Response:
-            return render(request, True, _t, _f)
+        def api_view(request: Request, _t: str = template, _f: Any = fn,
+                     _p: str = path) -> Response:
+            return render(request, True, _t, lambda s: tip_cache.get(s, _p, _f))
 
         app.add_api_route(path, html_view, methods=["GET"], response_class=HTMLResponse)
         app.add_api_route("/api" + path, api_view, methods=["GET"])
@@ -151,7 +184,8 @@ def create_app(engine: Engine, status: IndexerStatus, rpc: Rpc | None = None,
         return fn
 
     both("/address/{key}", "address.html", address_data)
-    both("/node/{key}", "node.html", lambda k: lambda s: queries.node(s, queries.parse_address(k)))
+    both("/node/{key}", "node.html", lambda k: lambda s: tip_cache.get(
+        s, "/node/" + queries.parse_address(k), lambda s2: queries.node(s2, k.lower())))
 
     def request_data(k: str) -> Callable[[Session], dict[str, Any]]:
         return lambda s: queries.request(s, queries.parse_hash(k, "request id"), status.rpc_url,

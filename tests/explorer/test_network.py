@@ -118,3 +118,13 @@ def test_unknown_status_codes_are_named_not_dropped() -> None:
     assert status_name(TaskStatus.PASSED) == "passed"
     assert status_name(TaskStatus.VOTING) == "pending"
     assert status_name(42) == "status 42" and status_name(None) == "status None"
+
+
+def test_the_network_page_is_cached_per_indexed_tip_and_follows_a_new_block(
+        client: TestClient, indexed: Explorer) -> None:
+    first = client.get("/api/network").json()["data"]
+    assert client.get("/api/network").json()["data"] == first  # same tip: the same answer
+    indexed.rpc.mine(1)
+    assert indexed.indexer.sync_once() == 1
+    after = client.get("/api/network").json()["data"]
+    assert after["head"] == first["head"] + 1  # a new tip: recomputed
