@@ -171,6 +171,13 @@ def configure_chain(rpc_url: str, manifest: Path, mnemonic: str, name: str, laye
     want = replace(v.params(), sample_bps=opts.sample_bps, committee_size=opts.committee_size,
                    max_rounds=1, commit_blocks=phases * 2, reveal_blocks=phases,
                    open_blocks=phases, randomness_delay=1)
+    window = want.randomness_delay + max(20, round(30 / max(opts.block_time, 0.2)), want.min_window())
+    reg = admin.node_registry.params()
+    # Unbonding must outlast the window plus a task's worst-case lifetime (the contracts refuse
+    # anything shorter): raise it first, then the game's phases may grow.
+    unbonding = window + want.task_lifetime() + 10
+    if reg.unbonding_period < unbonding:
+        admin.node_registry.set_params(reg.min_stake_wei, unbonding, reg.prover_share_bps)
     if v.params() != want:
         want.validate()
         v.set_params(want)
@@ -180,13 +187,9 @@ def configure_chain(rpc_url: str, manifest: Path, mnemonic: str, name: str, laye
     # The window only has to cover the gateway opening its tasks (the sampling randomness comes
     # `randomness_delay` blocks after the settle block): a batch with an open task is not released
     # before the task ends anyway. Short, so the demo shows operators paid.
-    window = want.randomness_delay + max(20, round(30 / max(opts.block_time, 0.2)))
     pay = admin.payments.params()
     if int(pay["verification_window"]) < window:
         admin.payments.set_params(window, int(pay["protocol_fee_bps"]), int(pay["verifier_share_bps"]))
-    reg = admin.node_registry.params()
-    if reg.unbonding_period <= window + 10:
-        admin.node_registry.set_params(reg.min_stake_wei, window + 20, reg.prover_share_bps)
     say(f"Payments: batches stay escrowed {max(window, int(pay['verification_window']))} blocks "
         f"(the verification window)")
     return model_id
