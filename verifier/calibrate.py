@@ -264,7 +264,7 @@ def fit_profile(measurements: Sequence[Any], precision: str, fit: ProfileFit | N
     `chunk_candidates`) and benign logit pairs."""
     import numpy as np
 
-    from verifier.evidence import ProofLimits, Profile
+    from verifier.evidence import Profile, ProofLimits
     from verifier.sprt import EvidenceScale
 
     f = fit or ProfileFit()

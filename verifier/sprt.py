@@ -52,17 +52,17 @@ class EvidenceScale:
         if m == 0 or len(self.null_tails) != m or len(self.alt_tails) != m:
             raise ToleranceError(f"levels ({m}), null_tails ({len(self.null_tails)}) and alt_tails "
                                  f"({len(self.alt_tails)}) must be non-empty and of one length")
-        if any(b <= a for a, b in zip(self.levels, self.levels[1:])):
+        if any(b <= a for a, b in zip(self.levels, self.levels[1:], strict=False)):
             raise ToleranceError(f"levels must increase: {self.levels}")
         for name, t in (("null_tails", self.null_tails), ("alt_tails", self.alt_tails)):
             seq = (1.0, *t, 0.0)
-            if any(not 0 <= x <= 1 for x in t) or any(b > a for a, b in zip(seq, seq[1:])):
+            if any(not 0 <= x <= 1 for x in t) or any(b > a for a, b in zip(seq, seq[1:], strict=False)):
                 raise ToleranceError(f"{name} must be non-increasing probabilities in [0, 1]: {t}")
         if any(x <= 0 for x in self.null_tails):
             raise ToleranceError(f"null_tails must be > 0 (an honest tail bound of 0 claims too much): "
                                  f"{self.null_tails}")
         e = self.evalues
-        if any(b < a for a, b in zip(e, e[1:])):
+        if any(b < a for a, b in zip(e, e[1:], strict=False)):
             raise ToleranceError(f"the e-values per bin must be nondecreasing, got {e}: choose alt_tails "
                                  f"whose ratio to null_tails grows with the level")
 

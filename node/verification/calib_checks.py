@@ -30,9 +30,9 @@ from node.verification.calib_lab import (
     quantize_layer,
     to_bf16,
 )
+from protocol.sampling import Sampling as SamplingSpec
 from verifier.calibrate import D_CANDIDATES
 from verifier.evidence import Measurement, Profile, ProofLimits, measure, proof_verdict
-from protocol.sampling import Sampling as SamplingSpec
 from verifier.tokens import check_tokens, reproduce_token
 
 PROOF_ATTACKS = ("other_model", "smaller_model", "int4_all", "int4_one", "skip_layer", "early_exit",
@@ -180,7 +180,7 @@ def attack_checks(lab: Lab, name: str, attack: str, runs: Sequence[Run], stages:
             else:  # 4-bit weights in every layer, on generated positions only
                 bad = lab.recompute(inputs, a, b, edits={i: quantize_layer(lab.layers[i], "int4") for i in range(a, b)})
             claims = []
-            for r, rec, x in zip(runs, recs, bad, strict=True):
+            for r, x in zip(runs, bad, strict=True):
                 c = r.rows[b].clone()
                 if attack == "early_exit":
                     pick = torch.from_numpy(rng.random(c.shape[0]) < 0.25)

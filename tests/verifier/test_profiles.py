@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from node.verification.calib_checks import PROOF_ATTACKS, attack_checks, benign_checks, failed, serve_mix, stage_sets
+from node.verification.calib_checks import (
+    PROOF_ATTACKS,
+    attack_checks,
+    benign_checks,
+    failed,
+    serve_mix,
+    stage_sets,
+)
 from node.verification.calib_lab import Lab, tiny_model
 from verifier.profiles import SHIPPED
 
@@ -48,3 +55,24 @@ def test_every_proof_grade_attack_fails_every_check_on_a_held_out_model(heldout,
     assert checks
     passed = [(c.stage, c.m.score, c.m.row_score, c.tokens_ok) for c in checks if not failed(c, prof)]
     assert not passed, passed
+
+
+def test_the_referee_upholds_honest_bf16_rows_against_an_fp32_recomputation_and_convicts_a_cheat():
+    import copy
+
+    from node.verification.calib_lab import quantize_layer
+    from verifier.referee import STAGE_GUILTY, VERIFIER_WRONG, referee
+
+    lab = Lab(tiny_model("qwen2", 5, torch.bfloat16, layers=4, hidden=96, heads=3, kv_heads=1, mlp=256))
+    ref = Lab(copy.deepcopy(lab.model).float())
+    prof = SHIPPED["bf16"]
+    rng = np.random.default_rng(8)
+    runs = lab.serve([lab.prompt(rng, 10) for _ in range(4)], [6] * 4)  # a padded batch
+    for a, b in stage_sets(lab.n_layers, False, (2,)):
+        inputs = [lab.stage_input(r, a) for r in runs]
+        mine = lab.recompute(inputs, a, b)
+        fp32 = ref.recompute(inputs, a, b)
+        cheat = lab.recompute(inputs, a, b, edits={i: quantize_layer(lab.layers[i], "int4") for i in range(a, b)})
+        for r, v, x, c in zip(runs, mine, fp32, cheat, strict=True):
+            assert referee(r.rows[b], v, x, b - a, prof).outcome == VERIFIER_WRONG  # a false accusation
+            assert referee(c, v, x, b - a, prof).outcome == STAGE_GUILTY

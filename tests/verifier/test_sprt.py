@@ -10,14 +10,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from verifier.errors import ToleranceError
-from verifier.sprt import EvidenceScale, Ledger, SprtParams, Standing, binom_tail, checks_to_jail, suspect_rule
+from verifier.sprt import (
+    EvidenceScale,
+    Ledger,
+    SprtParams,
+    Standing,
+    binom_tail,
+    checks_to_jail,
+    suspect_rule,
+)
 
 SCALE = EvidenceScale(levels=(1.0, 2.0, 3.0), null_tails=(0.3, 0.05, 0.001), alt_tails=(0.9, 0.6, 0.3))
 
 
 def test_evalues_rise_with_the_score_and_average_to_one_at_the_null_tails():
     e = SCALE.evalues
-    assert all(b >= a for a, b in zip(e, e[1:]))
+    assert all(b >= a for a, b in zip(e, e[1:], strict=False))
     assert e[0] < 1 < e[-1]
     assert SCALE.honest_mean_bound() == pytest.approx(1.0)
     assert SCALE.evalue(0.5) == e[0] and SCALE.evalue(2.5) == e[2] and SCALE.evalue(9.0) == e[3]
@@ -28,9 +36,9 @@ def test_evalues_rise_with_the_score_and_average_to_one_at_the_null_tails():
 @given(st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3))
 def test_any_honest_distribution_within_the_tail_bounds_has_mean_evalue_at_most_one(weights):
     # honest tails below the stated bounds: P(S > t_j) = lambda_j * beta_j with lambda_j in [0, 1]
-    tails = sorted((w * b for w, b in zip(weights, SCALE.null_tails)), reverse=True)
+    tails = sorted((w * b for w, b in zip(weights, SCALE.null_tails, strict=False)), reverse=True)
     probs = [1 - tails[0], tails[0] - tails[1], tails[1] - tails[2], tails[2]]
-    mean = sum(p * e for p, e in zip(probs, SCALE.evalues))
+    mean = sum(p * e for p, e in zip(probs, SCALE.evalues, strict=False))
     assert mean <= 1 + 1e-12
 
 
