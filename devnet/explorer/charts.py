@@ -11,7 +11,7 @@ so it reads without hovering and with a screen reader.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
 
 W, H = 720, 220
@@ -77,7 +77,7 @@ def _frame(chart_id: str, title: str, top: float, unit: str, labels: Sequence[st
     return "".join(out)
 
 
-def bars(chart_id: str, title: str, labels: Sequence[str], series: dict[str, Sequence[float]],
+def bars(chart_id: str, title: str, labels: Sequence[str], series: Mapping[str, Sequence[float]],
          unit: str = "") -> str:
     """One bar per label, the series stacked bottom-up in their order (counts: the axis has
     whole-number ticks)."""
@@ -108,7 +108,7 @@ def bars(chart_id: str, title: str, labels: Sequence[str], series: dict[str, Seq
     return _frame(chart_id, title, top, unit, labels, names, body)
 
 
-def lines(chart_id: str, title: str, labels: Sequence[str], series: dict[str, Sequence[float]],
+def lines(chart_id: str, title: str, labels: Sequence[str], series: Mapping[str, Sequence[float]],
           unit: str = "") -> str:
     """One polyline per series over the labels (a dot per point, with its value as a tooltip)."""
     names = list(series)

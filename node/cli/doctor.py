@@ -87,12 +87,11 @@ def device_memory(device: str) -> tuple[str, int, str | None]:
     want_cuda = device.startswith("cuda")
     try:
         import torch
-
-        cuda = torch.cuda.is_available()
     except ImportError:
-        torch, cuda = None, False
-    if cuda and device in ("auto", *([device] if want_cuda else [])):
-        props = torch.cuda.get_device_properties(torch.device(  # type: ignore[union-attr]
+        torch = None  # type: ignore[assignment]
+    if torch is not None and torch.cuda.is_available() and device in (
+            "auto", *([device] if want_cuda else [])):
+        props = torch.cuda.get_device_properties(torch.device(
             device if want_cuda else "cuda:0"))
         return props.name, props.total_memory // MIB, None
     from node.runtime.hardware import _cpu_name, _memory_mib
