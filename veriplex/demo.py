@@ -57,6 +57,7 @@ def demo(ctx: click.Context, model: str, workers: int, n_requests: int, max_requ
     """Run the main job: paid requests on a 2-stage pipeline, verified, a cheater slashed."""
     if ctx.invoked_subcommand is not None:
         return
+    from contracts.errors import ContractsError  # e.g. the chain gone mid-run: one line, no trace
     from veriplex.demo_main import DemoFailed, DemoOptions, report, run_demo
     from veriplex.stack import StackError
     from veriplex.up import UpError, UpOptions
@@ -83,7 +84,7 @@ def demo(ctx: click.Context, model: str, workers: int, n_requests: int, max_requ
             click.echo(f"\nstopping {len(net.stack.children)} processes …")
             for line in net.stop():
                 click.echo(line, err=True)
-    except (UpError, StackError, DemoFailed) as exc:
+    except (UpError, StackError, DemoFailed, ContractsError) as exc:
         if as_json:
             click.echo(json.dumps({"ok": False, "missing": [str(exc)]}))
         raise click.ClickException(str(exc)) from None
