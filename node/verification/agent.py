@@ -281,7 +281,7 @@ class VerifierAgent:
             vote, tree = out
             await asyncio.to_thread(self.state.save, vote, tree.bits[:, : tree.shape.hidden_size])
             self.votes[key], self.trees[key] = vote, tree
-            self._note(f"task {tr.task_id} round {t.round}: verdict {'OK' if vote.verdict else 'FRAUD'} "
+            self._note(f"task {tr.task_id} round {t.round}: verdict {vote.label} "
                        f"({vote.note}; output root 0x{vote.output_root.hex()[:16]}…)")
         except asyncio.CancelledError:
             raise
@@ -291,7 +291,7 @@ class VerifierAgent:
 
     async def _commit(self, vote: Vote) -> None:
         try:
-            await asyncio.to_thread(self.ver.commit_verdict, vote.task_id, vote.verdict,
+            await asyncio.to_thread(self.ver.commit_verdict, vote.task_id, vote.kind_code,
                                     vote.output_root, vote.salt, tuple(vote.leaf),
                                     sender=self.signer)
         except Revert as e:
@@ -303,7 +303,7 @@ class VerifierAgent:
 
     async def _reveal(self, vote: Vote) -> None:
         try:
-            await asyncio.to_thread(self.ver.reveal_verdict, vote.task_id, vote.verdict,
+            await asyncio.to_thread(self.ver.reveal_verdict, vote.task_id, vote.kind_code,
                                     vote.output_root, vote.salt, tuple(vote.leaf),
                                     sender=self.signer)
         except Revert as e:
@@ -311,7 +311,7 @@ class VerifierAgent:
             return
         vote.revealed = True
         await asyncio.to_thread(self.state.save, vote)
-        self._note(f"task {vote.task_id} round {vote.round}: revealed {'OK' if vote.verdict else 'FRAUD'}")
+        self._note(f"task {vote.task_id} round {vote.round}: revealed {vote.label}")
 
     # ── OPENING ───────────────────────────────────────────────────────────────────────────────
     async def _opening(self, tr: Tracked, t: Any, head: int) -> None:

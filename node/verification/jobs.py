@@ -4,11 +4,22 @@ The order is the protocol's (DESIGN §5.3–5.4): inputs first — stage j-1's r
 when j = 0) fetched from that stage's operator and proven against its committed root — then the
 re-execution through a stage server, whose COMMIT root exists before anything else happens; only
 then the checked stage's claimed rows are fetched and proven against the task's root, and judged
-with `verifier.tolerance` (profile by the server's dtype). The policy turns that into a verdict and
-the evidence tree whose root the member commits (`policy.decide`). On the last stage the server's
-rows also go through the shard's final norm + LM head, and the claimed tokens' agreement with the
-greedy choice is noted (advisory: sampling parameters are not on chain, and the contract's spot
-check judges rows only, so a token-only accusation would contradict the member's own evidence).
+with the two kinds of evidence (`verifier.evidence.assess`, README "Two kinds of evidence"):
+
+- the profile is the one whose hash `ModelRegistry.serving(model)` records; when the registry names
+  none (zero hash), the shipped profile of the re-executing server's dtype
+  (`verifier.profiles.SHIPPED`); a hash this node does not know is refused — the member abstains
+  with the reason logged, it never votes under limits it cannot name (`choose_profile`);
+- `vote_kind(assessment, suspect_rule(profile.evidence).level)`: proof-grade evidence → FRAUD (a
+  FAIL naming a failing leaf), a score above the suspect level only → the contract's SUSPECT,
+  else PASS.
+
+The policy turns that into a verdict and the evidence tree whose root the member commits
+(`policy.decide`). On the last stage the claimed rows also go through the shard's final norm + LM
+head, and the claimed tokens within the profile's `logit_tol` of the greedy choice are counted
+(advisory: sampling parameters are not on chain — so `mass_tol` has nothing to apply to — and the
+contract's spot check judges rows only, so a token-only accusation would contradict the member's
+own evidence).
 
 Each step (inputs, re-execution, claimed rows) is retried with exponential backoff while the head is
 more than `JobContext.margin_blocks` blocks before the round's commit deadline; a computing member
@@ -21,8 +32,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
@@ -43,9 +54,10 @@ from node.verification.rerun import (
 from node.verification.state import Vote
 from node.verification.task_data import TaskData, endpoint_of
 from verifier.encoding import Domain
+from verifier.evidence import Assessment, Profile, assess, vote_kind
 from verifier.merkle import StageCommitment
-from verifier.profiles import BF16, FP32
-from verifier.tolerance import judge
+from verifier.profiles import SHIPPED
+from verifier.sprt import suspect_rule
 
 log = logging.getLogger("veriplex.verifier.jobs")
 T = TypeVar("T")
@@ -62,6 +74,8 @@ class JobContext:
     deadline_block: int | None = None  # the round's commit deadline; None: one attempt per step
     margin_blocks: int = 3  # no new attempt once the head is this close to the deadline
     backoff_s: tuple[float, float] = (1.0, 8.0)  # the first and the longest pause between attempts
+    # profiles this node may judge under, by hash, besides the shipped ones (a deployment's own fit)
+    profiles: Mapping[bytes, Profile] = field(default_factory=dict)
 
     async def time_left(self) -> bool:
         """Whether another attempt may still start: the head is more than `margin_blocks` blocks
@@ -79,6 +93,59 @@ class Abstention:
     task_id: int
     round: int
     reason: str
+
+
+# ── the profile a check is judged under ─────────────────────────────────────────────────────
+ZERO_HASH = bytes(32)
+_DTYPE_PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+
+
+@dataclass(frozen=True)
+class ProfileChoice:
+    """The profile to judge under, or None and why not (the member then abstains)."""
+
+    profile: Profile | None
+    reason: str
+
+
+def known_profiles(extra: Mapping[bytes, Profile] | None = None) -> dict[bytes, Profile]:
+    """Profiles by hash: the shipped ones and `extra` (a deployment's own)."""
+    out = {p.hash: p for p in SHIPPED.values()}
+    out.update(extra or {})
+    return out
+
+
+def choose_profile(profile_hash: bytes | None, dtype: torch.dtype,
+                   known: Mapping[bytes, Profile] | None = None) -> ProfileChoice:
+    """The profile whose hash the registry records (`profile_hash`); with none recorded (None or
+    the zero hash), the shipped profile of `dtype` (the re-executing server's); None and the
+    reason for a hash not in `known` (default: `known_profiles()`) or a dtype without one."""
+    table = known_profiles() if known is None else known
+    if profile_hash and bytes(profile_hash) != ZERO_HASH:
+        p = table.get(bytes(profile_hash))
+        if p is None:
+            return ProfileChoice(None, f"refused: the registry's profile 0x{bytes(profile_hash).hex()} is "
+                                       f"not one this node knows ({len(table)} known)")
+        return ProfileChoice(p, f"{p.precision} profile 0x{p.hash.hex()[:12]} (registry)")
+    precision = _DTYPE_PRECISION.get(dtype)
+    if precision is None or precision not in SHIPPED:
+        return ProfileChoice(None, f"refused: the registry names no profile and no profile ships for {dtype}")
+    p = SHIPPED[precision]
+    return ProfileChoice(p, f"{precision} profile 0x{p.hash.hex()[:12]} (shipped; registry names none)")
+
+
+def judge_rows(claimed: torch.Tensor, recomputed: torch.Tensor, layers: int, profile: Profile
+               ) -> tuple[str, Assessment, str]:
+    """The vote kind ("pass" / "suspect" / "fraud") of one check under `profile`, its assessment
+    and a one-line note."""
+    a = assess(claimed, recomputed, layers, profile)
+    level = suspect_rule(profile.evidence).level
+    kind = vote_kind(a, level)
+    m = a.measurement
+    note = f"{kind}: score {m.score:.3g} (suspect level {level:.3g}), e-value {a.evalue:.3g}"
+    if a.proof.failed:
+        note += "; " + "; ".join(a.proof.reasons)
+    return kind, a, note
 
 
 async def _pause(ctx: JobContext, seconds: float) -> bool:
@@ -155,10 +222,20 @@ async def prepare_vote(ctx: JobContext, td: TaskData, rnd: int, policy: Policy
     sc = td.stage_commits[j]
     claimed: Claimed | None = None
     recomputed: Recomputed | None = None
-    passed: bool | None = None
+    passed: str | None = None
     shard: Any = None
     notes: list[str] = []
+    registered: bytes | None = None
     if policy.computes:
+        # The profile the registry names for this model; an unknown one is refused before any work.
+        serving = await asyncio.to_thread(ctx.chain.model_registry.serving, td.pipeline.model_id)
+        registered = serving.profile_hash
+        known = known_profiles(ctx.profiles)
+        if registered and bytes(registered) != ZERO_HASH and bytes(registered) not in known:
+            why = choose_profile(registered, torch.float32, known).reason
+            log.warning("verifier: task %d round %d (model %d): %s; abstaining", td.task_id, rnd,
+                        td.pipeline.model_id, why)
+            return Abstention(td.task_id, rnd, f"abstained: {why}")
         async def inputs() -> RerunJob:
             if j == 0:  # the tokens stage 0 committed to having consumed (its own claim)
                 _, toks0, _ = await fetch_stage(ctx, td, 0)
@@ -183,12 +260,14 @@ async def prepare_vote(ctx: JobContext, td: TaskData, rnd: int, policy: Policy
     if got is not None:
         claimed = Claimed(got[0], got[2])
     if claimed is not None and recomputed is not None:
-        prof = BF16 if shard.dtype == torch.bfloat16 else FP32
-        v = judge(claimed.rows, recomputed.rows, prof)
-        passed = v.passed
-        if not v.passed:
-            notes.append("failed: " + "; ".join(v.reasons)[:200])
-        notes.append(_token_note(shard, recomputed.rows, claimed.tree.tokens, td))
+        choice = choose_profile(registered, shard.dtype, known_profiles(ctx.profiles))
+        if choice.profile is None:
+            log.warning("verifier: task %d round %d: %s; abstaining", td.task_id, rnd, choice.reason)
+            return Abstention(td.task_id, rnd, f"abstained: {choice.reason}")
+        passed, _, jnote = judge_rows(claimed.rows, recomputed.rows, td.layers[1] - td.layers[0],
+                                      choice.profile)
+        notes.append(f"{jnote[:300]} [{choice.reason}]")
+        notes.append(_token_note(shard, claimed.rows, claimed.tree.tokens, td, choice.profile))
     d = decide(policy, claimed, recomputed, passed)
     note = "; ".join([d.reason, *[n for n in notes if n]])
     if d.verdict is None:
@@ -210,12 +289,14 @@ async def prepare_vote(ctx: JobContext, td: TaskData, rnd: int, policy: Policy
         p = getattr(ctx, "chunk_rule", None) or (6, 4)
         leaf = list(failing_leaf(claimed.tree, tree, *p))
     vote = Vote(td.task_id, rnd, j, d.verdict, tree.root, os.urandom(32), str(policy),
-                tokens=list(tree.tokens), leaf=leaf, note=note[:500])
+                tokens=list(tree.tokens), leaf=leaf, note=note[:500], kind=d.kind)
     return vote, tree
 
 
-def _token_note(shard: Any, rows: torch.Tensor, tokens: tuple[int, ...] | list[int], td: TaskData) -> str:
-    """Last stage: how many claimed generated tokens are the greedy choice of our logits."""
+def _token_note(shard: Any, rows: torch.Tensor, tokens: tuple[int, ...] | list[int], td: TaskData,
+                profile: Profile) -> str:
+    """Last stage: how many claimed generated tokens are within the profile's `logit_tol` of the
+    greedy choice of the logits of `rows` (the claimed rows, through our final norm + LM head)."""
     if not tokens or not getattr(shard, "is_last", False):
         return ""
     first = td.leaf.tokens_in  # the first generated token's position
@@ -226,5 +307,9 @@ def _token_note(shard: Any, rows: torch.Tensor, tokens: tuple[int, ...] | list[i
     if logits is None:
         return ""
     want = torch.tensor([int(t) for t in tokens[first : P + 1]])
-    agree = int((logits.argmax(dim=-1) == want).sum())
-    return f"{agree}/{len(want)} generated tokens are the greedy choice"
+    logits = logits[: len(want)].float()
+    if len(want) == 0 or (want >= logits.shape[-1]).any():
+        return f"{len(want)} generated token(s) not checkable against {logits.shape[-1]} logits"
+    gap = logits.max(dim=-1).values - logits.gather(1, want[:, None])[:, 0]
+    agree = int((gap <= profile.logit_tol).sum())
+    return f"{agree}/{len(want)} generated tokens within {profile.logit_tol:.2g} of the greedy choice"

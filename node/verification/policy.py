@@ -2,7 +2,10 @@
 
 Policies (config `verification.agent_policy`, flag `--verifier-policy`):
 
-- `honest` — re-executes; verdict = the tolerance test's; evidence = its own output rows (the
+- `honest` — re-executes; verdict = the check's two kinds of evidence (`jobs`: `verifier.evidence.
+  assess` under the model's registered profile, then `vote_kind`): proof-grade evidence → FAIL
+  naming a failing leaf, a score above the profile's suspect level only → SUSPECT (statistical:
+  counted against the operator on chain, never slashes), else PASS; evidence = its own output rows (the
   COMMIT root of the server that re-executed). Without the claimed rows (the stage does not serve
   them, or they do not reproduce its root) it says FRAUD: a stage that cannot show its rows cannot
   open them either, and the contract then convicts it. Without its own re-execution — the inputs
@@ -80,15 +83,24 @@ class Recomputed:
 
 @dataclass(frozen=True)
 class Decision:
-    verdict: bool | None  # True: the stage's output is right; None: abstain (commit nothing)
+    verdict: bool | None  # True: no proof of fraud (PASS or SUSPECT); None: abstain (commit nothing)
     evidence: str  # "recomputed" | "claimed" | "forged" | "blank" | "none": which tree the output root is
     reason: str
+    suspect: bool = False  # statistical evidence only: the contract's SUSPECT, not PASS
+
+    @property
+    def kind(self) -> int:
+        """The contract's VerdictKind (PASS 1, FAIL 2, SUSPECT 3); 0 when abstaining."""
+        if self.verdict is None:
+            return 0
+        return 3 if self.suspect else (1 if self.verdict else 2)
 
 
 def decide(policy: Policy, claimed: Claimed | None, recomputed: Recomputed | None,
-           passed: bool | None) -> Decision:
-    """The verdict and which evidence backs it. `passed` is the tolerance test's result (None when
-    nothing was judged)."""
+           passed: bool | str | None) -> Decision:
+    """The verdict and which evidence backs it. `passed` is the check's result: "pass", "suspect"
+    or "fraud" (`verifier.evidence.vote_kind`), a bool (True: pass, False: fraud), or None when
+    nothing was judged."""
     if claimed is None:
         return Decision(False, "recomputed" if recomputed is not None else "blank",
                         "the stage's claimed rows are unavailable or do not match its root")
@@ -99,5 +111,11 @@ def decide(policy: Policy, claimed: Claimed | None, recomputed: Recomputed | Non
     if recomputed is None or passed is None:  # honest or silent, and no re-execution of its own
         return Decision(None, "none", "abstained: no re-execution of its own before the commit "
                                       "deadline, so no verdict (it never vouches for rows it did not check)")
-    return Decision(bool(passed), "recomputed",
-                    "tolerance test passed" if passed else "tolerance test failed")
+    outcome = passed if isinstance(passed, str) else ("pass" if passed else "fraud")
+    if outcome not in ("pass", "suspect", "fraud"):
+        raise ValueError(f"unknown check outcome {passed!r}")
+    if outcome == "suspect":
+        return Decision(True, "recomputed", "suspect: no proof-grade evidence, score above the "
+                                            "profile's suspect level", suspect=True)
+    return Decision(outcome == "pass", "recomputed",
+                    "check passed" if outcome == "pass" else "proof-grade evidence of fraud")

@@ -47,6 +47,16 @@ class Vote:
     revealed: bool = False
     opened: bool = False
     note: str = ""
+    kind: int = 0  # the contract's VerdictKind; 0: PASS / FAIL by `verdict` (records before SUSPECT)
+
+    @property
+    def kind_code(self) -> int:
+        """What is committed and revealed: `kind`, else PASS (1) / FAIL (2) by `verdict`."""
+        return self.kind or (1 if self.verdict else 2)
+
+    @property
+    def label(self) -> str:
+        return {1: "OK", 2: "FRAUD", 3: "SUSPECT", 4: "NO_INPUT"}.get(self.kind_code, str(self.kind_code))
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)
