@@ -41,7 +41,7 @@ PROMPTS = [
     "Say hello in Spanish.",
     "What colour is the sky on a clear day?",
 ]
-FINAL = {"PASSED", "FRAUD", "REFUNDED", "UNRESOLVED"}
+FINAL = {"PASSED", "FRAUD", "REFUNDED", "UNRESOLVED", "VOID", "SUSPECTED"}
 
 
 class DemoFailed(RuntimeError):
@@ -156,7 +156,9 @@ def follow(chain: Any, reqs: list[Request], obs: Observed, from_block: int) -> N
             continue
         r.stage, r.stage_operator = t.stage, t.stage_operator
         for e in v.events("VerdictRevealed", from_block=from_block, task_id=r.task_id):
-            r.verdicts[str(e.args["member"])] = bool(e.args["verdict"])
+            # a PASS (kind 1) vouches for the stage; FAIL / SUSPECT / NO_INPUT do not
+            a = e.args
+            r.verdicts[str(a["member"])] = bool(a["verdict"]) if "verdict" in a else a["kind"] == 1
         r.status = t.status.name if t.status not in (TaskStatus.VOTING, TaskStatus.OPENING) \
             else t.status.name.lower()
         for e in v.events("ClientRefunded", from_block=from_block, task_id=r.task_id):
