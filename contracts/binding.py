@@ -91,6 +91,12 @@ class Binding:
         receipt = self.rpc.transact(signer, self.address, bytes.fromhex(data[2:]), value, gas)
         return self._result(receipt)
 
+    def send(self, fn: str, *args: Any, sender: Signer | None = None,
+             gas: int | None = None) -> TxResult:
+        """Send `fn(*args)` by name (keepers that pre-flighted it with `simulate` pass a `gas`
+        cap and skip the node's gas estimate; only the gas used is paid)."""
+        return self._send(fn, *args, sender=sender, gas=gas)
+
     def simulate(self, fn: str, *args: Any, sender: str, block: Any = "pending") -> None:
         """Pre-flight: run `fn(*args)` as an `eth_call` from `sender` on `block` (by default the
         pending one, so a transaction another party already sent counts); raises `Revert` when

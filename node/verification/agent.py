@@ -98,7 +98,8 @@ class AgentConfig:
     start_block: int | None = None  # None: resume at the saved cursor (or the head − catch-up)
     catchup_blocks: int = 256  # how far back a (re)start looks for tasks opened while it was down
     retry_margin_blocks: int = 3  # a job starts no new attempt this close to the commit deadline
-    keeper_delay_blocks: int = 4  # blocks per keeper slot (the keeper's tx lands in 1)
+    keeper_delay_blocks: int = 6  # blocks per keeper slot (the keeper's tx lands in 1 or 2)
+    keeper_gas: int = 10_000_000  # cap for keeper calls, pre-flighted instead of estimated
 
 
 class VerifierAgent:
@@ -429,8 +430,9 @@ class VerifierAgent:
         except Revert as e:  # done by another keeper already (or not due on chain yet)
             log.debug("verifier: %s on task %d not sent: %s", what, tid, e)
             return
-        try:
-            await asyncio.to_thread(getattr(self.ver, what), *call_args, sender=self.signer)
+        try:  # no gas estimate (a binary search of a heavy call): sent within a block or so
+            await asyncio.to_thread(self.ver.send, what, *call_args, sender=self.signer,
+                                    gas=self.config.keeper_gas)
         except Revert as e:
             log.info("verifier: %s on task %d reverted: %s", what, tid, e)
             return
