@@ -144,7 +144,9 @@ class BatchedExecutor(StageExecutor):
                 raise ExecutionError(
                     f"positions [{w.start}, {w.start + h.shape[0]}) exceed the model's "
                     f"max_position_embeddings ({self.max_positions})")
-            s.cache.ensure(w.start + h.shape[0])
+            kv = s.cache
+            assert isinstance(kv, RequestKV), "sessions of a BatchedExecutor hold a RequestKV"
+            kv.ensure(w.start + h.shape[0])
             sessions.append(s)
             inputs.append(h)
         lens = [h.shape[0] for h in inputs]
@@ -196,7 +198,9 @@ class BatchedExecutor(StageExecutor):
             o = self._decode_attention(attn, li, kind, q, items, sessions, bounds, decodes)
             for b, i in enumerate(decodes):
                 parts[i] = o[b: b + 1]  # (1, 1, H, hd)
-        o = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # type: ignore[arg-type]
+        done = [p for p in parts if p is not None]
+        assert len(done) == len(parts)
+        o = torch.cat(done, dim=1) if len(done) > 1 else done[0]
         h = residual + attn.o_proj(o.reshape(1, N, -1).contiguous())
         residual = h
         return residual + layer.mlp(layer.post_attention_layernorm(h))
@@ -204,6 +208,7 @@ class BatchedExecutor(StageExecutor):
     def _decode_attention(self, attn, li, kind, q, items, sessions, bounds, decodes) -> torch.Tensor:
         """Every decode row of the step in one padded attention call (B, H, 1, hd): per-request
         calls on one query row cost more in kernel launches than the arithmetic itself."""
+        assert self._pad is not None
         Kp, Vp, mask = self._pad
         for b, i in enumerate(decodes):
             end = items[i].start + 1
@@ -260,7 +265,8 @@ class BatchedExecutor(StageExecutor):
                 outs: list[StageOutput]) -> None:
         sh = self.shard
         assert sh.norm is not None and sh.lm_head is not None
-        picks, spans = [], []
+        picks: list[torch.Tensor] = []
+        spans: list[tuple[int, int] | None] = []
         for i, w in enumerate(items):
             lo, hi = bounds[i], bounds[i + 1]
             if w.logits == "none":
