@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from contracts.verification import TaskStatus
+from contracts.verification import TaskStatus, VerdictKind
 from devnet.process import running_devnet
 from node.verification.policy import Policy
 
@@ -62,7 +62,7 @@ def test_an_honest_sampled_request_is_checked_by_agents_and_passes(tiny_model, t
         members = {n.operator for n in world.nodes[2:]}
         reveals = world.events("VerdictRevealed", b)
         assert {e.args["member"] for e in reveals} == members
-        assert all(e.args["verdict"] for e in reveals)
+        assert all(e.args["kind"] == VerdictKind.PASS for e in reveals)
         opened_by = {e.args["party"] for e in world.events("ChunksOpened", b)}
         assert opened_by == members | {t.stage_operator}  # the stage's own agent opened its rows
         assert not world.events("MemberSlashed", b) and not world.events("StageSlashed", b)
