@@ -278,7 +278,7 @@ class BatchedExecutor(StageExecutor):
         if not picks:
             return
         rows = torch.cat(picks, dim=0) if len(picks) > 1 else picks[0]
-        logits = sh.lm_head(sh.norm(rows.unsqueeze(0)))[0].float()  # (R, V)
+        logits = sh.head_logits(rows.unsqueeze(0))[0]  # (R, V), fp32 (the head rule)
         for out, span in zip(outs, spans, strict=True):
             if span is not None:
                 out.logits = logits[span[0]: span[0] + span[1]]

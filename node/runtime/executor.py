@@ -187,7 +187,7 @@ class StageExecutor:
         if logits != "none" and sh.is_last:
             assert sh.norm is not None and sh.lm_head is not None
             rows = h if logits == "all" else h[:, -1:]
-            out.logits = sh.lm_head(sh.norm(rows))[0].float()  # (T, V) or (1, V)
+            out.logits = sh.head_logits(rows)[0]  # (T, V) or (1, V), fp32 (the head rule)
         return out
 
     def _embed_or_check(self, x: torch.Tensor) -> torch.Tensor:

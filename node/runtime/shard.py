@@ -84,6 +84,26 @@ class Shard:
     def hidden_size(self) -> int:
         return int(self.config.hidden_size)
 
+    def head_logits(self, rows: torch.Tensor) -> torch.Tensor:
+        """The network's head rule (last stage): logits = lm_head(norm(rows)) computed in float32
+        from the rows as committed, whatever dtype the stage runs in. (…, T, d) → (…, T, V) fp32.
+
+        In fp32 this is the modules themselves. In bf16 / fp16 the head runs on float32 copies of
+        the final norm and LM head (made once), so a verifier reproduces every logit to float32
+        rounding from the committed rows alone: token checks then need no bf16-sized tolerance
+        (verifier/README.md, "two kinds of evidence")."""
+        assert self.norm is not None and self.lm_head is not None, "head_logits: not the last stage"
+        if self.dtype == torch.float32:
+            return self.lm_head(self.norm(rows)).float()
+        head = self.__dict__.get("_head_fp32")
+        if head is None:
+            import copy
+
+            head = (copy.deepcopy(self.norm).float(), copy.deepcopy(self.lm_head).float())
+            self.__dict__["_head_fp32"] = head
+        norm32, lm32 = head
+        return lm32(norm32(rows.float()))
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every parameter this shard holds, by checkpoint name (a tied head appears once)."""
         out: dict[str, torch.Tensor] = {}
