@@ -30,8 +30,8 @@ import boa  # noqa: E402
 from contracts.batch import Pipeline, Stage  # noqa: E402
 from contracts.deploy import DeployParams  # noqa: E402
 from contracts.verification import TaskStatus  # noqa: E402
-from tests.contracts.boa_helpers import ETH, mine  # noqa: E402
-from tests.contracts.verification_game import (  # noqa: E402
+from tests.support.boa import ETH, mine  # noqa: E402
+from tests.support.game import (  # noqa: E402
     CHARGE,
     WINDOW,
     Game,

@@ -1,13 +1,13 @@
 """What every adversarial scenario checks at its end, on top of the boa game of
-tests/contracts/verification_game.py: the attacker ends lower than honest play would leave it,
+tests/support/game.py: the attacker ends lower than honest play would leave it,
 no honest party lower, and nothing stuck (the batch releases; no task is left open)."""
 
 from __future__ import annotations
 
 import boa
 
-from tests.contracts.boa_helpers import mine
-from tests.contracts.verification_game import WINDOW, Game, Request
+from tests.support.boa import mine
+from tests.support.game import WINDOW, Game, Request
 
 BURN = "0x000000000000000000000000000000000000dEaD"
 

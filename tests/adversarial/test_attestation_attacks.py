@@ -8,8 +8,8 @@ import pytest
 
 from contracts.batch import Pipeline, Stage
 from contracts.verification import TaskStatus
-from tests.contracts.boa_helpers import ETH, funded, keyed, mine
-from tests.contracts.verification_game import GATEWAY_BOND, PARAMS, Game
+from tests.support.boa import ETH, funded, keyed, mine
+from tests.support.game import GATEWAY_BOND, PARAMS, Game
 
 from .scenario import assert_books, assert_no_honest_loss, honest_owners, release, snapshot
 
@@ -23,7 +23,7 @@ def _self_made_gateway(g: Game) -> tuple[str, bytes]:
     """An attacker that signs an API key naming itself as gateway (and bonds, or it could not
     settle at all)."""
     from contracts.apikeys import create_api_key
-    from tests.contracts.verification_game import _now
+    from tests.support.game import _now
 
     attacker, key = keyed()
     with boa.env.prank(attacker):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import boa
 
 from contracts.verification import TaskStatus
-from tests.contracts.boa_helpers import ETH, mine
-from tests.contracts.verification_game import PARAMS, UNBONDING, WINDOW, Game, Plan
+from tests.support.boa import ETH, mine
+from tests.support.game import PARAMS, UNBONDING, WINDOW, Game, Plan
 
 from .scenario import assert_books, release
 

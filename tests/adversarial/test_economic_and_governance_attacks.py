@@ -7,8 +7,8 @@ import boa
 
 from contracts.batch import Record
 from contracts.verification import TaskStatus
-from tests.contracts.boa_helpers import ETH, mine
-from tests.contracts.verification_game import CHARGE, PARAMS, WINDOW, Game, Plan
+from tests.support.boa import ETH, mine
+from tests.support.game import CHARGE, PARAMS, WINDOW, Game, Plan
 
 
 def test_free_records_cannot_be_settled_and_rewards_come_from_the_record() -> None:
@@ -28,8 +28,8 @@ def test_free_records_cannot_be_settled_and_rewards_come_from_the_record() -> No
 def test_one_revoked_key_or_rotated_operator_skips_only_its_records() -> None:
     g = Game()
     from contracts.apikeys import create_api_key
-    from tests.contracts.boa_helpers import keyed
-    from tests.contracts.verification_game import _now
+    from tests.support.boa import keyed
+    from tests.support.game import _now
 
     other, other_key = keyed()
     with boa.env.prank(other):

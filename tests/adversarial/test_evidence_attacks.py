@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from contracts.verification import TaskStatus
-from tests.contracts.verification_game import Game, Plan
+from tests.support.game import Game, Plan
 
 from .scenario import assert_books, assert_no_honest_loss, release, snapshot
 

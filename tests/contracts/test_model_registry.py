@@ -5,7 +5,7 @@ from __future__ import annotations
 import boa
 import pytest
 
-from .boa_helpers import deployer_for, funded
+from tests.support.boa import deployer_for, funded
 
 ROOT, TOK = b"\x01" * 32, b"\x02" * 32
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import boa
 import pytest
 
-from .boa_helpers import ETH, HW, deployer_for, funded, mine
+from tests.support.boa import ETH, HW, deployer_for, funded, mine
 
 UNBONDING = 20
 BURN = "0x000000000000000000000000000000000000dEaD"

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from .boa_helpers import ETH, HW, deployer_for, funded, mine
+from tests.support.boa import ETH, HW, deployer_for, funded, mine
 
 N = 4  # node owners
 MIN = ETH

@@ -8,8 +8,7 @@ import pytest
 
 from contracts.apikeys import create_api_key
 from contracts.batch import Pipeline, Record, Stage, leaves_of, merkle_root
-
-from .boa_helpers import ETH, System, funded, keyed, mine
+from tests.support.boa import ETH, System, funded, keyed, mine
 
 WINDOW = 10
 ROOT = b"\x0c" * 32

@@ -15,8 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from contracts.apikeys import create_api_key
 from contracts.batch import Pipeline, Record, Stage, leaves_of
-
-from .boa_helpers import ETH, System, funded, keyed, mine
+from tests.support.boa import ETH, System, funded, keyed, mine
 
 WINDOW = 4
 PRICE_IN, PRICE_OUT = 10**9, 3 * 10**9

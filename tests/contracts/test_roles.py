@@ -6,7 +6,7 @@ import boa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .boa_helpers import ETH, System, funded
+from tests.support.boa import ETH, System, funded
 
 ROLES = ["admin", "slasher", "stranger", "owner", "operator"]
 

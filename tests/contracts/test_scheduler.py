@@ -5,7 +5,7 @@ from __future__ import annotations
 import boa
 import pytest
 
-from .boa_helpers import ETH, System, funded, mine
+from tests.support.boa import ETH, System, funded, mine
 
 SNAP = b"\x07" * 32
 

@@ -10,9 +10,8 @@ import boa
 import pytest
 
 from contracts.verification import TaskStatus
-
-from .boa_helpers import mine
-from .verification_game import CHARGE, PARAMS, WINDOW, Game, Plan
+from tests.support.boa import mine
+from tests.support.game import CHARGE, PARAMS, WINDOW, Game, Plan
 
 
 def member_reward(n: int) -> int:

@@ -16,9 +16,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from contracts.batch import Pipeline, Stage
 from contracts.verification import TaskStatus, VerdictKind
-
-from .boa_helpers import ETH, mine
-from .verification_game import CHARGE, PARAMS, WINDOW, Game, Plan
+from tests.support.boa import ETH, mine
+from tests.support.game import CHARGE, PARAMS, WINDOW, Game, Plan
 
 BEHAVIOURS = st.sampled_from(
     ["honest", "honest", "honest", "lazy_copy", "garbage_pass", "accuse", "spoiler", "silent",

@@ -11,9 +11,8 @@ import pytest
 
 from contracts.verification import Opening, VerdictKind
 from contracts.verification import verdict_commitment as _vc
-
-from .boa_helpers import funded, mine
-from .verification_game import HIDDEN, PARAMS, WINDOW, Game, _leaf
+from tests.support.boa import funded, mine
+from tests.support.game import HIDDEN, PARAMS, WINDOW, Game, _leaf
 
 
 @pytest.fixture(scope="module")

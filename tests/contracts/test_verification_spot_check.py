@@ -12,11 +12,10 @@ from hypothesis import strategies as st
 
 from contracts.verification import Opening, commitment_root
 from protocol.messages import StageCommit
+from tests.support.boa import deployer_for
 from verifier.chunk_rule import chunk_bad_count
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment
-
-from .boa_helpers import deployer_for
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """A paid request that goes through the Verification game on the devnet, for the explorer tests.
 
-It follows the game's rules (tests/contracts/verification_game.py, here through the Python client
+It follows the game's rules (tests/support/game.py, here through the Python client
 on a real devnet): a second deployment whose TaskOpener samples every request; a bonded gateway
 settles a record whose stages committed (and signed) forged rows; the chosen stage's signature
 opens the task; the committee (honest) names a failing leaf and votes FAIL, every party opens the

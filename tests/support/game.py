@@ -25,10 +25,9 @@ from contracts.verification import (
     verdict_commitment,
 )
 from protocol.identity import sign_digest
+from tests.support.boa import ETH, System, deployer_for, funded, keyed, mine
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment
-
-from .boa_helpers import ETH, System, deployer_for, funded, keyed, mine
 
 WINDOW = 30
 UNBONDING = 100
