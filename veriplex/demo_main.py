@@ -307,7 +307,7 @@ def heal_network(opts: DemoOptions, say: Callable[[str], None], chain: Any, obs:
     """Wait for the cheater's eviction in a new epoch, then send the next requests and follow
     them until one is verified PASSED on the healed pipeline (bounded)."""
     heal = obs.heal
-    say("\n== Eviction: the convicted stage is below the minimum stake; the coordinator evicts it "
+    say("\n== Eviction: the convicted stage is jailed and slashed; the coordinator evicts it "
         "and promotes a standby worker into its layers, published as a new epoch")
     t2 = time.monotonic()
     if not wait_eviction(chain, obs.perturbed, heal, opts.eviction_timeout_s):
