@@ -97,10 +97,10 @@ def test_serve_processes_catch_slash_and_refund_a_perturbed_worker(tiny_model, t
             opened = asyncio.run(world.request_and_open(world.nodes[:2], [5, 17, 99, 3, 250, 41], 4))
             ver = world.chain.verification
             deadline = time.monotonic() + 150
-            while ver.task(opened.task_id).status is not TaskStatus.REFUNDED:
+            while ver.task(opened.task_id).status is not TaskStatus.FRAUD:  # refunded at finalize
                 if time.monotonic() > deadline:
                     out = "\n".join(line for w in workers for line in w.lines[-15:])
-                    raise AssertionError(f"task {ver.task(opened.task_id)} not refunded; workers:\n{out}")
+                    raise AssertionError(f"task {ver.task(opened.task_id)} not convicted; workers:\n{out}")
                 time.sleep(0.5)
             b = opened.open_block
             t = ver.task(opened.task_id)
