@@ -29,6 +29,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,9 +53,10 @@ def tiny_model(arch: str = "llama", seed: int = 0, dtype: torch.dtype = torch.fl
                hidden: int = 128, heads: int = 4, kv_heads: int = 2, mlp: int = 352, vocab: int = 512,
                init_std: float = 0.1):
     """A random tiny decoder (eval mode) of `arch` (llama, qwen2, mistral) from a config and a seed."""
-    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
-                  num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1024,
-                  tie_word_embeddings=True, initializer_range=init_std, attn_implementation="sdpa")
+    common: dict[str, Any] = dict(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1024,
+        tie_word_embeddings=True, initializer_range=init_std, attn_implementation="sdpa")
     cfg = {"llama": lambda: transformers.LlamaConfig(**common),
            "qwen2": lambda: transformers.Qwen2Config(**common, use_sliding_window=False),
            "mistral": lambda: transformers.MistralConfig(**common, sliding_window=1024)}[arch]()
