@@ -20,7 +20,7 @@ from audit.report import AuditReport, SettledRecord, Status, hx
 from contracts import verification as verification_contract
 from contracts.batch import Pipeline
 from contracts.errors import Revert
-from contracts.verification import TaskStatus, Verification
+from contracts.verification import TaskStatus, VerdictKind, Verification
 from verifier.receipt import Receipt
 
 
@@ -89,9 +89,10 @@ def check_outcome(chain: Any, receipt: Receipt, rec: SettledRecord, pipe: Pipeli
     who = f"task {task_id} on stage {stage} (layers [{layers[0]}, {layers[1]}), operator " \
           f"{task.stage_operator})"
     reveals = facts["verdicts"]
-    tally = f"{sum(1 for v in reveals if v['verdict'])} OK / " \
-            f"{sum(1 for v in reveals if not v['verdict'])} FRAUD revealed by " \
-            f"{len(facts['members'])} committee member(s)"
+    kinds = [v["kind"] for v in reveals]
+    tally = " / ".join(f"{kinds.count(k.name)} {k.name}" for k in VerdictKind
+                       if kinds.count(k.name)) or "no verdicts"
+    tally += f" revealed by {len(facts['members'])} committee member(s)"
     problems = []
     if task.request_id != receipt.request_id or task.batch_id != rec.batch_id:
         problems.append("the task is for another record")
@@ -168,7 +169,10 @@ def _task_facts(ver: Verification, task: Any, evs: dict[str, list[Any]]) -> dict
         "opened_block": evs["TaskOpened"][0].block_number if evs["TaskOpened"] else None,
         "committee": committee,
         "members": member_state,
-        "verdicts": [{"member": e.args["member"], "verdict": bool(e.args["verdict"]),
+        "verdicts": [{"member": e.args["member"], "kind": VerdictKind(int(e.args["kind"])).name,
+                      "verdict": int(e.args["kind"]) == VerdictKind.PASS,
+                      "named_leaf": [int(e.args["position"]), int(e.args["chunk"])]
+                      if int(e.args["kind"]) == VerdictKind.FAIL else None,
                       "output_root": hx(e.args["output_root"]), "block_number": e.block_number}
                      for e in evs["VerdictRevealed"]],
         "commits": [e.args["member"] for e in evs["VerdictCommitted"]],

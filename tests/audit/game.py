@@ -6,8 +6,9 @@ a gateway with the client's API key. `settle` puts a batch of records on chain w
 commitments are `StageCommitment.build` over random rows (first and last stage also commit the
 token sequence, as the data plane does), each attested by its stage operator with
 `attestation_digest`, and returns the gateway receipts (session spec §2) for them. `play` runs a
-record's verification task to its end: honest members vote OK (PASSED) or, when the stage forged
-its rows, FRAUD (the stage is slashed and the client refunded).
+record's verification task to its end under the game's rules (the chosen stage's signature opens
+it): honest members vote PASS (PASSED) or, when the stage forged its rows, FAIL naming a failing
+leaf (FRAUD: the stage is slashed and jailed and the client refunded at finalize).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from contracts.client import Chain
 from contracts.node_registry import Hardware
 from contracts.rpc import Signer
 from contracts.verification import (
-    Opening,
     TaskStatus,
+    VerdictKind,
     VerificationParams,
     attestation_digest,
     commitment_root,
@@ -37,13 +38,15 @@ from contracts.verification import (
 from protocol.identity import sign_digest
 from protocol.messages import StageCommit
 from tests.support.chain import ETH, mine
+from tests.support.evidence import failing_leaf, openings
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment
 
 PARAMS = VerificationParams(
     sample_bps=10_000, committee_size=2, max_rounds=1, commit_blocks=10, reveal_blocks=10,
     open_blocks=10, randomness_delay=1, spot_chunks=2, stage_slash_wei=ETH // 2,
-    verifier_slash_wei=ETH // 10, verifier_reward_wei=10**6)
+    verifier_slash_wei=ETH // 10, verifier_reward_wei=10**6, gateway_slash_wei=ETH // 10,
+    open_task_blocks=20, seat_stake_wei=ETH, jail_blocks=100)
 WINDOW = 20  # verification window (blocks)
 D = 64  # hidden size of the fake model
 LAYERS = ((0, 2), (2, 4))
@@ -92,6 +95,7 @@ def make_world(chain: Chain, manifest: Path) -> World:
     for o, op in zip(owners, operators, strict=True):
         chain.node_registry.register(op.address, "http://n", hw, ETH, sender=o)
     client, gateway = fresh(chain), fresh(chain)
+    chain.payments.bond_gateway(int(chain.payments.params()["min_gateway_bond"]), sender=gateway)
     chain.payments.deposit(5 * ETH, sender=client)
     signed = create_api_key(bytes(client.account.key), gateway.address, 5 * ETH,
                             int(time.time()) + 3600, 1, chain.chain_id, chain.payments.address)
@@ -187,39 +191,41 @@ def settle(world: World, n: int = 3, forged: bool = False, seed: int = 0) -> Bat
     return Batch(settled.batch_id, served, proofs, pipe)
 
 
-def play(world: World, batch: Batch, index: int) -> tuple[int, TaskStatus]:
+def play(world: World, batch: Batch, index: int,
+         stage_keys: dict[str, PrivateKey] | None = None) -> tuple[int, TaskStatus]:
     """Open the record's task and run it to its end with honest members (they recompute the true
-    rows): PASSED for an honest stage; FRAUD, slash and refund for a forged one."""
+    rows): PASSED for an honest stage; FRAUD (slash, jail and refund at finalize) for a forged one.
+    `stage_keys` (operator address → key) signs for stages that are not the world's operators."""
     chain = world.chain
     ver = chain.verification
     s = batch.served[index]
     mine(chain, PARAMS.randomness_delay + 1)
     sc = [StageCommit(c.root, c.shape.positions, c.shape.hidden_size, c.shape.n_tokens)
           for c in s.claims]
+    stage = int(ver.opener()._view("stage_of", batch.batch_id, s.rid, len(sc)))
+    operator = batch.pipeline.stages[stage].operator
+    keys = stage_keys or {op.address: PrivateKey(bytes(op.account.key)) for op in world.operators}
+    sig = sign_digest(keys[operator], attestation_digest(chain.chain_id, s.rid, stage, sc[stage]))
     task_id, _ = ver.open_task(batch.batch_id, s.leaf, batch.proofs[index], [batch.pipeline], sc,
-                               sender=world.client)
+                               sig, sender=world.client)
     task = ver.task(task_id)
-    assert task is not None
-    stage = task.stage
+    assert task is not None and task.stage == stage
     members = ver.committee(task_id)
     by_addr = {op.address: op for op in world.operators}
-    own = {m: _commit(world, s.rid, s.true_rows, s.tokens)[stage] for m in members}
-    ok = {m: own[m].root == s.claims[stage].root for m in members}
+    truth = _commit(world, s.rid, s.true_rows, s.tokens)[stage]
+    honest = truth.root == s.claims[stage].root
+    kind = VerdictKind.PASS if honest else VerdictKind.FAIL
+    named = (0, 0) if honest else failing_leaf(s.claims[stage], truth, PARAMS)
     salts = {m: os.urandom(32) for m in members}
     for m in members:
-        ver.commit_verdict(task_id, ok[m], own[m].root, salts[m], sender=by_addr[m])
+        ver.commit_verdict(task_id, kind, truth.root, salts[m], named, sender=by_addr[m])
     for m in members:
-        ver.reveal_verdict(task_id, ok[m], own[m].root, salts[m], sender=by_addr[m])
+        ver.reveal_verdict(task_id, kind, truth.root, salts[m], named, sender=by_addr[m])
     ver.close_votes(task_id)
     mine(chain, PARAMS.randomness_delay + 1)
     spots = ver.spot_checks(task_id)
-    ver.open_chunks(task_id, task.stage_operator,
-                    [Opening.from_chunk(s.claims[stage].open_chunk(p, k)) for p, k in spots])
+    ver.open_chunks(task_id, task.stage_operator, openings(s.claims[stage], spots))
     for m in members:
-        ver.open_chunks(task_id, m, [Opening.from_chunk(own[m].open_chunk(p, k)) for p, k in spots])
-    ver.finalize(task_id)
-    status = ver.task(task_id).status  # type: ignore[union-attr]
-    if status is TaskStatus.FRAUD:
-        ver.refund_client(task_id, batch.proofs[index])
-        status = TaskStatus.REFUNDED
-    return task_id, status
+        ver.open_chunks(task_id, m, openings(truth, spots))
+    ver.finalize(task_id)  # a conviction slashes and jails the stage and refunds the client
+    return task_id, ver.task(task_id).status  # type: ignore[union-attr]

@@ -162,7 +162,7 @@ def test_a_request_convicted_of_fraud_fails_with_slash_and_refund(run_audit, for
     assert "FRAUD proven" in c["verification"]["summary"]
     assert f"slashed {PARAMS.stage_slash_wei} wei and the client refunded" in \
         c["verification"]["summary"]
-    assert report["verification"]["status"] == "REFUNDED"
+    assert report["verification"]["status"] == "FRAUD"  # the new game refunds at finalize
     assert c["payout"]["status"] == "pass" and "refunded" in c["payout"]["summary"]
 
 

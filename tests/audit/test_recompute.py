@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 from coincurve import PrivateKey
-from eth_abi import encode as abi_encode
-from eth_utils import keccak
 
 from contracts.batch import Pipeline, Record, Stage, leaves_of, merkle_proof, request_id
 from contracts.verification import TaskStatus, commitment_root
@@ -25,7 +23,7 @@ from tests.support.gateway import DataPlane
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment
 
-from .game import PARAMS, WINDOW, Batch, Plane, Served, World, mine, play
+from .game import PARAMS, Batch, Plane, Served, World, mine, play
 
 PROMPT = list(range(5, 21))
 NEW = 6
@@ -38,16 +36,11 @@ def _key_file(path: Path, key: bytes) -> Path:
 
 
 def drawn_stage(world: World, batch_id: int, rid: bytes, n_stages: int) -> int:
-    """The stage `open_task` will check (Verification.vy: seed from the blockhash of the batch's
-    anchor block), so a test can pick requests whose check falls on a given stage."""
+    """The stage `open_task` will check (the TaskOpener's rule, once the batch's randomness is
+    final), so a test can pick requests whose check falls on a given stage."""
     chain = world.chain
-    release = chain.payments.batch(batch_id).release_block  # type: ignore[union-attr]
-    anchor = release - WINDOW + PARAMS.randomness_delay
-    mine(chain, max(0, anchor + 1 - chain.block_number()))
-    blockhash = bytes(chain.w3.eth.get_block(anchor)["hash"])
-    seed = keccak(abi_encode(["bytes32", "uint256"], [blockhash, batch_id]))
-    word = keccak(abi_encode(["bytes32", "bytes32", "uint256"], [seed, rid, 1]))
-    return int.from_bytes(word, "big") % n_stages
+    mine(chain, PARAMS.randomness_delay + 1)
+    return int(chain.verification.opener()._view("stage_of", batch_id, rid, n_stages))
 
 
 def serve_one(world: World, dp: DataPlane, model_id: int) -> tuple[Batch, dict]:
@@ -110,7 +103,8 @@ def served_for_real(world: World, plane: Plane) -> dict[int, dict]:
         stage = drawn_stage(world, batch.batch_id, batch.served[0].rid, 2)
         if stage in by_stage:
             continue
-        _, status = play(world, batch, 0)
+        keys = {st.operator: k for st, k in zip(plane.dp.stages(), plane.dp.keys, strict=True)}
+        _, status = play(world, batch, 0, keys)
         assert status is TaskStatus.PASSED
         by_stage[stage] = receipt
         if len(by_stage) == 2:

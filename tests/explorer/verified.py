@@ -25,8 +25,6 @@ from contracts.manifest import Manifest
 from contracts.node_registry import Hardware
 from contracts.rpc import Signer
 from contracts.verification import (
-    TOKEN_CHUNK,
-    Opening,
     VerdictKind,
     VerificationParams,
     attestation_digest,
@@ -35,7 +33,7 @@ from contracts.verification import (
 from protocol.identity import sign_digest
 from protocol.messages import StageCommit
 from protocol.settings import DEV_MNEMONIC
-from verifier.chunk_rule import chunk_passes
+from tests.support.evidence import failing_leaf, openings
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment
 
@@ -70,32 +68,6 @@ def _fresh(chain: Chain, eth: int = 10) -> Signer:
 
 def _mine(chain: Chain, blocks: int) -> None:
     chain.w3.provider.make_request("evm_mine", [{"blocks": hex(blocks)}])
-
-
-def _failing_leaf(claim: StageCommitment, truth: StageCommitment) -> tuple[int, int]:
-    """The first leaf where the stage's claim breaks the chunk rule against the truth."""
-    if claim.tokens != truth.tokens:
-        i = next(i for i, (a, b) in enumerate(zip(claim.tokens, truth.tokens, strict=True))
-                 if a != b)
-        return i, TOKEN_CHUNK
-    cb, tb = claim.bits, truth.bits
-    for p in range(cb.shape[0]):
-        for c in range((D + 31) // 32):
-            if not chunk_passes(cb[p, c * 32:(c + 1) * 32], tb[p, c * 32:(c + 1) * 32],
-                                PARAMS.max_ulp, PARAMS.max_bad):
-                return p, c
-    raise AssertionError("the forged claim passes the chunk rule")
-
-
-def _openings(c: StageCommitment, spots: list[tuple[int, int]]) -> list[Opening]:
-    out = []
-    for p, k in spots:
-        if k == TOKEN_CHUNK:
-            o = c.open_token(p)
-            out.append(Opening.from_token(o.token_id, o.siblings))
-        else:
-            out.append(Opening.from_chunk(c.open_chunk(p, k)))
-    return out
 
 
 def make_verified(url: str, workdir: Path) -> Verified:
@@ -145,7 +117,7 @@ def make_verified(url: str, workdir: Path) -> Verified:
     task = ver.task(task_id)
     members = ver.committee(task_id)
     by_addr = {op.address: op for op in operators}
-    named = _failing_leaf(claims[stage], truths[stage])
+    named = failing_leaf(claims[stage], truths[stage], PARAMS)
     salts = {m: os.urandom(32) for m in members}
     for m in members:
         ver.commit_verdict(task_id, VerdictKind.FAIL, truths[stage].root, salts[m], named,
@@ -156,9 +128,9 @@ def make_verified(url: str, workdir: Path) -> Verified:
     ver.close_votes(task_id)
     _mine(chain, PARAMS.randomness_delay + 1)
     spots = ver.spot_checks(task_id)
-    ver.open_chunks(task_id, task.stage_operator, _openings(claims[stage], spots))
+    ver.open_chunks(task_id, task.stage_operator, openings(claims[stage], spots))
     for m in members:
-        ver.open_chunks(task_id, m, _openings(truths[stage], spots))
+        ver.open_chunks(task_id, m, openings(truths[stage], spots))
     ver.finalize(task_id)  # convicts: slashes and jails the stage, refunds the client
     _mine(chain, 45)  # past the verification window
     chain.payments.release(settled.batch_id)
