@@ -8,7 +8,7 @@ import time
 import pytest
 
 from contracts.apikeys import SignedApiKey, create_api_key
-from contracts.batch import Pipeline, Record, Stage, leaves_of, merkle_proof, merkle_root
+from contracts.batch import Pipeline, Record, Stage, leaves_of, merkle_root
 from contracts.errors import PaymentsRevert, SchedulerRevert
 from contracts.node_registry import Hardware
 from contracts.scheduler import AllocationEntry
@@ -45,6 +45,7 @@ def test_client_drives_epoch_settlement_refund_and_release(chain):
     assert sorted(chain.scheduler.epoch_entries(epoch)) == sorted(entries)
 
     client, gateway = fresh(chain), fresh(chain)
+    chain.payments.bond_gateway(int(chain.payments.params()["min_gateway_bond"]), sender=gateway)
     chain.payments.deposit(2 * ETH, sender=client)
     signed = create_api_key(
         bytes(client.account.key),
@@ -75,18 +76,18 @@ def test_client_drives_epoch_settlement_refund_and_release(chain):
     assert settled.request_ids == [lf.request_id for lf in leaves]
     assert chain.payments.batch_pipelines(settled.batch_id) == [pipeline]
 
-    with pytest.raises(PaymentsRevert, match="request already settled"):
-        chain.payments.settle_batch([key], [pipeline], records[:1], sender=gateway)
+    # a replayed record is skipped and reported (SKIP_SETTLED), never charged twice
+    again = chain.payments.settle_batch([key], [pipeline], records[:1], sender=gateway)
+    assert again.batch_id == 0 and again.skipped == [(records[0].seq, 5)]
     with pytest.raises(PaymentsRevert, match="verification window open"):
         chain.payments.release(settled.batch_id)
 
     deposit = chain.payments.deposit_of(client.address)
-    chain.payments.refund(
-        settled.batch_id, leaves[2], merkle_proof([lf.hash() for lf in leaves], 2), sender=slasher
-    )
+    chain.payments.refund(settled.batch_id, leaves[2], sender=slasher)
     assert chain.payments.deposit_of(client.address) == deposit + records[2].charge
 
-    mine(chain, 10)
+    release_block = chain.payments.batch(settled.batch_id).release_block  # type: ignore[union-attr]
+    mine(chain, max(0, release_block - chain.block_number() + 1))
     res = chain.payments.release(settled.batch_id)
     credited = {
         e.args["account"]: e.args["amount"] for e in res.events if e.name == "EarningsCredited"
