@@ -127,7 +127,7 @@ def test_a_stage_killed_mid_stream_hands_over_to_the_spare_and_charges_once_for_
 
 
 @pytest.mark.timeout(240)
-def test_without_a_spare_the_stream_ends_with_an_openai_error_and_only_delivered_tokens_are_charged(
+def test_without_a_spare_the_stream_ends_with_an_openai_error_and_the_unverifiable_partial_answer_is_not_charged(
         anvil_url, deployment, gateway_signer, chat_model, model_info, stages, new_client,
         tmp_path):
     first, middle, _ = stages
@@ -150,11 +150,12 @@ def test_without_a_spare_the_stream_ends_with_an_openai_error_and_only_delivered
         served.stop()
     assert records["requests_unbatched"] == 0
     assert len(rows) == 1 and rows[0]["tokens"]["completion"] < 200  # cut short, not finished
-    charged = int(rows[0]["charge_wei"])
-    tin, tout = rows[0]["tokens"]["prompt"], rows[0]["tokens"]["completion"]
-    assert charged == model_info.charge(tin, tout)
+    # Nothing unattested is paid (issue 14): the dead stage never signed its commitment, so the
+    # delivered tokens cannot be verified — the record is kept for the receipt but charges 0.
+    assert rows[0]["commitments_error"]
+    assert int(rows[0]["charge_wei"]) == 0
     pay = Chain.connect(anvil_url, deployment).payments
-    assert pay.key_state(client.signed.key_hash).spent_wei == charged
+    assert pay.key_state(client.signed.key_hash).spent_wei == 0
 
 
 def _request_ids(served: ServedGateway) -> list[str]:
