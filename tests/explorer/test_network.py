@@ -122,6 +122,7 @@ def test_unknown_status_codes_are_named_not_dropped() -> None:
 
 def test_the_network_page_is_cached_per_indexed_tip_and_follows_a_new_block(
         client: TestClient, indexed: Explorer) -> None:
+    indexed.indexer.sync_once()  # blocks other tests of this package mined on the shared devnet
     first = client.get("/api/network").json()["data"]
     assert client.get("/api/network").json()["data"] == first  # same tip: the same answer
     indexed.rpc.mine(1)
