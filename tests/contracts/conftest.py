@@ -14,16 +14,13 @@ from contracts.rpc import Signer
 from devnet.process import running_anvil
 from protocol.settings import DEV_MNEMONIC
 from tests.support.chain import mine  # noqa: F401  (re-exported to this package's tests)
+from tests.support.contracts import dev_signer
 
 
 @pytest.fixture(scope="session")
 def anvil_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with running_anvil(tmp_path_factory.mktemp("anvil")) as anvil:
         yield anvil.url
-
-
-def dev_signer(index: int) -> Signer:
-    return Signer.from_key(dev_key(index, DEV_MNEMONIC))
 
 
 @pytest.fixture(scope="session")
@@ -68,13 +65,3 @@ def deployed(
 def chain(deployed: tuple[str, Path], deployer: Signer) -> Chain:
     url, manifest = deployed
     return Chain.connect(url, manifest, signer=deployer)
-
-
-
-def fresh(chain: Chain, eth: int = 10) -> Signer:
-    """A new account funded by the deployer (works on any node, whatever its dev accounts)."""
-    from eth_account import Account
-
-    signer = Signer(Account.create())
-    chain.transfer(signer.address, eth * 10**18)
-    return signer

@@ -18,8 +18,7 @@ from contracts.errors import (
 from contracts.manifest import Manifest, manifest_is_live
 from contracts.node_registry import Hardware
 from tests.support.chain import ETH
-
-from .conftest import dev_signer, fresh
+from tests.support.contracts import dev_signer, fresh
 
 HW = Hardware("NVIDIA H100", 81_559, 989_000, 3_350, 100_000, "eu-west")
 

@@ -13,8 +13,7 @@ from contracts.errors import PaymentsRevert, SchedulerRevert
 from contracts.node_registry import Hardware
 from contracts.scheduler import AllocationEntry
 from tests.support.chain import ETH
-
-from .conftest import dev_signer, fresh, mine
+from tests.support.contracts import dev_signer, fresh, mine
 
 HW = Hardware("RTX 4090", 24_564, 82_600, 1_008, 10_000, "us-east")
 

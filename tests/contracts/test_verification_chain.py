@@ -21,10 +21,9 @@ from contracts.verification import Opening, TaskStatus, VerificationParams, comm
 from protocol.messages import StageCommit
 from protocol.settings import DEV_MNEMONIC
 from tests.support.chain import ETH
+from tests.support.contracts import fresh, mine
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment
-
-from .conftest import fresh, mine
 
 HW = Hardware("RTX 4090", 24_564, 82_600, 1_008, 10_000, "us-east")
 PARAMS = VerificationParams(
@@ -54,7 +53,7 @@ def game_chain(node_url: str, tmp_path_factory: pytest.TempPathFactory) -> Chain
             verification_window_blocks=20, unbonding_period_blocks=40, verification=PARAMS
         ),
     )
-    from .conftest import dev_signer
+    from tests.support.contracts import dev_signer
 
     return Chain.connect(node_url, manifest, signer=dev_signer(0))
 

@@ -16,10 +16,9 @@ from contracts.client import Chain, dev_key
 from contracts.deploy import DeployParams, deploy_all
 from contracts.verification import VerificationParams
 from protocol.settings import DEV_MNEMONIC
+from tests.support.contracts import dev_signer
 from verifier.params import MarginInputs, ParamsError, equilibrium_margin
 from veriplex.cli import cli
-
-from .conftest import dev_signer
 
 BASE = MarginInputs(
     sample_bps=1_000,

@@ -19,8 +19,8 @@ from devnet.explorer.app import create_app
 from devnet.explorer.models import Block, Tx
 from devnet.process import running_anvil
 from protocol.settings import DEV_MNEMONIC
+from tests.support.explorer import make_explorer
 
-from .conftest import make_explorer
 from .test_indexer import _send
 
 pytestmark = pytest.mark.anvil

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from devnet.explorer.app import fmt_eth
-
-from .conftest import ARTIFACTS, Activity, Verified
+from tests.support.explorer import ARTIFACTS, Activity
+from tests.support.verified import Verified
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(

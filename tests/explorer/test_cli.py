@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from .conftest import Activity, free_port
+from tests.support.explorer import Activity, free_port
 
 
 @contextmanager

@@ -17,8 +17,7 @@ from contracts.client import dev_key
 from devnet.explorer.models import Block, Log, Tx
 from devnet.process import running_devnet
 from protocol.settings import DEV_MNEMONIC
-
-from .conftest import Activity, free_port, make_explorer
+from tests.support.explorer import Activity, free_port, make_explorer
 
 
 def _rpc(ex: Any, method: str, *params: Any) -> Any:

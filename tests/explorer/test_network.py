@@ -14,8 +14,8 @@ from contracts.verification import TaskStatus
 from devnet.explorer import charts
 from devnet.explorer.app import create_app
 from devnet.explorer.status import status_name
-
-from .conftest import Activity, Explorer, Verified
+from tests.support.explorer import Activity, Explorer
+from tests.support.verified import Verified
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,9 @@ from fastapi.testclient import TestClient
 from contracts.client import Chain
 from contracts.verification import VerdictKind
 from devnet.explorer.app import create_app, fmt_eth
+from tests.support.explorer import Activity, Explorer, free_port, make_explorer
+from tests.support.verified import PARAMS, Verified
 from verifier.receipt import parse_receipt
-
-from .conftest import Activity, Explorer, Verified, free_port, make_explorer
-from .verified import PARAMS
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,10 @@ from sqlalchemy.orm import Session
 
 from devnet.explorer.app import create_app
 from devnet.explorer.models import Block, Log
+from tests.support.explorer import Activity, Explorer, make_explorer
+from tests.support.verified import Verified
 
 from . import postgres
-from .conftest import Activity, Explorer, Verified, make_explorer
 from .test_cli import _wait, explorer_process
 
 pytestmark = pytest.mark.skipif(postgres.available() is not None,

@@ -14,8 +14,7 @@ from scheduler.errors import CannotPlace
 from scheduler.model import MIB, ModelSpec, NodeSpec, Params, Snapshot
 from scheduler.schema import check_plan, node_weight_budget, stage_memory_bytes
 from scheduler.sim.catalogue import MODELS
-
-from .conftest import links_for, snapshots
+from tests.support.scheduler import links_for, snapshots
 
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

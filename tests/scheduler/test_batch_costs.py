@@ -17,8 +17,7 @@ from scheduler.sim.catalogue import GPUS, MODELS
 from scheduler.sim.cluster import gen_cluster
 from scheduler.sim.score import run_simulation, simulate
 from scheduler.sim.workload import Workload
-
-from .conftest import links_for
+from tests.support.scheduler import links_for
 
 MIX = {"prompt_tokens": 256, "output_tokens": 64, "context_tokens": 320}
 ISSUE_LOAD = Workload(requests=400, rate_per_s=1e9, prompt_mean=256, output_mean=64, seed=1)

@@ -24,8 +24,7 @@ from scheduler.model import NodeSpec, Plan, Snapshot
 from scheduler.route import Router
 from scheduler.schema import check_plan
 from scheduler.sim.catalogue import GPUS
-
-from .conftest import snapshots
+from tests.support.scheduler import snapshots
 
 
 def _gpu_node(node_id: str, gpu: str, region: str = "us-east") -> NodeSpec:

@@ -25,8 +25,7 @@ from scheduler.model import Snapshot
 from scheduler.schema import check_plan, parse_snapshot
 from scheduler.sim.catalogue import MODELS
 from scheduler.sim.cluster import gen_cluster
-
-from .conftest import snapshots
+from tests.support.scheduler import snapshots
 
 
 # The plain DP over node subsets (the solver before node types: exponential in nodes), kept here

@@ -10,8 +10,7 @@ from scheduler.costs import build_cluster, layer_time, link_time
 from scheduler.errors import CannotPlace, NoRoute
 from scheduler.model import Plan, Replica, Snapshot, Stage
 from scheduler.route import NodeLoad, Router
-
-from .conftest import snapshots
+from tests.support.scheduler import snapshots
 
 
 def _check_contiguous(route, layers: int) -> None:
@@ -69,8 +68,7 @@ def test_route_cost_is_per_layer_time_times_layers_run_plus_links(mixed_70b: Sna
 def test_a_suffix_of_a_shard_can_follow_another_replicas_shard() -> None:
     from scheduler.model import NodeSpec
     from scheduler.sim.catalogue import MODELS
-
-    from .conftest import links_for
+    from tests.support.scheduler import links_for
 
     m = MODELS["llama3-8b"]
     nodes = tuple(NodeSpec(id=f"n{i}", region="us-east", vram_mib=80_000, tflops=300.0,

@@ -17,8 +17,7 @@ from node.verification.rerun import Listener, RerunJob, fetch_all, run_job
 from protocol.frames import Kind, parse_close, parse_commit, parse_open, parse_token
 from protocol.identity import address_of_key
 from protocol.messages import PipelineRequest, StageAssignment
-
-from .conftest import CHAIN_ID, RANGES, make_server, serve_request
+from tests.support.agent import CHAIN_ID, RANGES, make_server, serve_request
 
 WORKERS = [PrivateKey(bytes([k + 1]) * 32) for k in range(2)]
 VERIFIER = PrivateKey(b"\x55" * 32)

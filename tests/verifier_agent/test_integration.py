@@ -117,8 +117,7 @@ async def _job_without_agents(model, tmp, url):
     from node.verification.jobs import Abstention, JobContext, prepare_vote
     from node.verification.rerun import Listener, ServerPool
     from node.verification.task_data import load_task_data
-
-    from .conftest import make_server
+    from tests.support.agent import make_server
 
     world = World.deploy(url, model, tmp, params())
     listener = await Listener().start()

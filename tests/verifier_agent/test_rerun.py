@@ -17,10 +17,9 @@ from node.verification.errors import RerunError
 from node.verification.evidence import check_against_root
 from node.verification.rerun import Listener, RerunJob, ServerPool, fetch_all, run_job
 from protocol.identity import address_of_key
+from tests.support.agent import CHAIN_ID, RANGES, make_server, serve_request
 from verifier.profiles import FP32
 from verifier.tolerance import judge
-
-from .conftest import CHAIN_ID, RANGES, make_server, serve_request
 
 WORKERS = [PrivateKey(bytes([k + 1]) * 32) for k in range(2)]
 VERIFIER = PrivateKey(b"\x55" * 32)

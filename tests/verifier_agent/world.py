@@ -28,9 +28,8 @@ from node.verification.policy import Policy
 from node.verification.rerun import ServerPool
 from node.verification.state import AgentState
 from protocol.settings import DEV_MNEMONIC
+from tests.support.agent import make_server, serve_request
 from tests.support.chain import ETH
-
-from .conftest import make_server, serve_request
 
 HW = Hardware("cpu", 0, 1_000, 10, 1_000, "local")
 PRICE_IN, PRICE_OUT = 10**9, 2 * 10**9
