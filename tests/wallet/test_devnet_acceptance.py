@@ -94,6 +94,8 @@ def test_on_a_running_devnet_the_cli_alone_stakes_unbonds_withdraws_deposits_key
         f"tiny-{secrets.token_hex(4)}", 4, 256, keccak(b"weights"), keccak(b"tokenizer"),
         10**12, 3 * 10**12)
     charge = chain.model_registry.model(model_id).charge(100, 20)
+    # only bonded gateways settle (issue 14); a second bond in the session is a top-up
+    chain.payments.bond_gateway(int(chain.payments.params()["min_gateway_bond"]))
     settled = chain.payments.settle_batch(
         [signed.key_hash], [Pipeline(model_id, (Stage(operator, 0, 4),))],
         [Record(secrets.randbits(64), 0, 0, 100, 20, charge, keccak(b"commitment"))])

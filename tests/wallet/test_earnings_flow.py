@@ -43,6 +43,8 @@ def test_a_served_request_is_charged_to_the_key_and_claimed_by_the_operators_own
         f"tiny-{secrets.token_hex(4)}", 4, 256, keccak(b"weights"), keccak(b"tokenizer"),
         10**12, 3 * 10**12)
     charge = chain.model_registry.model(model_id).charge(120, 40)
+    # only bonded gateways settle (issue 14); a second bond in the session is a top-up
+    chain.payments.bond_gateway(int(chain.payments.params()["min_gateway_bond"]))
     operator = vpx.json("wallet", "show", "op")["address"]
     seq = secrets.randbits(64)  # request sequence numbers are per gateway, unique in the session
     settled = chain.payments.settle_batch(
