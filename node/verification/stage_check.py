@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from node.runtime.executor import StageExecutor
 from node.runtime.models.errors import ExecutionError
@@ -181,6 +182,10 @@ def load_token_claim(path: str | Path) -> TokenClaim:
     try:
         spec = Sampling(float(samp.get("temperature", 0.0)), float(samp.get("top_p", 1.0)),
                             int(samp.get("seed", 0)))
+    except ValidationError as e:  # one line naming each bad field and why
+        why = "; ".join(f"{'.'.join(map(str, x['loc']))} {x['msg']} (got {x.get('input')!r})"
+                        for x in e.errors())
+        raise VerifyInputError(f"tokens file {p}: bad sampling parameters: {why}") from e
     except (VerifierError, TypeError, ValueError) as e:
         raise VerifyInputError(f"tokens file {p}: bad sampling parameters: {e}") from e
     return TokenClaim(tuple(toks), first, spec)
