@@ -250,7 +250,7 @@ class VerifierAgent:
                     pass  # too late to commit: close_votes will slash the missing reveal
                 elif vote is None and key not in self.abstained:
                     self._start_job(tr, t, key)
-                else:
+                elif vote is not None:  # an abstaining member commits nothing
                     await self._commit(vote)
             elif vote is not None and not mine.revealed and self.config.policy.reveals:
                 all_committed = all(m.commitment != b"\x00" * 32 for _, m in members)
