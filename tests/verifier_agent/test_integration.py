@@ -29,6 +29,14 @@ def devnet(tmp_path_factory):
         yield dn.url
 
 
+def _seated(world, block: int) -> set[str]:
+    """Round 0's committee. The draw depends on the block hash and on which stage is checked
+    (a stage of the pipeline that is neither the checked one nor its input may sit), so the
+    tests seat every eligible node and read who sat."""
+    (sel,) = world.events("CommitteeSelected", block)
+    return set(sel.args["members"])
+
+
 async def _play(model, tmp, url, vparams, specs, n_pipeline=2):
     world = World.deploy(url, model, tmp, vparams)
     try:
@@ -48,19 +56,24 @@ def test_a_perturbed_worker_is_slashed_its_client_refunded_and_a_lazy_verifier_l
     specs = [NodeSpec((0, 4), perturb=0.02), NodeSpec((4, 8), perturb=0.02),  # both stages cheat
              NodeSpec((0, 4)), NodeSpec((4, 8)), NodeSpec((0, 4), Policy.LAZY)]
     world, opened, t, stakes = asyncio.run(
-        _play(tiny_model, tmp_path, devnet, params(committee_size=3), specs))
+        _play(tiny_model, tmp_path, devnet, params(committee_size=4), specs))
     b = opened.open_block
+    lazy = world.nodes[4]
+    seated = _seated(world, b)
+    assert lazy.operator in seated and len(seated) >= 3
     assert t.status is TaskStatus.FRAUD  # convicted; finalize refunds the client at once
     (fin,) = world.events("TaskFinalized", b)
-    # the lazy member's PASS is slashed when the named leaf is judged, so it is not counted
-    assert (fin.args["status"], fin.args["passes"], fin.args["fails"]) == (TaskStatus.FRAUD, 0, 2)
+    # the lazy member's PASS is slashed when the named leaf is judged, so it is not counted; every
+    # other member (the pipeline's other stage too, when it sits) re-executed and accused
+    assert (fin.args["status"], fin.args["passes"], fin.args["fails"]) == (
+        TaskStatus.FRAUD, 0, len(seated) - 1)
     cheat = next(n for n in world.nodes[:2] if n.operator == t.stage_operator)
     slashed = sum(e.args["amount"] for e in world.events("StageSlashed", b))
     assert slashed == ETH // 2 and stakes[cheat.operator] == ETH - ETH // 2
     (refund,) = world.events("ClientRefunded", b)
     assert refund.args["charge"] == opened.charge
     assert world.chain.payments.deposit_of(opened.client.address) == opened.deposit_before_refund + opened.charge
-    lazy, honest = world.nodes[4], world.nodes[2:4]
+    honest = world.nodes[2:4]
     (ms,) = world.events("MemberSlashed", b)
     assert ms.args["member"] == lazy.operator
     assert any(r in ms.args["reason"] for r in ("pass contradicted by evidence", "against the outcome"))
@@ -72,12 +85,15 @@ def test_an_accusing_verifier_and_a_non_revealer_lose_on_an_honest_task(tiny_mod
     specs = [NodeSpec((0, 4)), NodeSpec((4, 8)), NodeSpec((0, 4)), NodeSpec((4, 8)),
              NodeSpec((4, 8), Policy.ACCUSE), NodeSpec((0, 4), Policy.SILENT)]
     world, opened, t, stakes = asyncio.run(
-        _play(tiny_model, tmp_path, devnet, params(committee_size=4, reveal_blocks=25), specs))
+        _play(tiny_model, tmp_path, devnet, params(committee_size=5, reveal_blocks=25), specs))
     b = opened.open_block
+    accuser, silent = world.nodes[4], world.nodes[5]
+    seated = _seated(world, b)
+    assert {accuser.operator, silent.operator} <= seated and len(seated) >= 4
     assert t.status is TaskStatus.PASSED
     (fin,) = world.events("TaskFinalized", b)
-    assert (fin.args["passes"], fin.args["fails"]) == (2, 0)  # the accuser's FAIL is slashed, not counted
-    accuser, silent = world.nodes[4], world.nodes[5]
+    # the accuser's FAIL is slashed, not counted; the silent member never revealed
+    assert (fin.args["passes"], fin.args["fails"]) == (len(seated) - 2, 0)
     reasons = {e.args["member"]: e.args["reason"] for e in world.events("MemberSlashed", b)}
     assert set(reasons) == {accuser.operator, silent.operator}
     assert any(r in reasons[accuser.operator] for r in (
@@ -96,12 +112,15 @@ def test_a_member_that_cannot_re_execute_abstains_and_the_cheat_is_still_convict
              NodeSpec((0, 4)), NodeSpec((4, 8), rerun=False), NodeSpec((4, 8))]
     world, opened, t, stakes = asyncio.run(
         _play(tiny_model, tmp_path, devnet,
-              params(committee_size=3, commit_blocks=40, reveal_blocks=20), specs))
+              params(committee_size=4, commit_blocks=40, reveal_blocks=20), specs))
     b = opened.open_block
-    honest, blind = [world.nodes[2], world.nodes[4]], world.nodes[3]
+    blind = world.nodes[3]
+    seated = _seated(world, b)
+    assert blind.operator in seated and len(seated) >= 3
+    honest = [n for n in world.nodes if n.operator in seated - {blind.operator}]
     assert t.status is TaskStatus.FRAUD
     (fin,) = world.events("TaskFinalized", b)
-    assert (fin.args["status"], fin.args["passes"], fin.args["fails"]) == (TaskStatus.FRAUD, 0, 2)
+    assert (fin.args["status"], fin.args["passes"], fin.args["fails"]) == (TaskStatus.FRAUD, 0, len(honest))
     assert {e.args["member"] for e in world.events("VerdictCommitted", b)} == {n.operator for n in honest}
     assert any("abstained" in e for e in blind.agent.events), blind.agent.events
     (ms,) = world.events("MemberSlashed", b)  # the price of abstaining, and nothing else
