@@ -166,22 +166,24 @@ class Router:
             free = self.kv_capacity[nid] - seen.kv_used_bytes
             if a == 0 and b * per_layer_kv <= free:
                 best[j], start_at[j] = b * per_layer + ld.queue_s, 0
-            for cut in range(a, b):
+            # Under load, a request whose own replica's chain admits it up to this shard stays
+            # on it: joining another replica's shard mid-way would take a batch slot and strand
+            # the slot of that replica's earlier stages (each node runs at most max_batch
+            # sequences). Stitching routes around full, failed or excluded nodes. (Every shard
+            # ending at a cut comes before any shard that cuts there, so a frontier is final
+            # whenever it is first built.)
+            mine = self.own_pred.get((self.rep[j], a)) if use_load and loads else None
+            stay = mine is not None and best[mine] < float("inf")
+            for cut in range(a, a + 1) if stay else range(a, b):
                 if (b - cut) * per_layer_kv > free:
                     continue
                 own = (b - cut) * per_layer + ld.queue_s
-                if cut not in frontier:
-                    frontier[cut] = self._frontier(cut, best)
-                # Under load, a request whose own replica's chain admits it up to this shard
-                # stays on it: joining another replica's shard mid-way would take a batch slot
-                # and strand the slot of that replica's earlier stages (each node runs at most
-                # max_batch sequences). Stitching routes around full, failed or excluded nodes.
-                preds = frontier[cut]
-                mine = self.own_pred.get((self.rep[j], a)) if use_load and loads else None
-                if mine is not None and best[mine] < float("inf"):
-                    if cut != a:
-                        continue
+                if stay and mine is not None:
                     preds = [mine]
+                else:
+                    if cut not in frontier:
+                        frontier[cut] = self._frontier(cut, best)
+                    preds = frontier[cut]
                 for p in preds:
                     pi = self.shards[p][0]
                     link = (link_time(c, pi, i, prompt_tokens * act)

@@ -103,6 +103,10 @@ class Simulation:
         self.arrivals, self.prompt, self.output = workload.draw()
         self.now = 0.0
         self.queue: dict[str, deque[Item]] = {n: deque() for n in kv_capacity}
+        # Running totals over each queue (what `loads()` reports without walking the queue):
+        # tokens queued, and how many queued items run each layer count.
+        self.queued_tokens: dict[str, int] = {n: 0 for n in kv_capacity}
+        self.queued_layers: dict[str, dict[int, int]] = {n: {} for n in kv_capacity}
         self.busy_until: dict[str, float] = {n: 0.0 for n in kv_capacity}
         self.busy: dict[str, bool] = {n: False for n in kv_capacity}
         self.events: list[tuple[float, int, int, Any]] = []
@@ -118,9 +122,8 @@ class Simulation:
             i = self.c.index[n]
             backlog = max(self.busy_until[n] - self.now, 0.0)
             if self.queue[n]:  # the queued items run as one more batch
-                q = self.queue[n]
-                backlog += max(it.hop.end - it.hop.start for it in q) * layer_time(
-                    self.c, i, sum(it.tokens for it in q))
+                backlog += max(self.queued_layers[n]) * layer_time(
+                    self.c, i, self.queued_tokens[n])
             out[n] = NodeLoad(active=self.active[n], queue_s=backlog, kv_used_bytes=self.kv_used[n])
         return out
 
@@ -155,7 +158,7 @@ class Simulation:
                 self._arrive(data)
             elif kind == DELIVER:
                 node, items = data
-                self.queue[node].extend(items)
+                self._enqueue(node, items)
                 self._wake(node)
             elif kind == START:
                 self.waking[data] = False
@@ -197,6 +200,14 @@ class Simulation:
     def _send(self, item: Item, at: float) -> None:
         self._push(at, DELIVER, (item.hop.node, [item]))
 
+    def _enqueue(self, node: str, items: list[Item]) -> None:
+        self.queue[node].extend(items)
+        layers = self.queued_layers[node]
+        for it in items:
+            self.queued_tokens[node] += it.tokens
+            k = it.hop.end - it.hop.start
+            layers[k] = layers.get(k, 0) + 1
+
     def _start(self, node: str) -> None:
         q = self.queue[node]
         batch = [q.popleft()]
@@ -204,6 +215,13 @@ class Simulation:
         while q and len(batch) < self.max_batch and tokens + q[0].tokens <= self.max_batch_tokens:
             tokens += q[0].tokens
             batch.append(q.popleft())
+        self.queued_tokens[node] -= tokens
+        layers = self.queued_layers[node]
+        for it in batch:
+            k = it.hop.end - it.hop.start
+            layers[k] -= 1
+            if not layers[k]:
+                del layers[k]
         i = self.c.index[node]
         context = sum(self._prompt[it.req] + self.done_tokens[it.req] for it in batch)
         layers = max(it.hop.end - it.hop.start for it in batch)

@@ -35,19 +35,32 @@ class RouterPolicy:
         self.router = Router(snapshot, plan)
         self.use_load = use_load
         self.name = "router" if use_load else "router-noload"
-        self.fits: dict[int, bool] = {}
+        # Whether a request could ever be served (a route on the idle cluster) depends only on
+        # the KV tokens it holds, and monotonically: the largest size seen to fit and the
+        # smallest seen not to answer most requests without a route search.
+        self.fits_up_to = 0
+        self.fails_from = 1 << 62
 
     def lane(self, req: int) -> int:
         return 0
 
+    def fits(self, prompt: int, output: int) -> bool:
+        """Could a request of `prompt` + `output` KV tokens be served on an idle cluster?"""
+        kv = prompt + output
+        if kv <= self.fits_up_to:
+            return True
+        if kv >= self.fails_from:
+            return False
+        try:
+            self.router.route({}, prompt, output)
+        except NoRoute:
+            self.fails_from = kv
+            return False
+        self.fits_up_to = kv
+        return True
+
     def choose(self, req: int, kv_tokens: int, sim: Simulation) -> Choice:
-        if req not in self.fits:  # could it ever be served, on an idle cluster?
-            try:
-                self.router.route({}, int(sim.prompt[req]), int(sim.output[req]))
-                self.fits[req] = True
-            except NoRoute:
-                self.fits[req] = False
-        if not self.fits[req]:
+        if not self.fits(int(sim.prompt[req]), int(sim.output[req])):
             return False
         try:
             route = self.router.route(sim.loads(), int(sim.prompt[req]), int(sim.output[req]),
