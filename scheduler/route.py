@@ -121,7 +121,7 @@ class Router:
 
     def route(self, loads: Mapping[str, NodeLoad] | None = None, prompt_tokens: int = 1,
               output_tokens: int = 1, exclude: frozenset[str] | set[str] = frozenset(),
-              use_load: bool = True) -> Route:
+              use_load: bool = True, whole_shards: bool = False) -> Route:
         """The route of least expected completion time for a request of `prompt_tokens` in and
         up to `output_tokens` out (KV for both is admitted on every hop).
 
@@ -129,7 +129,9 @@ class Router:
         `output_tokens` × `(b − l)` × the per-layer decode time at the node's batch and resident
         KV with this request added, plus the link to it for the prompt and for every token.
         `use_load=False` ignores queueing and batch size (the load-blind baseline) but still
-        respects KV admission. Raises `NoRoute` when no admissible chain covers every layer.
+        respects KV admission. `whole_shards=True` runs every hop over its shard's whole range
+        (no suffixes): what a deployment whose workers serve exactly their assigned range needs.
+        Raises `NoRoute` when no admissible chain covers every layer.
         """
         if prompt_tokens < 1 or output_tokens < 1:
             raise InvalidInput(f"prompt_tokens ({prompt_tokens}) and output_tokens "
@@ -174,7 +176,7 @@ class Router:
             # whenever it is first built.)
             mine = self.own_pred.get((self.rep[j], a)) if use_load and loads else None
             stay = mine is not None and best[mine] < float("inf")
-            for cut in range(a, a + 1) if stay else range(a, b):
+            for cut in range(a, a + 1) if stay or whole_shards else range(a, b):
                 if (b - cut) * per_layer_kv > free:
                     continue
                 own = (b - cut) * per_layer + ld.queue_s

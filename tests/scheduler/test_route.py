@@ -80,6 +80,10 @@ def test_a_suffix_of_a_shard_can_follow_another_replicas_shard() -> None:
                                    Replica((Stage("n2", 0, 10), Stage("n3", 10, 32)))))
     route = Router(snap, plan).route({}, 1)
     assert [(h.node, h.start, h.end) for h in route.hops] == [("n0", 0, 20), ("n3", 20, 32)]
+    # Workers that serve exactly their range (the coordinator's case) get whole shards only.
+    whole = Router(snap, plan).route({}, 1, whole_shards=True)
+    held = {(s.node, s.start, s.end) for s in plan.stages()}
+    assert {(h.node, h.start, h.end) for h in whole.hops} <= held
 
 
 def test_routes_avoid_nodes_without_free_kv_memory(mixed_70b: Snapshot) -> None:
