@@ -120,7 +120,10 @@ class HeartbeatLoop:
     `load()` returns the fields to report (`active`, `queue_ms`, `kv_used_bytes`, …);
     `on_assignment(a)` is called whenever the acknowledged assignment changes (a new epoch, a new
     layer range, or unassigned), which is how a worker follows the coordinator. Refusals and
-    unreachable coordinators are kept in `last_error` and retried on the next beat.
+    unreachable coordinators are kept in `last_error` and retried on the next beat. `nudge()`
+    sends the next beat at once — a worker does so when it starts serving a new range, so the
+    coordinator (which routes a stage only once its node confirms the range) learns without
+    waiting a whole period.
     """
 
     def __init__(self, client: HeartbeatClient, every_s: float,
@@ -133,6 +136,7 @@ class HeartbeatLoop:
         self.assignment: AssignmentResponse | None = None
         self.last_error = ""
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"heartbeat-{client.operator}")
 
@@ -140,9 +144,14 @@ class HeartbeatLoop:
         self._thread.start()
         return self
 
+    def nudge(self) -> None:
+        """Send the next heartbeat now instead of at the end of the period (thread-safe)."""
+        self._wake.set()
+
     def stop(self, leave: bool = False) -> None:
         """Stop beating; with `leave`, announce the departure so eviction is immediate."""
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=self.every_s + (self.client.http.timeout.read or 5.0) + 1)
         if leave:
             self.client.leave()
@@ -158,5 +167,7 @@ class HeartbeatLoop:
                         self.on_assignment(ack.assignment)
             except errors.ServiceError as e:
                 self.last_error = str(e)
-            if self._stop.wait(self.every_s):
+            self._wake.wait(self.every_s)
+            self._wake.clear()
+            if self._stop.is_set():
                 return

@@ -6,9 +6,12 @@ computes the same bytes (no float or JSON canonicalisation)::
 
     digest = keccak256(b"veriplex.heartbeat.v1" ‖ HB_LAYOUT.pack(
         version u8, kind u8, chain_id u64, operator 20s, seq u64, timestamp_ms u64, model_id u64,
-        active u32, queue_ms u32, kv_used_bytes u64, kv_capacity_bytes u64, layer_us u32))
+        active u32, queue_ms u32, kv_used_bytes u64, kv_capacity_bytes u64, layer_us u32,
+        epoch u64, layer_start u32, layer_end u32))
 
-(little-endian). Binding the chain id stops a heartbeat from one network counting on another;
+(little-endian). `epoch`, `layer_start`, `layer_end` say which range the node serves right now and
+the epoch of the assignment it serves it for (all 0 while it serves nothing): the coordinator
+routes a stage only once its node confirms it this way. Binding the chain id stops a heartbeat from one network counting on another;
 the strictly increasing `seq` and the timestamp window stop replays. Route, assignment and status
 answers are typed here too, so the gateway and workers parse exactly what the coordinator sends.
 """
@@ -36,10 +39,11 @@ HEARTBEAT_DOMAIN = b"veriplex.heartbeat.v1"
 REQUEST_DOMAIN = b"veriplex.request.v1"
 MAX_ERROR_TEXT = 1024
 MAX_STAGES = 64
-HB_LAYOUT = struct.Struct("<BBQ20sQQQIIQQI")
+HB_LAYOUT = struct.Struct("<BBQ20sQQQIIQQIQII")
 ADDRESS = r"^0x[0-9a-fA-F]{40}$"
 SIGNATURE = r"^0x[0-9a-fA-F]{130}$"
 U64 = 2**64
+U32 = 2**32
 MAX_QUEUE_MS = 3_600_000  # an hour of backlog: beyond that a node is broken, not busy
 MAX_ACTIVE = 1_000_000
 MAX_KV_BYTES = 2**50  # 1 PiB: far above any GPU box, far below overflow
@@ -69,19 +73,33 @@ class Heartbeat(BaseModel):
     kv_used_bytes: int = Field(0, ge=0, le=MAX_KV_BYTES)
     kv_capacity_bytes: int = Field(0, ge=0, le=MAX_KV_BYTES, description="0: not reported")
     layer_us: int = Field(0, ge=0, le=MAX_LAYER_US, description="measured decode µs per layer")
+    epoch: int = Field(0, ge=0, lt=U64, description="epoch of the assignment served (0: none)")
+    layer_start: int = Field(0, ge=0, lt=U32, description="first layer served now")
+    layer_end: int = Field(0, ge=0, lt=U32, description="end of the range served now (0: none)")
 
     @model_validator(mode="after")
     def _kv_within_capacity(self) -> Heartbeat:
         if self.kv_capacity_bytes and self.kv_used_bytes > self.kv_capacity_bytes:
             raise ValueError(f"kv_used_bytes ({self.kv_used_bytes}) exceeds kv_capacity_bytes "
                              f"({self.kv_capacity_bytes})")
+        if self.layer_end and self.layer_end <= self.layer_start:
+            raise ValueError(f"layer range [{self.layer_start}, {self.layer_end}) is empty")
+        if not self.layer_end and (self.layer_start or self.epoch):
+            raise ValueError(f"layer_start ({self.layer_start}) and epoch ({self.epoch}) need a "
+                             f"served range (layer_end is 0)")
         return self
+
+    @property
+    def serving(self) -> tuple[int, int, int] | None:
+        """`(epoch, layer start, layer end)` the node serves now, or None."""
+        return (self.epoch, self.layer_start, self.layer_end) if self.layer_end else None
 
     def digest(self) -> bytes:
         body = HB_LAYOUT.pack(
             self.version, int(self.kind), self.chain_id, bytes.fromhex(self.operator[2:]),
             self.seq, self.timestamp_ms, self.model_id, self.active, self.queue_ms,
-            self.kv_used_bytes, self.kv_capacity_bytes, self.layer_us)
+            self.kv_used_bytes, self.kv_capacity_bytes, self.layer_us, self.epoch,
+            self.layer_start, self.layer_end)
         return keccak(HEARTBEAT_DOMAIN + body)
 
 

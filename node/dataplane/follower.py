@@ -3,8 +3,9 @@
 `decide(current, assignment)` is the pure part: given the layer range served now (or None when
 idle) and the coordinator's latest assignment, it says KEEP, LOAD a new range, or go IDLE.
 `Follower` is the thin IO around it: a `HeartbeatLoop` thread reports load (active sessions,
-reserved KV bytes, measured decode µs per layer) and hands each changed assignment to the asyncio
-loop, where the new shard is loaded off-loop, the old stage is DRAINED (no new work is refused
+reserved KV bytes, measured decode µs per layer, and the range served with the epoch of the
+assignment it serves it for — the coordinator routes a stage only once this confirms it) and hands
+each changed assignment to the asyncio loop, where the new shard is loaded off-loop, the old stage is DRAINED (no new work is refused
 while its in-flight sessions finish, up to `drain_s`), stopped, and the new stage is started on
 the same host:port. Unassigned (or standby) means idle: nothing is served, heartbeats continue.
 """
@@ -79,7 +80,9 @@ class Follower:
         self.drain_s = drain_s
         self.server: Any = None
         self.epoch = 0
+        self.serving_epoch = 0  # epoch of the newest assignment the running server satisfies
         self.layer_us = 0
+        self._hb: Any = None
         self.kv_capacity = 0
         self._queue: asyncio.Queue[AssignmentResponse] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -95,8 +98,10 @@ class Follower:
             return {}
         used = s.sessions.kv_reserved
         cap = max(s.sessions.kv_budget_bytes, used)
+        a, b = s.layers
         return {"active": len(s.sessions.sessions), "kv_used_bytes": used,
-                "kv_capacity_bytes": cap, "layer_us": self.layer_us}
+                "kv_capacity_bytes": cap, "layer_us": self.layer_us,
+                "epoch": self.serving_epoch, "layer_start": a, "layer_end": b}
 
     def on_assignment(self, a: AssignmentResponse) -> None:
         """Thread-safe: queue an assignment for the loop."""
@@ -107,6 +112,8 @@ class Follower:
         d = decide(self.layers, a)
         self.epoch = max(self.epoch, d.epoch)
         if d.action is Action.KEEP:
+            if self.server is not None and d.layers == self.layers and d.epoch:
+                self.serving_epoch = max(self.serving_epoch, d.epoch)
             return d
         if d.action is Action.IDLE:
             await self._retire()
@@ -119,6 +126,9 @@ class Follower:
         await new.start()
         self.port = new.port
         self.server = new
+        self.serving_epoch = a.epoch
+        if self._hb is not None:  # confirm the new range now: routing waits for it
+            self._hb.nudge()
         self.announce(f"serving layers [{d.layers[0]}, {d.layers[1]}) at epoch {a.epoch} on "
                       f"{new.host}:{new.port} as {new.address}")
         return d
@@ -138,7 +148,8 @@ class Follower:
         from node.coordinator import HeartbeatLoop
 
         self._loop = asyncio.get_running_loop()
-        hb = HeartbeatLoop(client, every_s, load=self.load, on_assignment=self.on_assignment).start()
+        hb = HeartbeatLoop(client, every_s, load=self.load, on_assignment=self.on_assignment)
+        self._hb = hb.start()
         self.announce(f"following coordinator {client.url} as {client.operator}")
         try:
             while not stop.is_set():

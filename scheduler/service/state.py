@@ -13,11 +13,24 @@ published epoch — and decides, with the scheduler's pure core, when the alloca
   global re-allocation is adopted only when `dynamics.rebalance` finds the imbalance above the
   threshold.
 
+An eviction first tries to heal in place (`replace.fill_gap`): only the evicted node's stage is
+re-placed, onto standby nodes (heard-from reserved ones included), and every surviving stage keeps
+its node and range, so no survivor reloads a shard. Only when no such plan is usable does it fall
+back to `dynamics.leave` (the replica re-split) and promotions (phase 1 when nothing is placeable).
+
 Hot standby (`standby_reserve` N > 0): the N most recently registered live nodes are held out of
 the allocation (planned as unavailable, so phase 1 and joins leave them standby; they verify
-meanwhile). When an eviction costs a replica (or leaves no plan), reserved nodes are promoted one
-by one — each placed with `dynamics.join`, phase 1 when nothing is placeable — until the replica
-count is back or the reserve is empty; a node registering later refills the reserve.
+meanwhile). An evicted stage is re-placed on them first (above); when that fails and an eviction
+costs a replica (or leaves no plan), reserved nodes are promoted one by one — each placed with
+`dynamics.join`, phase 1 when nothing is placeable — until the replica count is back or the
+reserve is empty; a node registering later refills the reserve.
+
+Routing waits for confirmation: a heartbeat says which range its node serves and for which
+epoch's assignment. A published stage `(node, [a, b))` is routed only once its node's latest
+heartbeat reports `[a, b)` for an epoch at or after the one since which the node has held that
+range (`Published.since`); until then the stage is left out, and when what is left has no
+complete pipeline the previous epoch's stages that their nodes still confirm fill in (the old
+assignment, still served while the new one loads).
 
 Whenever the plan's epoch rows differ from the last published ones, `pending()` returns a
 `Publication`; the IO shell sends it and reports back with `mark_published`. No sockets, no
@@ -54,9 +67,11 @@ from protocol.messages import (
 )
 from scheduler import dynamics
 from scheduler.allocate import allocate
-from scheduler.errors import CannotPlace, SchedulerError
+from scheduler.errors import CannotPlace, NoRoute, SchedulerError
 from scheduler.model import Links, ModelSpec, NodeSpec, Params, Plan, Snapshot
+from scheduler.replace import fill_gap
 from scheduler.route import NodeLoad, Router
+from scheduler.service.routing import confirms, routable_plans, shard_key
 
 Row = tuple[str, int, int, int]  # (operator, model_id, layer start, layer end)
 
@@ -100,6 +115,8 @@ class Published:
     snapshot_hash: str
     at_s: float
     endpoints: dict[str, str] = field(default_factory=dict)
+    # per operator of `rows`: the first epoch of the unbroken run of epochs that gave it this range
+    since: dict[str, int] = field(default_factory=dict)
 
 
 def links_for(regions: set[str], base: Links, default_rtt_ms: float) -> Links:
@@ -148,26 +165,30 @@ class CoordinatorState:
         self.last_seen: dict[str, float] = {}
         self.last_seq: dict[str, int] = {}
         self.loads: dict[str, NodeLoad] = {}
+        self.serving: dict[str, tuple[int, int, int]] = {}  # (epoch, start, end) heartbeats report
         self.layer_ms: dict[str, float] = {}
         self.live: set[str] = set()
         self.plan: Plan | None = None
         self.published: Published | None = None
+        self.previous: Published | None = None  # the epoch before `published`
         self.problem = ""  # why nothing can be placed right now, if so
         self.events: deque[str] = deque(maxlen=200)
         self._last_rebalance_s: float | None = None
-        self._router: tuple[int, Router] | None = None
+        self._routers: dict[tuple[int, tuple[tuple[str, int, int], ...]], Router] = {}
         self._reason = "start"
         self._working = self._snapshot(set())
 
     # ── snapshot ─────────────────────────────────────────────────────────────────────────────
-    def _snapshot(self, live: set[str]) -> Snapshot:
-        """Solver input over `live`, with the latest measured per-layer latencies."""
+    def _snapshot(self, live: set[str], promote: set[str] | frozenset[str] = frozenset()
+                  ) -> Snapshot:
+        """Solver input over `live`, with the latest measured per-layer latencies; reserved
+        nodes are unavailable unless in `promote`."""
         nodes = []
         for op in sorted(live):
             spec = self.registered[op].spec
             if op in self.layer_ms:
                 spec = replace(spec, layer_ms=self.layer_ms[op])
-            if op in self.reserved:
+            if op in self.reserved and op not in promote:
                 spec = replace(spec, available=False)
             nodes.append(spec)
         links = links_for({n.region for n in nodes}, self.base_links, self.default_rtt_ms)
@@ -224,20 +245,53 @@ class CoordinatorState:
         before = set(self.live)
         self.live.discard(op)
         self.loads.pop(op, None)
+        self.serving.pop(op, None)
         if op in self.reserved:  # a standby went quiet: nothing served changes; it stays in
             self._working = self._snapshot(self.live)  # the reserve for when it is back
             self._note(now, f"standby {op} evicted ({why})")
+            return
+        if self._heal(op, now, why):
             return
         self._replan(now, f"{op} evicted ({why})", before,
                      lambda snap, plan: dynamics.leave(snap, plan, op))
         self._promote(now, max(had, 1))
 
+    def _heal(self, op: str, now: float, why: str) -> bool:
+        """Re-place only `op`'s stage onto standby nodes (heard-from reserved ones count), every
+        surviving stage kept as it is; False when no such plan is usable or `op` served nothing."""
+        if self.plan is None or op not in {s.node for s in self.plan.stages()}:
+            return False
+        try:
+            healed = fill_gap(self._snapshot(self.live, self._ready(now)), self.plan, op)
+        except SchedulerError as e:
+            self._note(now, f"cannot keep the survivors' ranges: {e}")
+            return False
+        if healed is None:
+            self._note(now, f"no standby can take {op}'s layers with every survivor kept")
+            return False
+        old = {s.node for s in self.plan.stages()}
+        took = [s for s in healed.stages() if s.node not in old]
+        reserve = set(self.reserved)
+        self.reserved -= {s.node for s in took}
+        self._working = self._snapshot(self.live)
+        self.plan = replace(healed, snapshot_hash=self._working.canonical_hash())
+        self.problem = ""
+        onto = ", ".join(f"{'standby ' if s.node in reserve else 'spare '}{s.node} promoted "
+                         f"into [{s.start}, {s.end})" for s in took)
+        self._reason = f"{op} evicted ({why}); {onto}; every other stage kept"
+        self._note(now, self._reason)
+        return True
+
+    def _ready(self, now: float) -> set[str]:
+        """Reserved standbys heard from within the timeout: a silent one is no replacement."""
+        return {op for op in self.reserved & self.live
+                if now - self.last_seen.get(op, now) <= self.timing.heartbeat_timeout_s}
+
     def _promote(self, now: float, want: int) -> None:
         """Promote reserved standbys that are heard from (heartbeat within the timeout) until
         the plan has `want` replicas (or none is left): a silent standby is no replacement."""
         def ready() -> set[str]:
-            return {op for op in self.reserved & self.live
-                    if now - self.last_seen.get(op, now) <= self.timing.heartbeat_timeout_s}
+            return self._ready(now)
 
         while ready() and (self.plan is None or len(self.plan.replicas) < want):
             op = max(ready(), key=self._reserve_rank)
@@ -320,6 +374,10 @@ class CoordinatorState:
                                      kv_used_bytes=hb.kv_used_bytes)
         if hb.layer_us:
             self.layer_ms[named] = hb.layer_us / 1e3
+        if hb.serving is None:
+            self.serving.pop(named, None)
+        else:
+            self.serving[named] = hb.serving
         if named not in self.live:
             self._join(named, now, "heartbeat resumed")
         return hb
@@ -374,9 +432,15 @@ class CoordinatorState:
     def mark_published(self, pub: Publication, epoch: int, now: float) -> None:
         endpoints = {op: self.registered[op].endpoint for op, *_ in pub.rows
                      if op in self.registered}
+        before = self.published
+        held = {op: (a, b) for op, _, a, b in before.rows} if before else {}
+        since = {op: before.since.get(op, before.epoch)
+                 if before is not None and held.get(op) == (a, b) else epoch
+                 for op, _, a, b in pub.rows}
+        self.previous = before
         self.published = Published(epoch, pub.snapshot, pub.plan, pub.rows, pub.snapshot_hash,
-                                   now, endpoints)
-        self._router = None
+                                   now, endpoints, since)
+        self._routers.clear()
         self._note(now, f"published epoch {epoch} ({len(pub.rows)} stages, {pub.reason})")
 
     # ── answers ──────────────────────────────────────────────────────────────────────────────
@@ -395,23 +459,38 @@ class CoordinatorState:
                                   snapshot_hash=p.snapshot_hash)
 
     def route(self, req: RouteRequest) -> RouteResponse:
-        """A pipeline over the published epoch's shards, least expected completion time at the
-        current loads; nodes no longer live and `req.exclude` are avoided. Raises `NoRoute`."""
+        """A pipeline over the published epoch's confirmed stages (`routing`), least expected
+        completion time at the current loads; `req.exclude` is avoided. Raises `NoRoute`."""
         if req.model_id != self.model.model_id:
             raise ModelNotServed(f"model {req.model_id} is not served here (this coordinator "
                                  f"schedules model {self.model.model_id})")
         p = self.published
         if p is None:
             raise NotReady("no epoch has been published yet")
-        if self._router is None or self._router[0] != p.epoch:
-            self._router = (p.epoch, Router(p.snapshot, p.plan))
         exclude = {to_checksum_address(a) for a in req.exclude}
-        exclude |= {op for op, *_ in p.rows if op not in self.live}
-        r = self._router[1].route(self.loads, req.prompt_tokens, req.output_tokens,
-                                  exclude=exclude)
+        plans = routable_plans(p, self.previous, self.serving, self.live)
+        r, err = None, NoRoute("no confirmed stage")
+        for plan in plans:
+            key = (p.epoch, shard_key(plan))
+            if key not in self._routers:
+                if len(self._routers) >= 16:
+                    self._routers.clear()
+                self._routers[key] = Router(p.snapshot, plan)
+            try:
+                # whole shards: a worker serves exactly its range and refuses a suffix of it
+                r = self._routers[key].route(self.loads, req.prompt_tokens, req.output_tokens,
+                                             exclude=exclude, whole_shards=True)
+                break
+            except NoRoute as e:
+                err = e
+        if r is None:
+            waiting = sorted({s.node for s in p.plan.stages()} - {s.node for s in plans[0].stages()})
+            raise NoRoute(f"{err}; {len(waiting)} stage(s) of epoch {p.epoch} not yet confirmed "
+                          f"by their node's heartbeat" if waiting else str(err))
         stages = []
         for h in r.hops:
-            endpoint = p.endpoints.get(h.node, "")
+            endpoint = p.endpoints.get(h.node) or (
+                self.registered[h.node].endpoint if h.node in self.registered else "")
             host, port = split_endpoint(endpoint)
             stages.append(StageAssignment(operator=h.node, endpoint=endpoint, host=host, port=port,
                                      start=h.start, end=h.end))
@@ -437,6 +516,10 @@ class CoordinatorState:
                  if op in self.last_seen else None,
                  "last_seq": self.last_seq.get(op, 0),
                  "load": vars(self.loads[op]) if op in self.loads else None,
+                 "serving": list(self.serving[op]) if op in self.serving else None,
+                 "confirmed": p is not None and any(
+                     confirms(p, self.serving, self.live, op, a, b)
+                     for row_op, _, a, b in p.rows if row_op == op),
                  "layer_ms": self.layer_ms.get(op)}
                 for op, n in sorted(self.registered.items())
             ],

@@ -69,19 +69,35 @@ class Cluster:
             stake_wei=self.chain.node_registry.params().min_stake_wei, sender=self.owners[i])
 
 
+def serving(a: AssignmentResponse | dict | None) -> dict[str, int]:  # type: ignore[type-arg]
+    """The heartbeat fields of a worker that loaded assignment `a` at once."""
+    if isinstance(a, dict):
+        a = AssignmentResponse.model_validate(a)
+    if a is None or not a.assigned:
+        return {}
+    return {"epoch": a.epoch, "layer_start": a.layer_start, "layer_end": a.layer_end}
+
+
 def _pump(cl: Cluster, stop: threading.Event) -> None:
+    """Heartbeats of workers that load what they are assigned at once: each beat confirms the
+    range the previous acknowledgement assigned."""
+    held: dict[str, dict[str, int]] = {}
     with httpx.Client(timeout=5) as http:
         while not stop.wait(BEAT_EVERY_S):
             for op in list(cl.ops):
                 if op.address not in cl.alive:
+                    held.pop(op.address, None)
                     continue
-                body = beat(op, time.time(), chain_id=cl.chain.chain_id, layer_us=0)
+                body = beat(op, time.time(), chain_id=cl.chain.chain_id, layer_us=0,
+                            **held.get(op.address, {}))
                 try:
                     r = http.post(f"{cl.url}/heartbeat", content=body.model_dump_json())
                 except httpx.HTTPError:
                     continue
                 if r.status_code != 200:
                     cl.rejected.append(r.status_code)
+                else:
+                    held[op.address] = serving(r.json().get("assignment"))
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -331,7 +347,8 @@ def test_a_worker_loop_follows_its_assignment_and_its_leave_evicts_it_at_once(
     seen: list[AssignmentResponse] = []
     load = {"active": 1, "queue_ms": 3, "kv_used_bytes": 1 << 20, "kv_capacity_bytes": 1 << 30,
             "layer_us": 900}
-    loop = HeartbeatLoop(hb, BEAT_EVERY_S, lambda: load, seen.append)
+    loop = HeartbeatLoop(hb, BEAT_EVERY_S, lambda: {**load, **serving(seen[-1] if seen else None)},
+                         seen.append)
     cluster.alive.discard(op.address)  # from now on the worker loop alone speaks for it
     try:
         loop.start()

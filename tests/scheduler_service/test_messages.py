@@ -20,10 +20,11 @@ from tests.support.coordinator import CHAIN_ID, operator
 
 BASE = dict(chain_id=CHAIN_ID, operator=operator(0).address, seq=3, timestamp_ms=1_700_000_000_000,
             model_id=1, active=2, queue_ms=40, kv_used_bytes=1000, kv_capacity_bytes=4000,
-            layer_us=250)
+            layer_us=250, epoch=5, layer_start=2, layer_end=6)
 CHANGED = dict(kind=HeartbeatKind.LEAVE, chain_id=1, operator=operator(1).address, seq=4,
                timestamp_ms=1_700_000_000_001, model_id=2, active=3, queue_ms=41,
-               kv_used_bytes=1001, kv_capacity_bytes=4001, layer_us=251)
+               kv_used_bytes=1001, kv_capacity_bytes=4001, layer_us=251, epoch=6, layer_start=3,
+               layer_end=7)
 
 
 def test_the_signature_recovers_the_operator_and_round_trips_through_json() -> None:
@@ -49,6 +50,15 @@ def test_out_of_range_fields_are_refused(field: str, value: object) -> None:
 def test_kv_use_above_the_reported_capacity_is_refused() -> None:
     with pytest.raises(ValidationError, match=r"kv_used_bytes \(5000\) exceeds"):
         Heartbeat(**{**BASE, "kv_used_bytes": 5000})
+
+
+def test_a_served_range_must_be_non_empty_and_an_epoch_needs_a_range() -> None:
+    with pytest.raises(ValidationError, match=r"layer range \[6, 6\) is empty"):
+        Heartbeat(**{**BASE, "layer_start": 6})
+    with pytest.raises(ValidationError, match=r"epoch \(5\) need a served range"):
+        Heartbeat(**{**BASE, "layer_start": 0, "layer_end": 0})
+    assert Heartbeat(**{**BASE, "epoch": 0, "layer_start": 0, "layer_end": 0}).serving is None
+    assert Heartbeat(**BASE).serving == (5, 2, 6)
 
 
 def test_floats_strings_and_unknown_fields_are_refused_in_json() -> None:

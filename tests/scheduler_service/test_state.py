@@ -21,7 +21,7 @@ from scheduler.allocate import allocate
 from scheduler.route import NodeLoad
 from scheduler.schema import parse_snapshot
 from scheduler.service.state import CoordinatorState, Timing
-from tests.support.coordinator import CHAIN_ID, MODEL, beat, chain_node, operator
+from tests.support.coordinator import CHAIN_ID, MODEL, beat, chain_node, confirm, operator
 
 TIMEOUT = 10.0
 T0 = 1_000_000.0
@@ -171,6 +171,7 @@ def test_routes_wait_for_an_epoch_and_refuse_other_models() -> None:
 def test_routes_are_contiguous_and_avoid_a_loaded_replica_and_excluded_nodes() -> None:
     st = started()
     publish(st, 1, T0)
+    confirm(st, [operator(i) for i in range(4)], T0)
     r = st.route(RouteRequest(model_id=MODEL.model_id, prompt_tokens=32, output_tokens=16))
     assert r.stages[0].start == 0 and r.stages[-1].end == MODEL.layers
     assert all(a.end == b.start for a, b in zip(r.stages, r.stages[1:], strict=False))

@@ -72,6 +72,17 @@ def beat(op: Operator, now: float, chain_id: int = CHAIN_ID, seq: int | None = N
     return sign_heartbeat(op.key, hb)
 
 
+def confirm(st, ops: list[Operator], now: float) -> None:  # type: ignore[no-untyped-def]
+    """Each of `ops` that the published epoch of the `CoordinatorState` `st` assigns a range
+    heartbeats that it serves that range for that epoch (what a worker does once loaded)."""
+    p = st.published
+    assert p is not None
+    for op in ops:
+        for row_op, _, a, b in p.rows:
+            if row_op == to_checksum_address(op.address):
+                st.heartbeat(beat(op, now, epoch=p.epoch, layer_start=a, layer_end=b), now)
+
+
 def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.1):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     while True:
