@@ -35,13 +35,20 @@ Prints one `name: value` line per figure, then a one-line summary (DESIGN §9):
                                admission); tpot_error_p90 the same for the median time per token
   worst_cluster, _rr           where plan_vs_best is lowest
 
-Run: `.venv/bin/python bench/scheduler.py [--quick] [--verbose]` (--verbose: one line per
-generated cluster on stderr).
+Run: `.venv/bin/python bench/scheduler.py [--quick] [--verbose] [--only SECTIONS]
+[--seeds 0,1] [--sizes 8,24] [--mixes consumer] [--cache FILE]` (--verbose: one line per generated
+cluster on stderr, with its seconds; --only: a comma list of solve, exact, serve, robust; --seeds,
+--sizes, --mixes: a subset of the generated clusters; --cache: keep simulation results in FILE,
+keyed by the simulator's source, the snapshot, the plan, the workload and the policy — the
+simulation is deterministic, so a hit is the same result; for development, the published figures
+come from a run without it).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import os
 import sys
@@ -61,10 +68,48 @@ from scheduler.schema import parse_snapshot  # noqa: E402
 from scheduler.sim.baselines import greedy_plan  # noqa: E402
 from scheduler.sim.catalogue import MODELS  # noqa: E402
 from scheduler.sim.cluster import gen_cluster  # noqa: E402
-from scheduler.sim.score import simulate  # noqa: E402
+from scheduler.sim.engine import SimResult  # noqa: E402
+from scheduler.sim.score import simulate as run_sim  # noqa: E402
 from scheduler.sim.workload import Workload  # noqa: E402
 
 REGIONS = ["us-east", "eu-west", "ap-northeast"]
+
+
+class SimCache:
+    """Simulation results by (simulator source, snapshot, plan, workload, policy), in a JSON file."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = Path(path) if path else None
+        self.data: dict[str, dict] = {}
+        if self.path is not None and self.path.exists():
+            self.data = json.loads(self.path.read_text())
+        root = Path(__file__).resolve().parents[1] / "scheduler"
+        code = hashlib.sha256()
+        for f in sorted([*root.glob("*.py"), *(root / "sim").glob("*.py")]):
+            code.update(f.read_bytes())
+        self.code = code.hexdigest()
+
+    def simulate(self, s: Snapshot, plan: Plan, w: Workload, policy: str) -> SimResult:
+        if self.path is None:
+            return run_sim(s, plan, w, policy)
+        key = hashlib.sha256(json.dumps([
+            self.code, s.canonical_hash(), [[[x.node, x.start, x.end] for x in r.stages]
+                                            for r in plan.replicas],
+            w.__dict__, policy], sort_keys=True).encode()).hexdigest()
+        if key not in self.data:
+            self.data[key] = run_sim(s, plan, w, policy).__dict__
+        return SimResult(**self.data[key])
+
+    def save(self) -> None:
+        if self.path is not None:
+            self.path.write_text(json.dumps(self.data))
+
+
+SIMS = SimCache(None)
+
+
+def simulate(s: Snapshot, plan: Plan, w: Workload, policy: str) -> SimResult:
+    return SIMS.simulate(s, plan, w, policy)
 
 
 def emit(name: str, value: float | int | str) -> None:
@@ -170,7 +215,7 @@ PROMPT, OUTPUT = 256, 64  # the request mix every plan is planned for and served
 def variants(s: Snapshot) -> dict[str, Plan]:
     """Every plan we can produce for `s`: ours, greedy, ours without the straggler rule (summed
     throughput only), ours within regions only, and the exact solver where it finishes."""
-    import scheduler.allocate as alloc
+    import scheduler.choose as alloc
 
     out: dict[str, Plan] = {"ours": allocate(s)}
     try:
@@ -189,20 +234,21 @@ def variants(s: Snapshot) -> dict[str, Plan]:
     return out
 
 
-def robustness(quick: bool, verbose: bool = False) -> dict[str, float | str]:
+def robustness(seeds: list[int], sizes: list[int], mixes: list[str],
+               verbose: bool = False) -> dict[str, float | str]:
     """Over generated clusters (sizes 8–64, every mix, 2–3 regions, 70B and 8B): each plan served
     an offline batch (every request at once, 2× what our plan holds concurrently, at least 200)
     under the load-aware router and under round robin; throughput = output tokens ÷ makespan."""
-    seeds = [0] if quick else [0, 1, 2, 3, 4]
-    sizes = [8, 16] if quick else SIZES
     ratios, ratios_rr, errors, tpot_errors = [], [], [], []
     worst: tuple[float, str] = (math.inf, "")
     worst_rr: tuple[float, str] = (math.inf, "")
     params = {"prompt_tokens": PROMPT, "output_tokens": OUTPUT, "context_tokens": PROMPT + OUTPUT}
     count = 0
     for seed in seeds:
-        for mix in MIXES:
-            for j, n in enumerate(sizes):
+        for mix in mixes:
+            for n in sizes:
+                j = SIZES.index(n)  # the model and regions follow the size's place in SIZES
+                t_cluster = time.perf_counter()
                 model = "llama3-70b" if (seed + j) % 2 == 0 else "llama3-8b"
                 regions = REGIONS[: 2 + (seed + j) % 2]
                 doc = gen_cluster(n, mix, regions, seed=100 * seed + n, params=params)
@@ -245,7 +291,8 @@ def robustness(quick: bool, verbose: bool = False) -> dict[str, float | str]:
                     best = max(thr, key=lambda k: thr[k])
                     best_rr = max(thr_rr, key=lambda k: thr_rr[k])
                     print(f"  {tag}: vs best {r:.3f} ({best}), rr {r_rr:.3f} ({best_rr}), "
-                          f"estimate error {errors[-1]:.3f}, {len(plans)} plans",
+                          f"estimate error {errors[-1]:.3f}, {len(plans)} plans, "
+                          f"{time.perf_counter() - t_cluster:.1f} s",
                           file=sys.stderr, flush=True)
     ratios.sort()
     return {
@@ -263,38 +310,86 @@ def gmean(xs: list[float]) -> float:
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
 def main() -> None:
+    global SIMS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller version, under a minute")
     ap.add_argument("--verbose", action="store_true", help="one line per generated cluster (stderr)")
+    ap.add_argument("--only", default="solve,exact,serve,robust",
+                    help="comma list of sections: solve, exact, serve, robust")
+    ap.add_argument("--seeds", type=_ints, help="generated clusters: seeds (default 0-4; quick 0)")
+    ap.add_argument("--sizes", type=_ints, help=f"generated clusters: sizes from {SIZES}")
+    ap.add_argument("--mixes", help=f"generated clusters: comma list from {MIXES}")
+    ap.add_argument("--cache", help="keep simulation results in this JSON file (development)")
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    if only - {"solve", "exact", "serve", "robust"}:
+        ap.error(f"--only: unknown sections {sorted(only - {'solve', 'exact', 'serve', 'robust'})}")
+    if args.sizes and set(args.sizes) - set(SIZES):
+        ap.error(f"--sizes: each must be one of {SIZES}, got {args.sizes}")
+    SIMS = SimCache(args.cache)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
     t0 = time.perf_counter()
+    summary = []
 
-    for n in (10, 100, 1000, 10000):
-        cpu, wall = solve_time(n, "llama3-70b", repeats=1 if n >= 10000 else 3)
-        emit(f"solve_s_{n}", cpu)
-        emit(f"solve_wall_s_{n}", wall)
-    emit("solve_s_10000_smollm2", solve_time(10000, "smollm2-135m", repeats=1)[0])
+    if "solve" in only:
+        for n in (10, 100, 1000, 10000):
+            cpu, wall = solve_time(n, "llama3-70b", repeats=1 if n >= 10000 else 3)
+            emit(f"solve_s_{n}", cpu)
+            emit(f"solve_wall_s_{n}", wall)
+            if n == 1000:
+                summary.append(f"1k nodes in {cpu:.2f} CPU s")
+        emit("solve_s_10000_smollm2", solve_time(10000, "smollm2-135m", repeats=1)[0])
 
-    gaps = exact_gaps(instances=8 if args.quick else 24, max_nodes=8 if args.quick else 9)
-    emit("exact_gap", sum(gaps) / len(gaps))
-    emit("exact_gap_max", max(gaps))
-    emit("exact_instances", len(gaps))
-    gaps16, slowest = exact_gaps_large(instances=1 if args.quick else 4)
-    emit("exact_gap_16", sum(gaps16) / len(gaps16))
-    emit("exact_gap_16_max", max(gaps16))
-    emit("exact_s_16", slowest)
+    if "exact" in only:
+        gaps = exact_gaps(instances=8 if args.quick else 24, max_nodes=8 if args.quick else 9)
+        emit("exact_gap", sum(gaps) / len(gaps))
+        emit("exact_gap_max", max(gaps))
+        emit("exact_instances", len(gaps))
+        gaps16, slowest = exact_gaps_large(instances=1 if args.quick else 4)
+        emit("exact_gap_16", sum(gaps16) / len(gaps16))
+        emit("exact_gap_16_max", max(gaps16))
+        emit("exact_s_16", slowest)
+        summary.append(f"gap {sum(gaps) / len(gaps):.3f}")
 
-    seeds = [21] if args.quick else [21, 22, 23]
-    requests = 300 if args.quick else 800
-    open_requests = 600 if args.quick else 2000
+    if "serve" in only:
+        serving(args.quick)
+        summary.append(f"{SERVED['throughput_vs_rr']:.2f}x greedy+RR throughput")
+
+    if "robust" in only:
+        seeds = args.seeds if args.seeds is not None else [0] if args.quick else [0, 1, 2, 3, 4]
+        sizes = args.sizes or ([8, 16] if args.quick else SIZES)
+        mixes = args.mixes.split(",") if args.mixes else MIXES
+        rob = robustness(seeds, sizes, mixes, verbose=args.verbose)
+        for key, val in rob.items():
+            emit(key, val)
+        summary.append(f"plan_vs_best_min {rob['plan_vs_best_min']:.3f}")
+    SIMS.save()
+
+    print(f"scheduler bench ({'quick' if args.quick else 'full'}, "
+          f"{time.perf_counter() - t0:.0f} s): " + ", ".join(summary))
+
+
+SERVED: dict[str, float] = {}
+
+
+def serving(quick: bool) -> None:
+    """Our plan and router against greedy placement + round robin on 24-GPU 70B clusters and
+    8-GPU SmolLM2 clusters."""
+    seeds = [21] if quick else [21, 22, 23]
+    requests = 300 if quick else 800
+    open_requests = 600 if quick else 2000
     runs = [serve(snap(24, "llama3-70b", seed=sd, regions=REGIONS[:2]), requests, 64,
                   open_requests) for sd in seeds]
     small = [serve(snap(8, "smollm2-135m", seed=sd, regions=REGIONS[:2]), requests, 64,
                    open_requests) for sd in seeds]
-    emit("throughput_vs_rr", gmean([r["thr_ours"] / r["thr_rr"] for r in runs]))
+    SERVED["throughput_vs_rr"] = gmean([r["thr_ours"] / r["thr_rr"] for r in runs])
+    emit("throughput_vs_rr", SERVED["throughput_vs_rr"])
     emit("throughput_vs_rr_sustained", gmean([r["sus_ours"] / r["sus_rr"] for r in runs]))
     emit("throughput_vs_noload", gmean([r["thr_ours"] / r["thr_noload"] for r in runs]))
     emit("plan_gain_under_rr", gmean([r["thr_ours_plan_rr"] / r["thr_rr"] for r in runs]))
@@ -311,16 +406,6 @@ def main() -> None:
     emit("throughput_vs_rr_smollm2", gmean([r["thr_ours"] / r["thr_rr"] for r in small]))
     emit("throughput_vs_rr_sustained_smollm2", gmean([r["sus_ours"] / r["sus_rr"] for r in small]))
     emit("p99_rr_over_ours_smollm2", gmean([r["p99_rr"] / r["p99_ours"] for r in small]))
-
-    rob = robustness(args.quick, verbose=args.verbose)
-    for key, val in rob.items():
-        emit(key, val)
-
-    print(f"scheduler bench ({'quick' if args.quick else 'full'}, "
-          f"{time.perf_counter() - t0:.0f} s): 1k nodes in {solve_time(1000, 'llama3-70b', 1)[0]:.2f} "
-          f"CPU s, "
-          f"gap {sum(gaps) / len(gaps):.3f}, "
-          f"{gmean([r['thr_ours'] / r['thr_rr'] for r in runs]):.2f}x greedy+RR throughput")
 
 
 if __name__ == "__main__":
