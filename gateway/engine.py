@@ -2,7 +2,12 @@
 tokenizer, chat template, context length), routers (the coordinator's `/route`, or a fixed pipeline
 for tests and benchmarks) and the runner that signs a `PipelineRequest` with the gateway key and
 streams its tokens through `node.dataplane.client.PipelineClient`, failing over through the router,
-then asks every stage for its signed commitment (`Runner.commitments`)."""
+then asks every stage for its signed commitment (`Runner.commitments`).
+
+A pipeline whose stage refuses the request before its first token with NOT_ASSIGNED (its worker
+does not serve the range the route named — e.g. it is still switching to a new epoch's layers) is
+re-routed around the refusing operator (`Runner.generate`, up to `max_reroutes` times): nothing
+was delivered, so the client sees one answer and is charged once, for it."""
 
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ from contracts.batch import request_id as chain_request_id
 from contracts.model_registry import ModelInfo
 from node.dataplane.client import Generation, PipelineClient
 from node.dataplane.query import SignedStageCommit, request_commitment
-from protocol.dataplane_errors import DataPlaneError
+from protocol.dataplane_errors import DataPlaneError, RemoteError
+from protocol.frames import ErrorCode
 from protocol.messages import PipelineRequest, StageAssignment
 from protocol.sampling import Sampling
 
@@ -78,19 +84,33 @@ class ServedModel:
 
 
 class Router(Protocol):
-    async def route(self, prompt_tokens: int, output_tokens: int) -> tuple[StageAssignment, ...]: ...
+    async def route(self, prompt_tokens: int, output_tokens: int,
+                    exclude: tuple[str, ...] = ()) -> tuple[StageAssignment, ...]: ...
 
     def replacement(self, failed: StageAssignment) -> StageAssignment: ...
 
 
 class StaticRouter:
-    """A fixed pipeline (tests, benchmarks, a single-operator deployment)."""
+    """A fixed pipeline (tests, benchmarks, a single-operator deployment); an excluded operator's
+    stage is served by a spare of the same layers."""
 
     def __init__(self, stages: Sequence[StageAssignment], spares: Sequence[StageAssignment] = ()):
         self.stages, self.spares = tuple(stages), list(spares)
 
-    async def route(self, prompt_tokens: int, output_tokens: int) -> tuple[StageAssignment, ...]:
-        return self.stages
+    async def route(self, prompt_tokens: int, output_tokens: int,
+                    exclude: tuple[str, ...] = ()) -> tuple[StageAssignment, ...]:
+        out = []
+        for st in self.stages:
+            if st.operator not in exclude:
+                out.append(st)
+                continue
+            spare = next((s for s in self.spares if (s.start, s.end) == (st.start, st.end)
+                          and s.operator not in exclude), None)
+            if spare is None:
+                raise Unavailable(f"no pipeline without {', '.join(exclude)}: no spare serves "
+                                  f"layers [{st.start}, {st.end})", "no_route")
+            out.append(spare)
+        return tuple(out)
 
     def replacement(self, failed: StageAssignment) -> StageAssignment:
         for s in self.spares:
@@ -119,8 +139,9 @@ class CoordinatorRouter:
         return tuple(StageAssignment(operator=s.operator, host=s.host, port=s.port, start=s.start,
                                      end=s.end) for s in r.stages)
 
-    async def route(self, prompt_tokens: int, output_tokens: int) -> tuple[StageAssignment, ...]:
-        return await asyncio.to_thread(self._route, prompt_tokens, output_tokens)
+    async def route(self, prompt_tokens: int, output_tokens: int,
+                    exclude: tuple[str, ...] = ()) -> tuple[StageAssignment, ...]:
+        return await asyncio.to_thread(self._route, prompt_tokens, output_tokens, exclude)
 
     def replacement(self, failed: StageAssignment) -> StageAssignment:
         for s in self._route(1, 1, (failed.operator,)):
@@ -143,11 +164,13 @@ class Runner:
 
     def __init__(self, key: bytes, chain_id: int, payments: str, gateway: str, router: Router,
                  step_timeout_s: float = 30.0, commit_timeout_s: float = 5.0,
-                 commit_attempts: int = 3) -> None:
+                 commit_attempts: int = 3, max_reroutes: int = 3) -> None:
         self.client = PipelineClient(PrivateKey(key), chain_id)
         self.chain_id, self.payments, self.gateway = chain_id, payments, gateway
         self.router, self.step_timeout_s = router, step_timeout_s
         self.commit_timeout_s, self.commit_attempts = commit_timeout_s, commit_attempts
+        self.max_reroutes = max_reroutes
+        self.on_reroute: Callable[[str], None] | None = None  # told each refusing operator
 
     def request_id(self, seq: int) -> str:
         """The on-chain request id the record will settle under (known before any work)."""
@@ -163,12 +186,39 @@ class Runner:
     async def generate(self, req: PipelineRequest, prompt: list[int],
                        on_token: Callable[[int, int], None] | None = None,
                        progress: Generation | None = None) -> Generation:
+        """Run `req`, failing over through the router; a NOT_ASSIGNED refusal before the first
+        token is re-routed around the refusing operator (the module docstring says why)."""
         def replace(k: int, r: PipelineRequest) -> StageAssignment:
             return self.router.replacement(r.stages[k])
 
-        return await self.client.generate(req, prompt, replace=replace,
-                                          step_timeout_s=self.step_timeout_s, on_token=on_token,
-                                          progress=progress)
+        progress = progress if progress is not None else Generation([])
+        refused: list[str] = []
+        while True:
+            try:
+                return await self.client.generate(req, prompt, replace=replace,
+                                                  step_timeout_s=self.step_timeout_s,
+                                                  on_token=on_token, progress=progress)
+            except RemoteError as exc:
+                ran = progress.request or req
+                if (exc.code != ErrorCode.NOT_ASSIGNED or progress.tokens
+                        or not 0 <= exc.stage < len(ran.stages)
+                        or len(refused) >= self.max_reroutes):
+                    raise
+                who = ran.stages[exc.stage].operator
+                refused.append(who)
+                log.info("request %s: stage %d (%s) refused before the first token (%s); "
+                         "re-routing without it", ran.request_id, exc.stage, who, exc)
+                if self.on_reroute is not None:
+                    self.on_reroute(who)
+                try:
+                    stages = await self.router.route(ran.prompt_len, ran.max_new_tokens,
+                                                     tuple(refused))
+                except Unavailable as unavailable:
+                    raise unavailable from exc
+                # a new epoch of the same request: stages that saw the refused one replace it
+                req = PipelineRequest.model_validate(
+                    {**ran.model_dump(), "epoch": ran.epoch + 1,
+                     "stages": [s.model_dump() for s in stages]})
 
     async def commitments(self, req: PipelineRequest, positions: int
                           ) -> tuple[list[SignedStageCommit], str | None]:

@@ -1,6 +1,6 @@
 """Prometheus metrics in the text exposition format (written by hand: prometheus-client is not a
 dependency): request counts by endpoint and status, tokens, wei charged, latency sums and a
-histogram, in-flight requests, and settlement state."""
+histogram, in-flight requests, re-routes of refused pipelines, and settlement state."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ class Metrics:
         self.tokens: dict[str, int] = defaultdict(int)
         self.charge_wei = 0
         self.inflight = 0
+        self.reroutes = 0
         self.latency_sum = 0.0
         self.latency_count = 0
         self.latency_buckets = [0] * len(BUCKETS)
@@ -37,6 +38,11 @@ class Metrics:
             self.tokens["completion"] += tokens_out
             self.charge_wei += charge
 
+    def rerouted(self, _operator: str) -> None:
+        """A pipeline refused a request before its first token and it was routed again."""
+        with self._lock:
+            self.reroutes += 1
+
     def render(self, settlement: dict[str, int]) -> str:
         with self._lock:
             lines = ["# HELP veriplex_gateway_requests_total HTTP requests by endpoint and status.",
@@ -53,6 +59,10 @@ class Metrics:
                       "# HELP veriplex_gateway_inflight_requests Requests being generated now.",
                       "# TYPE veriplex_gateway_inflight_requests gauge",
                       f"veriplex_gateway_inflight_requests {self.inflight}",
+                      "# HELP veriplex_gateway_reroutes_total Requests routed again after a "
+                      "stage refused them (NOT_ASSIGNED) before the first token.",
+                      "# TYPE veriplex_gateway_reroutes_total counter",
+                      f"veriplex_gateway_reroutes_total {self.reroutes}",
                       "# HELP veriplex_gateway_request_seconds Completed request latency.",
                       "# TYPE veriplex_gateway_request_seconds histogram"]
             for b, n in zip(BUCKETS, self.latency_buckets, strict=True):

@@ -92,6 +92,7 @@ class Gateway:
                              self.address, router, step_timeout_s, commit_timeout_s,
                              commit_attempts)
         self.metrics = Metrics()
+        self.runner.on_reroute = self.metrics.rerouted
         self.task_opener = TaskOpener(chain, store) if open_tasks and _has_verification(chain) else None
         self.settler = Settler(chain, store, batch_size=batch_size, max_age_s=batch_max_age_s,
                                tick_s=settle_tick_s, exit_after_broadcast=exit_after_broadcast,

@@ -44,13 +44,16 @@ def rpc(url: str, method: str, *params: object) -> object:
 
 
 class DataPlane:
-    """Stage servers for RANGES of the tiny model, in an event loop on a background thread."""
+    """Stage servers for `ranges` (default RANGES) of the tiny model, in an event loop on a
+    background thread; server `k`'s operator key is `bytes([key_base + k]) * 32`."""
 
-    def __init__(self, model: Path, store_root: Path, gateways: list[str], chain_id: int = 31337):
+    def __init__(self, model: Path, store_root: Path, gateways: list[str], chain_id: int = 31337,
+                 ranges: list[tuple[int, int]] | None = None, key_base: int = 11):
         from coincurve import PrivateKey
 
         self.model, self.store_root, self.chain_id = model, store_root, chain_id
-        self.keys = [PrivateKey(bytes([k + 11]) * 32) for k in range(len(RANGES))]
+        self.ranges = list(ranges or RANGES)
+        self.keys = [PrivateKey(bytes([k + key_base]) * 32) for k in range(len(self.ranges))]
         self.gateways = gateways
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -70,8 +73,8 @@ class DataPlane:
         from protocol.identity import address_of_key
 
         directory = StaticDirectory([address_of_key(k) for k in self.keys], self.gateways)
-        for (a, b), key in zip(RANGES, self.keys, strict=True):
-            store = HiddenStateStore(self.store_root / f"stage-{a}-{b}", 10**9, 600, 600)
+        for k, ((a, b), key) in enumerate(zip(self.ranges, self.keys, strict=True)):
+            store = HiddenStateStore(self.store_root / f"stage-{k}-{a}-{b}", 10**9, 600, 600)
             srv = StageServer(StageExecutor(load_shard(self.model, a, b)), store, key, directory,
                               self.chain_id, kv_budget_bytes=2**30, session_timeout_s=60)
             await srv.start()
@@ -83,7 +86,7 @@ class DataPlane:
 
         return [StageAssignment(operator=address_of_key(k), host="127.0.0.1", port=s.port,
                                 start=a, end=b)
-                for (a, b), k, s in zip(RANGES, self.keys, self.servers, strict=True)]
+                for (a, b), k, s in zip(self.ranges, self.keys, self.servers, strict=True)]
 
     def stage_args(self) -> list[str]:
         out = []
