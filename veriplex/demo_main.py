@@ -238,16 +238,8 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None]) -> tuple[Observed, N
                         say(f"   (gateway: {exc.status_code}, no pipeline yet; retrying)")
                         time.sleep(2.0)
                     except openai.APIError as exc:
-                        # Right after a new epoch a re-assigned worker may still be loading its
-                        # new layers and refuse the range it was given (NOT_ASSIGNED, code 9):
-                        # nothing was delivered or charged, so ask again (a known gap: the
-                        # coordinator routes to a range before the worker confirms it serves it).
-                        switching = "is operator" in str(exc) and "(code 9)" in str(exc)
-                        if not switching or time.monotonic() > retry_until:
-                            raise DemoFailed(f"request {sent + 1} through the gateway failed: "
-                                             f"{exc} (see {net.data_dir / 'logs'})") from None
-                        say("   (a worker is still switching to its new layers; retrying)")
-                        time.sleep(2.0)
+                        raise DemoFailed(f"request {sent + 1} through the gateway failed: {exc} "
+                                         f"(see {net.data_dir / 'logs'})") from None
                 obs.requests.append(r)
                 sent += 1
                 say(f"   [{r.kind:6}] {r.request_id}  {r.tokens[0]}+{r.tokens[1]} tokens, "
