@@ -33,6 +33,12 @@ def test_demo_on_the_tiny_model_slashes_evicts_and_replaces_the_cheater_and_serv
     assert summary["ok"] and summary["slashed"] and summary["evicted"] == summary["slashed"]
     assert summary["new_epoch"] > summary["epoch_before"] and summary["promoted"]
     assert not set(summary["evicted"]) & {r[0] for r in summary["new_epoch_rows"]}
+    # healed in place: every surviving worker kept its range; the standby took the cheater's
+    before = {tuple(r) for r in summary["epoch_rows_before"]}
+    after = {tuple(r) for r in summary["new_epoch_rows"]}
+    assert {r for r in before if r[0] not in summary["evicted"]} <= after
+    assert {r[1:] for r in after - before} == {r[1:] for r in before
+                                                 if r[0] in summary["evicted"]}
     assert set(summary["passed_after_eviction"]) <= set(summary["served_after_eviction"])
     assert summary["passed_after_eviction"]
     assert summary["reverted_keeper_tx"] == 0, summary["reverted_keeper_txs"]

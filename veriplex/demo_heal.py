@@ -113,6 +113,7 @@ def summary(obs: Any, heal: Healing, missing: list[str]) -> dict[str, Any]:
         "promoted": heal.promoted,
         "epoch_before": heal.epoch_before,
         "new_epoch": heal.new_epoch,
+        "epoch_rows_before": [list(r) for r in heal.epoch_rows_before],
         "new_epoch_rows": [list(r) for r in heal.new_rows],
         "slash_block": heal.slash_block,
         "new_epoch_block": heal.epoch_block,
