@@ -77,12 +77,20 @@ def eject_counts(evalues: np.ndarray, params: SprtParams, sims: int, rng: np.ran
     return done, flagged
 
 
-def onchain_counts(scores: np.ndarray, level: float, count: int, sims: int, rng: np.random.Generator,
-                   horizon: int = MAX_CHECKS) -> np.ndarray:
+def onchain_counts(scores: np.ndarray, level: float, count: int, weight: int, sims: int,
+                   rng: np.random.Generator, horizon: int = MAX_CHECKS) -> np.ndarray:
+    """Checks until the contract's CUSUM (+`weight` per check scored above `level`, -1 otherwise,
+    floored at 0) reaches weight * count for each of `sims` operators whose checks score like
+    `scores` (horizon + 1: never)."""
     hits = scores > level
-    draws = hits[rng.integers(0, len(hits), (sims, horizon))].cumsum(axis=1)
-    reached = draws >= count
-    return np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, horizon + 1)
+    draws = hits[rng.integers(0, len(hits), (sims, horizon))]
+    score = np.zeros(sims, dtype=np.int64)
+    done = np.full(sims, horizon + 1)
+    for k in range(horizon):
+        score = np.where(draws[:, k], score + weight, np.maximum(score - 1, 0))
+        newly = (score >= weight * count) & (done > horizon)
+        done[newly] = k + 1
+    return done
 
 
 def models_for(prec: str, quick: bool):
@@ -150,7 +158,7 @@ def run_precision(prec: str, quick: bool, clock: Clock) -> dict:
     res["detect_min"] = (res[f"detect_{worst}"], worst)
     print(f"{prec}_detect_min: {res[f'detect_{worst}']:.3f} ({worst})")
     sims = 400 if quick else 2000
-    rule = suspect_rule(prof.evidence, 1e-6, 10_000)
+    rule = suspect_rule(prof.evidence, 1e-6, 100_000, threshold=VerificationParams().suspect_threshold)
     b_scores = np.array([c.m.score for c in benign])
     b_e = np.array([prof.evidence.evalue(s) for s in b_scores])
     horizon = 1000 if quick else 5000
@@ -160,18 +168,23 @@ def run_precision(prec: str, quick: bool, clock: Clock) -> dict:
     print(f"{prec}_sprt: jail at log-wealth {params.jail_at:.2f}, floor -{params.floor:.2f}, flag at "
           f"{params.flag_at:.2f}: lifetime false-ejection bound {params.false_ejection_bound():.2e} over "
           f"{params.lifetime_checks:.0e} checks")
-    print(f"{prec}_onchain_suspect_rule: score > {rule.level:.4g} (honest tail <= {rule.tail:.2e}), jail at "
-          f"{rule.count} suspects: bound {rule.bound:.2e} over {rule.lifetime_checks} checks")
+    print(f"{prec}_onchain_suspect_rule: score > {rule.level:.4g} (honest tail <= {rule.tail:.2e}), CUSUM "
+          f"+{rule.weight}/-1 jails at {rule.weight * rule.count} (suspect_threshold {rule.count}): bound "
+          f"{rule.bound:.2e} over {rule.lifetime_checks:.0e} checks")
+    oc_honest = onchain_counts(b_scores, rule.level, rule.count, rule.weight, sims, rng, horizon)
+    print(f"{prec}_onchain_honest_jailed: {(oc_honest <= horizon).sum()}/{sims} (each {horizon} checks "
+          f"drawn from the benign ones; {(b_scores > rule.level).sum()}/{len(b_scores)} benign checks "
+          f"above the suspect level)")
     for a in STATISTICAL_ATTACKS:
         cs = attacks[a]
         e = np.array([prof.evidence.evalue(c.m.score) for c in cs])
         n, _ = eject_counts(e, params, sims, rng)
         p50 = float(np.median(n))
         res[f"eject_{a}"] = p50
-        oc = onchain_counts(np.array([c.m.score for c in cs]), rule.level, rule.count, sims, rng)
+        oc = onchain_counts(np.array([c.m.score for c in cs]), rule.level, rule.count, rule.weight, sims, rng)
         proof = sum(failed(c, prof) for c in cs) / len(cs)
         print(f"{prec}_checks_to_eject_p50_{a}: {p50:g}{' (never, within ' + str(MAX_CHECKS) + ')' if p50 > MAX_CHECKS else ''} "
-              f"(mean log e per check {np.log(e).mean():.2f}; on-chain count rule p50 {float(np.median(oc)):g}; "
+              f"(mean log e per check {np.log(e).mean():.2f}; on-chain CUSUM p50 {float(np.median(oc)):g}; "
               f"proof-grade on one check {proof:.2f})")
     return res
 

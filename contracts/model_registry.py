@@ -36,6 +36,7 @@ class Serving:
 
     precision: str | None  # None until the admin sets it
     profile_hash: bytes
+    chunk_rule: tuple[int, int] | None = None  # the profile's (D, K) the spot check applies
 
 
 class ModelRegistry(Binding):
@@ -103,11 +104,16 @@ class ModelRegistry(Binding):
 
     def serving(self, model_id: int) -> Serving:
         t = self._view("serving", model_id)
-        return Serving(PRECISIONS.get(int(t[0])), bytes(t[1]))
+        precision = PRECISIONS.get(int(t[0]))
+        return Serving(precision, bytes(t[1]), (int(t[2]), int(t[3])) if precision else None)
 
-    def set_serving(self, model_id: int, precision: str, profile_hash: bytes,
+    def set_serving(self, model_id: int, precision: str, profile_hash: bytes, chunk_rule: tuple[int, int],
                     sender: Signer | None = None) -> TxResult:
-        """Record the serving precision ("fp32", "bf16", "fp16", "fp8") and the profile hash (admin)."""
+        """Record the serving precision ("fp32", "bf16", "fp16", "fp8"), the profile hash and the
+        profile's chunk rule (D, K), which the spot check of the model's tasks applies (admin)."""
         if precision not in PRECISION_CODES:
             raise ValueError(f"precision {precision!r} is not one of {sorted(PRECISION_CODES)}")
-        return self._send("set_serving", model_id, PRECISION_CODES[precision], profile_hash, sender=sender)
+        d, k = chunk_rule
+        if not (0 <= d < 65536 and 0 <= k < 32):
+            raise ValueError(f"chunk rule (D={d}, K={k}) out of range (D < 65536, K < 32)")
+        return self._send("set_serving", model_id, PRECISION_CODES[precision], profile_hash, d, k, sender=sender)

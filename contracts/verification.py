@@ -58,6 +58,10 @@ class VerdictKind(IntEnum):
 
 
 TOKEN_CHUNK = 65535  # the chunk value naming a token leaf
+# The contract's CUSUM of statistical suspicion (Verification.vy SUSPECT_WEIGHT): a SUSPECTED
+# outcome adds this to the stage owner's score, a PASSED takes 1 off (floored at 0); jailed at
+# SUSPECT_WEIGHT * suspect_threshold.
+SUSPECT_WEIGHT = 16
 FINAL_STATUSES = frozenset({TaskStatus.PASSED, TaskStatus.FRAUD, TaskStatus.REFUNDED,
                             TaskStatus.UNRESOLVED, TaskStatus.VOID, TaskStatus.SUSPECTED})
 
@@ -204,7 +208,9 @@ class VerificationParams:
     open_task_blocks: int = 8  # after the batch's randomness, to open its sampled tasks
     seat_stake_wei: int = 10**18  # stake at which a node's seat probability saturates
     jail_blocks: int = 1_000  # a convicted stage's jail term
-    suspect_threshold: int = 3  # SUSPECT outcomes that jail an operator
+    # net SUSPECTED outcomes that jail (CUSUM, SUSPECT_WEIGHT); 5 is the least at which the shipped
+    # profiles keep honest jailing under 1e-6 over 1e5 checks (verifier.sprt.suspect_rule)
+    suspect_threshold: int = 5
 
     def as_tuple(self) -> tuple[int, ...]:
         return astuple(self)
@@ -285,6 +291,9 @@ class TaskInfo:
     input_commit: StageCommit | None = None
     deadline: int = 0  # hard: expire() after it
     anchor_block: int = 0
+    # the spot check's chunk rule (D, K) fixed when the task opened: the model's registered one
+    # (ModelRegistry.set_serving), None for the game's default (params' max_ulp, max_bad)
+    registered_rule: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -306,6 +315,11 @@ class MemberInfo:
     def verdict(self) -> bool:
         """True when it vouched for the stage (PASS)."""
         return self.kind == VerdictKind.PASS
+
+
+def _unpack_rule(rule: int) -> tuple[int, int] | None:
+    """Task.chunk_rule (1 << 64 | D << 8 | K, or 0) -> (D, K) or None."""
+    return ((rule >> 8) & 0xFFFF, rule & 0xFF) if rule else None
 
 
 class Verification(Binding):
@@ -339,7 +353,15 @@ class Verification(Binding):
             spot_block=int(t[16]),
             open_deadline=int(t[17]),
             deadline=int(t[18]),
+            registered_rule=_unpack_rule(int(t[22])),
         )
+
+    def chunk_rule(self, task: TaskInfo) -> tuple[int, int]:
+        """(D, K) the contract's spot check applies to `task`."""
+        if task.registered_rule is not None:
+            return task.registered_rule
+        p = self.params()
+        return p.max_ulp, p.max_bad
 
     def task_of(self, request_id: bytes) -> int:
         return int(self._view("task_of", request_id))

@@ -188,6 +188,11 @@ class Profile:
         if not self.logit_tol >= 0 or not self.mass_tol >= 0:
             raise ToleranceError(f"logit_tol ({self.logit_tol}) and mass_tol ({self.mass_tol}) must be >= 0")
 
+    @property
+    def chunk_rule(self) -> tuple[int, int]:
+        """(D, K): the on-chain spot check's rule for this profile (`ModelRegistry.set_serving`)."""
+        return self.proof.chunk_max_ulp, self.proof.chunk_max_bad
+
     def to_json(self) -> dict[str, Any]:
         return {"version": 1, "precision": self.precision, "depth_exponent": self.depth_exponent,
                 "proof": self.proof.to_json(), "evidence": self.evidence.to_json(),

@@ -20,9 +20,14 @@ is at most 1 — and an operator's e-values multiply (Wald's SPRT as a test mart
   often); W ≥ h → JAILED (ejected through the verification game). Never a slash: slashing needs a
   proof-grade verdict (`verifier.evidence.proof_verdict`).
 
-`suspect_rule` maps the same evidence onto the verification contract's count-based hook (a
-V_SUSPECT vote per check whose score passes a level; jail at `suspect_threshold` outcomes, no
-decay): it picks the level and the count so that P(Binomial(N, β) ≥ count) ≤ α.
+`suspect_rule` maps the same evidence onto the verification contract's hook: a V_SUSPECT vote per
+check whose score passes a level; on chain a CUSUM per operator (SUSPECTED adds w =
+`SUSPECT_WEIGHT`, PASSED takes 1 off, floored at 0) jails at w·T (T = `suspect_threshold`). An
+honest excursion starts only with a suspicion (chance ≤ β per check), so over N checks
+P(honest jailed) ≤ N·β·h(w), h the chance that the walk from w reaches w·T before 0 (solved
+exactly, a banded linear system). Among the levels that keep this ≤ α it picks the one that jails
+the alternative (a cheat scoring above the level with chance γ, drift γ(w + 1) − 1) in the fewest
+expected checks.
 
 Assumption, stated: honest checks' scores are independent given the past (fresh requests, fresh
 noise) and each one's tails are within the β's — what calibration on benign noise (with margins and
@@ -34,8 +39,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import lru_cache
 from typing import Any
 
+from contracts.verification import SUSPECT_WEIGHT
 from verifier.errors import ToleranceError
 
 
@@ -178,41 +185,82 @@ def checks_to_jail(scale: EvidenceScale, params: SprtParams, scores: list[float]
 # ── the contract's count-based hook ─────────────────────────────────────────────────────────
 @dataclass(frozen=True)
 class SuspectRule:
-    """Vote V_SUSPECT when a check's score is above `level` (honest tail ≤ `tail`); the contract
-    jails at `count` SUSPECTED outcomes. P(honest jailed in N checks) ≤ `bound`."""
+    """Vote V_SUSPECT when a check's score is above `level` (honest tail ≤ `tail`); the contract's
+    CUSUM (+`weight` per SUSPECTED, −1 per PASSED) jails at `weight * count`. P(honest jailed in
+    `lifetime_checks` checks) ≤ `bound`; a cheat above the level with chance `alt_tail` is jailed
+    after about `checks_to_jail` checks (inf when its drift is not upward). `level` inf: never
+    vote SUSPECT (no level is safe at that threshold)."""
 
     level: float
     tail: float
     count: int
     lifetime_checks: int
     bound: float
+    weight: int = SUSPECT_WEIGHT
+    alt_tail: float = 0.0
+    checks_to_jail: float = math.inf
 
     def to_json(self) -> dict[str, Any]:
-        return {"level": self.level, "tail": self.tail, "count": self.count,
-                "lifetime_checks": self.lifetime_checks, "bound": self.bound}
+        return {"level": self.level, "tail": self.tail, "count": self.count, "weight": self.weight,
+                "lifetime_checks": self.lifetime_checks, "bound": self.bound,
+                "alt_tail": self.alt_tail, "checks_to_jail": self.checks_to_jail}
 
 
-def binom_tail(n: int, p: float, k: int) -> float:
-    """P(Binomial(n, p) ≥ k)."""
-    from scipy.stats import binom
+def cusum_excursion(beta: float, weight: int, count: int) -> float:
+    """P(an excursion of the contract's CUSUM, which starts at `weight` after a suspicion, reaches
+    `weight * count` before falling back to 0), a suspicion having chance `beta` per check."""
+    import numpy as np
+    from scipy.linalg import solve_banded
 
-    return float(binom.sf(k - 1, n, p))
+    top = weight * count
+    if weight >= top:
+        return 1.0
+    # h(s), s = 1 .. top-1: h(s) = β h(s+w) + (1-β) h(s-1); h(0) = 0, h(≥ top) = 1.
+    n = top - 1
+    ab = np.zeros((weight + 2, n))  # rows: upper diagonals w..1, main, lower 1
+    ab[weight, :] = 1.0  # main diagonal
+    ab[0, weight:] = -beta  # the +w neighbour (column j = i + w)
+    ab[weight + 1, :-1] = -(1 - beta)  # the -1 neighbour (column j = i - 1)
+    rhs = np.zeros(n)
+    rhs[np.arange(1, n + 1) + weight >= top] = beta  # jumps past the top: h = 1
+    h = solve_banded((1, weight), ab, rhs)
+    return float(min(1.0, max(0.0, h[weight - 1])))
 
 
-def suspect_rule(scale: EvidenceScale, alpha: float = 1e-6, lifetime_checks: int = 10_000,
+def cusum_bound(beta: float, weight: int, count: int, lifetime_checks: int) -> float:
+    """P(an honest operator is jailed within `lifetime_checks` checks) ≤ this (each excursion
+    starts with a suspicion: at most N·β of them expected)."""
+    return min(1.0, lifetime_checks * beta * cusum_excursion(beta, weight, count))
+
+
+def suspect_rule(scale: EvidenceScale, alpha: float = 1e-6, lifetime_checks: int = 100_000,
+                 threshold: int | None = None, weight: int = SUSPECT_WEIGHT,
                  max_count: int = 64) -> SuspectRule:
-    """The level (one of the scale's) and the least count that keep an honest operator's chance
-    of `count` suspects in `lifetime_checks` checks ≤ alpha, choosing the level that needs the
-    fewest suspects per unit of honest tail (the highest level whose count is ≤ max_count)."""
-    best = None
-    for t, beta in zip(scale.levels, scale.null_tails, strict=True):
-        for k in range(1, max_count + 1):
-            bound = binom_tail(lifetime_checks, beta, k)
+    """The vote level (one of the scale's) for the contract's CUSUM with `threshold` (the deployed
+    `suspect_threshold`; None: also choose it, up to `max_count`) that keeps an honest operator's
+    lifetime chance of being jailed ≤ `alpha` and jails the scale's alternative fastest. With a
+    threshold no level keeps safe, the rule never votes SUSPECT (level inf)."""
+    return _suspect_rule(scale, alpha, lifetime_checks, threshold, weight, max_count)
+
+
+@lru_cache(maxsize=64)
+def _suspect_rule(scale: EvidenceScale, alpha: float, lifetime_checks: int, threshold: int | None,
+                  weight: int, max_count: int) -> SuspectRule:
+    best: SuspectRule | None = None
+    counts = [threshold] if threshold is not None else range(1, max_count + 1)
+    for t, beta, gamma in zip(scale.levels, scale.null_tails, scale.alt_tails, strict=True):
+        for k in counts:
+            bound = cusum_bound(beta, weight, k, lifetime_checks)
             if bound <= alpha:
-                if best is None or k < best.count:
-                    best = SuspectRule(t, beta, k, lifetime_checks, bound)
+                drift = gamma * (weight + 1) - 1
+                eta = weight * k / drift if drift > 0 else math.inf
+                rule = SuspectRule(t, beta, k, lifetime_checks, bound, weight, gamma, eta)
+                if best is None or (rule.checks_to_jail, rule.count) < (best.checks_to_jail, best.count):
+                    best = rule
                 break
-    if best is None:
-        raise ToleranceError(f"no level keeps {lifetime_checks} honest checks under {alpha} with at "
-                             f"most {max_count} suspects")
-    return best
+    if best is not None:
+        return best
+    if threshold is not None:
+        return SuspectRule(math.inf, 0.0, threshold, lifetime_checks, 0.0, weight)
+    raise ToleranceError(f"no level keeps {lifetime_checks} honest checks under {alpha} with a "
+                         f"threshold of at most {max_count}")

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -142,6 +143,25 @@ def resolve_checkpoint(opts: UpOptions, say: Callable[[str], None]) -> tuple[Pat
 
 
 # ----------------------------------------------------------------------------- chain settings
+def register_serving(admin: Any, model_id: int, say: Callable[[str], None]) -> None:
+    """Record the precision the workers `up` starts will serve in (their "auto" dtype: bf16 on
+    CUDA, fp32 on CPU) with the shipped profile of it and its chunk rule, so verifiers judge by
+    that profile and the contract's spot check by its rule."""
+    import torch
+
+    from node.runtime.shard import resolve_device_dtype
+    from verifier.profiles import SHIPPED
+
+    _, dtype = resolve_device_dtype()
+    precision = "bf16" if dtype == torch.bfloat16 else "fp32"
+    prof = SHIPPED[precision]
+    if admin.model_registry.serving(model_id).profile_hash != prof.hash:
+        admin.model_registry.set_serving(model_id, precision, prof.hash, prof.chunk_rule)
+    d, k = prof.chunk_rule
+    say(f"ModelRegistry: model {model_id} served in {precision}, profile 0x{prof.hash.hex()[:12]}…, "
+        f"spot-check rule D={d}, K={k}")
+
+
 def configure_chain(rpc_url: str, manifest: Path, mnemonic: str, name: str, layers: int,
                     hidden: int, weights_root: bytes, tokenizer_hash: bytes, opts: UpOptions,
                     say: Callable[[str], None]) -> int:
@@ -164,6 +184,7 @@ def configure_chain(rpc_url: str, manifest: Path, mnemonic: str, name: str, laye
                           f"(0x{info.weights_root.hex()[:16]}…); use a fresh --data-dir")
         model_id = info.model_id
         say(f"ModelRegistry: {name!r} is model {model_id}")
+    register_serving(admin, model_id, say)
     v = admin.verification
     # Phases of ~10 s: room for a verifier on a loaded 2-core machine to load the layers and
     # re-execute before it must commit, yet a whole task takes well under a minute.

@@ -46,6 +46,8 @@ PRECISION_FP8: constant(uint8) = 4
 struct Serving:
     precision: uint8  # 0 until set
     profile_hash: bytes32
+    max_ulp: uint256  # the profile's chunk rule D (scale ulps) ...
+    max_bad: uint256  # ... and K (elements of 32): the spot check of this model's tasks
 
 
 # ------------------------------------------------------------------ EVENTS
@@ -73,6 +75,8 @@ event ServingChanged:
     model_id: indexed(uint256)
     precision: uint8
     profile_hash: bytes32
+    max_ulp: uint256
+    max_bad: uint256
 
 
 # ------------------------------------------------------------------ STORAGE
@@ -158,17 +162,28 @@ def set_active(model_id: uint256, active: bool):
 
 
 @external
-def set_serving(model_id: uint256, precision: uint8, profile_hash: bytes32):
+def set_serving(
+    model_id: uint256, precision: uint8, profile_hash: bytes32, max_ulp: uint256, max_bad: uint256
+):
     """
-    @notice Record the precision a model is served in and the hash of the verification profile
-            its checks use. Checks already opened keep the profile they were opened under.
+    @notice Record the precision a model is served in, the hash of the verification profile its
+            checks use and that profile's chunk rule (D = max_ulp, K = max_bad), which the
+            on-chain spot check of the model's tasks applies instead of the game's default (bf16
+            noise needs a wider rule than fp32). Tasks already opened keep the rule they were
+            opened under.
     """
     ownable._check_owner()
     self._check_exists(model_id)
     assert precision >= PRECISION_FP32 and precision <= PRECISION_FP8, "models: unknown precision"
     assert profile_hash != empty(bytes32), "models: empty profile hash"
-    self.serving[model_id] = Serving(precision=precision, profile_hash=profile_hash)
-    log ServingChanged(model_id=model_id, precision=precision, profile_hash=profile_hash)
+    assert max_ulp < 65536 and max_bad < 32, "models: chunk rule out of range"
+    self.serving[model_id] = Serving(
+        precision=precision, profile_hash=profile_hash, max_ulp=max_ulp, max_bad=max_bad
+    )
+    log ServingChanged(
+        model_id=model_id, precision=precision, profile_hash=profile_hash, max_ulp=max_ulp,
+        max_bad=max_bad,
+    )
 
 
 # ------------------------------------------------------------------ VIEWS

@@ -26,7 +26,7 @@ interface IGame:
         batch_id: uint256, record: RecordLeaf, stage: uint256, stage_operator: address,
         layer_start: uint256, layer_end: uint256, sc: StageCommit, input_operator: address,
         input_commit: StageCommit, seed: bytes32, gateway: address, settle_block: uint256,
-        void_reason: String[64], opener: address,
+        void_reason: String[64], opener: address, chunk_rule: uint256,
     ) -> uint256: nonpayable
 
 
@@ -137,7 +137,7 @@ def open_task(
     if block.number > settle_block + p.randomness_delay + p.open_task_blocks:
         return extcall self.game.start_task(
             batch_id, record, 0, empty(address), 0, 0, empty_commit, empty(address), empty_commit,
-            seed, gateway, settle_block, "sampled record never opened", msg.sender,
+            seed, gateway, settle_block, "sampled record never opened", msg.sender, 0,
         )
     stages: DynArray[Stage, MAX_STAGES] = pipelines[record.pipeline_index].stages
     assert len(stage_commits) == len(stages), "opener: one commitment per stage"
@@ -157,11 +157,17 @@ def open_task(
     if stage > 0:
         input_op = stages[stage - 1].operator
         input_commit = stage_commits[stage - 1]
+    model_id: uint256 = pipelines[record.pipeline_index].model_id
+    # The model's registered chunk rule (its profile's D, K), fixed in the task: 1 << 64 | D << 8
+    # | K; 0 when none is registered (the game's default applies).
+    serving: IModelShape.Serving = staticcall self.models.serving(model_id)
+    rule: uint256 = 0
+    if serving.precision != 0:
+        rule = (1 << 64) | (serving.max_ulp << 8) | serving.max_bad
     return extcall self.game.start_task(
         batch_id, record, stage, op, stages[stage].layer_start, stages[stage].layer_end, sc,
         input_op, input_commit, seed, gateway, settle_block,
-        self._shape_fault(record, stage, len(stages), sc, pipelines[record.pipeline_index].model_id),
-        msg.sender,
+        self._shape_fault(record, stage, len(stages), sc, model_id), msg.sender, rule,
     )
 
 

@@ -18,7 +18,9 @@
         A bad leaf convicts the stage (FRAUD: slashed, jailed, client refunded); accusers whose
         leaf stood share the slash; a verdict is punished only when the opened evidence shows it
         wrong; a tie escalates to a larger committee drawn from a fresh block. V_SUSPECT verdicts
-        (statistical evidence) never slash: they count per operator and jail past a threshold.
+        (statistical evidence) never slash: a CUSUM per operator (SUSPECTED adds SUSPECT_WEIGHT,
+        PASSED takes 1 off, floored at 0) jails at SUSPECT_WEIGHT * suspect_threshold, so an
+        honest operator's rare false suspicions decay instead of adding up over its lifetime.
         A member that could not get its inputs reveals V_NO_INPUT; the input stage must then open
         the spots of its own output or be slashed. Every task has a hard deadline after which it
         closes UNRESOLVED (no rewards), so no escrow waits on a stale task. Stage, input stage
@@ -89,7 +91,7 @@ struct Params:
     open_task_blocks: uint256  # after the batch's randomness, to open its sampled tasks
     seat_stake: uint256  # wei: stake at which a node's seat probability saturates
     jail_blocks: uint256  # jail term of a convicted stage
-    suspect_threshold: uint256  # V_SUSPECT outcomes that jail an operator
+    suspect_threshold: uint256  # net SUSPECTED outcomes (CUSUM, see SUSPECT_WEIGHT) that jail
 
 struct Task:
     status: uint8
@@ -114,6 +116,7 @@ struct Task:
     round_first: uint256  # index in `members[task]` where the current round starts
     committed: uint256  # this round
     revealed: uint256  # this round
+    chunk_rule: uint256  # 1 << 64 | D << 8 | K: the model's registered spot-check rule; 0: params'
 
 struct Member:
     owner: address
@@ -285,6 +288,7 @@ SUSPECTED: constant(uint8) = 9
 V_PASS: constant(uint8) = 1
 V_FAIL: constant(uint8) = 2
 V_SUSPECT: constant(uint8) = 3
+SUSPECT_WEIGHT: constant(uint256) = 16  # CUSUM step of a SUSPECTED outcome (a PASSED is -1)
 V_NO_INPUT: constant(uint8) = 4
 
 
@@ -300,7 +304,7 @@ task_count: public(uint256)
 tasks: public(HashMap[uint256, Task])  # ids start at 1
 task_of: public(HashMap[bytes32, uint256])  # request id -> task id
 open_tasks: public(HashMap[uint256, uint256])  # batch id -> tasks not yet closed
-suspects: public(HashMap[address, uint256])  # owner -> V_SUSPECT outcomes since its last jail
+suspects: public(HashMap[address, uint256])  # owner -> CUSUM score since its last jail
 members: HashMap[uint256, DynArray[address, MAX_MEMBERS]]  # operators, all rounds
 member: public(HashMap[uint256, HashMap[address, Member]])  # task -> operator -> state
 named: HashMap[uint256, DynArray[uint256, MAX_LEAVES]]  # task -> this round's named leaves
@@ -377,12 +381,13 @@ def start_task(
     batch_id: uint256, record: RecordLeaf, stage: uint256, stage_operator: address,
     layer_start: uint256, layer_end: uint256, sc: StageCommit, input_operator: address,
     input_commit: StageCommit, seed: bytes32, gateway: address, settle_block: uint256,
-    void_reason: String[64], opener: address,
+    void_reason: String[64], opener: address, chunk_rule: uint256,
 ) -> uint256:
     """
     @notice Called by the TaskOpener once it checked a sampled record (in its batch, the
             stage's signature, the shape): a task with round 0's committee, or, with a
             `void_reason`, a voided record (client refunded, gateway bond slashed).
+            `chunk_rule`: the model's registered rule (1 << 64 | D << 8 | K), 0 for the default.
     """
     assert msg.sender == self.opener, "verification: caller is not the task opener"
     assert self.task_of[record.request_id] == 0, "verification: task already open"
@@ -419,6 +424,7 @@ def start_task(
         t.input_owner = staticcall self.registry.owner_of_operator(input_operator)
         t.input_commit = input_commit
     t.seed = seed
+    t.chunk_rule = chunk_rule
     t.snapshot_block = settle_block
     t.deadline = block.number + self._lifetime(p)
     self.tasks[task_id] = t
@@ -834,7 +840,10 @@ def _agreement(task_id: uint256, a: address, b: address, n: uint256, token_mask:
     for k: uint256 in range(n, bound=MAX_LEAVES):
         ca.append(self.chunks[task_id][a][k])
         cb.append(self.chunks[task_id][b][k])
-    return staticcall self.spot_check.agreement(ca, cb, token_mask, p.max_ulp, p.max_bad)
+    rule: uint256 = self.tasks[task_id].chunk_rule
+    if rule == 0:
+        rule = (p.max_ulp << 8) | p.max_bad
+    return staticcall self.spot_check.agreement(ca, cb, token_mask, (rule >> 8) & 65535, rule & 255)
 
 
 @internal
@@ -924,8 +933,8 @@ def _close(
     if status == FRAUD:
         self._convict(task_id, t, bad, n_spots)
     elif status == SUSPECTED:
-        count: uint256 = self.suspects[t.stage_owner] + 1
-        jailed: bool = count >= self.params.suspect_threshold
+        count: uint256 = self.suspects[t.stage_owner] + SUSPECT_WEIGHT
+        jailed: bool = count >= SUSPECT_WEIGHT * self.params.suspect_threshold
         if jailed:
             count = 0
             extcall self.registry.jail(
@@ -934,6 +943,8 @@ def _close(
             )
         self.suspects[t.stage_owner] = count
         log StageSuspected(task_id=task_id, owner=t.stage_owner, count=count, jailed=jailed)
+    elif status == PASSED and self.suspects[t.stage_owner] > 0:
+        self.suspects[t.stage_owner] -= 1  # (TaskFinalized says so: indexers replay the score)
     if status == PASSED or status == FRAUD or status == SUSPECTED:
         self._reward(task_id, t, everyone, status)
     extcall self.registry.unlock(t.stage_owner)

@@ -272,8 +272,10 @@ class VerifierAgent:
         try:
             if tr.data is None:
                 tr.data = await asyncio.to_thread(load_task_data, self.chain, tr.task_id, tr.stage, tr.tx_hash)
+            threshold = await asyncio.to_thread(lambda: self.ver.params().suspect_threshold)
             ctx = JobContext(self.chain, self.chain_id, self.pkey, self.pool, self.listener,
-                             self.config.job_timeout_s, t.commit_deadline, self.config.retry_margin_blocks)
+                             self.config.job_timeout_s, t.commit_deadline, self.config.retry_margin_blocks,
+                             suspect_threshold=threshold)
             out = await prepare_vote(ctx, tr.data, t.round, self.config.policy)
             if isinstance(out, Abstention):
                 self.abstained[key] = out.reason

@@ -10,7 +10,7 @@ with the two kinds of evidence (`verifier.evidence.assess`, README "Two kinds of
   none (zero hash), the shipped profile of the re-executing server's dtype
   (`verifier.profiles.SHIPPED`); a hash this node does not know is refused — the member abstains
   with the reason logged, it never votes under limits it cannot name (`choose_profile`);
-- `vote_kind(assessment, suspect_rule(profile.evidence).level)`: proof-grade evidence → FRAUD (a
+- `vote_kind(assessment, suspect_rule(profile.evidence, threshold=deployed).level)`: proof-grade evidence → FRAUD (a
   FAIL naming a failing leaf), a score above the suspect level only → the contract's SUSPECT,
   else PASS.
 
@@ -76,6 +76,9 @@ class JobContext:
     backoff_s: tuple[float, float] = (1.0, 8.0)  # the first and the longest pause between attempts
     # profiles this node may judge under, by hash, besides the shipped ones (a deployment's own fit)
     profiles: Mapping[bytes, Profile] = field(default_factory=dict)
+    # the deployed `suspect_threshold` (the contract's CUSUM jails at SUSPECT_WEIGHT times it): the
+    # SUSPECT vote level is the one that keeps honest jailing under the bound at this threshold
+    suspect_threshold: int | None = None
 
     async def time_left(self) -> bool:
         """Whether another attempt may still start: the head is more than `margin_blocks` blocks
@@ -134,12 +137,12 @@ def choose_profile(profile_hash: bytes | None, dtype: torch.dtype,
     return ProfileChoice(p, f"{precision} profile 0x{p.hash.hex()[:12]} (shipped; registry names none)")
 
 
-def judge_rows(claimed: torch.Tensor, recomputed: torch.Tensor, layers: int, profile: Profile
-               ) -> tuple[str, Assessment, str]:
+def judge_rows(claimed: torch.Tensor, recomputed: torch.Tensor, layers: int, profile: Profile,
+               suspect_threshold: int | None = None) -> tuple[str, Assessment, str]:
     """The vote kind ("pass" / "suspect" / "fraud") of one check under `profile`, its assessment
-    and a one-line note."""
+    and a one-line note; SUSPECT at the level `suspect_rule` picks for the deployed threshold."""
     a = assess(claimed, recomputed, layers, profile)
-    level = suspect_rule(profile.evidence).level
+    level = suspect_rule(profile.evidence, threshold=suspect_threshold).level
     kind = vote_kind(a, level)
     m = a.measurement
     note = f"{kind}: score {m.score:.3g} (suspect level {level:.3g}), e-value {a.evalue:.3g}"
@@ -265,7 +268,7 @@ async def prepare_vote(ctx: JobContext, td: TaskData, rnd: int, policy: Policy
             log.warning("verifier: task %d round %d: %s; abstaining", td.task_id, rnd, choice.reason)
             return Abstention(td.task_id, rnd, f"abstained: {choice.reason}")
         passed, _, jnote = judge_rows(claimed.rows, recomputed.rows, td.layers[1] - td.layers[0],
-                                      choice.profile)
+                                      choice.profile, ctx.suspect_threshold)
         notes.append(f"{jnote[:300]} [{choice.reason}]")
         notes.append(_token_note(shard, claimed.rows, claimed.tree.tokens, td, choice.profile))
     d = decide(policy, claimed, recomputed, passed)
@@ -286,8 +289,9 @@ async def prepare_vote(ctx: JobContext, td: TaskData, rnd: int, policy: Policy
     leaf = [0, 0]
     if d.verdict is False and claimed is not None:
         # name the failing leaf, so its opening is forced (the contract judges that leaf)
-        p = getattr(ctx, "chunk_rule", None) or (6, 4)
-        leaf = list(failing_leaf(claimed.tree, tree, *p))
+        rule = await asyncio.to_thread(lambda: ctx.chain.verification.chunk_rule(
+            ctx.chain.verification.task(td.task_id)))  # the rule the contract will judge it by
+        leaf = list(failing_leaf(claimed.tree, tree, *rule))
     vote = Vote(td.task_id, rnd, j, d.verdict, tree.root, os.urandom(32), str(policy),
                 tokens=list(tree.tokens), leaf=leaf, note=note[:500], kind=d.kind)
     return vote, tree

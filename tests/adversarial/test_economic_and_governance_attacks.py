@@ -6,7 +6,7 @@ from __future__ import annotations
 import boa
 
 from contracts.batch import Record
-from contracts.verification import TaskStatus
+from contracts.verification import SUSPECT_WEIGHT, TaskStatus
 from tests.support.boa import ETH, mine
 from tests.support.game import CHARGE, PARAMS, WINDOW, Game, Plan
 
@@ -99,19 +99,47 @@ def test_jail_events_log_the_effective_term() -> None:
     assert [e.until_block for e in jailed] == [until]
 
 
-def test_suspect_outcomes_jail_past_the_threshold_and_never_slash() -> None:
+def _one_stage_game() -> tuple[Game, str, str]:
+    """A game whose every record has one stage (the same operator is checked every time)."""
+    from contracts.batch import Pipeline, Stage
+
     g = Game()
-    stage_owner = None
-    for _ in range(PARAMS.suspect_threshold):
-        req = g.settle()
-        tid = g.open_task(req)
-        op = g.ver.tasks(tid).stage_operator
-        stage_owner = g.operator_owner[op]
-        members = g.round_members(tid)
-        before = g.worth(stage_owner)
-        assert g.run(tid, req, Plan(behaviours={i: "suspect" for i in range(len(members))})) \
-            == TaskStatus.SUSPECTED
-        assert g.worth(stage_owner) >= before  # statistical evidence never slashes
-        if g.s.reg.nodes(stage_owner).jailed_until > 0:
-            break
-    assert stage_owner is not None
+    op = g.s.operators[0]
+    g.pipeline = Pipeline(g.s.model_id, (Stage(op, 0, 8),))
+    return g, op, g.operator_owner[op]
+
+
+def _judged(g: Game, suspect: bool) -> TaskStatus:
+    req = g.settle()
+    tid = g.open_task(req)
+    n = len(g.round_members(tid))
+    return g.run(tid, req, Plan(behaviours={i: "suspect" for i in range(n)}) if suspect else Plan())
+
+
+def test_suspect_outcomes_jail_past_the_threshold_and_never_slash() -> None:
+    """A cheat that only statistical evidence shows (every check SUSPECTED) is jailed after
+    `suspect_threshold` outcomes in a row, never slashed; its score restarts after the jail."""
+    g, op, owner = _one_stage_game()
+    worth = g.worth(owner)
+    for i in range(PARAMS.suspect_threshold):
+        assert g.s.reg.nodes(owner).jailed_until == 0
+        assert _judged(g, suspect=True) == TaskStatus.SUSPECTED
+        last = i == PARAMS.suspect_threshold - 1
+        assert g.ver.suspects(owner) == (0 if last else SUSPECT_WEIGHT * (i + 1))
+    assert g.s.reg.nodes(owner).jailed_until > 0 and not g.s.reg.is_active(op)
+    assert g.worth(owner) >= worth  # statistical evidence never slashes
+
+
+def test_an_honest_operators_rare_suspicions_decay_and_never_jail() -> None:
+    """Honest noise: a false suspicion now and then, passes in between. With a lifetime count
+    (the old rule) `suspect_threshold` of them would jail an honest operator sooner or later; the
+    CUSUM takes one off per PASSED, so one suspicion per SUSPECT_WEIGHT + 1 checks never adds up."""
+    g, op, owner = _one_stage_game()
+    for _ in range(PARAMS.suspect_threshold):  # as many suspicions as the old count jailed at
+        assert _judged(g, suspect=True) == TaskStatus.SUSPECTED
+        assert g.ver.suspects(owner) == SUSPECT_WEIGHT
+        for _ in range(SUSPECT_WEIGHT):
+            assert _judged(g, suspect=False) == TaskStatus.PASSED
+        assert g.ver.suspects(owner) == 0
+    assert g.s.reg.nodes(owner).jailed_until == 0 and g.s.reg.is_active(op)
+    assert _judged(g, suspect=False) == TaskStatus.PASSED and g.ver.suspects(owner) == 0  # floored

@@ -92,3 +92,33 @@ def test_withheld_inputs_convict_the_withholder_not_the_verifiers() -> None:
     for o in owners:
         assert g.worth(o) >= before[o]  # nobody who could not re-execute is slashed
     assert g.worth(withholder) < w_before
+
+
+@pytest.mark.parametrize("registered", [False, True])
+def test_honest_bf16_noise_is_judged_by_the_models_registered_chunk_rule(registered: bool) -> None:
+    """Both stages serve honestly in bf16 (6 elements of every chunk 9 scale ulps off what the
+    members recompute: another GPU's kernels). The game's default rule (D, K) = (6, 4), fitted to
+    fp32-like noise, would convict them; the model's registered rule (the bf16 profile's (12, 7),
+    `ModelRegistry.set_serving`) is fixed in the task when it opens and judges it: PASSED, nobody
+    slashed, the stage paid."""
+    g = Game()
+    if registered:
+        g.register_serving(2, (12, 7))
+    req = g.settle(forge={0: "bf16", 1: "bf16"})
+    snap = snapshot(g, g.s.owners)
+    tid = g.open_task(req)
+    want = (1 << 64 | 12 << 8 | 7) if registered else 0
+    assert g.ver.tasks(tid).chunk_rule == want
+    if registered:
+        g.register_serving(1, (1, 2))  # a later registration does not move an open task's rule
+        g.rule = (12, 7)
+        assert g.ver.tasks(tid).chunk_rule == want
+    status = g.run(tid, req, Plan())
+    if not registered:  # the misconfiguration the registered rule prevents: an honest stage convicted
+        assert status == TaskStatus.FRAUD
+        return
+    assert status == TaskStatus.PASSED
+    assert not any(g.ver.member(tid, op).slashed for op in g.round_members(tid))
+    release(g, req)
+    assert_no_honest_loss(g, snap)
+    assert_books(g)

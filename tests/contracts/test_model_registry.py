@@ -111,29 +111,33 @@ def test_admin_records_the_serving_precision_and_profile_hash(models, admin):
     prof = SHIPPED["bf16"]
     with boa.env.prank(admin):
         models.register_model("smollm2-135m", 30, 576, ROOT, TOK, 10, 20)
-        assert tuple(models.serving(1)) == (0, b"\x00" * 32)
-        models.set_serving(1, 2, prof.hash)
+        assert tuple(models.serving(1)) == (0, b"\x00" * 32, 0, 0)
+        models.set_serving(1, 2, prof.hash, *prof.chunk_rule)
         (ev,) = models.get_logs()  # the last call's logs: read before any other call
-    assert tuple(models.serving(1)) == (2, prof.hash)
-    assert (type(ev).__name__, ev.model_id, ev.precision, ev.profile_hash) == ("ServingChanged", 1, 2, prof.hash)
+    assert prof.chunk_rule == (12, 7)
+    assert tuple(models.serving(1)) == (2, prof.hash, 12, 7)
+    assert (type(ev).__name__, ev.model_id, ev.precision, ev.profile_hash, ev.max_ulp, ev.max_bad) == (
+        "ServingChanged", 1, 2, prof.hash, 12, 7)
 
 
-@pytest.mark.parametrize("precision, digest, reason", [
-    (0, b"\x03" * 32, "models: unknown precision"),
-    (5, b"\x03" * 32, "models: unknown precision"),
-    (1, b"\x00" * 32, "models: empty profile hash"),
+@pytest.mark.parametrize("precision, digest, rule, reason", [
+    (0, b"\x03" * 32, (6, 4), "models: unknown precision"),
+    (5, b"\x03" * 32, (6, 4), "models: unknown precision"),
+    (1, b"\x00" * 32, (6, 4), "models: empty profile hash"),
+    (1, b"\x03" * 32, (6, 32), "models: chunk rule out of range"),
+    (1, b"\x03" * 32, (65536, 4), "models: chunk rule out of range"),
 ])
-def test_set_serving_rejects_bad_fields(models, admin, precision, digest, reason):
+def test_set_serving_rejects_bad_fields(models, admin, precision, digest, rule, reason):
     with boa.env.prank(admin):
         models.register_model("m", 8, 256, ROOT, TOK, 1, 1)
         with boa.reverts(reason):
-            models.set_serving(1, precision, digest)
+            models.set_serving(1, precision, digest, *rule)
 
 
 def test_only_the_admin_sets_serving_and_only_for_known_models(models, admin):
     with boa.env.prank(admin):
         models.register_model("m", 8, 256, ROOT, TOK, 1, 1)
         with boa.reverts("models: unknown model"):
-            models.set_serving(2, 1, b"\x03" * 32)
+            models.set_serving(2, 1, b"\x03" * 32, 6, 4)
     with boa.env.prank(funded()), boa.reverts():
-        models.set_serving(1, 1, b"\x03" * 32)
+        models.set_serving(1, 1, b"\x03" * 32, 6, 4)

@@ -129,7 +129,7 @@ def test_open_task_rejects_unknown_released_and_duplicate_requests(g):
         g.opener.open_task(other.batch_id, *open_args(g, other, signature=b""))
     with boa.reverts("verification: caller is not the task opener"):
         g.ver.start_task(1, _leaf(req.leaf), 0, g.gateway, 0, 1, (b"\x01" * 32, 1, 1, 1),
-                         g.gateway, (b"\x01" * 32, 1, 1, 1), b"\x00" * 32, g.gateway, 1, "", g.gateway)
+                         g.gateway, (b"\x01" * 32, 1, 1, 1), b"\x00" * 32, g.gateway, 1, "", g.gateway, 0)
 
 
 def test_open_task_rejects_bad_proofs_pipelines_commitments_and_signatures(g):

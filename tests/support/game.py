@@ -103,6 +103,7 @@ class Game:
             s.reg.set_slasher(self.ver)
             s.pay.set_roles(self.ver, s.admin)
         self.params = params
+        self.rule = (params.max_ulp, params.max_bad)  # the chunk rule tasks are judged by
         self.client, client_key = keyed()
         self.gateway = funded()
         with boa.env.prank(self.gateway):
@@ -122,6 +123,13 @@ class Game:
         self.operator_owner = dict(zip(s.operators, s.owners, strict=True))
         if timelock == 0:
             self.fund_pool()
+
+    def register_serving(self, precision: int, rule: tuple[int, int]) -> None:
+        """The admin records the model's serving precision, a profile and its chunk rule (D, K):
+        tasks opened from now on are judged by that rule."""
+        with boa.env.prank(self.s.admin):
+            self.s.models.set_serving(self.s.model_id, precision, b"\x0f" * 32, *rule)
+        self.rule = rule
 
     # ------------------------------------------------------------ requests
     def fund_pool(self, records: int = 1) -> None:
@@ -151,7 +159,9 @@ class Game:
     ) -> Request:
         """One request through `pipeline` (default: the game's two stages). `forge` maps a stage
         to how it cheats: "rows" (every value off), "chunk" (one chunk), "decode" (only the
-        generated positions), "tokens" (one token id), "zero" (a zero root)."""
+        generated positions), "tokens" (one token id), "zero" (a zero root) — or, not a cheat,
+        "bf16" (honest bf16 noise: 6 elements of every chunk 9 scale ulps off the truth, what
+        another GPU's kernels give)."""
         forge = forge or {}
         pipe = pipeline or self.pipeline
         gw = gateway or self.gateway
@@ -175,6 +185,8 @@ class Game:
                 claimed[tokens[0]:, :] += 1.0
             elif how == "tokens":
                 ctoks[-1] = (ctoks[-1] + 1) % 50_000
+            elif how == "bf16":
+                claimed = _bf16_noise(claimed)
             with_tokens = j == 0 or j == n - 1
             c = StageCommitment.build(Domain(self.s.chain_id, rid, j), claimed,
                                       ctoks if with_tokens else ())
@@ -257,7 +269,7 @@ class Game:
         for p in range(cb.shape[0]):
             for c in range((HIDDEN + 31) // 32):
                 a, b = cb[p, c * 32:(c + 1) * 32], tb[p, c * 32:(c + 1) * 32]
-                if not chunk_passes(a, b, self.params.max_ulp, self.params.max_bad):
+                if not chunk_passes(a, b, *self.rule):
                     return p, c
         return None
 
@@ -372,6 +384,19 @@ class Game:
         n = self.s.reg.nodes(owner)
         return (int(n.stake) + int(n.unbonding) + int(self.s.reg.credits(owner))
                 + int(self.s.pay.balances(owner)))
+
+
+def _bf16_noise(rows: np.ndarray, per_chunk: int = 6, ulps: int = 9) -> np.ndarray:
+    """`per_chunk` elements of every 32-element chunk moved by `ulps` of the chunk's scale ulp
+    (the ulp of its largest element in bf16: 2^(floor(log2 max|x|) - 7)), the largest left alone."""
+    out = rows.copy()
+    for p in range(out.shape[0]):
+        for c0 in range(0, out.shape[1], 32):
+            chunk = out[p, c0:c0 + 32]
+            ulp = 2.0 ** (np.floor(np.log2(np.abs(chunk).max())) - 7)
+            small = np.argsort(np.abs(chunk))[:per_chunk]  # far below the scale: no exponent change
+            chunk[small] += np.float32(ulps * ulp)
+    return out
 
 
 def _now() -> int:

@@ -9,14 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contracts.verification import SUSPECT_WEIGHT
 from verifier.errors import ToleranceError
 from verifier.sprt import (
     EvidenceScale,
     Ledger,
     SprtParams,
     Standing,
-    binom_tail,
     checks_to_jail,
+    cusum_bound,
+    cusum_excursion,
     suspect_rule,
 )
 
@@ -98,6 +100,29 @@ def test_honest_operators_drawn_at_the_null_tails_are_almost_never_flagged_and_n
 
 
 def test_the_onchain_suspect_rule_meets_its_bound():
-    rule = suspect_rule(SCALE, 1e-6, 10_000)
-    assert rule.bound <= 1e-6
-    assert binom_tail(10_000, rule.tail, rule.count - 1) > 1e-6 or rule.count == 1
+    rule = suspect_rule(SCALE, 1e-6, 100_000)
+    assert rule.bound <= 1e-6 and rule.weight == SUSPECT_WEIGHT
+    assert cusum_bound(rule.tail, rule.weight, rule.count, 100_000) == rule.bound
+    # the least threshold for that level: one fewer would break the bound
+    assert rule.count == 1 or cusum_bound(rule.tail, rule.weight, rule.count - 1, 100_000) > 1e-6
+    # for a deployed threshold the rule picks a level that is safe at it, or never suspects
+    for t in (1, 2, rule.count, rule.count + 3):
+        r = suspect_rule(SCALE, 1e-6, 100_000, threshold=t)
+        assert r.count == t and r.bound <= 1e-6
+        assert r.level == math.inf or r.level in SCALE.levels
+
+
+def test_the_cusum_excursion_matches_a_simulation():
+    """The banded solve against the walk itself: +w with chance beta, else -1, from w until 0 or w*T."""
+    rng = np.random.default_rng(3)
+    for beta, w, t in ((0.05, 4, 3), (0.1, 3, 4)):
+        n, hits = 40_000, 0
+        for _ in range(n):
+            s = w
+            while 0 < s < w * t:
+                s = s + w if rng.random() < beta else s - 1
+            hits += s >= w * t
+        p = cusum_excursion(beta, w, t)
+        assert abs(hits / n - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-4
+
+
