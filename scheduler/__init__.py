@@ -4,7 +4,8 @@ client-facing gateway is its own package, `gateway`, one floor up.
 
 Pure modules take frozen snapshots and return frozen plans — no sockets, clocks or unseeded
 randomness: `model` (types, canonical snapshot hash), `schema` (JSON documents, plan invariants;
-see SCHEMAS.md), `costs` (the shared performance model), `allocate` (phase 1), `exact` (optimal
+see SCHEMAS.md), `costs` (the shared performance model), `allocate` (phase 1: `group` forms
+replicas, `choose` keeps no straggler replicas), `exact` (optimal
 reference for small clusters), `route` (phase 2), `dynamics` (join/leave/heartbeats/rebalance),
 `sim/` (catalogue, cluster generator, workloads, discrete-event engine, baselines), `cli`
 (`veriplex sim …`).

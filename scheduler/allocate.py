@@ -124,6 +124,11 @@ def to_plan(c: Cluster, built: list[Built], unused: list[int], snapshot: Snapsho
         "concurrency": float(sum(e.batch for e in ests)),
         "tpot_ms": _weighted_median([e.tpot_s * 1e3 for e in ests],
                                     [e.throughput for e in ests]),
+        # The mean request's: requests reach replicas in proportion to their throughput. Unlike
+        # the median, it does not jump between replicas when their shares sit near one half.
+        "mean_tpot_ms": float(np.average([e.tpot_s for e in ests],
+                                         weights=[e.throughput for e in ests]) * 1e3)
+        if ests and sum(e.throughput for e in ests) > 0 else 0.0,
         "max_tpot_ms": float(max((e.tpot_s for e in ests), default=0.0) * 1e3),
         "max_ttft_ms": float(max((e.ttft_s for e in ests), default=0.0) * 1e3),
         "replicas": float(len(ests)),

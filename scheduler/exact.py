@@ -2,7 +2,7 @@
 
 It maximises the summed replica throughput under the same cost model as `allocate`
 (`scheduler.costs`: each replica at the batch it will run) with every replica's unloaded token round
-trip within the latency bound. (The heuristic also weighs round robin, `allocate.plan_value`; this
+trip within the latency bound. (The heuristic also weighs round robin, `choose.choose`; this
 reference maximises the load-aware sum, so it is the bound on that sum.) Exactness comes from two nested exact searches:
 
 * per replica (a node subset with a chosen first and last node; the middle ordered by the same

@@ -22,7 +22,7 @@ Reported: output tokens/s over the whole run (first arrival to last completion; 
 arriving at once this is the offline-batch throughput of vLLM's benchmark), sustained over the
 arrival window, saturated (tokens/s between the first completion and the last admission, while
 requests were still waiting: the rate of a full cluster, what the planner estimates), TTFT, time
-per output token, p50/p99 end-to-end latency.
+per output token (p50, p99 and the mean), p50/p99 end-to-end latency.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ class SimResult:
     ttft_p99_ms: float
     tpot_p50_ms: float
     tpot_p99_ms: float
+    tpot_mean_ms: float  # over requests of more than one output token
     latency_p50_ms: float
     latency_p99_ms: float
 
@@ -305,5 +306,6 @@ class Simulation:
             saturated_tok_s=saturated,
             ttft_p50_ms=pct(ttft, 50), ttft_p99_ms=pct(ttft, 99),
             tpot_p50_ms=pct(tpot, 50), tpot_p99_ms=pct(tpot, 99),
+            tpot_mean_ms=float(tpot[out > 1].mean()) if (out > 1).any() else nan,
             latency_p50_ms=pct(lat, 50), latency_p99_ms=pct(lat, 99),
         )
