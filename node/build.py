@@ -46,6 +46,9 @@ class NodeOptions:
     gateways: tuple[str, ...] = ()
     store_dir: Path | None = None  # default: settings hidden_store_dir
     kv_budget_bytes: int | None = None  # default: settings dataplane.kv_budget_bytes
+    max_decode_rows: int | None = None  # default: settings dataplane.max_decode_rows
+    prefill_chunk: int | None = None  # default: settings dataplane.prefill_chunk
+    micro_batches: int | None = None  # default: settings dataplane.micro_batches
     verify: bool | None = None  # default: settings verification.agent_enabled with the chain
     verifier_policy: str | None = None  # default: settings verification.agent_policy
     perturb_std: float = 0.0  # > 0: a deliberately cheating worker (demos, tests)
@@ -55,12 +58,35 @@ class NodeOptions:
             raise NodeConfigError("give exactly one of --layers START:END or --coordinator URL")
         if self.directory not in ("chain", "static"):
             raise NodeConfigError(f"directory {self.directory!r} must be 'chain' or 'static'")
+        for name in ("max_decode_rows", "prefill_chunk", "micro_batches"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise NodeConfigError(f"{name} ({v!r}) must be an integer >= 1")
+
+
+@dataclass(frozen=True)
+class Batching:
+    """The continuous-batching knobs of a stage server (see node/dataplane/batcher.py)."""
+
+    max_decode_rows: int = 256
+    prefill_chunk: int = 256
+    micro_batches: int = 1
+
+    @classmethod
+    def resolve(cls, settings: Settings, opts: NodeOptions | None = None) -> Batching:
+        """Options where given, else settings dataplane.*."""
+        given = {k: getattr(opts, k) for k in ("max_decode_rows", "prefill_chunk", "micro_batches")
+                 if opts is not None and getattr(opts, k) is not None}
+        dp = settings.dataplane
+        return cls(**{"max_decode_rows": dp.max_decode_rows, "prefill_chunk": dp.prefill_chunk,
+                      "micro_batches": dp.micro_batches, **given})
 
 
 def build_server(model: Path, layers: tuple[int, int], key: bytes, directory: Any, chain_id: int,
                  store_dir: Path, settings: Settings, host: str, port: int, kv_budget_bytes: int,
-                 perturb_std: float = 0.0):
-    """Load the shard and wire executor, hidden-state store and server (not started)."""
+                 perturb_std: float = 0.0, batching: Batching | None = None):
+    """Load the shard and wire executor, hidden-state store and server (not started);
+    `batching` defaults to settings dataplane.*."""
     from coincurve import PrivateKey
 
     from node.dataplane.hidden_store import HiddenStateStore
@@ -79,13 +105,11 @@ def build_server(model: Path, layers: tuple[int, int], key: bytes, directory: An
               file=sys.stderr)
     m, dp = settings.models, settings.dataplane
     store = HiddenStateStore(store_dir, m.hidden_store_max_bytes, m.hidden_retention_s, m.hidden_max_open_s)
-    # Continuous batching knobs: settings may name them (dataplane.*); the defaults suit one box.
+    b = batching or Batching.resolve(settings)
     return StageServer(BatchedExecutor(shard), store, PrivateKey(key), directory, chain_id, host=host,
                        port=port, kv_budget_bytes=kv_budget_bytes, max_frame_bytes=dp.max_frame_bytes,
-                       session_timeout_s=dp.session_timeout_s,
-                       max_decode_rows=int(getattr(dp, "max_decode_rows", 256)),
-                       prefill_chunk=int(getattr(dp, "prefill_chunk", 256)),
-                       micro_batches=int(getattr(dp, "micro_batches", 1)))
+                       session_timeout_s=dp.session_timeout_s, max_decode_rows=b.max_decode_rows,
+                       prefill_chunk=b.prefill_chunk, micro_batches=b.micro_batches)
 
 
 def _say(text: str) -> None:
@@ -102,6 +126,9 @@ async def _serve(server: StageServer, make_agent: Any = None) -> None:
     shard = server.executor.shard
     _say(f"serving layers [{shard.start}, {shard.end}) of {shard.checkpoint} on "
          f"{server.host}:{server.port} as {server.address}")
+    b = server.batcher
+    _say(f"batching: up to {b.max_decode_rows} decode rows and {b.prefill_chunk} prefill rows per step, "
+         f"{b.micro_batches} micro-batch{'es' if b.micro_batches > 1 else ''}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -244,6 +271,7 @@ def build_node(settings: Settings, opts: NodeOptions) -> Node:
     bind = opts.host or dp.host
     port = dp.port if opts.port is None else opts.port
     rng = opts.layers
+    batching = Batching.resolve(settings, opts)
     warnings: list[str] = []
     make_agent = None
     if verify:
@@ -264,14 +292,14 @@ def build_node(settings: Settings, opts: NodeOptions) -> Node:
         def build(r: tuple[int, int], p: int) -> Any:
             # one store per range: a draining shard and its successor never share a directory
             return build_server(opts.model, r, key, dirx, cid, store_dir / f"layers-{r[0]}-{r[1]}",
-                                settings, bind, p, budget, opts.perturb_std)
+                                settings, bind, p, budget, opts.perturb_std, batching)
 
         return Node(lambda: _follow(build, hb, opts.heartbeat_s, port, make_agent), tuple(warnings))
     from node.runtime.models.errors import ModelError
 
     try:
         server = build_server(opts.model, rng, key, dirx, cid, store_dir, settings, bind, port,
-                              budget, opts.perturb_std)
+                              budget, opts.perturb_std, batching)
     except ModelError as e:  # not a checkpoint, a range outside the model, bad tensors
         raise NodeConfigError(str(e)) from None
     return Node(lambda: _serve(server, make_agent), tuple(warnings))

@@ -156,6 +156,16 @@ class DataPlaneSettings(BaseModel):
     max_frame_bytes: int = Field(64 * 2**20, ge=4096, description="Largest data-plane frame accepted.")
     session_timeout_s: float = Field(60.0, gt=0, description="Idle seconds after which a session is freed.")
     directory_ttl_s: float = Field(10.0, ge=0, description="Seconds a chain operator check is cached.")
+    max_decode_rows: int = Field(
+        256, ge=1, description="Most decode rows (one per running request) in one batched step."
+    )
+    prefill_chunk: int = Field(
+        256, ge=1, description="Most prefill rows (new prompts, replays, re-executions) in one batched step."
+    )
+    micro_batches: int = Field(
+        1, ge=1, description="Groups the first stage splits its running requests into, circulating round "
+        "the ring one after another (1 when stages share cores; the number of stages across machines)."
+    )
 
 
 class CoordinatorSettings(BaseModel):

@@ -83,6 +83,14 @@ def load_key_file(path: Path) -> bytes:
 @click.option("--kv-budget-mib", type=click.IntRange(min=1), default=None,
               help="KV-cache budget in MiB (default: settings dataplane.kv_budget_bytes).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads.")
+@click.option("--micro-batches", type=click.IntRange(min=1), default=None,
+              help="Groups the running requests circulate round the ring in (1 when stages share "
+                   "cores; the number of stages across machines; default: settings "
+                   "dataplane.micro_batches).")
+@click.option("--prefill-chunk", type=click.IntRange(min=1), default=None,
+              help="Most prefill rows per batched step (default: settings dataplane.prefill_chunk).")
+@click.option("--max-decode-rows", type=click.IntRange(min=1), default=None,
+              help="Most decode rows per batched step (default: settings dataplane.max_decode_rows).")
 @click.option("--verify/--no-verify", default=None,
               help="Run the verifier agent (default: on with --directory chain; settings "
                    "verification.agent_enabled).")
@@ -97,6 +105,7 @@ def serve(settings: Settings, model: Path, layers: str | None, coordinator: str 
           operator: str | None, password_file: Path | None, operator_key_file: Path | None,
           chain_id: int | None, directory: str, allow: tuple[str, ...], gateway: tuple[str, ...],
           store_dir: Path | None, kv_budget_mib: int | None, threads: int | None,
+          micro_batches: int | None, prefill_chunk: int | None, max_decode_rows: int | None,
           verify: bool | None, verifier_policy: str | None, perturb_std: float) -> None:
     """Serve layers START:END of MODEL as one stage of inference pipelines."""
     import torch
@@ -122,7 +131,9 @@ def serve(settings: Settings, model: Path, layers: str | None, coordinator: str 
         model=model, key=key, layers=rng, coordinator=coordinator, model_id=model_id,
         heartbeat_s=heartbeat_s, host=host, port=port, chain_id=chain_id, directory=directory,
         allow=allow, gateways=gateway, store_dir=store_dir,
-        kv_budget_bytes=kv_budget_mib * 2**20 if kv_budget_mib else None, verify=verify,
+        kv_budget_bytes=kv_budget_mib * 2**20 if kv_budget_mib else None,
+        max_decode_rows=max_decode_rows, prefill_chunk=prefill_chunk, micro_batches=micro_batches,
+        verify=verify,
         verifier_policy=verifier_policy, perturb_std=perturb_std)
     del key
     try:

@@ -88,3 +88,55 @@ def test_serve_against_the_chain_without_a_deployment_says_so(tmp_path, tiny_lla
     key = _static(tmp_path)[:2]
     out = _one_line_error(serve(tmp_path, tiny_llama, "--layers", "0:4", *key, "--no-verify"))
     assert "no deployment manifest" in out
+
+
+@pytest.mark.parametrize("flag", ["--micro-batches", "--prefill-chunk", "--max-decode-rows"])
+def test_serve_refuses_a_batching_knob_below_one_in_one_line(tmp_path, tiny_llama, flag):
+    r = serve(tmp_path, tiny_llama, "--layers", "0:4", *_static(tmp_path), flag, "0")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert f"Invalid value for '{flag}': 0 is not in the range x>=1." in r.output
+
+
+def test_a_batching_setting_below_one_is_refused_in_one_line(tmp_path, tiny_llama):
+    r = CliRunner().invoke(cli, ["node", "serve", "--model", str(tiny_llama), "--layers", "0:4",
+                                 *_static(tmp_path)],
+                           env={"VERIPLEX_HOME": str(tmp_path / "home"),
+                                "VERIPLEX_DATAPLANE__MICRO_BATCHES": "0"})
+    assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+    assert "micro_batches" in r.output and "greater than or equal to 1" in r.output
+
+
+def test_batching_options_reject_values_below_one():
+    from node.build import NodeConfigError, NodeOptions
+
+    with pytest.raises(NodeConfigError, match=r"prefill_chunk \(0\) must be an integer >= 1"):
+        NodeOptions(Path("."), b"", (0, 4), prefill_chunk=0)
+
+
+@pytest.mark.timeout(90)
+def test_serve_batches_with_the_flags_given_and_settings_for_the_rest(tmp_path, tiny_llama):
+    """The flags reach the stage server (it reports what it runs with); a knob without a flag comes
+    from settings (here the environment)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    argv = [sys.executable, "-m", "veriplex.cli", "node", "serve", "--model", str(tiny_llama),
+            "--layers", "0:4", *_static(tmp_path), "--store-dir", str(tmp_path / "store"),
+            "--threads", "1", "--micro-batches", "3", "--prefill-chunk", "8"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VERIPLEX_")}
+    env.update(VERIPLEX_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1",
+               VERIPLEX_DATAPLANE__MAX_DECODE_ROWS="16")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while "batching:" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ("batching: up to 16 decode rows and 8 prefill rows per step, 3 micro-batches"
+                in log.read_text()), log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(15)
