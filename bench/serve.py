@@ -18,8 +18,12 @@ baseline. Printed per concurrency N:
 
 Threads: each stage process and the baseline get `--threads` torch threads (default: all cores),
 OMP_WAIT_POLICY=PASSIVE. On one 2-core box the stages share the cores the baseline has alone.
-`--quick`: c1 and c4 only, 16 tokens, two stages, static baseline (< 1 min once the model and
-processes are warm — process start-up dominates). Run: `.venv/bin/python bench/serve.py [--quick]`.
+Start-up overlaps (nothing is measured meanwhile): the first stages load their shards while anvil
+deploys and the client is funded. `--quick` (for development): c1 and c4 only, 16 tokens, two
+stages, static baseline only, and the baseline process loads transformers and the model while the
+stages start (it measures after the serving waves, and the waves wait until it has loaded) — about
+30 s on an idle 2-core box, where it took 65–107 s before. Phase times go to stderr (`# 12.3 s …`).
+Run: `.venv/bin/python bench/serve.py [--quick]`.
 """
 
 from __future__ import annotations
@@ -74,6 +78,9 @@ torch.set_num_threads(threads)
 m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), local_files_only=True)
 m.config._attn_implementation = "sdpa"
 m.eval()
+print("LOADED", flush=True)
+if sys.stdin.readline().strip() != "go":  # loaded: wait (the serving measurement may be running)
+    sys.exit(0)
 kw = dict(do_sample=False, min_new_tokens=n, max_new_tokens=n, pad_token_id=0)
 out = {}
 with torch.inference_mode():
@@ -155,6 +162,14 @@ class Stage:
         _terminate(self.proc, 15)
 
 
+T0 = time.perf_counter()
+
+
+def phase(what: str) -> None:
+    """Where the time goes (stderr): seconds since the start, then the phase just done."""
+    print(f"# {time.perf_counter() - T0:6.1f} s  {what}", file=sys.stderr, flush=True)
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
@@ -196,18 +211,47 @@ async def wave(url: str, token: str, model: str, c: int, max_tokens: int) -> dic
             "itl_p50": pct(itls, 0.5), "done": len(tokens), "tokens": sum(tokens)}
 
 
-def baselines(model: Path, threads: int, dtype: str, n: int, concs: list[int], prompt: list[int],
-              try_cb: bool) -> dict:
-    import json
+class Baselines:
+    """The single-process baselines in their own process: `start()` loads transformers and the
+    model, `run()` then measures (nothing runs in between: the process waits on its stdin)."""
 
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    out = subprocess.run([sys.executable, "-c", BASELINE, str(model), str(threads), dtype, str(n),
-                          ",".join(map(str, concs)), ",".join(map(str, prompt)),
-                          "1" if try_cb else "0"], capture_output=True, text=True, env=env)
-    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if line is None:
-        raise SystemExit(f"baseline failed: {out.stderr[-2000:]}")
-    return json.loads(line[7:])
+    def __init__(self, model: Path, threads: int, dtype: str, n: int, concs: list[int],
+                 try_cb: bool) -> None:
+        self.args = [str(model), str(threads), dtype, str(n), ",".join(map(str, concs))]
+        self.try_cb = try_cb
+        self.proc: subprocess.Popen | None = None
+        self.prompt: list[int] = []
+
+    def start(self, prompt: list[int]) -> Baselines:
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", BASELINE, *self.args, ",".join(map(str, prompt)),
+             "1" if self.try_cb else "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=env)
+        return self
+
+    def wait_loaded(self) -> None:
+        """Block until the process has loaded (so its loading never overlaps a measurement)."""
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("LOADED"):
+                return
+        raise SystemExit(f"baseline failed: {self.proc.stderr.read()[-2000:] if self.proc.stderr else ''}")
+
+    def run(self) -> dict:
+        import json
+
+        assert self.proc is not None
+        stdout, stderr = self.proc.communicate("go\n")
+        line = next((x for x in stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            raise SystemExit(f"baseline failed: {stderr[-2000:]}")
+        return json.loads(line[7:])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def main() -> None:
@@ -221,78 +265,122 @@ def main() -> None:
     concs = [1, 4] if a.quick else [1, 4, 16, 64]
     n = 16 if a.quick else a.max_tokens
     model = ensure_model()
-    from gateway.engine import ServedModel
-
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     load0 = os.getloadavg()
     results: dict[str, dict] = {}
-    with running_anvil(work) as anvil:
-        manifest = work / "manifest.json"
-        deploy_all(anvil.url, dev_key(0, DEV_MNEMONIC), manifest, DeployParams())
-        admin = Chain.connect(anvil.url, manifest, signer=Signer.from_key(dev_key(0, DEV_MNEMONIC)))
-        cfg = __import__("json").loads((model / "config.json").read_text())
-        mid = admin.model_registry.register_model("smollm2", int(cfg["num_hidden_layers"]),
-                                                  int(cfg["hidden_size"]), keccak(b"w"), keccak(b"t"),
-                                                  10**6, 3 * 10**6)
-        info = admin.model_registry.model(mid)
-        served = ServedModel.load(info, model)
-        prompt = served.chat_ids([{"role": "user", "content": QUESTION}])
-        gsigner = Signer.from_key(dev_key(GATEWAY_ACCOUNT, DEV_MNEMONIC))
-        ckey = "0x" + secrets.token_hex(32)
-        csig = Signer.from_key(ckey)
-        rpc(anvil.url, "anvil_setBalance", csig.address, hex(1000 * ETH))
-        cchain = Chain.connect(anvil.url, manifest, signer=csig)
-        cchain.payments.deposit(500 * ETH)
-        signed = create_api_key(ckey, gsigner.address, 400 * ETH, int(time.time()) + 86400, 1,
-                                cchain.chain_id, cchain.payments.address)
-        cchain.payments.register_key(signed)
-        token = signed.token()
+    cfg = __import__("json").loads((model / "config.json").read_text())
+    gsigner = Signer.from_key(dev_key(GATEWAY_ACCOUNT, DEV_MNEMONIC))
 
-        configs = [("s2", 2, None)] if a.quick else [("s2", 2, None), ("s2_wan", 2, (40.0, 100.0)),
-                                                     ("s3", 3, None)]
-        stages_by_k: dict[int, list[Stage]] = {}
-        try:
-            for name, k, wan in configs:
-                if k not in stages_by_k:
-                    for old in stages_by_k.values():
-                        for s in old:
-                            s.stop()
-                    stages_by_k.clear()
-                    keys = [secrets.token_bytes(32) for _ in range(k)]
-                    addrs = [address_of_key(PrivateKey(x)) for x in keys]
-                    ws = [Stage(model, rng, key, addrs, gsigner.address, work / f"{name}-stage{i}",
-                                a.threads, a.dtype, a.kv_budget_mib)
-                          for i, (rng, key) in enumerate(zip(split(int(cfg["num_hidden_layers"]), k), keys,
-                                                              strict=True))]
-                    for w in ws:
-                        w.wait_ready()
-                        register_operator(anvil.url, manifest, w.address)
-                    stages_by_k[k] = ws
-                ws = stages_by_k[k]
-                proxies = [LinkProxy("127.0.0.1", w.port, rtt_ms=wan[0], mbit_s=wan[1]).start()
-                           for w in ws] if wan else []
-                stages = [w.assignment(p.port if proxies else None)
-                          for w, p in zip(ws, proxies or [None] * len(ws), strict=True)]
-                gwp = GatewayProcess(anvil.url, manifest, model, mid, stages, GATEWAY_ACCOUNT,
-                                     work / f"gateway-{name}", {"batch_size": "64",
-                                                                "batch_max_age_s": "2"})
-                try:
-                    gwp.wait_ready(180)
-                    asyncio.run(wave(gwp.url, token, info.name, 2, 4))  # warm-up
-                    cs = concs if name == "s2" else [16]
-                    for c in cs:
-                        r = asyncio.run(wave(gwp.url, token, info.name, c, n))
-                        results[f"{name}_c{c}"] = r
-                        print(f"# {name} c{c}: {r}", file=sys.stderr)
-                finally:
-                    gwp.stop()
-                    for p in proxies:
-                        p.stop()
-        finally:
-            for ws in stages_by_k.values():
-                for s in ws:
+    def spawn(name: str, k: int) -> list[Stage]:
+        """k stage processes (static directory: they need no chain to load and listen)."""
+        keys = [secrets.token_bytes(32) for _ in range(k)]
+        addrs = [address_of_key(PrivateKey(x)) for x in keys]
+        return [Stage(model, rng, key, addrs, gsigner.address, work / f"{name}-stage{i}", a.threads,
+                      a.dtype, a.kv_budget_mib)
+                for i, (rng, key) in enumerate(zip(split(int(cfg["num_hidden_layers"]), k), keys,
+                                                    strict=True))]
+
+    configs = [("s2", 2, None)] if a.quick else [("s2", 2, None), ("s2_wan", 2, (40.0, 100.0)),
+                                                 ("s3", 3, None)]
+    # The first stages load their shards while the chain is set up (start-up only: nothing is
+    # measured until every part is ready and warm).
+    stages_by_k: dict[int, list[Stage]] = {2: spawn("s2", 2)}
+    registered: set[int] = set()
+    base = Baselines(model, a.threads, a.dtype, n, concs, try_cb=not a.quick)
+    try:
+        with running_anvil(work) as anvil:
+            run_network(a, anvil, work, model, cfg, gsigner, configs, concs, n, stages_by_k,
+                        registered, spawn, base, results)
+    except BaseException:
+        base.stop()
+        raise
+    finally:
+        for ws in stages_by_k.values():
+            for st in ws:
+                st.stop()
+    if base.proc is None:  # full run: loaded only now, with the cores to itself
+        base.start(base.prompt).wait_loaded()
+    try:
+        base_r = base.run()
+    finally:
+        base.stop()
+    report(a, concs, n, results, base_r, load0)
+
+
+def run_network(a, anvil, work: Path, model: Path, cfg: dict, gsigner: Signer, configs: list,  # type: ignore[no-untyped-def]
+                concs: list[int], n: int, stages_by_k: dict[int, list[Stage]], registered: set[int],
+                spawn, base: Baselines, results: dict[str, dict]) -> None:
+    """Deploy, fund a client, and measure every configuration through a gateway process."""
+    from gateway.engine import ServedModel
+
+    manifest = work / "manifest.json"
+    phase("anvil up")
+    deploy_all(anvil.url, dev_key(0, DEV_MNEMONIC), manifest, DeployParams())
+    phase("contracts deployed")
+    admin = Chain.connect(anvil.url, manifest, signer=Signer.from_key(dev_key(0, DEV_MNEMONIC)))
+    mid = admin.model_registry.register_model("smollm2", int(cfg["num_hidden_layers"]),
+                                              int(cfg["hidden_size"]), keccak(b"w"), keccak(b"t"),
+                                              10**6, 3 * 10**6)
+    info = admin.model_registry.model(mid)
+    served = ServedModel.load(info, model)
+    prompt = served.chat_ids([{"role": "user", "content": QUESTION}])
+    base.prompt = prompt
+    if a.quick:  # loads while the stages do; it measures only once serving is done
+        base.start(prompt)
+    ckey = "0x" + secrets.token_hex(32)
+    csig = Signer.from_key(ckey)
+    rpc(anvil.url, "anvil_setBalance", csig.address, hex(1000 * ETH))
+    cchain = Chain.connect(anvil.url, manifest, signer=csig)
+    cchain.payments.deposit(500 * ETH)
+    signed = create_api_key(ckey, gsigner.address, 400 * ETH, int(time.time()) + 86400, 1,
+                            cchain.chain_id, cchain.payments.address)
+    cchain.payments.register_key(signed)
+    token = signed.token()
+    phase("client funded, key registered")
+
+    for name, k, wan in configs:
+        if k not in stages_by_k:
+            for old in stages_by_k.values():
+                for s in old:
                     s.stop()
-    base = baselines(model, a.threads, a.dtype, n, concs, prompt, try_cb=not a.quick)
+            stages_by_k.clear()
+            stages_by_k[k] = spawn(name, k)
+        ws = stages_by_k[k]
+        if k not in registered:
+            for w in ws:
+                w.wait_ready()
+                register_operator(anvil.url, manifest, w.address)
+            registered.add(k)
+            phase(f"{k} stages ready and registered")
+        proxies = [LinkProxy("127.0.0.1", w.port, rtt_ms=wan[0], mbit_s=wan[1]).start()
+                   for w in ws] if wan else []
+        stages = [w.assignment(p.port if proxies else None)
+                  for w, p in zip(ws, proxies or [None] * len(ws), strict=True)]
+        gwp = GatewayProcess(anvil.url, manifest, model, mid, stages, GATEWAY_ACCOUNT,
+                             work / f"gateway-{name}", {"batch_size": "64",
+                                                        "batch_max_age_s": "2"})
+        try:
+            gwp.wait_ready(180)
+            phase("gateway ready")
+            if base.proc is not None:
+                base.wait_loaded()
+                phase("baseline loaded")
+            asyncio.run(wave(gwp.url, token, info.name, 2, 4))  # warm-up
+            phase("warm-up wave")
+            cs = concs if name == "s2" else [16]
+            for c in cs:
+                r = asyncio.run(wave(gwp.url, token, info.name, c, n))
+                results[f"{name}_c{c}"] = r
+                phase(f"{name} c{c}: {r}")
+        finally:
+            gwp.stop()
+            for p in proxies:
+                p.stop()
+
+
+def report(a, concs: list[int], n: int, results: dict[str, dict], base: dict,  # type: ignore[no-untyped-def]
+           load0: tuple[float, float, float]) -> None:
+    phase("baselines")
     load1 = os.getloadavg()
     for c in concs:
         r = results[f"s2_c{c}"]
