@@ -47,31 +47,13 @@ def _fields(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def chunk_bad_mask(claimed_bits: np.ndarray, recomputed_bits: np.ndarray, max_ulp: int) -> np.ndarray:
     """Which elements of (T, d) bf16 rows (zero-padded to whole chunks) the rule calls bad → bool
     (T, chunks, 32)."""
-    c, r = pad_rows(np.asarray(claimed_bits, np.uint16)), pad_rows(np.asarray(recomputed_bits, np.uint16))
-    if c.shape != r.shape:
-        raise ToleranceError(f"claimed {c.shape} and recomputed {r.shape} rows differ in shape")
-    t, w = c.shape
-    c, r = c.reshape(t, w // CHUNK, CHUNK), r.reshape(t, w // CHUNK, CHUNK)
-    ec, mc, sc = _fields(c)
-    er, mr, sr = _fields(r)
-    scale = np.maximum(1, np.minimum(ec.max(axis=2), er.max(axis=2)))[..., None]  # E per chunk
-
-    def value(exp: np.ndarray, mag: np.ndarray, sign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        s = np.maximum(exp, 1) - scale + FRACTION_BITS
-        too_big = s > MAX_SHIFT
-        s = np.minimum(s, MAX_SHIFT)
-        v = np.where(s >= 0, mag << np.maximum(s, 0), mag >> np.minimum(np.maximum(-s, 0), 16))
-        return sign * v, too_big
-
-    vc, big_c = value(ec, mc, sc)
-    vr, big_r = value(er, mr, sr)
-    return (ec == 0xFF) | (er == 0xFF) | big_c | big_r | (np.abs(vc - vr) > max_ulp << FRACTION_BITS)
+    return chunk_scaled_distance(claimed_bits, recomputed_bits) > (max_ulp << FRACTION_BITS)
 
 
 def chunk_scaled_distance(claimed_bits: np.ndarray, recomputed_bits: np.ndarray) -> np.ndarray:
     """Per element of (T, d) bf16 rows (zero-padded to whole chunks), |v(c) − v(r)| in 2⁻⁸ scale
-    ulps, or a huge value where the rule calls the element bad whatever D → int64 (T, chunks, 32).
-    `chunk_bad_mask(c, r, D)` equals `chunk_scaled_distance(c, r) > D · 256`."""
+    ulps, or a huge value where the rule calls the element bad whatever D → int64 (T, chunks, 32);
+    `chunk_bad_mask(c, r, D)` is `chunk_scaled_distance(c, r) > D · 256`."""
     c, r = pad_rows(np.asarray(claimed_bits, np.uint16)), pad_rows(np.asarray(recomputed_bits, np.uint16))
     if c.shape != r.shape:
         raise ToleranceError(f"claimed {c.shape} and recomputed {r.shape} rows differ in shape")
