@@ -50,16 +50,16 @@ class PeerLinks:
         if w is not None and not w.is_closing():
             return w
         async with self._lock:
-            w = self.writers.get(ep)
-            if w is not None and not w.is_closing():
-                return w
+            held = self.writers.get(ep)
+            if held is not None and not held.is_closing():
+                return held
             try:
-                reader, w = await asyncio.wait_for(asyncio.open_connection(st.host, st.port), 10.0)
+                reader, fresh = await asyncio.wait_for(asyncio.open_connection(st.host, st.port), 10.0)
             except (TimeoutError, OSError) as e:
                 raise StageFailed(f"stage {stage} at {st.host}:{st.port} is unreachable: {e}", stage) from None
-            self.writers[ep] = w
-            self.spawn(self._read(ep, reader, w))
-            return w
+            self.writers[ep] = fresh
+            self.spawn(self._read(ep, reader, fresh))
+            return fresh
 
     async def _read(self, ep: Endpoint, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         """Hand ERRORs from downstream to `on_error`; report the link's loss with `on_lost`."""
