@@ -89,6 +89,9 @@ def build_cmd(force: bool, as_json: bool) -> None:
     help="File holding the keystore password (else prompted).",
 )
 @click.option("--slasher", default=None, help="Address of the verification role.")
+@click.option("--timelock-blocks", type=click.IntRange(min=0), default=None,
+              help="Blocks every owner change waits, announced (default: protocol.timelock_blocks). "
+                   "A --keystore deployment needs it above 0.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.pass_obj
 def deploy_cmd(
@@ -97,6 +100,7 @@ def deploy_cmd(
     keystore: Path | None,
     password_file: Path | None,
     slasher: str | None,
+    timelock_blocks: int | None,
     as_json: bool,
 ) -> None:
     """Deploy every contract and write the deployment manifest."""
@@ -106,6 +110,12 @@ def deploy_cmd(
     from contracts.rpc import Rpc
     from contracts.verification import VerificationParams
 
+    timelock = settings.protocol.timelock_blocks if timelock_blocks is None else timelock_blocks
+    if keystore is not None and timelock == 0:
+        # Without a delay the owner could rewire roles, raise fees after settlement or swap the
+        # game's parameters mid-task with nobody able to react: only a devnet may run so.
+        raise click.UsageError("a deployment from a keystore needs --timelock-blocks N > 0 (owner "
+                               "changes wait N blocks, announced); 0 is for devnets (--dev-account)")
     key = load_key(settings, dev_account, keystore, password_file)
     try:
         chain_id = Rpc(settings.chain.rpc_url, timeout_s=settings.chain.timeout_s).chain_id
@@ -117,6 +127,7 @@ def deploy_cmd(
             params=replace(
                 DeployParams.from_settings(settings.protocol, slasher=slasher),
                 verification=VerificationParams.from_settings(settings.verification),
+                timelock_blocks=timelock,
             ),
         )
     except ContractsError as exc:

@@ -58,6 +58,7 @@ class DeployParams:
             "dispute_blocks",
             "protocol_fee_bps",
             "verifier_share_bps",
+            "timelock_blocks",
         )
         return cls(**{f: getattr(protocol, f) for f in fields}, **roles)
 

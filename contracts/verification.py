@@ -519,6 +519,10 @@ class Verification(Binding):
         return self._send("expire", task_id, sender=sender)
 
     # -------------------------------------------------------------- admin
+    def timelock(self) -> int:
+        """Blocks every owner change waits after it is queued (0: at once, devnets only)."""
+        return int(self._view("delay"))
+
     def set_params(self, params: VerificationParams, sender: Signer | None = None) -> TxResult:
         """Behind the timelock: `queue_params(params)` first unless the delay is zero."""
         return self._send("set_params", params.as_tuple(), sender=sender)

@@ -82,6 +82,9 @@ class ProtocolSettings(BaseModel):
     dispute_blocks: int = Field(5, ge=0, description="Blocks allowed for disputes after the window.")
     protocol_fee_bps: int = Field(500, ge=0, le=10_000, description="Protocol fee on each request's charge.")
     verifier_share_bps: int = Field(1_000, ge=0, le=10_000, description="Verifier pool's share of each charge.")
+    timelock_blocks: int = Field(
+        0, ge=0, description="Blocks every owner change waits, announced (0 only on devnets: "
+        "`contracts deploy --keystore` refuses it).")
 
 
 class VerificationSettings(BaseModel):

@@ -67,12 +67,20 @@ def test_deploy_from_a_keystore_with_a_password_file(runner, anvil_url, tmp_path
         "--keystore",
         str(keystore),
     ]
+    res = runner.invoke(cli, [*base, "--password-file", str(pw)])  # no timelock: refused
+    assert res.exit_code == 2 and "needs --timelock-blocks N > 0" in res.output
+    assert not manifest.exists()
+    base += ["--timelock-blocks", "50"]
     res = runner.invoke(cli, [*base, "--password-file", str(pw)])
     assert res.exit_code == 0, res.output
     assert (
         json.loads(manifest.read_text())["deployer"]
         == Account.from_key(dev_key(4, DEV_MNEMONIC)).address
     )
+    from contracts.client import Chain
+
+    chain = Chain.connect(anvil_url, manifest)
+    assert chain.verification.timelock() == 50  # owner changes wait, as asked
     pw.write_text("wrong")
     res = runner.invoke(cli, [*base, "--password-file", str(pw)])
     assert res.exit_code != 0 and "cannot unlock keystore" in res.output
