@@ -86,7 +86,7 @@ from protocol.sampling import sample_token
 
 log = logging.getLogger("veriplex.dataplane")
 
-__all__ = ["StageServer", "code_of"]
+__all__ = ["StageServer"]
 
 
 class StageServer:

@@ -97,15 +97,26 @@ def _stream(url: str, token: str, body: dict, got_token: threading.Event, out: d
 
 @pytest.mark.slow
 @pytest.mark.timeout(500)
+@pytest.mark.parametrize(("workers", "standby"), [
+    (4, 0),
+    pytest.param(3, 1, marks=pytest.mark.xfail(strict=True, reason=(
+        "known gap: with one replica and a hot standby, the gateway asks the coordinator for a "
+        "replacement at once (CoordinatorRouter.replacement) and gets no_route, since the standby is "
+        "promoted only once the dead worker is evicted (heartbeat_timeout_s, 45 s under up); the "
+        "in-flight requests end with a no_route error instead of waiting for the heal"))),
+], ids=["two-replicas", "hot-standby"])
 def test_concurrent_requests_survive_a_stage_killed_mid_batch_each_completed_and_charged_once(
-        chat_tiny: Path, tmp_path: Path) -> None:
+        chat_tiny: Path, tmp_path: Path, workers: int, standby: int) -> None:
     """Several requests stream at once through the gateway; the worker on the path of most of them
     is killed while they are all mid-generation (sharing its batched steps). Every request ends
     with one receipt, the killed operator on none of the re-routed ones, each request is settled
-    on chain exactly once at its receipt's charge, and the client's spend is the sum of those."""
+    on chain exactly once at its receipt's charge, and the client's spend is the sum of those.
+    Two replicas: the other replica's worker for the same layers takes the stage over. One replica
+    and a hot standby (xfail, see its reason): nothing can take the stage over until the coordinator
+    has evicted the dead worker and promoted the standby."""
     n = 4
     net = bring_up(UpOptions(data_dir=tmp_path / "up", models_dir=tmp_path, model=str(chat_tiny),
-                             workers=4, verifiers=0, stages=2), say=lambda _: None)
+                             workers=workers, verifiers=standby, stages=2), say=lambda _: None)
     try:
         chain = Chain.connect(net.rpc_url, net.manifest)
         token = paying_client(net.rpc_url, net.manifest, net.gateway_address)
