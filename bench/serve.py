@@ -21,8 +21,8 @@ OMP_WAIT_POLICY=PASSIVE. On one 2-core box the stages share the cores the baseli
 Start-up overlaps (nothing is measured meanwhile): the first stages load their shards while anvil
 deploys and the client is funded. `--quick` (for development): c1 and c4 only, 16 tokens, two
 stages, static baseline only, and the baseline process loads transformers and the model while the
-stages start (it measures after the serving waves, and the waves wait until it has loaded): 29–31 s
-on this 2-core box at load average ~2.5 (before: 65 s at load ~5 here, 85–107 s reported under
+stages start (it measures after the serving waves, and the waves wait until it has loaded): 29–44 s
+on this 2-core box at load average 2.3–2.9 (before: 65 s at load ~5 here, 85–107 s reported under
 heavier load). Phase times go to stderr (`# 12.3 s …`).
 Run: `.venv/bin/python bench/serve.py [--quick]`.
 """
