@@ -156,12 +156,16 @@ def play(strategy: str, tasks: int) -> Outcome:
             tid = g.open_task(req)
         members = g.round_members(tid)
         dev = g.ver.member(tid, members[0]).owner
+        coalition = [g.ver.member(tid, op).owner for op in members]
         behaviour = {
             "lazy_verifier": "lazy_copy", "garbage_pass": "garbage_pass",
             "always_accuse": "accuse", "spoiler": "spoiler", "silent_verifier": "silent",
             "no_reveal": "no_reveal", "no_open": "no_open", "false_no_input": "no_input",
         }.get(strategy)
         plan = Plan(cheat=forge is not None, behaviours={0: behaviour} if behaviour else {})
+        if strategy == "framing_committee":  # the coalition holds every seat of round 0
+            plan = Plan(behaviours={i: "accuse" for i in range(len(members))})
+            c_before = worth(g, coalition)
         m_before = g.worth(dev)
         if strategy == "withholder":
             plan = Plan(behaviours={i: "no_input" for i in range(len(members))})
@@ -169,8 +173,16 @@ def play(strategy: str, tasks: int) -> Outcome:
             g.finalize(tid)
             deviators.add(s.owners[0])
         else:
-            status = g.run(tid, req, plan)
+            # the deviator sits in round 0; a larger committee drawn later (a split, or a
+            # conviction being confirmed) is honest
+            status = g.run(tid, req, plan, rounds=1)
+            if status in (TaskStatus.VOTING, TaskStatus.DRAWING):
+                status = g.run(tid, req, Plan(cheat=plan.cheat))
             assert status != TaskStatus.FRAUD or forge is not None, "an honest stage convicted"
+        if strategy == "framing_committee":
+            member_delta += worth(g, coalition) - c_before
+            deviators |= set(coalition)
+            continue
         member_delta += g.worth(dev) - m_before
         if behaviour:
             deviators.add(dev)
@@ -206,7 +218,7 @@ STAGE = ["forge_rows", "forge_chunk", "forge_tokens", "exit_before_conviction",
          "shielding_gateway", "withholder"]
 VERIFIER = ["lazy_verifier", "garbage_pass", "always_accuse", "spoiler", "silent_verifier",
             "no_reveal", "no_open", "false_no_input"]
-OTHER = ["framing_gateway", "grinding"]
+OTHER = ["framing_gateway", "framing_committee", "grinding"]
 SKIPS_INFERENCE = {"forge_rows", "forge_chunk", "forge_tokens", "exit_before_conviction",
                    "shielding_gateway"}
 SKIPS_VERIFY = {"lazy_verifier", "garbage_pass", "always_accuse", "spoiler", "silent_verifier",
@@ -245,6 +257,11 @@ def main() -> None:
         elif name in VERIFIER:
             sampled = o.deviator_delta / k - member_base
             profit = P * (sampled + (verify_cost if name in SKIPS_VERIFY else 0))
+        elif name == "framing_committee":
+            # every seat of a committee frames the honest stage (it must hold the confirming
+            # committee too); against the same seats playing honestly, compute saved
+            seats = DEPLOYED.committee_size
+            profit = P * (o.deviator_delta / k - seats * member_base + seats * verify_cost)
         elif name == "framing_gateway":
             # sampled: voided (bond slashed); not sampled: its charge paid to the framed node
             profit = P * (o.deviator_delta / k) + (1 - P) * (-CHARGE)

@@ -15,7 +15,8 @@
         accuser names the (position, chunk) leaf that fails (a token leaf when chunk is TOKEN);
         random spots are added; the stage and every member open all of them. A leaf is bad when
         the members' opened evidence there disagrees with the stage's more often than it agrees.
-        A bad leaf convicts the stage (FRAUD: slashed, jailed, client refunded); accusers whose
+        A bad leaf convicts the stage (FRAUD: slashed, jailed, client refunded) once a larger
+        committee from a fresh block confirms it (every round but the last); accusers whose
         leaf stood share the slash; a verdict is punished only when the opened evidence shows it
         wrong; a tie escalates to a larger committee drawn from a fresh block. V_SUSPECT verdicts
         (statistical evidence) never slash: a CUSUM per operator (SUSPECTED adds SUSPECT_WEIGHT,
@@ -647,6 +648,13 @@ def finalize(task_id: uint256):
             kinds, masks, named_k, n_leaves
         )
         log LeavesJudged(task_id=task_id, round=r, bad=bad, split=tie, agree=agree_n, disagree=disagree_n)
+        if bad != 0 and r + 1 < p.max_rounds:
+            # A conviction is confirmed by a larger committee drawn from a fresh block before it
+            # slashes anyone: a coalition that holds one committee cannot frame an honest stage
+            # unless it also holds the next. This round's verdicts are judged against the outcome.
+            bad = 0
+            tie = True
+            codes = []
 
     # Verdicts the evidence shows wrong lose their stake; count the standing ones.
     passes: uint256 = 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from contracts.verification import TaskStatus
+from tests.support.boa import mine
 from tests.support.game import Game, Plan
 
 from .scenario import assert_books, assert_no_honest_loss, release, snapshot
@@ -120,5 +121,33 @@ def test_honest_bf16_noise_is_judged_by_the_models_registered_chunk_rule(registe
     assert status == TaskStatus.PASSED
     assert not any(g.ver.member(tid, op).slashed for op in g.round_members(tid))
     release(g, req)
+    assert_no_honest_loss(g, snap)
+    assert_books(g)
+
+
+def test_a_committee_held_by_a_coalition_cannot_frame_an_honest_stage() -> None:
+    """Every seat of round 0 is the coalition's: all accuse the honest stage with made-up evidence
+    (it outnumbers the stage's at the named leaf, so the leaf is judged bad). Before anything is
+    slashed a committee twice as large, drawn from a fresh block, judges again; its honest members'
+    evidence agrees with the stage: PASSED, the stage paid, and each framer loses its verifier
+    slash. (A coalition must hold both committees: with a stake share f, about f^3 * P(>= 4 of 6).)"""
+    g = Game()
+    req = g.settle()
+    tid = g.open_task(req)
+    framers = g.round_members(tid)
+    stage_owner = g.operator_owner[g.ver.tasks(tid).stage_operator]
+    framer_owners = {g.operator_owner[op] for op in framers}
+    snap = snapshot(g, [o for o in g.s.owners if o not in framer_owners])
+    before = {op: g.stake(op) for op in framers}
+    g.play_round(tid, req, Plan(behaviours={i: "accuse" for i in range(len(framers))}))
+    assert g.finalize(tid) == TaskStatus.DRAWING  # a conviction waits for its confirmation
+    mine(g.params.randomness_delay + 1)
+    g.ver.next_round(tid)
+    assert g.run(tid, req, Plan(), rounds=1) == TaskStatus.PASSED  # the larger, fresh committee
+    for op in framers:
+        assert g.ver.member(tid, op).slashed
+        assert g.stake(op) == before[op] - g.params.verifier_slash_wei
+    release(g, req)
+    assert g.worth(stage_owner) > snap[stage_owner]  # paid for the request, never slashed
     assert_no_honest_loss(g, snap)
     assert_books(g)

@@ -25,6 +25,13 @@ def g():
     return Game()
 
 
+@pytest.fixture
+def one_round():
+    """A one-round game: how one round is judged (with more rounds a conviction is first
+    confirmed by a larger committee: test_a_conviction_is_confirmed_by_a_larger_fresh_committee)."""
+    return Game(params=replace(PARAMS, max_rounds=1))
+
+
 def finish(g, task_id):
     g.ver.finalize(task_id)
     return TaskStatus(g.ver.tasks(task_id).status)
@@ -48,7 +55,8 @@ def test_honest_stage_passes_and_every_member_earns_the_full_reward(g):
     assert g.ver.open_tasks(req.batch_id) == 0
 
 
-def test_cheating_stage_is_slashed_jailed_and_its_client_refunded(g):
+def test_cheating_stage_is_slashed_jailed_and_its_client_refunded(one_round):
+    g = one_round
     req = g.settle(forge={0: "rows", 1: "rows"})
     tid = g.open_task(req)
     t = g.ver.tasks(tid)
@@ -73,6 +81,38 @@ def test_cheating_stage_is_slashed_jailed_and_its_client_refunded(g):
     g.s.pay.release(req.batch_id, [g.pipeline.as_tuple()])
 
 
+def test_a_conviction_is_confirmed_by_a_larger_fresh_committee(g):
+    """Round 0 finds a bad leaf: nobody is slashed, refunded or paid yet; a committee twice as
+    large, seated from a block not mined when round 0 ended, judges again and its conviction
+    stands (FRAUD: the stage slashed and jailed, the client refunded, round 1's accusers paid)."""
+    req = g.settle(forge={0: "rows", 1: "rows"})
+    tid = g.open_task(req)
+    t = g.ver.tasks(tid)
+    first = g.round_members(tid)
+    stage_stake = g.stake(t.stage_operator)
+    deposit = g.s.pay.deposits(g.client)
+    g.play_round(tid, req, Plan(cheat=True))
+    assert finish(g, tid) is TaskStatus.DRAWING
+    assert g.stake(t.stage_operator) == stage_stake and g.s.pay.deposits(g.client) == deposit
+    assert not any(g.ver.member(tid, op).slashed for op in first)
+    mine(PARAMS.randomness_delay + 1)
+    g.ver.next_round(tid)
+    second = g.round_members(tid)
+    assert len(second) == 2 * PARAMS.committee_size and not set(second) & set(first)
+    g.play_round(tid, req, Plan(cheat=True))
+    assert finish(g, tid) is TaskStatus.FRAUD
+    assert g.stake(t.stage_operator) == stage_stake - PARAMS.stage_slash_wei
+    assert g.s.pay.deposits(g.client) == deposit + req.record.charge
+    assert not any(g.ver.member(tid, op).slashed for op in first + second)
+    # the prover share of the slash goes to round 1's accusers, round 0's get none
+    share, n = g.s.reg.prover_share_bps(), len(second)
+    parts = [PARAMS.stage_slash_wei // n] * (n - 1)
+    parts.append(PARAMS.stage_slash_wei - sum(parts))
+    assert sum(g.s.reg.credits(g.operator_owner[op]) for op in second) == sum(
+        a * share // 10_000 for a in parts)
+    assert all(g.s.reg.credits(g.operator_owner[op]) == 0 for op in first)
+
+
 def test_the_escrow_waits_while_a_task_is_open(g):
     req = g.settle()
     g.open_task(req)
@@ -94,7 +134,8 @@ def test_verifier_whose_pass_contradicts_its_own_evidence_is_slashed(g):
     assert g.s.pay.balances(g.operator_owner[lazy]) == earned
 
 
-def test_lazy_copier_who_vouches_for_a_cheat_is_slashed(g):
+def test_lazy_copier_who_vouches_for_a_cheat_is_slashed(one_round):
+    g = one_round
     # (was: the lone disagreement escalated; now the accusers' agreeing evidence at the leaf
     # they named outweighs the copier's at once)
     req = g.settle(forge={0: "rows", 1: "rows"})
@@ -157,7 +198,8 @@ def test_committee_excludes_the_stage_and_its_input_and_draws_distinct_active_no
     assert all(g.s.reg.locks(g.operator_owner[op]) == 1 for op in members)
 
 
-def test_a_made_up_accusation_beside_agreeing_ones_does_not_stall_a_conviction(g):
+def test_a_made_up_accusation_beside_agreeing_ones_does_not_stall_a_conviction(one_round):
+    g = one_round
     # (was: accusers had to agree with each other, so one made-up accusation escalated the
     # task; now the majority of opened evidence at a named leaf convicts, issue 14 #5)
     req = g.settle(forge={0: "rows", 1: "rows"})
