@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -98,6 +99,12 @@ def _pump(cl: Cluster, stop: threading.Event) -> None:
                     cl.rejected.append(r.status_code)
                 else:
                     held[op.address] = serving(r.json().get("assignment"))
+
+
+def _all_confirmed(st: dict[str, Any]) -> bool:
+    published = {r[0] for r in st["published_rows"]}
+    confirmed = {n["operator"] for n in st["nodes"] if n["confirmed"]}
+    return bool(published) and published <= confirmed
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -191,6 +198,9 @@ def cluster(devnet: tuple[str, Path, Path]) -> Iterator[Cluster]:
         cl.alive.update(op.address for op in ops[:4])
         pump.start()
         wait_for(lambda: cl.status()["epoch"] >= 1, 20, "the first epoch")
+        # the pumped workers confirm their ranges on the beat after their assignment: routes
+        # name only confirmed stages, so the tests start once every published one is
+        wait_for(lambda: _all_confirmed(cl.status()), 20, "every published stage confirmed")
         yield cl
     finally:
         stop.set()
