@@ -127,7 +127,7 @@ def _constructor_args(
     if name == "NodeRegistry":
         return [p.min_stake_wei, p.unbonding_period_blocks, p.prover_share_bps, p.timelock_blocks]
     if name == "ModelRegistry":
-        return []
+        return [p.timelock_blocks]
     if name == "Scheduler":
         return [deployed["NodeRegistry"], deployed["ModelRegistry"], p.coordinator or deployer]
     if name == "Payments":

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from eth_abi import encode as abi_encode
+from eth_utils import keccak
+
 from contracts.binding import Binding, TxResult
 from contracts.rpc import Signer
 
@@ -107,10 +110,18 @@ class ModelRegistry(Binding):
         precision = PRECISIONS.get(int(t[0]))
         return Serving(precision, bytes(t[1]), (int(t[2]), int(t[3])) if precision else None)
 
+    def queue_serving(self, model_id: int, precision: str, profile_hash: bytes, chunk_rule: tuple[int, int],
+                      sender: Signer | None = None) -> TxResult:
+        """Announce `set_serving` with these arguments (it may run once the timelock delay passed)."""
+        op = keccak(abi_encode(["uint256", "uint8", "bytes32", "uint256", "uint256"],
+                           [model_id, PRECISION_CODES[precision], profile_hash, *chunk_rule]))
+        return self._send("queue", op, sender=sender)
+
     def set_serving(self, model_id: int, precision: str, profile_hash: bytes, chunk_rule: tuple[int, int],
                     sender: Signer | None = None) -> TxResult:
         """Record the serving precision ("fp32", "bf16", "fp16", "fp8"), the profile hash and the
-        profile's chunk rule (D, K), which the spot check of the model's tasks applies (admin)."""
+        profile's chunk rule (D, K), which the spot check of the model's tasks applies (admin;
+        behind the timelock: `queue_serving` with the same arguments first unless the delay is 0)."""
         if precision not in PRECISION_CODES:
             raise ValueError(f"precision {precision!r} is not one of {sorted(PRECISION_CODES)}")
         d, k = chunk_rule

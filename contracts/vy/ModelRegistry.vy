@@ -6,21 +6,26 @@
         per output token in wei. Only the admin (two-step ownership) adds models or changes
         prices; weights are immutable — new weights are a new model id.
         Each model also records how it is served: the precision workers must compute in (a
-        worker computing lower than this cheats, and checks treat it so) and the keccak hash of
-        the verification profile (verifier.evidence.Profile canonical JSON) checks are judged by.
+        worker computing lower than this cheats, and checks treat it so), the keccak hash of
+        the verification profile (verifier.evidence.Profile canonical JSON) checks are judged by
+        and its on-chain chunk rule; serving changes wait out a timelock.
 """
 
 from snekmate.auth import ownable
 from snekmate.auth import ownable_2step
+from modules import timelock
 
 initializes: ownable
 initializes: ownable_2step[ownable := ownable]
+initializes: timelock
 
 exports: (
     ownable.owner,
     ownable_2step.pending_owner,
     ownable_2step.transfer_ownership,
     ownable_2step.accept_ownership,
+    timelock.delay,
+    timelock.eta,
 )
 
 
@@ -91,9 +96,10 @@ serving: public(HashMap[uint256, Serving])  # model id -> registered precision a
 
 @deploy
 @payable
-def __init__():
+def __init__(timelock_delay_: uint256):
     ownable.__init__()
     ownable_2step.__init__()
+    timelock.__init__(timelock_delay_)
 
 
 # ------------------------------------------------------------------ ADMIN
@@ -162,6 +168,13 @@ def set_active(model_id: uint256, active: bool):
 
 
 @external
+def queue(op: bytes32):
+    """@notice Announce a serving change (`serving_op`); it may run after the timelock delay."""
+    ownable._check_owner()
+    timelock._queue(op)
+
+
+@external
 def set_serving(
     model_id: uint256, precision: uint8, profile_hash: bytes32, max_ulp: uint256, max_bad: uint256
 ):
@@ -169,10 +182,12 @@ def set_serving(
     @notice Record the precision a model is served in, the hash of the verification profile its
             checks use and that profile's chunk rule (D = max_ulp, K = max_bad), which the
             on-chain spot check of the model's tasks applies instead of the game's default (bf16
-            noise needs a wider rule than fp32). Tasks already opened keep the rule they were
-            opened under.
+            noise needs a wider rule than fp32). Behind the timelock (queued `serving_op` first,
+            unless the delay is zero): the rule decides which honest noise passes, so it may not
+            move at once. Tasks already opened keep the rule they were opened under.
     """
     ownable._check_owner()
+    timelock._execute(keccak256(abi_encode(model_id, precision, profile_hash, max_ulp, max_bad)))
     self._check_exists(model_id)
     assert precision >= PRECISION_FP32 and precision <= PRECISION_FP8, "models: unknown precision"
     assert profile_hash != empty(bytes32), "models: empty profile hash"

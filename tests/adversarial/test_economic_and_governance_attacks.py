@@ -4,6 +4,8 @@ owner powers without delay, and events an indexer cannot trust."""
 from __future__ import annotations
 
 import boa
+from eth_abi import encode as abi_encode
+from eth_utils import keccak
 
 from contracts.batch import Record
 from contracts.verification import SUSPECT_WEIGHT, TaskStatus
@@ -143,3 +145,28 @@ def test_an_honest_operators_rare_suspicions_decay_and_never_jail() -> None:
         assert g.ver.suspects(owner) == 0
     assert g.s.reg.nodes(owner).jailed_until == 0 and g.s.reg.is_active(op)
     assert _judged(g, suspect=False) == TaskStatus.PASSED and g.ver.suspects(owner) == 0  # floored
+
+
+def test_the_owner_cannot_move_the_chunk_rule_at_once() -> None:
+    """The model's registered chunk rule decides which honest noise passes: tightened at once it
+    would convict honest stages (every honest bf16 chunk fails (0, 0)), loosened at once it would
+    clear a cheat. It waits out the timelock like every owner power, announced when queued, and
+    tasks already opened keep theirs."""
+    delay = 50
+    g = Game(timelock=delay)
+    models, admin, mid = g.s.models, g.s.admin, g.s.model_id
+    op = keccak(abi_encode(["uint256", "uint8", "bytes32", "uint256", "uint256"],
+                           [mid, 2, b"\x0f" * 32, 0, 0]))
+    with boa.env.prank(admin), boa.reverts("timelock: operation not queued"):
+        models.set_serving(mid, 2, b"\x0f" * 32, 0, 0)
+    req = g.settle()
+    tid = g.open_task(req)  # opened under the game's default
+    with boa.env.prank(admin):
+        models.queue(op)
+    with boa.env.prank(admin), boa.reverts("timelock: delay not over"):
+        models.set_serving(mid, 2, b"\x0f" * 32, 0, 0)
+    mine(delay)
+    with boa.env.prank(admin):
+        models.set_serving(mid, 2, b"\x0f" * 32, 0, 0)
+    assert g.ver.tasks(tid).chunk_rule == 0  # the open task keeps its rule
+    assert g.ver.tasks(g.open_task(g.settle())).chunk_rule == 1 << 64  # later ones: (0, 0), announced

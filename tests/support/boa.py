@@ -58,7 +58,7 @@ class System:
             self.reg = deployer_for("NodeRegistry").deploy(
                 ETH, unbonding or 2 * window + 5, 5_000, timelock
             )
-            self.models = deployer_for("ModelRegistry").deploy()
+            self.models = deployer_for("ModelRegistry").deploy(timelock)
             self.sched = deployer_for("Scheduler").deploy(self.reg, self.models, self.admin)
             self.pay = deployer_for("Payments").deploy(
                 self.reg, self.models, window, 500, 1_000, self.admin, gateway_bond, 1, timelock
