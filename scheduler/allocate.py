@@ -10,9 +10,11 @@ capacity-balanced bins (one big and one small node per bin when that is what fit
 a few KV targets, and the rule whose replicas score the most aggregate throughput wins; (3) what no
 region could use is pooled across regions in region order; (4) spare nodes are offered to the
 replica they help most, then a second chance releases the slowest members of the replicas that
-miss them least to form new replicas with the spares; a last pass tries other first/last stages.
-Each replica's split (`costs.best_split`) reserves KV for a batch target and gives layers to the
-cheapest nodes first; a slow member is dropped when the replica is faster without it.
+miss them least to form new replicas with the spares; on small clusters pairs of replicas swap
+nodes where neither routing loses (`exchange`); a last pass tries other first/last stages.
+Each replica's split (`split.best_split`) reserves KV for a batch target and gives layers to the
+cheapest nodes first, or bounds its busiest stage where prompts make one stage the bottleneck; a
+slow member is dropped when the replica is faster without it.
 (5) No stragglers: the plan and its variants without its slowest replicas (their nodes offered
 back or left standby) are scored under both routings — summed throughput for a load-aware router,
 replicas × the slowest for round robin — and the one whose worse routing comes closest to its
@@ -31,6 +33,7 @@ from scheduler.group import (
     Built,
     augment,
     build_replica,
+    exchange,
     extra_layers,
     grouped,
     polish,
@@ -94,7 +97,7 @@ def solve(c: Cluster) -> tuple[list[Built], list[int]]:
         built, rest = augment(c, alone + formed, sorted(set(rest)))
         spare = [i for i in sorted(set(rest)) if int(c.cap[i, MID]) >= 1]
         built, rest = release_slowest(c, built, spare)
-        built = polish(c, built)
+        built = polish(c, exchange(c, built))
         ok = [usable(c, b[2]) for b in built]
         kept = [b for b, good in zip(built, ok, strict=False) if good]
         rest.extend(i for b, good in zip(built, ok, strict=False) if not good for i in b[0])

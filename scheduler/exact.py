@@ -8,7 +8,7 @@ reference maximises the load-aware sum, so it is the bound on that sum.) Exactne
 * per replica (a node subset with a chosen first and last node; the middle ordered by the same
   region rule as the heuristic): the cycle is linear in the layers per stage, so for each batch
   target (KV reserved for that many sequences) filling the cheapest nodes first is the least
-  cycle; every target from 1 to `max_batch` is tried (`costs.best_split(full=True)`), which is
+  cycle; every target from 1 to `max_batch` is tried (`split.best_split(full=True)`), which is
   exact where the ring, not one stage's prompts, bounds the cycle;
 * across replicas, a dynamic program over node multisets. Nodes equal in every cost quantity
   (region, memory, caps, speeds, network; never one named in a `links.pairs` override) form a
@@ -27,9 +27,10 @@ from itertools import product
 import numpy as np
 
 from scheduler.allocate import diagnose, to_plan, usable, with_ends
-from scheduler.costs import MID, Cluster, best_split, build_cluster, estimate
+from scheduler.costs import MID, Cluster, build_cluster, estimate
 from scheduler.errors import CannotPlace, InvalidInput
 from scheduler.model import Plan, Snapshot
+from scheduler.split import best_split
 
 SOLVER = "veriplex-exact-dp-v2"
 MAX_STATES = 4096  # count vectors ∏(count_t + 1): 12 distinct nodes (~50 s) or 16 of a few kinds
@@ -37,7 +38,7 @@ MAX_STATES = 4096  # count vectors ∏(count_t + 1): 12 distinct nodes (~50 s) o
 
 def _best_split(c: Cluster, order: list[int]) -> tuple[float, list[int]] | None:
     """Best `(throughput, layers per stage)` for a fixed pipeline order, or None if infeasible
-    (every batch target, `costs.best_split(full=True)`)."""
+    (every batch target, `split.best_split(full=True)`)."""
     res = best_split(c, order, full=True)
     if res is None or not usable(c, res[1]):
         return None

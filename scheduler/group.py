@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from scheduler.costs import MID, Cluster, ReplicaEstimate, best_split
+from scheduler.costs import MID, Cluster, ReplicaEstimate
+from scheduler.split import best_split
 
 Built = tuple[list[int], list[int], ReplicaEstimate]  # (node order, layers per stage, estimate)
 
@@ -39,7 +40,7 @@ def stage_order(c: Cluster, members: list[int]) -> list[int]:
 
 
 def split(c: Cluster, order: list[int]) -> tuple[list[int], ReplicaEstimate] | None:
-    """The best layer split of `order` at the batch it will run (`costs.best_split`)."""
+    """The best layer split of `order` at the batch it will run (`split.best_split`)."""
     return best_split(c, order)
 
 
@@ -197,18 +198,30 @@ def augment(c: Cluster, built: list[Built], spare: list[int],
     return built, unused
 
 
+POLISH_KINDS = 6  # replicas of at most this many node kinds try every kind as first/last stage
+
+
 def polish(c: Cluster, built: list[Built], top: int = 3) -> list[Built]:
-    """Final pass per replica: try each ordered pair of its `top` roomiest nodes as first (holds
-    the embedding) and last (the LM head) stage, keeping the best split."""
+    """Final pass per replica: try each ordered pair of its `top` roomiest nodes — and, in a
+    replica of few node kinds, of one node per kind — as first (holds the embedding) and last (the
+    LM head) stage, keeping the best split."""
     out = []
     for order, k, est in built:
         best = (order, k, est)
         if len(order) >= 2:
             room = sorted(order, key=lambda i: (-int(c.budget[i]), c.ids[i]))[:top]
+            kinds = {int(c.kind[i]): i for i in sorted(order, key=lambda i: c.ids[i], reverse=True)}
+            if len(kinds) <= POLISH_KINDS:  # also one node of every kind (a small GPU may end it)
+                room = sorted(set(room) | set(kinds.values()), key=lambda i: c.ids[i])
+            tried = set()
             for first in room:
                 for last in room:
                     if first == last or (first, last) == (order[0], order[-1]):
                         continue
+                    pair = (int(c.kind[first]), int(c.kind[last]))
+                    if pair in tried:
+                        continue
+                    tried.add(pair)
                     cand = stage_order(c, [i for i in order if i not in (first, last)])
                     cand = with_ends(c, cand, first, last)
                     res = split(c, cand)
@@ -292,3 +305,51 @@ def grouped(c: Cluster, pool: list[int], by_region: bool) -> tuple[list[Built], 
         built.extend(reps)
         rest.extend(unused)
     return built, rest
+
+
+EXCHANGE_MAX = 64  # clusters up to this many serving nodes get the pairwise exchange pass
+
+
+def exchange(c: Cluster, built: list[Built], rounds: int = 2) -> list[Built]:
+    """Local search over pairs of replicas: swap one node of each (node kinds differ) and keep the
+    swap when neither routing loses — the summed throughput and the slowest replica both at least
+    as high, one of them higher. Region-crossing groupings made early (a small node pooled into
+    the wrong region's replica) are undone this way. Only up to `EXCHANGE_MAX` serving nodes."""
+    if sum(len(b[0]) for b in built) > EXCHANGE_MAX or len(built) < 2:
+        return built
+    built = list(built)
+    for _ in range(rounds):
+        changed = False
+        for x in range(len(built)):
+            for y in range(x + 1, len(built)):
+                got = _best_swap(c, built[x], built[y])
+                if got is not None:
+                    built[x], built[y] = got
+                    changed = True
+        if not changed:
+            break
+    return built
+
+
+def _best_swap(c: Cluster, a: Built, b: Built) -> tuple[Built, Built] | None:
+    """The best node swap between replicas `a` and `b` that loses under neither routing."""
+    ta, tb = a[2].throughput, b[2].throughput
+    base_sum, base_min = ta + tb, min(ta, tb)
+    best, best_gain = None, 1e-9 * base_sum
+    seen = set()
+    for i in a[0]:
+        for j in b[0]:
+            key = (int(c.kind[i]), int(c.kind[j]))
+            if key[0] == key[1] or key in seen:
+                continue
+            seen.add(key)
+            na, ra = build_replica(c, [x for x in a[0] if x != i] + [j])
+            nb, rb = build_replica(c, [x for x in b[0] if x != j] + [i])
+            if na is None or nb is None or ra or rb or not (usable(c, na[2]) and usable(c, nb[2])):
+                continue
+            s = na[2].throughput + nb[2].throughput
+            m = min(na[2].throughput, nb[2].throughput)
+            if s - base_sum > best_gain and m >= base_min * (1 - 1e-12) or \
+                    s >= base_sum * (1 - 1e-12) and m > base_min * (1 + 1e-9) and best is None:
+                best, best_gain = (na, nb), s - base_sum
+    return best

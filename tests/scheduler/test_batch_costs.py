@@ -143,6 +143,32 @@ def test_slow_gpus_left_standby_trade_a_little_router_throughput_for_much_more_r
     assert ratio["rr"] > 1.25  # what it buys under round robin
 
 
+def test_the_worst_clusters_router_shortfall_is_within_the_offline_batchs_noise() -> None:
+    """The same cluster over four workload seeds (the bench's batch size, 2 x what our plan holds):
+    an offline batch ends with a tail of long requests (outputs up to 4 x the mean), so which
+    plan finishes first moves by several per cent with the draw. Leaving the 3090s standby gives
+    0.944-1.03 of the keep-all plan over these seeds, 0.97 on average. The slow GPUs as a pipeline
+    of their own (tried: three 3090s split evenly, 1.35 x one of them) did no better on average
+    under the router (0.969 vs 0.974 of keep-all over 12 draws) and lost 15 % under round robin,
+    so the planner does not make one."""
+    doc = gen_cluster(24, "consumer", ["us-east", "eu-west", "ap-northeast"], seed=324, params=MIX)
+    snap = parse_snapshot(doc, MODELS["llama3-8b"])
+    ours = allocate(snap)
+    slow = [n for n in ours.standby if _gpu(snap, n) == "RTX3090"]
+    kept = replace(ours, replicas=(*ours.replicas, *(Replica((Stage(n, 0, 32),)) for n in slow)),
+                   standby=tuple(n for n in ours.standby if n not in slow))
+    router, rr = [], []
+    for seed in range(4):
+        load = _saturating(ours, seed=seed, times=2)
+        router.append(simulate(snap, ours, load, "router").throughput_tok_s
+                      / simulate(snap, kept, load, "router").throughput_tok_s)
+        rr.append(simulate(snap, ours, load, "rr").throughput_tok_s
+                  / simulate(snap, kept, load, "rr").throughput_tok_s)
+    assert min(router) < 0.95 < float(np.mean(router))  # a miss at some draws, not on average
+    assert max(router) > 1.0  # at one draw the standby plan finishes first under both routings
+    assert min(rr) > 1.2
+
+
 # -- measured step times --------------------------------------------------------------------------
 
 def _h100(node_id: str, **kw) -> NodeSpec:
