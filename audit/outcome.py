@@ -20,7 +20,7 @@ from audit.report import AuditReport, SettledRecord, Status, hx
 from contracts import verification as verification_contract
 from contracts.batch import Pipeline
 from contracts.errors import Revert
-from contracts.verification import TaskStatus, VerdictKind, Verification
+from contracts.verification import BLAME_REASON, TaskStatus, VerdictKind, Verification
 from verifier.receipt import Receipt
 
 
@@ -119,6 +119,13 @@ def check_outcome(chain: Any, receipt: Receipt, rec: SettledRecord, pipe: Pipeli
     elif status is TaskStatus.SUSPECTED:
         report.add("verification", Status.PASS, f"{who}: SUSPECTED (statistical evidence, counted "
                    f"against the operator, no slash) — {tally}")
+    elif status is TaskStatus.UNRESOLVED and any(
+            e["reason"] == BLAME_REASON for e in facts["stage_slashes"]):
+        blamed = next(e for e in facts["stage_slashes"] if e["reason"] == BLAME_REASON)
+        refund = " and the client refunded" if facts["client_refunds"] else ""
+        report.add("verification", Status.FAIL, f"{who}: the input stage {blamed['operator']} was "
+                   f"proven to have sent this stage other rows than it settled (stage-level blame): "
+                   f"slashed {blamed['amount']} wei{refund}; the stage was not judged")
     elif status is TaskStatus.UNRESOLVED:
         report.add("verification", Status.FAIL, f"{who}: UNRESOLVED after round {task.round} — "
                    f"{tally}")
@@ -183,7 +190,13 @@ def _task_facts(ver: Verification, task: Any, evs: dict[str, list[Any]]) -> dict
                             "amount": str(e.args["amount"]), "reason": e.args["reason"]}
                            for e in evs["MemberSlashed"]],
         "stage_slashes": [{"operator": e.args["stage_operator"], "owner": e.args["owner"],
-                           "amount": str(e.args["amount"])} for e in evs["StageSlashed"]],
+                           "amount": str(e.args["amount"]), "reason": e.args["reason"],
+                           "prover": e.args["prover"]} for e in evs["StageSlashed"]],
+        "input_operator": task.input_operator,
+        "input_commit": None if task.input_commit is None else {
+            "root": hx(task.input_commit.root), "positions": task.input_commit.positions,
+            "hidden_size": task.input_commit.hidden_size,
+            "n_tokens": task.input_commit.n_tokens},
         "rewards": [{"member": e.args["member"], "owner": e.args["owner"],
                      "amount": str(e.args["amount"])} for e in evs["VerifierRewarded"]],
         "finalized": [{"status": TaskStatus(int(e.args["status"])).name,

@@ -105,6 +105,12 @@ def play(strategy: str, tasks: int) -> Outcome:
             if strategy in ("exit_before_conviction", "shielding_gateway"):
                 forge = {0: "rows", 1: "rows"}
             deviators |= set(stage_owners)
+        elif strategy == "framing_input":
+            # stage 0 computes honestly and settles its true rows but sent stage 1 other ones
+            # (and, to get stage 1 to commit at all, signed a commitment to what it sent): stage
+            # 1's output disagrees with a re-execution from the settled rows
+            forge = {1: "rows"}
+            deviators.add(s.owners[0])
         elif strategy == "lazy_verifier" and i % 10 == 0:
             forge = {0: "rows", 1: "rows"}  # the world's background cheat rate: 1 in 10
             deviators |= set(stage_owners)  # (those cheating stages are not honest parties)
@@ -138,6 +144,13 @@ def play(strategy: str, tasks: int) -> Outcome:
         if strategy == "shielding_gateway":
             mine(DEPLOYED.randomness_delay + DEPLOYED.open_task_blocks + 2)
             g.void_unopened(req, s.owners[5])
+            continue
+        if strategy == "framing_input" and g.chosen_stage(req) == 1:
+            tid = g.open_task(req, wait=False)
+            sc, sig = g.equivocation(req, 0)  # what honest stage 1 kept at COMMIT
+            with boa.env.prank(s.operators[1]):
+                g.opener.blame_input(tid, sc.as_tuple(), sig)
+            assert g.ver.tasks(tid).status == TaskStatus.UNRESOLVED
             continue
         if strategy == "grinding":
             mine(2)
@@ -191,8 +204,8 @@ def play(strategy: str, tasks: int) -> Outcome:
     if strategy in ("honest_stage",):
         out.deviator_delta = worth(g, stage_owners) - sum(before[o] for o in stage_owners)
     elif strategy in ("forge_rows", "forge_chunk", "forge_tokens", "exit_before_conviction",
-                      "shielding_gateway", "withholder"):
-        who = stage_owners if strategy != "withholder" else [s.owners[0]]
+                      "shielding_gateway", "withholder", "framing_input"):
+        who = stage_owners if strategy not in ("withholder", "framing_input") else [s.owners[0]]
         out.deviator_delta = worth(g, who) - sum(before[o] for o in who)
         if strategy == "shielding_gateway":
             out.deviator_delta += (s.pay.gateway_bond(g.gateway) + s.pay.balances(g.gateway)
@@ -215,7 +228,7 @@ def play(strategy: str, tasks: int) -> Outcome:
 
 
 STAGE = ["forge_rows", "forge_chunk", "forge_tokens", "exit_before_conviction",
-         "shielding_gateway", "withholder"]
+         "shielding_gateway", "withholder", "framing_input"]
 VERIFIER = ["lazy_verifier", "garbage_pass", "always_accuse", "spoiler", "silent_verifier",
             "no_reveal", "no_open", "false_no_input"]
 OTHER = ["framing_gateway", "framing_committee", "grinding"]
@@ -250,7 +263,7 @@ def main() -> None:
         stuck += o.stuck
         k = max(o.tasks, 1)
         if name in STAGE:
-            base = stage_base if name != "withholder" else stage_base / 2
+            base = stage_base if name not in ("withholder", "framing_input") else stage_base / 2
             # sampled: the measured difference; not sampled: paid like honest work
             sampled = o.deviator_delta / k - base
             profit = P * sampled + (2 * inference_cost if name in SKIPS_INFERENCE else 0)

@@ -112,7 +112,8 @@ def main() -> None:
                 gen = await client.generate(req, prompt)
                 elapsed = time.perf_counter() - t
                 t = time.perf_counter()
-                await commit_all(client.key, cchain.chain_id, req, len(prompt) + len(gen.tokens) - 1)
+                await commit_all(client.key, cchain.chain_id, req, len(prompt) + len(gen.tokens) - 1,
+                                 [*prompt, *gen.tokens])
                 commit_s.append(time.perf_counter() - t)
                 return elapsed
 

@@ -33,6 +33,11 @@ from protocol.messages import StageCommit  # noqa: F401  (re-exported: the chain
 STAGE_COMMIT_TYPE = "(bytes32,uint32,uint32,uint32)[]"
 
 
+# StageSlashed.reason when a stage proved its input stage sent it other rows than it settled
+# (TaskOpener.blame_input -> Verification.blame_input)
+BLAME_REASON = "verification: input stage equivocated"
+
+
 class TaskStatus(IntEnum):
     """A task's status on chain (the contract's uint8 constants)."""
 
@@ -465,6 +470,19 @@ class Verification(Binding):
         receipt = self.rpc.transact(self._sender(sender), opener.address, bytes.fromhex(data[2:]))
         tx = self._result(receipt)  # the game's events (TaskOpened / TaskVoided, committee)
         return self.task_of(leaf.request_id), tx
+
+    def blame_input(self, task_id: int, input_commit: StageCommit, signature: bytes,
+                    sender: Signer | None = None) -> TxResult:
+        """Stage-level blame (TaskOpener.blame_input): the input stage's signature on another
+        commitment of the task's request and input stage, same shape, other root, proves it sent
+        the checked stage other rows than it settled. Slashes and jails it, refunds the client,
+        closes the task UNRESOLVED."""
+        opener = self.opener()
+        data = opener.contract.functions.blame_input(
+            task_id, input_commit.as_tuple(), bytes(signature)
+        )._encode_transaction_data()
+        receipt = self.rpc.transact(self._sender(sender), opener.address, bytes.fromhex(data[2:]))
+        return self._result(receipt)
 
     def commit_verdict(
         self,

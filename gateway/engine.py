@@ -24,7 +24,7 @@ from coincurve import PrivateKey
 from contracts.batch import request_id as chain_request_id
 from contracts.model_registry import ModelInfo
 from node.dataplane.client import Generation, PipelineClient
-from node.dataplane.query import SignedStageCommit, request_commitment
+from node.dataplane.query import SignedStageCommit, input_relay, request_commitment
 from protocol.dataplane_errors import DataPlaneError, RemoteError
 from protocol.frames import ErrorCode
 from protocol.messages import PipelineRequest, StageAssignment
@@ -220,17 +220,21 @@ class Runner:
                     {**ran.model_dump(), "epoch": ran.epoch + 1,
                      "stages": [s.model_dump() for s in stages]})
 
-    async def commitments(self, req: PipelineRequest, positions: int
+    async def commitments(self, req: PipelineRequest, positions: int, sequence: Sequence[int]
                           ) -> tuple[list[SignedStageCommit], str | None]:
-        """Every stage's signed commitment over rows [0, positions), asked concurrently, each
-        retried up to `commit_attempts` times; on failure ([], why) — the caller records the
-        request with a zero root and the reason (the client already has its tokens)."""
-        async def one(j: int) -> SignedStageCommit:
+        """Every stage's signed commitment over rows [0, positions), in stage order: each stage
+        after the first is sent its input stage's answer to check against the rows it received
+        (stage-level blame, node.dataplane.input_check). Each is retried up to `commit_attempts`
+        times; on failure ([], why) — the caller records the request with a zero root and the
+        reason (the client already has its tokens). `sequence`: prompt and generated token ids."""
+        async def one(j: int, prev: SignedStageCommit | None) -> SignedStageCommit:
             st = req.stages[j]
+            relay = (None if prev is None
+                     else input_relay((prev.commit, prev.signature), j, sequence, positions))
             for attempt in range(self.commit_attempts):
                 try:
                     sc, sig = await request_commitment(self.client.key, self.chain_id, req, j,
-                                                       positions, self.commit_timeout_s)
+                                                       positions, self.commit_timeout_s, relay)
                     return SignedStageCommit(j, st.operator, (st.start, st.end), sc, sig)
                 except (DataPlaneError, OSError, TimeoutError) as exc:
                     if attempt + 1 == self.commit_attempts:
@@ -240,7 +244,10 @@ class Runner:
             raise AssertionError("unreachable")
 
         try:
-            return list(await asyncio.gather(*(one(j) for j in range(len(req.stages))))), None
+            got: list[SignedStageCommit] = []
+            for j in range(len(req.stages)):
+                got.append(await one(j, got[-1] if got else None))
+            return got, None
         except DataPlaneError as exc:
             why = f"no commitment after {self.commit_attempts} attempts from {exc}"
             log.error("request %s: %s; recorded with a zero commitment root", req.request_id, why)

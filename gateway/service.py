@@ -253,7 +253,7 @@ class Gateway:
         error: str | None = None
         positions = len(job.prompt) + len(tokens) - 1
         if tokens and positions >= 1:
-            commits, error = await self.runner.commitments(req, positions)
+            commits, error = await self.runner.commitments(req, positions, [*job.prompt, *tokens])
         gen.commitments = commits
         return self._charge(job, req, tokens, text, reason, commits, error)
 

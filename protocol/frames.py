@@ -21,7 +21,10 @@ compare with the operator assigned to the sending stage. Bodies:
     CLOSE   u8 reason (CloseReason)
     ERROR   u16 code (ErrorCode) ‖ u16 stage where it happened ‖ utf-8 message (≤ 1024 bytes)
     PING / PONG   empty
-    COMMIT     u32 positions P (ask stage `frame.stage` for its commitment over rows [0, P))
+    COMMIT     u32 positions P (ask stage `frame.stage` for its commitment over rows [0, P)), then,
+               to every stage but the first, its input stage's answer relayed (`InputRelay`):
+               COMMITTED body of stage `frame.stage - 1` ‖ u32 count ‖ count × u32 token ids
+               (the ids that commitment covers: P + 1 when the input stage is the first, else 0)
     COMMITTED  32s root ‖ u32 positions ‖ u32 hidden size ‖ u32 n_tokens ‖ 65s attestation signature
                (over `contracts.verification.attestation_digest`, by the stage operator)
     FETCH      u32 layer start ‖ u32 layer end ‖ u32 pos_from ‖ u32 pos_to (read stored rows)
@@ -242,19 +245,53 @@ _ROWS_HEAD = struct.Struct("<II")
 MAX_TOKENS = 2**24  # token ids one ROWS body may carry
 
 
-def commit_body(positions: int) -> bytes:
+@dataclass(frozen=True)
+class InputRelay:
+    """What the gateway relays with COMMIT to a stage that has an input stage: that stage's signed
+    commitment over the same rows, and the token ids it covers. The asked stage checks it against
+    the rows it received before it signs its own (stage-level blame: contracts TaskOpener
+    `blame_input`), and keeps it as evidence."""
+
+    commit: StageCommit
+    signature: bytes
+    tokens: tuple[int, ...] = ()
+
+
+def commit_body(positions: int, relay: InputRelay | None = None) -> bytes:
     if not 1 <= positions < 2**32:
         raise BadMessage(f"COMMIT positions ({positions}) must be in [1, 2**32)")
-    return _U32.pack(positions)
+    if relay is None:
+        return _U32.pack(positions)
+    if len(relay.tokens) > MAX_TOKENS:
+        raise BadMessage(f"COMMIT relays {len(relay.tokens)} token ids, at most {MAX_TOKENS}")
+    return (_U32.pack(positions) + committed_body(relay.commit, relay.signature)
+            + _U32.pack(len(relay.tokens)) + struct.pack(f"<{len(relay.tokens)}I", *relay.tokens))
+
+
+def parse_commit_ask(body: bytes) -> tuple[int, InputRelay | None]:
+    """(positions, the relayed input commitment or None)."""
+    if len(body) < _U32.size:
+        raise BadMessage(f"COMMIT body must be at least {_U32.size} bytes, got {len(body)}")
+    (positions,) = _U32.unpack_from(body, 0)
+    if positions == 0:
+        raise BadMessage("COMMIT asks for 0 positions; a commitment covers at least one row")
+    if len(body) == _U32.size:
+        return positions, None
+    head = _U32.size + _COMMITTED.size
+    if len(body) < head + _U32.size:
+        raise BadMessage(f"COMMIT body of {len(body)} bytes: a relayed input commitment needs "
+                         f"{head + _U32.size}")
+    sc, sig = parse_committed(body[_U32.size:head])
+    (count,) = _U32.unpack_from(body, head)
+    if len(body) != head + _U32.size + 4 * count:
+        raise BadMessage(f"COMMIT body of {len(body)} bytes does not hold its {count} relayed token ids")
+    tokens = struct.unpack_from(f"<{count}I", body, head + _U32.size)
+    return positions, InputRelay(sc, sig, tuple(tokens))
 
 
 def parse_commit(body: bytes) -> int:
-    if len(body) != _U32.size:
-        raise BadMessage(f"COMMIT body must be {_U32.size} bytes, got {len(body)}")
-    (positions,) = _U32.unpack(body)
-    if positions == 0:
-        raise BadMessage("COMMIT asks for 0 positions; a commitment covers at least one row")
-    return positions
+    """The positions a COMMIT asks for (its relay, if any, is `parse_commit_ask`'s)."""
+    return parse_commit_ask(body)[0]
 
 
 def committed_body(sc: StageCommit, attestation_sig: bytes) -> bytes:

@@ -20,6 +20,8 @@ from interfaces import IVerifierPayments
 
 interface IGame:
     def params() -> Params: view
+    def tasks(task_id: uint256) -> GameTask: view
+    def blame_input(task_id: uint256, prover: address): nonpayable
     def randomness() -> address: view
     def task_of(request_id: bytes32) -> uint256: view
     def start_task(
@@ -53,6 +55,31 @@ struct RecordLeaf:
     tokens_out: uint256
     charge: uint256
     commitment_root: bytes32
+
+struct GameTask:  # Verification.Task, field for field (read through its public getter)
+    status: uint8
+    outcome_round: uint256
+    batch_id: uint256
+    record: RecordLeaf
+    stage: uint256
+    stage_operator: address
+    stage_owner: address
+    commit: StageCommit
+    input_operator: address
+    input_owner: address
+    input_commit: StageCommit
+    seed: bytes32
+    snapshot_block: uint256
+    anchor_block: uint256
+    commit_deadline: uint256
+    reveal_deadline: uint256
+    spot_block: uint256
+    open_deadline: uint256
+    deadline: uint256
+    round_first: uint256
+    committed: uint256
+    revealed: uint256
+    chunk_rule: uint256
 
 struct Params:
     sample_bps: uint256
@@ -167,8 +194,37 @@ def open_task(
     return extcall self.game.start_task(
         batch_id, record, stage, op, stages[stage].layer_start, stages[stage].layer_end, sc,
         input_op, input_commit, seed, gateway, settle_block,
-        self._shape_fault(record, stage, len(stages), sc, model_id), msg.sender, rule,
+        self._shape_fault(record, stage, len(stages), sc, input_commit, model_id), msg.sender, rule,
     )
+
+
+@external
+def blame_input(task_id: uint256, sc: StageCommit, signature: Bytes[65]):
+    """
+    @notice Stage-level blame. A stage commits only after checking that the commitment its
+            input stage signed for the request (relayed by the gateway at COMMIT) is the one
+            over the rows it received (node/dataplane: stored_requests). Whoever holds the
+            input stage's signature on a commitment of the same request, stage index and shape
+            as the one the record settled, but with another root, proves that the input stage
+            sent this stage other rows than it committed: the checked stage is not judged on
+            the settled rows; the input stage is slashed (the prover's share to the checked
+            stage's owner) and jailed, the client
+            refunded and the task closed (Verification.blame_input).
+    """
+    t: GameTask = staticcall self.game.tasks(task_id)
+    assert t.input_operator != empty(address), "opener: the checked stage has no input stage"
+    ic: StageCommit = t.input_commit
+    assert (
+        sc.positions == ic.positions and sc.hidden_size == ic.hidden_size
+        and sc.n_tokens == ic.n_tokens
+    ), "opener: not the settled commitment's shape"
+    assert sc.root != ic.root, "opener: the settled commitment itself"
+    assert self._signer(t.record.request_id, t.stage - 1, sc, signature) == t.input_operator, (
+        "opener: input stage did not sign this commitment"
+    )
+    # The framed stage's owner takes the prover's share whoever submits the proof: copying the
+    # transaction from the mempool gains nothing.
+    extcall self.game.blame_input(task_id, t.stage_owner)
 
 
 @view
@@ -206,7 +262,8 @@ def attestation_digest(request_id: bytes32, stage: uint256, sc: StageCommit) -> 
 @view
 @internal
 def _shape_fault(
-    record: RecordLeaf, stage: uint256, n_stages: uint256, sc: StageCommit, model_id: uint256
+    record: RecordLeaf, stage: uint256, n_stages: uint256, sc: StageCommit, input_commit: StageCommit,
+    model_id: uint256,
 ) -> String[64]:
     # The shape the record bills: L tokens, L - 1 computed positions, the model's hidden size;
     # the first and the last stage also commit the L token ids (verifier/ENCODING.md).
@@ -223,6 +280,11 @@ def _shape_fault(
         want_tokens = L
     if convert(sc.n_tokens, uint256) != want_tokens:
         return "token count does not match billed tokens"
+    # The input stage's commitment is what members re-execute from: the same rows and width.
+    if stage > 0 and (
+        input_commit.positions != sc.positions or input_commit.hidden_size != sc.hidden_size
+    ):
+        return "input commitment shape does not match"
     return ""
 
 

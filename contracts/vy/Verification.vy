@@ -331,7 +331,7 @@ def __init__(
     self.spot_check = spot_check_
     self.committee_draw = committee_
     self.opener = opener_
-    assert randomness_.address != empty(address), "verification: randomness is the zero address"
+    assert randomness_.address != empty(address), "verification: zero randomness"
     self.randomness = randomness_
     log RandomnessSet(source=randomness_.address)
     self._set_params(params_)
@@ -368,9 +368,9 @@ def _set_params(p: Params):
     self.params = p
     # Cross-contract rules, on every change: tasks fit the window; nobody leaves before judgment.
     window: uint256 = staticcall self.payments.verification_window()
-    assert window >= self._min_window(p), "verification: payments window too short to open tasks"
+    assert window >= self._min_window(p), "verification: window too short to open tasks"
     assert staticcall self.registry.unbonding_period() >= window + self._lifetime(p), (
-        "verification: unbonding shorter than window + task lifetime"
+        "verification: unbonding < window + task lifetime"
     )
     log ParamsSet(params=p)
 
@@ -390,7 +390,7 @@ def start_task(
             `void_reason`, a voided record (client refunded, gateway bond slashed).
             `chunk_rule`: the model's registered rule (1 << 64 | D << 8 | K), 0 for the default.
     """
-    assert msg.sender == self.opener, "verification: caller is not the task opener"
+    self._only_opener()
     assert self.task_of[record.request_id] == 0, "verification: task already open"
     task_id: uint256 = self.task_count + 1
     self.task_count = task_id
@@ -406,9 +406,7 @@ def start_task(
             task_id=task_id, batch_id=batch_id, request_id=record.request_id, gateway=gateway,
             reason=void_reason, gateway_slashed=taken, refunded=record.charge,
         )
-        extcall self.payments.refund(
-            batch_id, record.request_id, record.key, record.pipeline_index, record.charge
-        )
+        self._refund(batch_id, record)
         return task_id
     p: Params = self.params
     self.open_tasks[batch_id] += 1
@@ -664,14 +662,15 @@ def finalize(task_id: uint256):
         c: uint8 = 0
         if len(codes) > 0:
             c = codes[i]
-        if c == 1:
-            self._slash_member(task_id, ops[i], "verification: pass contradicted by evidence")
-        elif c == 2:
-            self._slash_member(task_id, ops[i], "verification: own evidence agrees at named leaf")
-        elif c == 3:
-            self._slash_member(task_id, ops[i], "verification: named leaf outweighed by evidence")
-        elif c == 4:
-            self._slash_member(task_id, ops[i], "verification: named leaf is not faulty")
+        if c != 0:
+            why: String[48] = "verification: named leaf is not faulty"
+            if c == 1:
+                why = "verification: pass contradicted by evidence"
+            elif c == 2:
+                why = "verification: own evidence agrees at named leaf"
+            elif c == 3:
+                why = "verification: named leaf outweighed by evidence"
+            self._slash_member(task_id, ops[i], why)
         elif kinds[i] == V_PASS:
             passes += 1
         elif kinds[i] == V_FAIL:
@@ -682,13 +681,7 @@ def finalize(task_id: uint256):
 
     # Data availability: members said they got no input; the input stage had to open its spots.
     if no_input > 0 and t.input_operator != empty(address) and not self.input_opened[task_id][r]:
-        taken: uint256 = self._slash(
-            t.input_owner, p.stage_slash, msg.sender, "verification: inputs withheld"
-        )
-        log StageSlashed(
-            task_id=task_id, stage_operator=t.input_operator, owner=t.input_owner, amount=taken,
-            prover=msg.sender, reason="verification: inputs withheld",
-        )
+        self._slash_input(task_id, t, msg.sender, "verification: inputs withheld")
 
     status: uint8 = ABSENT
     if not stage_open and voters > 0:
@@ -726,12 +719,26 @@ def next_round(task_id: uint256):
 
 
 @external
+def blame_input(task_id: uint256, prover: address):
+    """
+    @notice Stage-level blame (called by the TaskOpener, which checked the proof): the input
+            stage signed a second commitment to the rows it sent this stage, other than the one
+            its record settled. This stage computed on what it received, so it is not judged
+            on the settled rows: the input stage is slashed (its prover share to `prover`, the
+            checked stage's owner) and jailed, the client
+            refunded, the task closed UNRESOLVED (no verdict, no rewards).
+    """
+    self._only_opener()
+    t: Task = self._live(task_id)
+    self._slash_input(task_id, t, prover, "verification: input stage equivocated")
+    self._close(task_id, t, UNRESOLVED, 0, 0, 0, 0)
+    self._jail_refund(task_id, t, t.input_owner, "verification: equivocation")
+
+
+@external
 def expire(task_id: uint256):
     """@notice Close a task past its hard deadline (anyone): UNRESOLVED, no rewards, escrow free."""
-    t: Task = self._task(task_id)
-    assert t.status == VOTING or t.status == OPENING or t.status == DRAWING, (
-        "verification: task closed"
-    )
+    t: Task = self._live(task_id)
     assert block.number > t.deadline, "verification: deadline not reached"
     self._close(task_id, t, UNRESOLVED, 0, 0, 0, 0)
 
@@ -765,6 +772,22 @@ def min_unbonding() -> uint256:
 def _task(task_id: uint256) -> Task:
     t: Task = self.tasks[task_id]
     assert t.status != ABSENT, "verification: unknown task"
+    return t
+
+
+@view
+@internal
+def _only_opener():
+    assert msg.sender == self.opener, "verification: caller is not the task opener"
+
+
+@view
+@internal
+def _live(task_id: uint256) -> Task:
+    t: Task = self._task(task_id)
+    assert t.status == VOTING or t.status == OPENING or t.status == DRAWING, (
+        "verification: task closed"
+    )
     return t
 
 
@@ -856,12 +879,14 @@ def _agreement(task_id: uint256, a: address, b: address, n: uint256, token_mask:
 
 @internal
 def _start_round(task_id: uint256, r: uint256, seed: bytes32) -> uint256:
-    """@dev Seat up to committee_size << r members by snapshot stake, none seen before."""
+    """@dev Seat up to committee_size << r members (odd from round 1 on, so a coalition
+         of half a confirming committee cannot split it) by snapshot stake, none seen before."""
     stage_owner: address = self.tasks[task_id].stage_owner
     input_owner: address = self.tasks[task_id].input_owner
     # Bounded per round and over the task, so a late round can never overflow `members`.
     want: uint256 = min(
-        min(self.params.committee_size << r, MAX_COMMITTEE), MAX_MEMBERS - len(self.members[task_id])
+        min((self.params.committee_size << r) | min(r, 1), MAX_COMMITTEE),
+        MAX_MEMBERS - len(self.members[task_id]),
     )
     exclude: DynArray[address, MAX_EXCLUDED] = [stage_owner]
     if input_owner != empty(address):
@@ -908,6 +933,15 @@ def _slash(owner: address, amount: uint256, prover: address, reason: String[128]
     if amount == 0 or staticcall self.registry.slashable(owner) == 0:
         return 0
     return extcall self.registry.slash(owner, amount, prover, reason)
+
+
+@internal
+def _slash_input(task_id: uint256, t: Task, prover: address, reason: String[64]):
+    taken: uint256 = self._slash(t.input_owner, self.params.stage_slash, prover, reason)
+    log StageSlashed(
+        task_id=task_id, stage_operator=t.input_operator, owner=t.input_owner, amount=taken,
+        prover=prover, reason=reason,
+    )
 
 
 @internal
@@ -984,14 +1018,21 @@ def _convict(task_id: uint256, t: Task, bad: uint256, n_spots: uint256):
             task_id=task_id, stage_operator=t.stage_operator, owner=t.stage_owner, amount=taken,
             prover=provers[i], reason="verification: stage output failed the check",
         )
-    extcall self.registry.jail(
-        t.stage_owner, block.number + self.params.jail_blocks, "verification: fraud"
-    )
-    rec: RecordLeaf = t.record
+    self._jail_refund(task_id, t, t.stage_owner, "verification: fraud")
+
+
+@internal
+def _jail_refund(task_id: uint256, t: Task, owner: address, reason: String[64]):
+    extcall self.registry.jail(owner, block.number + self.params.jail_blocks, reason)
     log ClientRefunded(
-        task_id=task_id, batch_id=t.batch_id, request_id=rec.request_id, charge=rec.charge
+        task_id=task_id, batch_id=t.batch_id, request_id=t.record.request_id, charge=t.record.charge
     )
-    extcall self.payments.refund(t.batch_id, rec.request_id, rec.key, rec.pipeline_index, rec.charge)
+    self._refund(t.batch_id, t.record)
+
+
+@internal
+def _refund(batch_id: uint256, rec: RecordLeaf):
+    extcall self.payments.refund(batch_id, rec.request_id, rec.key, rec.pipeline_index, rec.charge)
 
 
 @internal

@@ -73,6 +73,12 @@ class StepLoop:
         # After a re-route this stage may be ahead of the sequence the gateway resumed from (it ran
         # positions whose token never reached the gateway): rewind cache and stored rows to it. The
         # last stage keeps one position fewer, to recompute the logits it samples from.
+        if s.resync and s.index > 0 and start < cached:
+            # A re-route: the input stage (maybe a new one) re-sent rows this stage already ran.
+            # Recompute from what it sent now, so outputs, stored rows and the received-rows tree
+            # all follow the rows that input stage commits to (node.dataplane.input_check).
+            self.sessions.rewind(rid, start)
+            cached = start
         keep = end - 1 if ex.shard.is_last else end
         if s.resync and cached > keep:
             self.sessions.rewind(rid, keep)
@@ -151,7 +157,8 @@ class StepLoop:
                     out = outs[k]
                     # The KV cache now holds these positions: the store must too, even when a
                     # re-route dropped the job meanwhile (its rewind then sees both alike).
-                    self.sessions.store_rows(job.rid, out.start, out.hidden)
+                    self.sessions.store_rows(job.rid, out.start, out.hidden,
+                                             None if ex.shard.is_first else works[k].x)
                     if self.batcher.get(job.rid) is not job or s.epoch != job.epoch:
                         continue
                     if job.advance(n, out.hidden, out.logits):

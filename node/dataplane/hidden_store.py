@@ -28,7 +28,9 @@ it served, and the token ids it saw (the OPEN's sequence, then every TOKEN recei
            8   u16  stages in the pipeline               10  u16 reserved, 0
           12   20s  gateway address                      32  ...  u32 token ids, position order
 
-It lives and dies with the rows file (same retention, same eviction).
+It lives and dies with the rows file (same retention, same eviction), as does the *input file*
+`<request id hex>-<a>-<b>.vpin`: the input stage's signed commitment (a COMMITTED body) that the
+stage checked against the rows it received before it committed (node.dataplane.input_check).
 
 Disk use is bounded by admission, not by failing mid-generation: `open()` reserves
 `header + capacity × row bytes` against `max_bytes`, first evicting every expired request; if the
@@ -63,6 +65,7 @@ SUFFIX = ".vphs"
 INFO_MAGIC = b"VPTK"
 INFO_HEADER = struct.Struct("<4sHHHH20s")
 INFO_SUFFIX = ".vptk"
+INPUT_SUFFIX = ".vpin"  # the input stage's signed commitment the stage checked (COMMITTED body)
 
 
 @dataclass
@@ -99,6 +102,10 @@ class StoreEntry:
     @property
     def info_path(self) -> Path:
         return self.path.with_suffix(INFO_SUFFIX)
+
+    @property
+    def input_path(self) -> Path:
+        return self.path.with_suffix(INPUT_SUFFIX)
 
     @property
     def row_bytes(self) -> int:
@@ -235,6 +242,7 @@ class HiddenStateStore:
             e = self.entries.pop(k)
             e.path.unlink(missing_ok=True)
             e.info_path.unlink(missing_ok=True)
+            e.input_path.unlink(missing_ok=True)
         return len(gone)
 
     # ── what the stage knows about the request ────────────────────────────────────────────────
@@ -269,6 +277,19 @@ class HiddenStateStore:
             f.seek(INFO_HEADER.size + 4 * position)
             f.write(struct.pack("<I", int(token)))
         return True
+
+    def put_input(self, request_id: bytes, layer_start: int, layer_end: int, blob: bytes) -> None:
+        """Keep the input stage's signed commitment this stage checked before it committed
+        (node.dataplane.input_check): the evidence for stage-level blame, as long as the rows."""
+        e = self.entry(request_id, layer_start, layer_end)
+        e.input_path.write_bytes(blob)
+
+    def input(self, request_id: bytes, layer_start: int, layer_end: int) -> bytes | None:
+        """The kept input commitment (a COMMITTED body), None if none was checked."""
+        e = self.entries.get((request_id, layer_start, layer_end))
+        if e is None or not e.input_path.exists():
+            return None
+        return e.input_path.read_bytes()
 
     def info(self, request_id: bytes, layer_start: int, layer_end: int) -> RequestInfo:
         e = self.entry(request_id, layer_start, layer_end)
@@ -355,7 +376,7 @@ class HiddenStateStore:
                 except StoreError as exc:
                     log.warning("hidden store: ignoring unreadable request file: %s", exc)
             self.entries[(e.request_id, e.layer_start, e.layer_end)] = e
-        for path in self.root.glob(f"*{INFO_SUFFIX}"):
+        for path in (*self.root.glob(f"*{INFO_SUFFIX}"), *self.root.glob(f"*{INPUT_SUFFIX}")):
             if not path.with_suffix(SUFFIX).exists():
                 path.unlink(missing_ok=True)  # its rows were evicted before a crash
 

@@ -10,6 +10,7 @@ every answer is checked — attestation (or frame) signer, request, shape — be
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from contracts.verification import attestation_digest
 from protocol.dataplane_errors import BadMessage, BadSignature, RemoteError, StageFailed
 from protocol.frames import (
     Frame,
+    InputRelay,
     Kind,
     commit_body,
     fetch_body,
@@ -106,15 +108,27 @@ def expected_tokens(n_stages: int, stage: int, positions: int) -> int:
     return positions + 1 if stage in (0, n_stages - 1) else 0
 
 
+def input_relay(previous: tuple[StageCommit, bytes], stage: int, sequence: Sequence[int],
+                positions: int) -> InputRelay:
+    """What COMMIT relays to stage `stage` (> 0): stage `stage - 1`'s answer and the token ids its
+    commitment covers (the first P + 1 of the sequence when that is the first stage)."""
+    sc, sig = previous
+    tokens = tuple(int(t) for t in sequence[: positions + 1]) if stage - 1 == 0 else ()
+    return InputRelay(sc, sig, tokens)
+
+
 async def request_commitment(key: PrivateKey, chain_id: int, request: PipelineRequest, stage: int,
-                             positions: int, timeout_s: float = 30.0) -> tuple[StageCommit, bytes]:
+                             positions: int, timeout_s: float = 30.0,
+                             relay: InputRelay | None = None) -> tuple[StageCommit, bytes]:
     """Ask stage `stage` of `request` (signed by `key`, the request's gateway) for its commitment
-    over rows [0, positions); checks who signed it and that its shape is the one asked for."""
+    over rows [0, positions); checks who signed it and that its shape is the one asked for. Every
+    stage but the first needs `relay`, its input stage's answer (`input_relay`)."""
     if not 0 <= stage < len(request.stages):
         raise ValueError(f"stage {stage} of a {len(request.stages)}-stage pipeline")
     st = request.stages[stage]
     rid = request.rid
-    f = make_frame(key, Kind.COMMIT, chain_id, rid, 0, request.epoch, stage, commit_body(positions))
+    f = make_frame(key, Kind.COMMIT, chain_id, rid, 0, request.epoch, stage,
+                   commit_body(positions, relay))
     got = await _ask(st.host, st.port, f, Kind.COMMITTED, timeout_s, 4096)
     # The attestation (checked below) binds the operator to everything the body says; the frame's
     # own signature adds nothing, so it is not recovered a second time.
@@ -128,12 +142,16 @@ async def request_commitment(key: PrivateKey, chain_id: int, request: PipelineRe
 
 
 async def commit_all(key: PrivateKey, chain_id: int, request: PipelineRequest, positions: int,
-                     timeout_s: float = 30.0) -> list[SignedStageCommit]:
-    """Every stage's commitment, asked concurrently, in stage order."""
-    got = await asyncio.gather(*(request_commitment(key, chain_id, request, j, positions, timeout_s)
-                                 for j in range(len(request.stages))))
-    return [SignedStageCommit(j, st.operator, (st.start, st.end), sc, sig)
-            for j, (st, (sc, sig)) in enumerate(zip(request.stages, got, strict=True))]
+                     sequence: Sequence[int], timeout_s: float = 30.0) -> list[SignedStageCommit]:
+    """Every stage's commitment, in stage order, each relaying the one before (`sequence`: the
+    request's token ids, prompt and generated)."""
+    out: list[SignedStageCommit] = []
+    prev: tuple[StageCommit, bytes] | None = None
+    for j, st in enumerate(request.stages):
+        relay = None if prev is None else input_relay(prev, j, sequence, positions)
+        prev = await request_commitment(key, chain_id, request, j, positions, timeout_s, relay)
+        out.append(SignedStageCommit(j, st.operator, (st.start, st.end), *prev))
+    return out
 
 
 async def fetch_rows(key: PrivateKey, chain_id: int, host: str, port: int, request_id: bytes,

@@ -108,7 +108,7 @@ class StageServer:
         self.max_frame_bytes = max_frame_bytes
         self.sessions = SessionTable(executor, store, kv_budget_bytes, session_timeout_s)
         self.stored = StoredRequests(store, key, directory, chain_id, self.layers, max_frame_bytes,
-                                     leaves=self.sessions.leaves)
+                                     leaves=self.sessions.leaves, inputs=self.sessions.inputs)
         self.sessions.on_free = self._on_free
         self.batcher = Batcher(max_decode_rows, prefill_chunk, micro_batches)
         self.compute = StepLoop(executor, self.sessions, self.batcher, gather_s,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from node.dataplane.hidden_store import HiddenStateStore
+from node.dataplane.input_check import InputCheck
 from node.dataplane.stored_requests import CommitLeaves
 from node.runtime.executor import StageExecutor
 from node.runtime.models.errors import StoreFull
@@ -64,6 +65,7 @@ class SessionTable:
         self.executor = executor
         self.store = store
         self.leaves = leaves if leaves is not None else CommitLeaves()  # commitment trees, grown
+        self.inputs = InputCheck()  # trees of the rows received (stage-level blame)
         self.kv_budget_bytes = kv_budget_bytes
         self.session_timeout_s = session_timeout_s
         self.replay_window_s = replay_window_s
@@ -173,20 +175,29 @@ class SessionTable:
     def cached(self, rid: bytes) -> int:
         return self.executor.session(rid).length
 
-    def store_rows(self, rid: bytes, start: int, rows: torch.Tensor) -> None:
+    def store_rows(self, rid: bytes, start: int, rows: torch.Tensor,
+                   inputs: torch.Tensor | None = None) -> None:
         """Append this stage's output rows, skipping positions already stored (after a re-route),
-        and hash them into the request's commitment tree (`self.leaves`)."""
+        and hash them into the request's commitment tree (`self.leaves`); `inputs`, the hidden
+        rows this stage received for the same positions (none on the first stage), into the tree
+        its input stage's commitment must match (`self.inputs`)."""
         sh = self.executor.shard
         held = self.store.entry(rid, sh.start, sh.end).rows
         if start + rows.shape[0] <= held:
             return
         if start < held:
+            if inputs is not None:
+                inputs = inputs[held - start :]
             rows, start = rows[held - start :], held
         self.store.append(rid, sh.start, sh.end, start, rows)
         s = self.sessions.get(rid)
         if s is not None:
             domain = Domain(s.request.chain_id, rid, s.index)
             self.leaves.stored(rid, domain, sh.hidden_size, start, rows)
+            if s.index > 0 and inputs is not None and inputs.dim() == 2:
+                self.inputs.stored(rid, Domain(s.request.chain_id, rid, s.index - 1),
+                                   inputs.shape[1], start, inputs,
+                                   s.request.stages[s.index - 1].operator)
 
     def rewind(self, rid: bytes, length: int) -> None:
         """Forget positions from `length` on: KV cache and stored rows (a re-route resumes earlier)."""
@@ -200,6 +211,7 @@ class SessionTable:
         keep = min(length, self.store.entry(rid, sh.start, sh.end).rows)
         self.store.truncate(rid, sh.start, sh.end, keep)
         self.leaves.rewound(rid, keep)
+        self.inputs.rewound(rid, keep)
 
     def note_open(self, s: DataSession, tokens: tuple[int, ...] | list[int]) -> None:
         """Record the gateway, the stage's place and the OPEN's tokens with the stored rows (they

@@ -16,6 +16,9 @@ token leaves and the tree's right edge. It is memory only, bounded by bytes (lea
 first out); a request without one (after a restart, evicted, re-routed to another stage index) is
 committed from its stored rows the old way, with the same result.
 
+Every stage after the first signs only after checking the input stage's commitment the gateway
+relays with COMMIT against the rows it received (`node.dataplane.input_check`), and keeps it.
+
 Who may ask: COMMIT only the request's gateway (recorded at OPEN); FETCH the gateway or any active
 registered operator (`OperatorDirectory.operator_ok`) — verifiers and auditors read inputs that way.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import torch
 from coincurve import PrivateKey
@@ -33,13 +37,16 @@ from node.dataplane.directory import OperatorDirectory
 from node.dataplane.hidden_store import HiddenStateStore, RequestInfo, StoreEntry
 from node.runtime.models.errors import StoreError
 from protocol.dataplane_errors import BadMessage, BadSignature, NotAssigned, NotStored
-from protocol.frames import Frame, Kind, committed_body, make_frame, parse_commit, parse_fetch
+from protocol.frames import Frame, Kind, committed_body, make_frame, parse_commit_ask, parse_fetch
 from protocol.identity import sign_digest
 from protocol.messages import StageCommit
 from protocol.rows import rows_body
 from verifier.encoding import Domain
 from verifier.errors import EncodingError
 from verifier.merkle import IncrementalCommitment, StageCommitment
+
+if TYPE_CHECKING:
+    from node.dataplane.input_check import InputCheck
 
 ROWS_OVERHEAD = 4096  # frame header, ROWS head and tensor header, with room to spare
 INLINE_VALUES = 16384  # commitments over at most this many values are built on the event loop
@@ -188,8 +195,10 @@ class StoredRequests:
 
     def __init__(self, store: HiddenStateStore, key: PrivateKey, directory: OperatorDirectory,
                  chain_id: int, layers: tuple[int, int], max_frame_bytes: int,
-                 cache_size: int = 1024, leaves: CommitLeaves | None = None):
+                 cache_size: int = 1024, leaves: CommitLeaves | None = None,
+                 inputs: InputCheck | None = None):
         self.store, self.key, self.directory = store, key, directory
+        self.inputs = inputs  # the received-rows trees (stage-level blame); None: a store-only node
         self.chain_id, self.layers, self.max_frame_bytes = chain_id, layers, max_frame_bytes
         self.cache_size = cache_size
         self.leaves = leaves if leaves is not None else CommitLeaves()
@@ -211,7 +220,7 @@ class StoredRequests:
 
     async def commit(self, f: Frame) -> Frame:
         """Answer a COMMIT frame with a signed COMMITTED frame (or raise a DataPlaneError)."""
-        positions = parse_commit(f.body)
+        positions, relay = parse_commit_ask(f.body)
         rid = f.request_id
         a, b = self.layers
         e, info = self._entry(rid, a, b)
@@ -233,6 +242,13 @@ class StoredRequests:
                     raise NotStored(f"COMMIT for {positions} positions needs {positions + 1} token ids; "
                                     f"stage {info.stage} saw {len(info.tokens)}")
                 tokens = info.tokens[: positions + 1]
+            if info.stage > 0:  # sign only on inputs the input stage committed to (input_check)
+                if self.inputs is None:
+                    raise NotStored(f"stage {info.stage} cannot check its input stage's commitment "
+                                    "here (no received-rows trees)")
+                self.inputs.check(self.chain_id, rid, info.stage, e.hidden, e.rows, positions, relay)
+                assert relay is not None
+                self.store.put_input(rid, a, b, committed_body(relay.commit, relay.signature))
             sc = await self._stage_commit(rid, info.stage, e, positions, tokens)
             sig = sign_digest(self.key, attestation_digest(self.chain_id, rid, info.stage, sc))
             hit = (sc, sig)

@@ -126,6 +126,7 @@ class VerifierAgent:
         self.chain_id = chain.chain_id
         self.events: list[str] = []  # one line per thing this agent did (tests, logs)
         self.stage_opened: set[tuple[int, int]] = set()
+        self.blamed: set[int] = set()  # tasks of our stage whose input commitment was looked at
         # the older game refunded a convicted task's client in a keeper call of its own; the
         # current one refunds when it finalizes
         self.refunds = any(f.get("name") == "refund_client" for f in self.ver.abi)
@@ -208,6 +209,14 @@ class VerifierAgent:
         if t is None or (t.status in DONE and not (t.status is TaskStatus.FRAUD and self.refunds)):
             self._drop(tid)
             return
+        tr = self.tasks[tid]
+        if (t.stage > 0 and tr.stage_operator.lower() == self.me.lower() and tid not in self.blamed
+                and t.status in (TaskStatus.VOTING, TaskStatus.OPENING, TaskStatus.DRAWING)):
+            await self._blame_input(tr, t)
+            t = await asyncio.to_thread(self.ver.task, tid)
+            if t is None or t.status in DONE:
+                self._drop(tid)
+                return
         if t.status is TaskStatus.VOTING:
             await self._voting(self.tasks[tid], t, head)
         elif t.status is TaskStatus.OPENING:
@@ -217,6 +226,7 @@ class VerifierAgent:
 
     def _drop(self, tid: int) -> None:
         self.tasks.pop(tid, None)
+        self.blamed.discard(tid)
         for k in [k for k in {*self.votes, *self.jobs, *self.abstained} if k[0] == tid]:
             self.votes.pop(k, None)
             self.trees.pop(k, None)
@@ -378,12 +388,44 @@ class VerifierAgent:
         self.stage_opened.add(done_key)
         self._note(f"task {tr.task_id} round {t.round}: opened our stage's {len(spots)} chunks")
 
+    async def _blame_input(self, tr: Tracked, t: Any) -> None:
+        """As the checked stage's operator: if the input commitment the task settled is not the
+        one our stage checked against the rows it received before it committed (kept with its
+        rows, node.dataplane.input_check), the kept one is the input stage's signature on other
+        rows: submit it (TaskOpener.blame_input), so we are not judged on rows we never got."""
+        from protocol.frames import parse_committed
+
+        self.blamed.add(tr.task_id)
+        if tr.data is None:
+            tr.data = await asyncio.to_thread(load_task_data, self.chain, tr.task_id, tr.stage, tr.tx_hash)
+        store = self._store_of(tr.data.layers)
+        blob = store.input(tr.data.request_id, *tr.data.layers) if store is not None else None
+        settled = t.input_commit
+        if blob is None or settled is None:
+            return
+        sc, sig = parse_committed(blob)
+        if sc.root == settled.root or (sc.positions, sc.hidden_size, sc.n_tokens) != (
+                settled.positions, settled.hidden_size, settled.n_tokens):
+            return
+        try:
+            await asyncio.to_thread(self.ver.blame_input, tr.task_id, sc, sig, sender=self.signer)
+        except Revert as e:
+            log.warning("verifier: blaming the input stage of task %d refused: %s", tr.task_id, e)
+            return
+        self._note(f"task {tr.task_id}: the input stage {t.input_operator} settled another commitment "
+                   "than the one it sent us; proved it (blame_input)")
+
+    def _store_of(self, layers: tuple[int, int]) -> Any:
+        srv = next((s for s in self.pool.own() if tuple(s.layers) == tuple(layers)), None)
+        if srv is not None:
+            return srv.sessions.store
+        return self.stores(layers) if self.stores else None
+
     def _stored_rows(self, td: TaskData, positions: int) -> tuple[Any, list[int]]:
         """Our stage's rows [0, P) and tokens, read from the hidden store that served them: the
         running server's, else (a shard swapped out since) the store directory for that range."""
         a, b = td.layers
-        srv = next((s for s in self.pool.own() if tuple(s.layers) == (a, b)), None)
-        store = srv.sessions.store if srv is not None else (self.stores(td.layers) if self.stores else None)
+        store = self._store_of(td.layers)
         if store is None:
             raise AgentError(f"no hidden store of layers [{a}, {b}) on this node")
         rows = store.read(td.request_id, a, b, 0, positions)

@@ -28,11 +28,13 @@ from typing import Any
 import torch
 from coincurve import PrivateKey
 
+from contracts.verification import attestation_digest
 from node.verification.errors import RerunError
 from protocol.dataplane_errors import DataPlaneError
 from protocol.frames import (
     CloseReason,
     Frame,
+    InputRelay,
     Kind,
     close_body,
     make_frame,
@@ -43,7 +45,7 @@ from protocol.frames import (
     token_body,
 )
 from protocol.identity import address_of_key, sign_digest
-from protocol.messages import PipelineRequest, StageAssignment, encode_request
+from protocol.messages import PipelineRequest, StageAssignment, StageCommit, encode_request
 from protocol.rows import hidden_body
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment
@@ -262,7 +264,8 @@ async def run_job(server: Any, listener: Listener, key: PrivateKey, job: RerunJo
                     await writer.drain()
             else:
                 await _wait(q, Kind.TOKEN, server.address)  # the last stage samples and closes
-            sc, _sig = await request_commitment(key, cid, req, j, P, timeout_s=timeout_s)
+            sc, _sig = await request_commitment(key, cid, req, j, P, timeout_s=timeout_s,
+                                                relay=_own_relay(key, job, server) if j > 0 else None)
             sent.append(Kind.COMMIT)
             sh = server.executor.shard
             rows, toks = await fetch_all(key, cid, server.host, server.port, rid, j, job.ranges[j], P,
@@ -284,6 +287,20 @@ async def run_job(server: Any, listener: Listener, key: PrivateKey, job: RerunJo
         raise RerunError(f"the stage server's stored rows give root 0x{tree.root.hex()}, its COMMIT "
                          f"said 0x{sc.root.hex()}")
     return RerunResult(sc.root, tree, rows, list(toks[: sc.n_tokens]), time.perf_counter() - t0, sent)
+
+
+def _own_relay(key: PrivateKey, job: RerunJob, server: Any) -> InputRelay:
+    """COMMIT relays the input stage's signed commitment to every stage after the first, as a
+    gateway does (node.dataplane.input_check); here the agent itself sent the rows as that stage,
+    so it signs the commitment to exactly what it sent."""
+    j, P, cid, rid = job.stage, job.positions, job.chain_id, job.request_id
+    tokens: tuple[int, ...] = ()
+    if j - 1 == 0:
+        last = job.tokens[P] if len(job.tokens) > P else 0
+        tokens = (*(int(t) for t in job.tokens[:P]), int(last))
+    c = StageCommitment.build(Domain(cid, rid, j - 1), job.x.to(server.executor.shard.dtype), tokens)
+    sc = StageCommit(c.root, c.shape.positions, c.shape.hidden_size, c.shape.n_tokens)
+    return InputRelay(sc, sign_digest(key, attestation_digest(cid, rid, j - 1, sc)), tokens)
 
 
 async def _pump(reader: asyncio.StreamReader, q: asyncio.Queue[Frame]) -> None:

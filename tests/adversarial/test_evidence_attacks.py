@@ -130,7 +130,7 @@ def test_a_committee_held_by_a_coalition_cannot_frame_an_honest_stage() -> None:
     (it outnumbers the stage's at the named leaf, so the leaf is judged bad). Before anything is
     slashed a committee twice as large, drawn from a fresh block, judges again; its honest members'
     evidence agrees with the stage: PASSED, the stage paid, and each framer loses its verifier
-    slash. (A coalition must hold both committees: with a stake share f, about f^3 * P(>= 4 of 6).)"""
+    slash. (A coalition must hold both committees: with a stake share f, about f^3 * P(>= 4 of 7).)"""
     g = Game()
     req = g.settle()
     tid = g.open_task(req)
@@ -150,4 +150,34 @@ def test_a_committee_held_by_a_coalition_cannot_frame_an_honest_stage() -> None:
     release(g, req)
     assert g.worth(stage_owner) > snap[stage_owner]  # paid for the request, never slashed
     assert_no_honest_loss(g, snap)
+    assert_books(g)
+
+
+def test_half_a_confirming_committee_cannot_save_a_convicted_cheat() -> None:
+    """Round 0 convicts a cheat; the confirming committee seats 2 x 3 + 1 = 7. Three of them
+    collude with the cheat and copy its claim as their evidence (PASS). With 6 seats that split
+    the committee 3 : 3, the final round tied and the cheat walked away UNRESOLVED (and paid); an
+    odd committee cannot split evenly: the 4 honest accusers carry the leaf, FRAUD, and the three
+    colluders lose their verifier slash."""
+    g = Game()
+    req = g.settle(forge={0: "rows", 1: "rows"})
+    tid = g.open_task(req)
+    cheater = g.operator_owner[g.ver.tasks(tid).stage_operator]
+    cheater_before = g.worth(cheater)
+    g.play_round(tid, req, Plan(cheat=True))
+    assert g.finalize(tid) == TaskStatus.DRAWING
+    mine(g.params.randomness_delay + 1)
+    g.ver.next_round(tid)
+    second = g.round_members(tid)
+    assert len(second) == 2 * g.params.committee_size + 1
+    colluders = second[:3]
+    g.play_round(tid, req, Plan(cheat=True, behaviours={0: "lazy_copy", 1: "lazy_copy",
+                                                        2: "lazy_copy"}))
+    assert g.finalize(tid) == TaskStatus.FRAUD
+    for op in colluders:
+        assert g.ver.member(tid, op).slashed
+    for op in second[3:]:
+        assert not g.ver.member(tid, op).slashed
+    release(g, req)
+    assert g.worth(cheater) < cheater_before
     assert_books(g)

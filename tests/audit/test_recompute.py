@@ -57,7 +57,7 @@ def serve_one(world: World, dp: DataPlane, model_id: int) -> tuple[Batch, dict]:
     gen = PipelineClient(gw_key, chain.chain_id).generate_sync(req, PROMPT)
     seq = PROMPT + gen.tokens
     positions = len(seq) - 1
-    commits = asyncio.run(commit_all(gw_key, chain.chain_id, req, positions))
+    commits = asyncio.run(commit_all(gw_key, chain.chain_id, req, positions, seq))
     # what each stage stored (members of an honest committee compute the same rows)
     rows = [asyncio.run(fetch_rows(gw_key, chain.chain_id, st.host, st.port, rid, j,
                                    (st.start, st.end), 0, positions))[0]

@@ -83,7 +83,7 @@ def test_cheating_stage_is_slashed_jailed_and_its_client_refunded(one_round):
 
 def test_a_conviction_is_confirmed_by_a_larger_fresh_committee(g):
     """Round 0 finds a bad leaf: nobody is slashed, refunded or paid yet; a committee twice as
-    large, seated from a block not mined when round 0 ended, judges again and its conviction
+    large and one (odd, so it cannot split evenly), seated from a block not mined when round 0 ended, judges again and its conviction
     stands (FRAUD: the stage slashed and jailed, the client refunded, round 1's accusers paid)."""
     req = g.settle(forge={0: "rows", 1: "rows"})
     tid = g.open_task(req)
@@ -98,7 +98,7 @@ def test_a_conviction_is_confirmed_by_a_larger_fresh_committee(g):
     mine(PARAMS.randomness_delay + 1)
     g.ver.next_round(tid)
     second = g.round_members(tid)
-    assert len(second) == 2 * PARAMS.committee_size and not set(second) & set(first)
+    assert len(second) == 2 * PARAMS.committee_size + 1 and not set(second) & set(first)
     g.play_round(tid, req, Plan(cheat=True))
     assert finish(g, tid) is TaskStatus.FRAUD
     assert g.stake(t.stage_operator) == stage_stake - PARAMS.stage_slash_wei
@@ -251,7 +251,7 @@ def test_a_split_escalates_to_a_committee_seated_from_a_fresh_block(g):
         g2.ver.next_round(tid)
     mine(PARAMS.randomness_delay + 1)
     g2.ver.next_round(tid)
-    assert len(g2.round_members(tid)) == 4 and g2.ver.tasks(tid).outcome_round == 1
+    assert len(g2.round_members(tid)) == 5 and g2.ver.tasks(tid).outcome_round == 1  # 2 << 1 | 1
     assert t.anchor_block > 0
 
 

@@ -71,9 +71,9 @@ def test_set_params_rejects_out_of_range_values(g, change):
 
 
 def test_params_must_fit_the_window_and_the_unbonding_period(g):
-    with boa.env.prank(g.s.admin), boa.reverts("verification: payments window too short to open tasks"):
+    with boa.env.prank(g.s.admin), boa.reverts("verification: window too short to open tasks"):
         g.ver.set_params(replace(PARAMS, open_task_blocks=WINDOW).as_tuple())
-    with boa.env.prank(g.s.admin), boa.reverts("verification: unbonding shorter than window + task lifetime"):
+    with boa.env.prank(g.s.admin), boa.reverts("verification: unbonding < window + task lifetime"):
         g.ver.set_params(replace(PARAMS, commit_blocks=100).as_tuple())
 
 

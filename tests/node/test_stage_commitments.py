@@ -12,7 +12,13 @@ from coincurve import PrivateKey
 
 from contracts.verification import attestation_digest
 from node.dataplane.hidden_store import HiddenStateStore
-from node.dataplane.query import SignedStageCommit, commit_all, fetch_rows, request_commitment
+from node.dataplane.query import (
+    SignedStageCommit,
+    commit_all,
+    fetch_rows,
+    input_relay,
+    request_commitment,
+)
 from node.runtime.executor import StageExecutor, generate_local
 from node.runtime.shard import load_shard
 from protocol.dataplane_errors import BadMessage, BadSignature, RemoteError
@@ -61,7 +67,7 @@ def test_frames_of_the_new_kinds_survive_the_wire():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (lambda: parse_commit(b"\x01\x00\x00"), "COMMIT body must be 4 bytes"),
+    (lambda: parse_commit(b"\x01\x00\x00"), "COMMIT body must be at least 4 bytes"),
     (lambda: parse_commit(b"\x00" * 4), "0 positions"),
     (lambda: parse_committed(b"\x00" * 100), "COMMITTED body must be"),
     (lambda: parse_committed(committed_body(StageCommit(b"\x01" * 32, 0, 8, 0), b"\x00" * 65)),
@@ -117,8 +123,8 @@ def test_stages_commit_the_rows_and_tokens_the_whole_model_computes(in_process_p
             gen = await p.client().generate(req, PROMPT, step_timeout_s=20)
             await asyncio.sleep(0.05)  # every session closes: answers come from the store
             assert all(not s.sessions.sessions for s in p.servers)
-            commits = await commit_all(p.gateway, p.chain_id, req, P)
-            again = await commit_all(p.gateway, p.chain_id, req, P)
+            commits = await commit_all(p.gateway, p.chain_id, req, P, seq)
+            again = await commit_all(p.gateway, p.chain_id, req, P, seq)
             built = [s.stored.commits_built for s in p.servers]
             grown = [s.stored.commits_grown for s in p.servers]
             fetched = [await fetch_rows(p.gateway, p.chain_id, st.host, st.port, req.rid, j,
@@ -147,8 +153,10 @@ def test_commit_is_refused_to_anyone_but_the_gateway_and_for_rows_not_held(in_pr
         p = await in_process_pipeline([(0, 4), (4, 8)]).start()
         try:
             req = p.request(len(PROMPT), 3)
-            await p.client().generate(req, PROMPT, step_timeout_s=20)
+            gen = await p.client().generate(req, PROMPT, step_timeout_s=20)
             P = len(PROMPT) + 2
+            first = await request_commitment(p.gateway, p.chain_id, req, 0, P)
+            relay = input_relay(first, 1, PROMPT + gen.tokens, P)
             errors = {}
             for name, key, stage, positions in [
                 ("stranger", PrivateKey(b"\x66" * 32), 1, P),
@@ -157,9 +165,10 @@ def test_commit_is_refused_to_anyone_but_the_gateway_and_for_rows_not_held(in_pr
                 ("tokens past the end", p.gateway, 0, P + 1),
             ]:
                 with pytest.raises(RemoteError) as e:
-                    await request_commitment(key, p.chain_id, req, stage, positions)
+                    await request_commitment(key, p.chain_id, req, stage, positions,
+                                             relay=relay if stage else None)
                 errors[name] = e.value
-            ok = await request_commitment(p.gateway, p.chain_id, req, 1, P)  # still serving
+            ok = await request_commitment(p.gateway, p.chain_id, req, 1, P, relay=relay)  # still serving
             return errors, ok, P
         finally:
             await p.stop()
@@ -172,6 +181,56 @@ def test_commit_is_refused_to_anyone_but_the_gateway_and_for_rows_not_held(in_pr
     assert "holds rows for [0," in str(errors["too many positions"])
     assert errors["tokens past the end"].code == ErrorCode.NOT_STORED
     assert ok[0].positions == P
+
+
+def test_a_stage_commits_only_on_its_input_stages_commitment_to_the_rows_it_received(
+        in_process_pipeline):
+    """Stage-level blame, the stage's side (node.dataplane.input_check): COMMIT to stage 1 must
+    relay stage 0's signed commitment; stage 1 signs only if that is stage 0's signature over the
+    root of the rows it received, and keeps it (the proof if stage 0 ever settles another)."""
+    from dataclasses import replace
+
+    from contracts.verification import attestation_digest
+    from protocol.frames import InputRelay
+    from protocol.identity import sign_digest
+
+    async def main():
+        p = await in_process_pipeline([(0, 4), (4, 8)]).start()
+        try:
+            req = p.request(len(PROMPT), 3)
+            gen = await p.client().generate(req, PROMPT, step_timeout_s=20)
+            seq = PROMPT + gen.tokens
+            P = len(seq) - 1
+            sc0, sig0 = await request_commitment(p.gateway, p.chain_id, req, 0, P)
+            good = input_relay((sc0, sig0), 1, seq, P)
+            other = replace(sc0, root=b"\x42" * 32)  # stage 0 signs a commitment to other rows
+            forged = InputRelay(other, sign_digest(p.keys[0], attestation_digest(
+                p.chain_id, req.rid, 0, other)), good.tokens)
+            stranger = InputRelay(sc0, sign_digest(PrivateKey(b"\x66" * 32), attestation_digest(
+                p.chain_id, req.rid, 0, sc0)), good.tokens)
+            short = InputRelay(sc0, sig0, good.tokens[:-1])
+            errors = {}
+            for name, relay in [("none", None), ("other rows", forged), ("stranger", stranger),
+                                ("tokens", short)]:
+                with pytest.raises(RemoteError) as e:
+                    await request_commitment(p.gateway, p.chain_id, req, 1, P, relay=relay)
+                errors[name] = e.value
+            ok = await request_commitment(p.gateway, p.chain_id, req, 1, P, relay=good)
+            srv = p.servers[1]
+            kept = srv.sessions.store.input(req.rid, *srv.layers)
+            return errors, ok, kept, (sc0, sig0), srv.sessions.inputs.checked
+        finally:
+            await p.stop()
+
+    errors, ok, kept, first, checked = asyncio.run(main())
+    assert errors["none"].code == ErrorCode.BAD_MESSAGE and "must relay" in str(errors["none"])
+    assert errors["other rows"].code == ErrorCode.BAD_MESSAGE
+    assert "the rows it sent here give" in str(errors["other rows"])
+    assert errors["stranger"].code == ErrorCode.BAD_SIGNATURE
+    assert errors["tokens"].code == ErrorCode.BAD_MESSAGE and "shape" in str(errors["tokens"])
+    assert ok[0].positions == first[0].positions
+    assert parse_committed(kept) == first  # the evidence stage 1 keeps
+    assert checked == 1
 
 
 def test_fetch_is_open_to_registered_operators_but_not_to_strangers(in_process_pipeline):
@@ -371,7 +430,7 @@ def test_after_a_failover_every_stage_commits_exactly_the_rows_it_stores(in_proc
                                             on_token=on_token, step_timeout_s=5)
             final = gen.request
             P = len(PROMPT) + len(gen.tokens) - 1
-            commits = await commit_all(p.gateway, p.chain_id, final, P)
+            commits = await commit_all(p.gateway, p.chain_id, final, P, PROMPT + gen.tokens)
             want = []
             for j, st in enumerate(final.stages):
                 rows, toks = await fetch_rows(p.gateway, p.chain_id, st.host, st.port, final.rid, j,

@@ -65,5 +65,5 @@ async def serve_request(servers, gateway: PrivateKey, prompt: list[int], new_tok
                           max_new_tokens=new_tokens)
     gen = await PipelineClient(gateway, chain_id).generate(req, prompt)
     P = len(prompt) + len(gen.tokens) - 1
-    commits = await commit_all(gateway, chain_id, req, P)
+    commits = await commit_all(gateway, chain_id, req, P, [*prompt, *gen.tokens])
     return Ran(req, list(prompt), list(gen.tokens), commits)

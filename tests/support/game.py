@@ -223,6 +223,23 @@ class Game:
                                     req.stage_commits[stage])
         return sign_digest(key, digest)
 
+    def equivocation(self, req: Request, stage: int, signer: str | None = None
+                     ) -> tuple[StageCommit, bytes]:
+        """What an input stage that sent the next stage other rows than it settled signed for it
+        at COMMIT (relayed by the gateway, checked and kept by the next stage): a commitment of the
+        settled shape over the rows it really sent, signed with `signer`'s key (default: the
+        stage's own operator)."""
+        rid = req.leaf.request_id
+        settled = req.stage_commits[stage]
+        with_tokens = settled.n_tokens > 0
+        c = StageCommitment.build(Domain(self.s.chain_id, rid, stage),
+                                  req.rows[stage] + np.float32(0.25),
+                                  req.tokens if with_tokens else ())
+        sc = StageCommit(c.root, settled.positions, settled.hidden_size, settled.n_tokens)
+        op = signer or req.pipeline.stages[stage].operator
+        key = PrivateKey(bytes.fromhex(self.s.operator_keys[op][2:]))
+        return sc, sign_digest(key, attestation_digest(self.s.chain_id, rid, stage, sc))
+
     def open_task(self, req: Request, sender: str | None = None, signature: bytes | None = None,
                   wait: bool = True) -> int:
         if wait:

@@ -14,7 +14,7 @@ from coincurve import PrivateKey
 from node.dataplane.directory import StaticDirectory
 from node.dataplane.query import commit_all
 from node.verification.rerun import Listener, RerunJob, fetch_all, run_job
-from protocol.frames import Kind, parse_close, parse_commit, parse_open, parse_token
+from protocol.frames import Kind, parse_close, parse_commit_ask, parse_open, parse_token
 from protocol.identity import address_of_key
 from protocol.messages import PipelineRequest, StageAssignment
 from tests.support.agent import CHAIN_ID, RANGES, make_server, serve_request
@@ -45,7 +45,10 @@ def layout(f, d: int) -> tuple:
     if f.kind == Kind.CLOSE:
         return (*head, parse_close(f.body).name)
     if f.kind == Kind.COMMIT:
-        return (*head, parse_commit(f.body))
+        positions, relay = parse_commit_ask(f.body)
+        relayed = None if relay is None else (relay.commit.positions, relay.commit.hidden_size,
+                                              relay.commit.n_tokens, len(relay.tokens))
+        return (*head, positions, relayed, len(f.body))
     return (*head, len(f.body))
 
 
@@ -89,8 +92,9 @@ async def _both(model, tmp, stage: int):
         req = PipelineRequest(chain_id=CHAIN_ID, request_id="0x" + bytes(32 * [9]).hex(),
                               gateway=address_of_key(GATEWAY), stages=stages, prompt_len=P,
                               max_new_tokens=1)
-        await PipelineClient(GATEWAY, CHAIN_ID).generate(req, ran.sequence[:P])
-        await commit_all(GATEWAY, CHAIN_ID, req, P)  # the gateway asks every stage after a request
+        gen = await PipelineClient(GATEWAY, CHAIN_ID).generate(req, ran.sequence[:P])
+        # the gateway asks every stage after a request (each after the first with its input's answer)
+        await commit_all(GATEWAY, CHAIN_ID, req, P, [*ran.sequence[:P], *gen.tokens])
         # 3. The verification job of the original request through the same server.
         phase["now"] = "check"
         if stage == 0:
