@@ -132,13 +132,13 @@ async def _run(model, tmp, url):
 def test_a_stage_framed_by_its_input_stage_proves_it_and_the_framer_is_slashed(tiny_model, tmp_path):
     with running_devnet(tmp_path / "devnet") as dn, Miner(dn.url):
         world, t, block, sent, deposit, after, charge = asyncio.run(_run(tiny_model, tmp_path, dn.url))
-    assert t.status is TaskStatus.UNRESOLVED
-    framer, framed = world.nodes[0], world.nodes[1]
-    slashed = world.events("StageSlashed", block)
-    assert [(e.args["stage_operator"], e.args["reason"]) for e in slashed] == [
-        (framer.operator, BLAME_REASON)]
-    assert slashed[0].args["prover"] == framed.owner.address  # the framed stage's owner is paid
-    assert not world.events("MemberSlashed", block)
-    assert after == deposit + charge  # the client is refunded
-    assert any("blame_input" in e for e in framed.agent.events)
-    assert sent.root != t.input_commit.root
+        assert t.status is TaskStatus.UNRESOLVED
+        framer, framed = world.nodes[0], world.nodes[1]
+        slashed = world.events("StageSlashed", block)
+        assert [(e.args["stage_operator"], e.args["reason"]) for e in slashed] == [
+            (framer.operator, BLAME_REASON)]
+        assert slashed[0].args["prover"] == framed.owner.address  # the framed stage's owner is paid
+        assert not world.events("MemberSlashed", block)
+        assert after == deposit + charge  # the client is refunded
+        assert any("blame_input" in e for e in framed.agent.events)
+        assert sent.root != t.input_commit.root
