@@ -1,8 +1,8 @@
 """Stateful fuzzing of the Verification game (hypothesis + titanoboa) with honest, lazy, spoiler,
 framing and grinding actors mixed: random stages cheat (whole rows, one chunk, decode positions,
 token ids) or not; committee members behave honestly, lazily, falsely, as spoilers or go silent;
-a framing gateway settles records for operators that never signed; grinders move stake once the
-seed is public. The handler keeps its own books and checks after every step: no honest party is
+a framing gateway settles records for operators that never signed; a framing input stage sends
+the next stage other rows than it settles; grinders move stake once the seed is public. The handler keeps its own books and checks after every step: no honest party is
 ever slashed; no slash exceeds what a node put in (stake + slashes conserved); rewards are exactly
 the peer-prediction rule's, paid once and only on decided tasks; no escrow is held past the hard
 deadline; Payments' and NodeRegistry's coin equals their books (funds conserved)."""
@@ -113,6 +113,25 @@ class VerificationGame(RuleBasedStateMachine):
         mine(2)
         with boa.reverts("opener: stage did not sign this commitment"):
             g.open_task(req, signature=b"\x01" * 65, wait=False)
+
+    @rule()
+    def a_framing_input_stage_is_the_one_slashed(self) -> None:
+        """Stage 0 settles its true rows but sent stage 1 other ones (and signed a commitment to
+        them, which stage 1 kept at COMMIT). A task of stage 1 ends with the proof, not a verdict:
+        stage 0 slashed, stage 1 (honest) never."""
+        g = self.g
+        req = g.settle(forge={1: "rows"})
+        if req.batch_id == 0:
+            return
+        self.open_batches[req.batch_id] = req
+        self.honest.discard(g.operator_owner[req.pipeline.stages[0].operator])
+        if g.chosen_stage(req) != 1:
+            return  # stage 0's own task would pass: it computed honestly; nothing opened here
+        tid = g.open_task(req, wait=False)
+        self.tasks.append(tid)
+        sc, sig = g.equivocation(req, 0)
+        g.opener.blame_input(tid, sc.as_tuple(), sig)
+        assert g.ver.tasks(tid).status == TaskStatus.UNRESOLVED
 
     @rule(blocks=st.integers(1, 3 * WINDOW))
     def time_passes_and_batches_release(self, blocks: int) -> None:
