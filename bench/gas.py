@@ -6,7 +6,8 @@ receipts (intrinsic + calldata + execution gas): node registration, a stake top-
 epoch of 100 allocation entries, settling batches of 1, 10 and 100 requests, and gas per request
 in the batch of 100 (target <= 10,000); then one sampled request through the verification game:
 `open_task` with its on-chain stage-signature and shape checks, and a full challenge (three
-members commit, reveal, the votes close, the stage and each member open every leaf, finalize).
+members commit, reveal, the votes close, the stage and each member open every leaf, finalize);
+and stage-level blame (`blame_input`: a stage proves its input stage signed other rows).
 `--quick` runs the same measurements (gas does not depend on repetitions).
 
     .venv/bin/python bench/gas.py [--quick] [--rpc-url URL]
@@ -229,6 +230,29 @@ def challenge(chain: Chain, admin: Signer, gateway: Signer, key: bytes, operator
     total += fin.gas_used
     out["gas_finalize"] = fin.gas_used
     out["gas_challenge_total"] = total
+    # Stage-level blame: a later record whose task checks stage 1, where stage 0 had signed a
+    # commitment to other rows than it settled (what stage 1 kept at COMMIT).
+    for extra in range(1, 40):
+        rid = pay.request_id(gateway.address, seq + extra)
+        commits = [StageCommitment.build(Domain(chain.chain_id, rid, j), rows[j], toks)
+                   for j in range(2)]
+        scs = [StageCommit(c.root, 5, 80, 6) for c in commits]
+        record = Record(seq + extra, 0, 0, 4, 2, 4 * 10**9 + 6 * 10**9, commitment_root(scs))
+        settled = pay.settle_batch([key], [pipe], [record], sender=gateway)
+        chain.w3.provider.make_request("evm_mine", [])
+        chain.w3.provider.make_request("evm_mine", [])
+        if int(ver.opener()._view("stage_of", settled.batch_id, rid, 2)) == 1:
+            break
+    leaf = leaves_of(chain.chain_id, pay.address, gateway.address, [key], [record])[0]
+    sig1 = sign_digest(PrivateKey(bytes(operator_keys[operators[1]].key)),
+                       attestation_digest(chain.chain_id, rid, 1, scs[1]))
+    tid, _ = ver.open_task(settled.batch_id, leaf, merkle_proof([leaf.hash()], 0), [pipe], scs,
+                           sig1, sender=gateway)
+    sent = StageCommitment.build(Domain(chain.chain_id, rid, 0), rows[0] + np.float32(0.25), toks)
+    alt = StageCommit(sent.root, 5, 80, 6)
+    sig0 = sign_digest(PrivateKey(bytes(operator_keys[operators[0]].key)),
+                       attestation_digest(chain.chain_id, rid, 0, alt))
+    out["gas_blame_input"] = ver.blame_input(tid, alt, sig0, sender=admin).gas_used
     return out
 
 

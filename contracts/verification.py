@@ -458,17 +458,10 @@ class Verification(Binding):
         """Open a sampled record's task (TaskOpener.open_task) with the chosen stage's signature
         over `attestation_digest`; past the time to open, with empty commitments and signature,
         void a sampled record nobody opened. Returns (task id, tx)."""
-        opener = self.opener()
-        data = opener.contract.functions.open_task(
-            batch_id,
-            leaf.fields(),
-            list(proof),
-            [p.as_tuple() for p in pipelines],
-            [s.as_tuple() for s in stage_commits],
-            bytes(signature),
-        )._encode_transaction_data()
-        receipt = self.rpc.transact(self._sender(sender), opener.address, bytes.fromhex(data[2:]))
-        tx = self._result(receipt)  # the game's events (TaskOpened / TaskVoided, committee)
+        tx = self._via_opener(
+            "open_task", batch_id, leaf.fields(), list(proof), [p.as_tuple() for p in pipelines],
+            [s.as_tuple() for s in stage_commits], bytes(signature), sender=sender,
+        )  # the game's events (TaskOpened / TaskVoided, committee)
         return self.task_of(leaf.request_id), tx
 
     def blame_input(self, task_id: int, input_commit: StageCommit, signature: bytes,
@@ -477,10 +470,13 @@ class Verification(Binding):
         commitment of the task's request and input stage, same shape, other root, proves it sent
         the checked stage other rows than it settled. Slashes and jails it, refunds the client,
         closes the task UNRESOLVED."""
+        return self._via_opener("blame_input", task_id, input_commit.as_tuple(), bytes(signature),
+                                sender=sender)
+
+    def _via_opener(self, fn: str, *args: Any, sender: Signer | None = None) -> TxResult:
+        """A TaskOpener transaction, its receipt decoded with this (the game's) events."""
         opener = self.opener()
-        data = opener.contract.functions.blame_input(
-            task_id, input_commit.as_tuple(), bytes(signature)
-        )._encode_transaction_data()
+        data = getattr(opener.contract.functions, fn)(*args)._encode_transaction_data()
         receipt = self.rpc.transact(self._sender(sender), opener.address, bytes.fromhex(data[2:]))
         return self._result(receipt)
 
