@@ -122,10 +122,10 @@ def check_outcome(chain: Any, receipt: Receipt, rec: SettledRecord, pipe: Pipeli
     elif status is TaskStatus.UNRESOLVED and any(
             e["reason"] == BLAME_REASON for e in facts["stage_slashes"]):
         blamed = next(e for e in facts["stage_slashes"] if e["reason"] == BLAME_REASON)
-        refund = " and the client refunded" if facts["client_refunds"] else ""
         report.add("verification", Status.FAIL, f"{who}: the input stage {blamed['operator']} was "
                    f"proven to have sent this stage other rows than it settled (stage-level blame): "
-                   f"slashed {blamed['amount']} wei{refund}; the stage was not judged")
+                   f"slashed {blamed['amount']} wei, the prover's share to {blamed['prover']} (the "
+                   "client); the stage was not judged and the record is paid as settled")
     elif status is TaskStatus.UNRESOLVED:
         report.add("verification", Status.FAIL, f"{who}: UNRESOLVED after round {task.round} — "
                    f"{tally}")

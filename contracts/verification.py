@@ -468,7 +468,7 @@ class Verification(Binding):
                     sender: Signer | None = None) -> TxResult:
         """Stage-level blame (TaskOpener.blame_input): the input stage's signature on another
         commitment of the task's request and input stage, same shape, other root, proves it sent
-        the checked stage other rows than it settled. Slashes and jails it, refunds the client,
+        the checked stage other rows than it settled. Slashes and jails it (prover share: the client),
         closes the task UNRESOLVED."""
         return self._via_opener("blame_input", task_id, input_commit.as_tuple(), bytes(signature),
                                 sender=sender)

@@ -18,6 +18,17 @@ from interfaces import IModelShape
 from interfaces import IRandomness
 from interfaces import IVerifierPayments
 
+interface IKeys:
+    def keys(key: bytes32) -> KeyState: view
+
+struct KeyState:  # Payments.keys (modules/api_keys)
+    client: address
+    gateway: address
+    cap: uint256
+    expiry: uint256
+    spent: uint256
+    revoked: bool
+
 interface IGame:
     def params() -> Params: view
     def tasks(task_id: uint256) -> GameTask: view
@@ -207,9 +218,9 @@ def blame_input(task_id: uint256, sc: StageCommit, signature: Bytes[65]):
             input stage's signature on a commitment of the same request, stage index and shape
             as the one the record settled, but with another root, proves that the input stage
             sent this stage other rows than it committed: the checked stage is not judged on
-            the settled rows; the input stage is slashed (the prover's share to the checked
-            stage's owner) and jailed, the client
-            refunded and the task closed (Verification.blame_input).
+            the settled rows; the input stage is slashed (the prover's share to the record's
+            client) and jailed, and the task closed without a verdict, the record paid as
+            settled (Verification.blame_input).
     """
     t: GameTask = staticcall self.game.tasks(task_id)
     assert t.input_operator != empty(address), "opener: the checked stage has no input stage"
@@ -222,9 +233,12 @@ def blame_input(task_id: uint256, sc: StageCommit, signature: Bytes[65]):
     assert self._signer(t.record.request_id, t.stage - 1, sc, signature) == t.input_operator, (
         "opener: input stage did not sign this commitment"
     )
-    # The framed stage's owner takes the prover's share whoever submits the proof: copying the
-    # transaction from the mempool gains nothing.
-    extcall self.game.blame_input(task_id, t.stage_owner)
+    # The prover's share goes to the record's client, whoever submits the proof: copying the
+    # transaction gains nothing, and a checked stage colluding with its input stage to escape its
+    # own check gets none of the slash back (the record is paid as settled, so an honest checked
+    # stage loses nothing).
+    client: address = (staticcall IKeys(self.payments.address).keys(t.record.key)).client
+    extcall self.game.blame_input(task_id, client)
 
 
 @view

@@ -725,14 +725,17 @@ def blame_input(task_id: uint256, prover: address):
             stage signed a second commitment to the rows it sent this stage, other than the one
             its record settled. This stage computed on what it received, so it is not judged
             on the settled rows: the input stage is slashed (its prover share to `prover`, the
-            checked stage's owner) and jailed, the client
-            refunded, the task closed UNRESOLVED (no verdict, no rewards).
+            record's client, whose answer was computed from rows the input stage disowned) and
+            jailed; the task closes UNRESOLVED (no verdict, no rewards) and the record is paid
+            as settled, so the stage that did its work loses nothing.
     """
     self._only_opener()
     t: Task = self._live(task_id)
     self._slash_input(task_id, t, prover, "verification: input stage equivocated")
+    extcall self.registry.jail(
+        t.input_owner, block.number + self.params.jail_blocks, "verification: equivocation"
+    )
     self._close(task_id, t, UNRESOLVED, 0, 0, 0, 0)
-    self._jail_refund(task_id, t, t.input_owner, "verification: equivocation")
 
 
 @external
@@ -1018,12 +1021,9 @@ def _convict(task_id: uint256, t: Task, bad: uint256, n_spots: uint256):
             task_id=task_id, stage_operator=t.stage_operator, owner=t.stage_owner, amount=taken,
             prover=provers[i], reason="verification: stage output failed the check",
         )
-    self._jail_refund(task_id, t, t.stage_owner, "verification: fraud")
-
-
-@internal
-def _jail_refund(task_id: uint256, t: Task, owner: address, reason: String[64]):
-    extcall self.registry.jail(owner, block.number + self.params.jail_blocks, reason)
+    extcall self.registry.jail(
+        t.stage_owner, block.number + self.params.jail_blocks, "verification: fraud"
+    )
     log ClientRefunded(
         task_id=task_id, batch_id=t.batch_id, request_id=t.record.request_id, charge=t.record.charge
     )

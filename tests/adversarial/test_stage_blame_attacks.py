@@ -7,7 +7,8 @@ input stage nothing. The defence: before a stage signs its own commitment it che
 stage's signed commitment (relayed by the gateway at COMMIT) against the rows it received
 (node/dataplane/stored_requests.py), and keeps it. If the settled input commitment is another
 one, that signature proves the input stage equivocated: `TaskOpener.blame_input` slashes and
-jails it, refunds the client and closes the task without judging the framed stage.
+jails it (the prover's share to the record's client, whose answer came from disowned rows) and
+closes the task without judging the framed stage, whose record is paid as settled.
 
 Here the framed stage's output is modelled by a `forge={1: "rows"}` claim (what members re-execute
 from the settled rows disagrees with it everywhere), and the rows the input stage really sent by
@@ -72,10 +73,13 @@ def test_an_input_stage_that_sent_other_rows_than_it_settled_is_the_one_slashed(
     release(g, req)
     assert g.worth(framer) < framer_before  # slashed, and no pay for the request
     assert g.s.reg.nodes(framer).jailed_until > boa.env.evm.patch.block_number
-    assert g.worth(framed) > before[framed]  # the prover's share of the slash beats its lost pay
+    assert g.worth(framed) > before[framed]  # paid for the request, never judged
     for op in members:
         assert not g.ver.member(tid, op).slashed
-    assert g.s.pay.deposits(g.client) == deposit + req.record.charge  # refunded
+    assert g.s.pay.deposits(g.client) == deposit  # charged as settled (not refunded) ...
+    share = g.s.reg.prover_share_bps()
+    assert g.s.reg.credits(g.client) == g.params.stage_slash_wei * share // 10_000  # ... and paid
+    assert g.s.reg.credits(g.client) > req.record.charge  # more than it paid for the answer
     assert_no_honest_loss(g, before)
     assert_books(g)
 

@@ -6,8 +6,8 @@ the rows it sent, which the gateway relays to stage 1 at COMMIT. Stage 1 checks 
 against the rows it received, signs its own, and keeps the relayed one. The gateway settles stage
 0's true commitment. The task checks stage 1: members re-executing it from the settled rows would
 disagree with it — but stage 1's agent sees that the settled input commitment is not the one it
-kept and proves it on chain (`TaskOpener.blame_input`): stage 0 is slashed and jailed, the client
-refunded, stage 1 never judged. Without the collusion, stage 1 refuses to commit at all (tests/node
+kept and proves it on chain (`TaskOpener.blame_input`): stage 0 is slashed (the prover's share to the
+client) and jailed, stage 1 never judged. Without the collusion, stage 1 refuses to commit at all (tests/node
 test_a_stage_commits_only_on_its_input_stages_commitment_to_the_rows_it_received)."""
 
 from __future__ import annotations
@@ -119,26 +119,24 @@ async def _run(model, tmp, url):
         head = await asyncio.to_thread(world.chain.block_number)
         task_id, tx = await asyncio.to_thread(ver.open_task, batch, leaf, proof, [pipeline], scs, sig1,
                                               sender=client)
-        deposit = await asyncio.to_thread(world.chain.payments.deposit_of, client.address)
         world.start_agents(head)
         t = await world.run_until(task_id, lambda t: t.status not in (
             TaskStatus.VOTING, TaskStatus.OPENING, TaskStatus.DRAWING))
-        after = await asyncio.to_thread(world.chain.payments.deposit_of, client.address)
-        return world, t, tx.block_number, sent, deposit, after, leaf.charge
+        credits = await asyncio.to_thread(world.chain.node_registry.credit_of, client.address)
+        return world, t, tx.block_number, sent, client.address, credits
     finally:
         await world.stop()
 
 
 def test_a_stage_framed_by_its_input_stage_proves_it_and_the_framer_is_slashed(tiny_model, tmp_path):
     with running_devnet(tmp_path / "devnet") as dn, Miner(dn.url):
-        world, t, block, sent, deposit, after, charge = asyncio.run(_run(tiny_model, tmp_path, dn.url))
+        world, t, block, sent, client, credits = asyncio.run(_run(tiny_model, tmp_path, dn.url))
         assert t.status is TaskStatus.UNRESOLVED
         framer, framed = world.nodes[0], world.nodes[1]
         slashed = world.events("StageSlashed", block)
         assert [(e.args["stage_operator"], e.args["reason"]) for e in slashed] == [
             (framer.operator, BLAME_REASON)]
-        assert slashed[0].args["prover"] == framed.owner.address  # the framed stage's owner is paid
-        assert not world.events("MemberSlashed", block)
-        assert after == deposit + charge  # the client is refunded
+        assert slashed[0].args["prover"] == client  # the client whose answer came from them
+        assert credits > 0 and not world.events("MemberSlashed", block)
         assert any("blame_input" in e for e in framed.agent.events)
         assert sent.root != t.input_commit.root
