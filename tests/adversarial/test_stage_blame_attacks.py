@@ -178,3 +178,24 @@ def _settle_with(g: Game, scs: list[StageCommit]) -> Request:
                       batch_id, [], [], [], list(scs), g.pipeline)
         if g.chosen_stage(req) == 1:
             return req
+
+
+def test_an_input_stage_cannot_cheaply_save_a_cheating_stage_from_its_check() -> None:
+    """The rule turned around: stage 1 really cheats, and stage 0 (same owner, or paid off) signs
+    a second commitment so that stage 1 can "prove" it was framed and skip its check. The pair
+    pays a full stage_slash (the prover's share goes to the client, none back to them) - more
+    than honest play costs, as much as the conviction it dodged."""
+    g = Game()
+    req = _framed(g)  # stage 1's claim disagrees with any honest re-execution: a cheat here
+    pair = [g.operator_owner[st.operator] for st in req.pipeline.stages]
+    before = sum(g.worth(o) for o in pair)
+    tid = g.open_task(req, wait=False)
+    sc, sig = _sent(g, req)  # stage 0's second signature, made to order
+    with boa.env.prank(req.pipeline.stages[1].operator):
+        g.opener.blame_input(tid, sc.as_tuple(), sig)
+    release(g, req)
+    paid = sum(g.worth(o) for o in pair) - before  # both stages' pay for the request included
+    assert paid < 0
+    assert before - sum(g.worth(o) for o in pair) >= g.params.stage_slash_wei - req.record.charge
+    assert g.s.reg.credits(g.client) > 0  # the slash's prover share went to the client
+    assert_books(g)
