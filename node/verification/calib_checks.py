@@ -35,10 +35,16 @@ from verifier.calibrate import D_CANDIDATES
 from verifier.evidence import Measurement, Profile, ProofLimits, measure, proof_verdict
 from verifier.tokens import check_tokens, reproduce_token
 
-PROOF_ATTACKS = ("other_model", "smaller_model", "int4_all", "int4_one", "skip_layer", "early_exit",
+PROOF_ATTACKS = ("other_model", "smaller_model", "int4_all", "skip_layer", "early_exit",
                  "decode_only", "forged_row", "replayed_rows", "random_tokens", "draft_tokens",
                  "other_seed")
-STATISTICAL_ATTACKS = ("int8_one", "noise_1pct", "lower_precision", "pruned_head")
+# int4_one (4-bit weights in one layer of the stage) is statistical: in bf16 an honest row whose
+# massive activation the stage's last layers cancel carries its earlier noise at the massive
+# value's scale (SmolLM2, 30 layers: 0.06-0.18 relative error, 16 of 32 elements of a chunk beyond
+# 12 scale ulps), more than one 4-bit layer inside a 10-30-layer stage puts in any row (0.06-0.10);
+# only the check's aggregate separates them (1.6x the worst honest rms over 30 layers), so it
+# accumulates (its scores sit above the evidence scale's top level) instead of proving on one check.
+STATISTICAL_ATTACKS = ("int4_one", "int8_one", "noise_1pct", "lower_precision", "pruned_head")
 ATTACKS = PROOF_ATTACKS + STATISTICAL_ATTACKS
 TOKEN_ATTACKS = ("random_tokens", "draft_tokens", "other_seed")
 SAMPLED = SamplingSpec(0.7, 0.9, 1234)
