@@ -25,12 +25,18 @@ import click
               help="The serving precision to calibrate.")
 @click.option("--requests", type=click.IntRange(1, 4096), default=64, show_default=True,
               help="About how many requests to serve (batches of 1..32 plus single-request modes).")
+@click.option("--max-prompt", type=click.IntRange(3, 4096), default=64, show_default=True,
+              help="Longest prompt served (tokens). Long enough for the rows whose massive activation "
+                   "the last layers cancel, bf16's largest honest noise (verifier/README.md).")
+@click.option("--max-new", type=click.IntRange(2, 4096), default=32, show_default=True,
+              help="Most tokens generated per request.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--merge/--no-merge", default=True, show_default=True,
               help="Never tighter than the shipped profile of this precision.")
 @click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Where to write the profile JSON.")
-def calibrate(model_dir: Path, precision: str, requests: int, seed: int, merge: bool, out: Path) -> None:
+def calibrate(model_dir: Path, precision: str, requests: int, max_prompt: int, max_new: int, seed: int,
+              merge: bool, out: Path) -> None:
     """Fit a verification profile for MODEL at PRECISION and write it to OUT."""
     import numpy as np
     import torch
@@ -54,7 +60,7 @@ def calibrate(model_dir: Path, precision: str, requests: int, seed: int, merge: 
             break
         sizes.append(b)
         total += b
-    groups = serve_mix(lab, rng, sizes or [1], ("decode1", "chunked", "prefill", "decode1"), 32, 16)
+    groups = serve_mix(lab, rng, sizes or [1], ("decode1", "chunked", "prefill", "decode1"), max_prompt, max_new)
     pairs: list = []
     checks = benign_checks(lab, model_dir.name, groups, ProofLimits(), logit_pairs=pairs)
     try:
