@@ -45,6 +45,9 @@ PLAYED = replace(DEPLOYED, sample_bps=BPS)  # every record checked; weighted by 
 P = DEPLOYED.sample_bps / BPS
 
 
+WITHHOLDERS = ("withholder", "spot_opener")
+
+
 @dataclass
 class Outcome:
     deviator_delta: int = 0  # wei, summed over the sampled tasks
@@ -127,7 +130,7 @@ def play(strategy: str, tasks: int) -> Outcome:
         req = g.settle(forge=forge)
         if req.batch_id == 0:
             continue  # a jailed (convicted) stage: nothing more to settle through it
-        if strategy == "withholder":
+        if strategy in WITHHOLDERS:
             while g.chosen_stage(req) != 1:  # a check of stage 1: stage 0 supplies its input
                 reqs.append(req)
                 charged += req.record.charge
@@ -163,7 +166,7 @@ def play(strategy: str, tasks: int) -> Outcome:
             tid = g.open_task(req, wait=False)
             assert g.round_members(tid) == honest_seats, "grinding moved the committee"
             deviators |= set(s.owners[8:12])
-        elif strategy == "withholder":
+        elif strategy in WITHHOLDERS:
             tid = g.open_task(req, wait=False)
         else:
             tid = g.open_task(req)
@@ -180,9 +183,11 @@ def play(strategy: str, tasks: int) -> Outcome:
             plan = Plan(behaviours={i: "accuse" for i in range(len(members))})
             c_before = worth(g, coalition)
         m_before = g.worth(dev)
-        if strategy == "withholder":
+        if strategy in WITHHOLDERS:
+            # the input stage refuses every FETCH; "withholder" also opens nothing on chain,
+            # "spot_opener" opens the spots it is asked for (it holds the rows, serves none)
             plan = Plan(behaviours={i: "no_input" for i in range(len(members))})
-            g.play_round(tid, req, plan, open_input=False)
+            g.play_round(tid, req, plan, open_input=strategy == "spot_opener")
             g.finalize(tid)
             deviators.add(s.owners[0])
         else:
@@ -204,8 +209,8 @@ def play(strategy: str, tasks: int) -> Outcome:
     if strategy in ("honest_stage",):
         out.deviator_delta = worth(g, stage_owners) - sum(before[o] for o in stage_owners)
     elif strategy in ("forge_rows", "forge_chunk", "forge_tokens", "exit_before_conviction",
-                      "shielding_gateway", "withholder", "framing_input"):
-        who = stage_owners if strategy not in ("withholder", "framing_input") else [s.owners[0]]
+                      "shielding_gateway", *WITHHOLDERS, "framing_input"):
+        who = stage_owners if strategy not in (*WITHHOLDERS, "framing_input") else [s.owners[0]]
         out.deviator_delta = worth(g, who) - sum(before[o] for o in who)
         if strategy == "shielding_gateway":
             out.deviator_delta += (s.pay.gateway_bond(g.gateway) + s.pay.balances(g.gateway)
@@ -228,7 +233,7 @@ def play(strategy: str, tasks: int) -> Outcome:
 
 
 STAGE = ["forge_rows", "forge_chunk", "forge_tokens", "exit_before_conviction",
-         "shielding_gateway", "withholder", "framing_input"]
+         "shielding_gateway", "withholder", "spot_opener", "framing_input"]
 VERIFIER = ["lazy_verifier", "garbage_pass", "always_accuse", "spoiler", "silent_verifier",
             "no_reveal", "no_open", "false_no_input"]
 OTHER = ["framing_gateway", "framing_committee", "grinding"]
@@ -263,7 +268,7 @@ def main() -> None:
         stuck += o.stuck
         k = max(o.tasks, 1)
         if name in STAGE:
-            base = stage_base if name not in ("withholder", "framing_input") else stage_base / 2
+            base = stage_base if name not in (*WITHHOLDERS, "framing_input") else stage_base / 2
             # sampled: the measured difference; not sampled: paid like honest work
             sampled = o.deviator_delta / k - base
             profit = P * sampled + (2 * inference_cost if name in SKIPS_INFERENCE else 0)

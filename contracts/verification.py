@@ -382,6 +382,10 @@ class Verification(Binding):
         return MemberInfo(str(m[0]), int(m[1]), bytes(m[2]), int(m[3]), bytes(m[4]), int(m[5]),
                           bool(m[6]), bool(m[7]))
 
+    def input_opened(self, task_id: int, rnd: int) -> bool:
+        """Whether the input stage opened its spots in round `rnd` (after a NO_INPUT)."""
+        return bool(self._view("input_opened", task_id, rnd))
+
     def opener(self) -> Binding:
         """The TaskOpener (the game's only way in: signature and shape checks, voiding)."""
         b = getattr(self, "_opener_binding", None)

@@ -23,7 +23,8 @@
         PASSED takes 1 off, floored at 0) jails at SUSPECT_WEIGHT * suspect_threshold, so an
         honest operator's rare false suspicions decay instead of adding up over its lifetime.
         A member that could not get its inputs reveals V_NO_INPUT; the input stage must then open
-        the spots of its own output or be slashed. Every task has a hard deadline after which it
+        the spots of its own output or be slashed, and is slashed anyway when NO_INPUT outnumbers
+        the standing verdicts (it held its rows but did not serve them). Every task has a hard deadline after which it
         closes UNRESOLVED (no rewards), so no escrow waits on a stale task. Stage, input stage
         and members are locked in the registry (no withdrawal) while the task is open.
 @dev Status: VOTING -(close_votes)-> OPENING -(finalize)-> PASSED | FRAUD | SUSPECTED |
@@ -679,8 +680,12 @@ def finalize(task_id: uint256):
             suspects += 1
     voters: uint256 = len(ops)
 
-    # Data availability: members said they got no input; the input stage had to open its spots.
-    if no_input > 0 and t.input_operator != empty(address) and not self.input_opened[task_id][r]:
+    # Data availability: members said they got no input. The input stage had to open its spots,
+    # and to serve its rows: when NO_INPUT outnumbers the standing verdicts (an honest majority
+    # could not get them), opening the spots on chain does not save it.
+    if no_input > 0 and t.input_operator != empty(address) and (
+        not self.input_opened[task_id][r] or no_input > voters
+    ):
         self._slash_input(task_id, t, msg.sender, "verification: inputs withheld")
 
     status: uint8 = ABSENT

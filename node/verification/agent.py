@@ -44,7 +44,7 @@ from eth_utils import keccak
 
 from contracts.errors import ChainError, Revert
 from contracts.rpc import Signer
-from contracts.verification import FINAL_STATUSES, TaskStatus
+from contracts.verification import FINAL_STATUSES, TaskStatus, VerdictKind
 from node.verification.errors import AgentError
 from node.verification.evidence import check_against_root, openings
 from node.verification.jobs import Abstention, JobContext, prepare_vote
@@ -338,10 +338,14 @@ class VerifierAgent:
             vote = self.votes.get((tid, t.round))
             mine = next((m for op, m in members if op.lower() == self.me.lower()), None)
             # The chain, not the local flags, says what is left to do (a crash may sit in between).
-            if vote is not None and mine is not None and mine.revealed and not mine.opened:
+            if (vote is not None and mine is not None and mine.revealed and not mine.opened
+                    and vote.kind_code != 4):  # a NO_INPUT member has no evidence to open
                 await self._open_own(vote, tr, spots)
             if tr.stage_operator.lower() == self.me.lower():
                 await self._open_stage(tr, t, spots)
+            if (t.input_operator or "").lower() == self.me.lower() and any(
+                    m.kind == VerdictKind.NO_INPUT for _, m in members):
+                await self._open_input(tr, t, spots)
         all_opened = all(m.opened or not m.revealed for _, m in members)
         if head > t.open_deadline or all_opened:
             await self._keep("finalize", tid, t.round, head, lambda: (tid,),
@@ -414,6 +418,40 @@ class VerifierAgent:
             return
         self._note(f"task {tr.task_id}: the input stage {t.input_operator} settled another commitment "
                    "than the one it sent us; proved it (blame_input)")
+
+    async def _open_input(self, tr: Tracked, t: Any, spots: list[tuple[int, int]]) -> None:
+        """As the input stage's operator, when a member reported NO_INPUT: open the random spots
+        of our own committed output (what the checked stage re-executes from), read back from our
+        store; else the game slashes us for withholding it."""
+        done_key = (tr.task_id, -1 - t.round)
+        if done_key in self.stage_opened or await asyncio.to_thread(
+                self.ver.input_opened, tr.task_id, t.round):
+            return
+        if tr.data is None:
+            tr.data = await asyncio.to_thread(load_task_data, self.chain, tr.task_id, tr.stage, tr.tx_hash)
+        td = tr.data
+        j = td.stage - 1
+        sc = td.stage_commits[j]
+        n_spots = (await asyncio.to_thread(self.ver.params)).spot_chunks
+        try:
+            a, b = td.ranges[j]
+            store = self._store_of((a, b))
+            if store is None:
+                raise AgentError(f"no hidden store of layers [{a}, {b}) on this node")
+            rows = store.read(td.request_id, a, b, 0, sc.positions)
+            toks = list(store.info(td.request_id, a, b).tokens)
+            tree = await asyncio.to_thread(check_against_root, self.chain_id, td.request_id, j, sc,
+                                           rows, toks)
+            await asyncio.to_thread(self.ver.open_chunks, tr.task_id, self.me,
+                                    openings(tree, spots[:n_spots]), sender=self.signer)
+        except Revert as e:
+            log.info("verifier: input opening on task %d refused: %s", tr.task_id, e)
+        except Exception as e:
+            log.warning("verifier: cannot open our (input) stage's spots for task %d: %s", tr.task_id, e)
+            return
+        self.stage_opened.add(done_key)
+        self._note(f"task {tr.task_id} round {t.round}: a member had no input; opened our (input) "
+                   f"stage's {min(n_spots, len(spots))} spots")
 
     def _store_of(self, layers: tuple[int, int]) -> Any:
         srv = next((s for s in self.pool.own() if tuple(s.layers) == tuple(layers)), None)

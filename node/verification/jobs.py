@@ -80,13 +80,14 @@ class JobContext:
     # SUSPECT vote level is the one that keeps honest jailing under the bound at this threshold
     suspect_threshold: int | None = None
 
-    async def time_left(self) -> bool:
-        """Whether another attempt may still start: the head is more than `margin_blocks` blocks
-        before the commit deadline (the vote must still be committed after the job)."""
+    async def time_left(self, margin_blocks: int | None = None) -> bool:
+        """Whether another attempt may still start: the head is more than `margin_blocks` (default:
+        the context's) blocks before the commit deadline (the vote must still be committed after
+        the job)."""
         if self.deadline_block is None:
             return False
         head = await asyncio.to_thread(self.chain.block_number)
-        return head + self.margin_blocks < self.deadline_block
+        return head + (self.margin_blocks if margin_blocks is None else margin_blocks) < self.deadline_block
 
 
 @dataclass(frozen=True)
@@ -151,20 +152,22 @@ def judge_rows(claimed: torch.Tensor, recomputed: torch.Tensor, layers: int, pro
     return kind, a, note
 
 
-async def _pause(ctx: JobContext, seconds: float) -> bool:
+async def _pause(ctx: JobContext, seconds: float, margin_blocks: int | None = None) -> bool:
     """Sleep `seconds`, looking at the head every second; False as soon as no time is left."""
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
     while (left := end - loop.time()) > 0:
         await asyncio.sleep(min(left, 1.0))
-        if not await ctx.time_left():
+        if not await ctx.time_left(margin_blocks):
             return False
     return True
 
 
-async def _retry(ctx: JobContext, what: str, step: Callable[[], Awaitable[T]], notes: list[str]) -> T | None:
+async def _retry(ctx: JobContext, what: str, step: Callable[[], Awaitable[T]], notes: list[str],
+                 margin_blocks: int | None = None) -> T | None:
     """`step()` until it succeeds, pausing with exponential backoff, while `ctx.time_left()`; None
-    (and a note `what: ...` with the last error) when no attempt succeeded in time."""
+    (and a note `what: ...` with the last error) when no attempt succeeded in time.
+    `margin_blocks`: stop this far before the commit deadline instead of the context's margin."""
     pause, tries = ctx.backoff_s[0], 0
     while True:
         tries += 1
@@ -179,7 +182,7 @@ async def _retry(ctx: JobContext, what: str, step: Callable[[], Awaitable[T]], n
             if tries > 1:
                 notes.append(f"{what} at first; succeeded on attempt {tries}")
             return out
-        if not await ctx.time_left() or not await _pause(ctx, pause):
+        if not await ctx.time_left(margin_blocks) or not await _pause(ctx, pause, margin_blocks):
             break
         pause = min(2 * pause, ctx.backoff_s[1])
     notes.append(f"{what} after {tries} attempt(s): {type(last).__name__}: {last}")
@@ -225,6 +228,7 @@ async def prepare_vote(ctx: JobContext, td: TaskData, rnd: int, policy: Policy
     sc = td.stage_commits[j]
     claimed: Claimed | None = None
     recomputed: Recomputed | None = None
+    inputs_missing = False
     passed: str | None = None
     shard: Any = None
     notes: list[str] = []
@@ -247,7 +251,14 @@ async def prepare_vote(ctx: JobContext, td: TaskData, rnd: int, policy: Policy
             rows, toks, _ = await fetch_stage(ctx, td, j - 1)
             return RerunJob(cid, rid, j, td.ranges, rows, tuple(await _sequence(ctx, td, toks)))
 
-        job = await _retry(ctx, "inputs unavailable", inputs, notes)
+        # Inputs get the first two thirds of the time left: a member that still has none then
+        # must have time to say so (NO_INPUT) before the commit deadline.
+        reserve = ctx.margin_blocks
+        if ctx.deadline_block is not None:
+            head = await asyncio.to_thread(ctx.chain.block_number)
+            reserve = max(ctx.margin_blocks, (ctx.deadline_block - head) // 3)
+        job = await _retry(ctx, "inputs unavailable", inputs, notes, reserve)
+        inputs_missing = job is None and j > 0
         if job is not None:
             async def rerun(job: RerunJob = job) -> tuple[RerunResult, Any]:
                 async with ctx.pool.lease(td.layers) as server:
@@ -271,7 +282,7 @@ async def prepare_vote(ctx: JobContext, td: TaskData, rnd: int, policy: Policy
                                       choice.profile, ctx.suspect_threshold)
         notes.append(f"{jnote[:300]} [{choice.reason}]")
         notes.append(_token_note(shard, claimed.rows, claimed.tree.tokens, td, choice.profile))
-    d = decide(policy, claimed, recomputed, passed)
+    d = decide(policy, claimed, recomputed, passed, inputs_missing=inputs_missing)
     note = "; ".join([d.reason, *[n for n in notes if n]])
     if d.verdict is None:
         return Abstention(td.task_id, rnd, note[:500])
@@ -287,7 +298,7 @@ async def prepare_vote(ctx: JobContext, td: TaskData, rnd: int, policy: Policy
     else:  # nothing to show: a blank tree of the committed shape, so the member can still open
         tree = StageCommitment.build(Domain(cid, rid, j), torch.zeros(P, sc.hidden_size), [0] * sc.n_tokens)
     leaf = [0, 0]
-    if d.verdict is False and claimed is not None:
+    if d.verdict is False and claimed is not None and not d.no_input:
         # name the failing leaf, so its opening is forced (the contract judges that leaf)
         rule = await asyncio.to_thread(lambda: ctx.chain.verification.chunk_rule(
             ctx.chain.verification.task(td.task_id)))  # the rule the contract will judge it by

@@ -87,20 +87,25 @@ class Decision:
     evidence: str  # "recomputed" | "claimed" | "forged" | "blank" | "none": which tree the output root is
     reason: str
     suspect: bool = False  # statistical evidence only: the contract's SUSPECT, not PASS
+    no_input: bool = False  # the input stage did not serve its rows: the contract's NO_INPUT
 
     @property
     def kind(self) -> int:
-        """The contract's VerdictKind (PASS 1, FAIL 2, SUSPECT 3); 0 when abstaining."""
+        """The contract's VerdictKind (PASS 1, FAIL 2, SUSPECT 3, NO_INPUT 4); 0 when abstaining."""
         if self.verdict is None:
             return 0
+        if self.no_input:
+            return 4
         return 3 if self.suspect else (1 if self.verdict else 2)
 
 
 def decide(policy: Policy, claimed: Claimed | None, recomputed: Recomputed | None,
-           passed: bool | str | None) -> Decision:
+           passed: bool | str | None, inputs_missing: bool = False) -> Decision:
     """The verdict and which evidence backs it. `passed` is the check's result: "pass", "suspect"
     or "fraud" (`verifier.evidence.vote_kind`), a bool (True: pass, False: fraud), or None when
-    nothing was judged."""
+    nothing was judged. `inputs_missing`: the input stage never served rows matching its root, so
+    an honest member says so (NO_INPUT: the input stage must answer for it on chain) instead of
+    abstaining, which would cost it its stake as a non-revealer."""
     if claimed is None:
         return Decision(False, "recomputed" if recomputed is not None else "blank",
                         "the stage's claimed rows are unavailable or do not match its root")
@@ -108,6 +113,9 @@ def decide(policy: Policy, claimed: Claimed | None, recomputed: Recomputed | Non
         return Decision(True, "claimed", "lazy: vouched for the stage without computing")
     if policy is Policy.ACCUSE:
         return Decision(False, "forged", "accuse: accused the stage without computing")
+    if recomputed is None and inputs_missing:
+        return Decision(False, "blank", "no input: the input stage did not serve rows matching its "
+                                        "committed root", no_input=True)
     if recomputed is None or passed is None:  # honest or silent, and no re-execution of its own
         return Decision(None, "none", "abstained: no re-execution of its own before the commit "
                                       "deadline, so no verdict (it never vouches for rows it did not check)")

@@ -181,3 +181,38 @@ def test_half_a_confirming_committee_cannot_save_a_convicted_cheat() -> None:
     release(g, req)
     assert g.worth(cheater) < cheater_before
     assert_books(g)
+
+
+def test_an_input_stage_that_opens_its_spots_but_serves_no_rows_is_slashed() -> None:
+    """Data availability: opening a few random spots on chain shows the input stage holds its rows,
+    not that it served them. A cheating stage whose input stage (same owner, say) refuses every
+    FETCH would otherwise never be judged. When NO_INPUT outnumbers the standing verdicts, the
+    input stage is slashed even though it opened its spots; one member's lone NO_INPUT is not
+    enough (a false claim costs that member its reward, nobody else anything)."""
+    g = Game()
+    while True:
+        req = g.settle(forge={1: "rows"})
+        if g.chosen_stage(req) == 1:
+            break
+    withholder = g.operator_owner[req.pipeline.stages[0].operator]
+    tid = g.open_task(req, wait=False)
+    members = g.round_members(tid)
+    before = g.worth(withholder)
+    plan = Plan(cheat=True, behaviours={i: "no_input" for i in range(len(members) - 1)})
+    g.play_round(tid, req, plan)  # the input stage opens its spots: it has the rows
+    assert g.ver.input_opened(tid, 0)
+    g.finalize(tid)
+    assert g.worth(withholder) == before - g.params.stage_slash_wei
+
+
+def test_one_false_no_input_does_not_slash_an_input_stage_that_opened() -> None:
+    g = Game()
+    while True:
+        req = g.settle()
+        if g.chosen_stage(req) == 1:
+            break
+    input_owner = g.operator_owner[req.pipeline.stages[0].operator]
+    tid = g.open_task(req, wait=False)
+    before = g.worth(input_owner)
+    assert g.run(tid, req, Plan(behaviours={0: "no_input"})) == TaskStatus.PASSED
+    assert g.worth(input_owner) >= before

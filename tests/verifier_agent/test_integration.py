@@ -3,7 +3,8 @@ a worker serving a perturbed model is caught, slashed and its client refunded, a
 on that task loses stake; on an honest task an always-accuse verifier and a non-revealer lose
 stake while the honest members keep theirs and the task passes. A member that cannot re-execute
 retries until a margin before the commit deadline, then abstains (commits nothing) instead of
-vouching, and the task is still judged by the members that checked."""
+vouching, and the task is still judged by the members that checked; one whose inputs never come
+reports NO_INPUT in time instead."""
 
 from __future__ import annotations
 
@@ -175,15 +176,19 @@ async def _job_without_agents(model, tmp, url):
         await world.stop()
 
 
-def test_a_failed_load_is_retried_and_without_inputs_the_member_abstains_at_the_margin(
+def test_a_failed_load_is_retried_and_without_inputs_the_member_reports_no_input(
         tiny_model, tmp_path, devnet):
-    recovered, abstained, loads, ctx, head, Abstention = asyncio.run(
+    recovered, no_input, loads, ctx, head, Abstention = asyncio.run(
         _job_without_agents(tiny_model, tmp_path, devnet))
     vote, tree = recovered  # the honest stage passes once the retried load worked
     assert vote.verdict is True and vote.output_root == tree.root and len(loads) == 2
     assert "re-execution failed at first; succeeded on attempt 2" in vote.note
-    assert isinstance(abstained, Abstention) and "abstained" in abstained.reason
-    tries = int(abstained.reason.split("inputs unavailable after ")[1].split(" ")[0])
-    assert tries >= 3 and "claimed rows unusable" not in abstained.reason
-    # it kept trying until the margin before the commit deadline
-    assert head >= ctx.deadline_block - ctx.margin_blocks
+    # stage 0 is gone: the member says NO_INPUT (abstaining would cost it a non-revealer's slash)
+    assert not isinstance(no_input, Abstention)
+    vote2, _ = no_input
+    assert vote2.kind_code == 4 and "no input" in vote2.note
+    tries = int(vote2.note.split("inputs unavailable after ")[1].split(" ")[0])
+    assert tries >= 3 and "claimed rows unusable" not in vote2.note
+    # it kept trying for the first two thirds of the 20-block commit window, leaving the rest to
+    # commit its NO_INPUT
+    assert ctx.deadline_block - 20 // 3 - 2 <= head < ctx.deadline_block

@@ -177,6 +177,16 @@ def test_without_its_own_re_execution_an_honest_or_silent_verifier_abstains_and_
     assert decide(Policy.LAZY, c, None, None).verdict is True
 
 
+def test_inputs_the_input_stage_never_served_are_reported_not_abstained_on():
+    """Withheld inputs (issue 14, attack 6): abstaining would cost an honest member its stake as a
+    non-revealer; it reveals NO_INPUT instead, and the input stage answers for it on chain."""
+    c, _ = _claimed_recomputed()
+    for p in (Policy.HONEST, Policy.SILENT):
+        d = decide(p, c, None, None, inputs_missing=True)
+        assert (d.verdict, d.kind, d.evidence) == (False, 4, "blank") and "no input" in d.reason
+    assert decide(Policy.HONEST, None, None, None, inputs_missing=True).kind == 2  # no claim: FAIL
+
+
 # ── state ─────────────────────────────────────────────────────────────────────────────────────
 def test_a_vote_and_its_evidence_survive_a_restart_in_private_files(tmp_path):
     rows = _rows(3)
