@@ -62,11 +62,13 @@ def openings(tree: StageCommitment, spots: Sequence[tuple[int, int]]) -> list[Op
 
 
 def failing_leaf(claimed: StageCommitment, recomputed: StageCommitment, max_ulp: int,
-                 max_bad: int) -> tuple[int, int]:
+                 max_bad: int) -> tuple[int, int] | None:
     """The first leaf where the stage's claim breaks the on-chain rule against our recomputation
     — a hidden chunk failing the chunk rule (D = max_ulp, K = max_bad), else the first token that
-    differs (chunk TOKEN_CHUNK) — the leaf a FAIL names so that its opening is forced. (0, 0)
-    when no single leaf fails (the statistical tests failed: a SUSPECT rather than a FAIL)."""
+    differs (chunk TOKEN_CHUNK) — the leaf a FAIL names so that its opening is forced. None when
+    no single leaf fails: the chain's spot check cannot see what the off-chain check found (a
+    score or row limit), so a FAIL would be judged "named leaf is not faulty" and slashed; the
+    member votes SUSPECT instead (`node.verification.jobs`)."""
     from verifier.chunk_rule import chunk_bad_counts
 
     a, b = np.asarray(claimed.bits), np.asarray(recomputed.bits)
@@ -83,7 +85,7 @@ def failing_leaf(claimed: StageCommitment, recomputed: StageCommitment, max_ulp:
     for i, (x, y) in enumerate(zip(claimed.tokens, recomputed.tokens, strict=False)):
         if x != y:
             return i, TOKEN_CHUNK
-    return 0, 0
+    return None
 
 
 def forged_evidence(chain_id: int, request_id: bytes, stage: int, claimed: torch.Tensor,

@@ -298,13 +298,21 @@ async def prepare_vote(ctx: JobContext, td: TaskData, rnd: int, policy: Policy
     else:  # nothing to show: a blank tree of the committed shape, so the member can still open
         tree = StageCommitment.build(Domain(cid, rid, j), torch.zeros(P, sc.hidden_size), [0] * sc.n_tokens)
     leaf = [0, 0]
+    verdict, kind = d.verdict, d.kind
     if d.verdict is False and claimed is not None and not d.no_input:
         # name the failing leaf, so its opening is forced (the contract judges that leaf)
         rule = await asyncio.to_thread(lambda: ctx.chain.verification.chunk_rule(
             ctx.chain.verification.task(td.task_id)))  # the rule the contract will judge it by
-        leaf = list(failing_leaf(claimed.tree, tree, *rule))
-    vote = Vote(td.task_id, rnd, j, d.verdict, tree.root, os.urandom(32), str(policy),
-                tokens=list(tree.tokens), leaf=leaf, note=note[:500], kind=d.kind)
+        named = failing_leaf(claimed.tree, tree, *rule)
+        if named is not None:
+            leaf = list(named)
+        elif d.evidence == "recomputed":
+            # Proof off chain only (a score or row limit): no leaf fails the chain's rule, so a
+            # FAIL would be slashed as naming a leaf that is not faulty. Statistical evidence.
+            verdict, kind = True, 3
+            note = f"SUSPECT: no leaf fails the on-chain chunk rule {tuple(rule)}; " + note
+    vote = Vote(td.task_id, rnd, j, verdict, tree.root, os.urandom(32), str(policy),
+                tokens=list(tree.tokens), leaf=leaf, note=note[:500], kind=kind)
     return vote, tree
 
 

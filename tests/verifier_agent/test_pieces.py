@@ -20,6 +20,7 @@ from node.verification.errors import AgentStateError, EvidenceError, TaskDataErr
 from node.verification.evidence import (
     check_against_root,
     committed_tokens,
+    failing_leaf,
     forged_evidence,
     openings,
 )
@@ -134,6 +135,18 @@ def test_openings_prove_against_the_tree_and_forged_evidence_disagrees_with_the_
 
     a, b = tree.open_chunk(2, 0).values, forged.open_chunk(2, 0).values
     assert chunk_bad_count(a, b, 6) > 4  # far beyond the default chunk rule (D = 6, K = 4)
+
+
+def test_a_fail_names_a_leaf_only_where_the_on_chain_rule_fails():
+    """No leaf failing the chain's rule: None, so the member votes SUSPECT rather than a FAIL the
+    chain would slash as naming a leaf that is not faulty."""
+    rows = _rows()
+    tree, _ = _commit(0, rows, list(range(P + 1)))
+    assert failing_leaf(tree, tree, 6, 4) is None
+    forged = forged_evidence(CID, RID, 0, rows, list(range(P + 1)), seed=1)
+    assert failing_leaf(tree, forged, 6, 4) is not None
+    other_token = StageCommitment.build(Domain(CID, RID, 0), rows, [*range(P), P + 7])
+    assert failing_leaf(tree, other_token, 6, 4) == (P, 65535)  # the token leaf
 
 
 # ── policies ──────────────────────────────────────────────────────────────────────────────────
