@@ -46,12 +46,13 @@ from contracts.errors import ChainError, Revert
 from contracts.rpc import Signer
 from contracts.verification import FINAL_STATUSES, TaskStatus, VerdictKind
 from node.verification.errors import AgentError
-from node.verification.evidence import check_against_root, openings
+from node.verification.evidence import openings
 from node.verification.jobs import Abstention, JobContext, prepare_vote
 from node.verification.policy import Policy
 from node.verification.rerun import Listener, ServerPool
+from node.verification.stage_duties import StageDuties, Tracked
 from node.verification.state import AgentState, Vote
-from node.verification.task_data import TaskData, load_task_data
+from node.verification.task_data import load_task_data
 from protocol.identity import address_of_key
 
 log = logging.getLogger("veriplex.verifier")
@@ -78,18 +79,6 @@ def keeper_turn(rank: int, members: int, due_block: int, head: int, delay: int) 
     return slot == rank or slot >= members
 
 
-@dataclass
-class Tracked:
-    """A task this agent follows, as its TaskOpened event announced it."""
-
-    task_id: int
-    stage: int
-    stage_operator: str
-    tx_hash: str
-    data: TaskData | None = None
-    block: int = 0  # where it was opened (events about it are searched from there)
-
-
 @dataclass(frozen=True)
 class AgentConfig:
     policy: Policy = Policy.HONEST
@@ -102,7 +91,7 @@ class AgentConfig:
     keeper_gas: int = 10_000_000  # cap for keeper calls, pre-flighted instead of estimated
 
 
-class VerifierAgent:
+class VerifierAgent(StageDuties):
     """One node's verifier, stage-operator and keeper roles in the Verification game."""
 
     def __init__(self, chain: Any, key: bytes, pool: ServerPool, state: AgentState,
@@ -368,106 +357,6 @@ class VerifierAgent:
         vote.opened = True
         await asyncio.to_thread(self.state.save, vote)
         self._note(f"task {vote.task_id} round {vote.round}: opened {len(spots)} chunks of its evidence")
-
-    async def _open_stage(self, tr: Tracked, t: Any, spots: list[tuple[int, int]]) -> None:
-        """As the checked stage's operator: open its committed rows, read back from its own store."""
-        done_key = (tr.task_id, t.round)
-        if done_key in self.stage_opened:
-            return
-        if tr.data is None:
-            tr.data = await asyncio.to_thread(load_task_data, self.chain, tr.task_id, tr.stage, tr.tx_hash)
-        td = tr.data
-        sc = td.stage_commits[td.stage]
-        try:
-            rows, toks = await asyncio.to_thread(self._stored_rows, td, sc.positions)
-            tree = await asyncio.to_thread(check_against_root, self.chain_id, td.request_id, td.stage,
-                                           sc, rows, toks)
-            await asyncio.to_thread(self.ver.open_chunks, tr.task_id, self.me, openings(tree, spots),
-                                    sender=self.signer)
-        except Revert as e:
-            log.info("verifier: stage opening on task %d refused: %s", tr.task_id, e)
-        except Exception as e:
-            log.warning("verifier: cannot open our stage's chunks for task %d: %s", tr.task_id, e)
-            return
-        self.stage_opened.add(done_key)
-        self._note(f"task {tr.task_id} round {t.round}: opened our stage's {len(spots)} chunks")
-
-    async def _blame_input(self, tr: Tracked, t: Any) -> None:
-        """As the checked stage's operator: if the input commitment the task settled is not the
-        one our stage checked against the rows it received before it committed (kept with its
-        rows, node.dataplane.input_check), the kept one is the input stage's signature on other
-        rows: submit it (TaskOpener.blame_input), so we are not judged on rows we never got."""
-        from protocol.frames import parse_committed
-
-        self.blamed.add(tr.task_id)
-        if tr.data is None:
-            tr.data = await asyncio.to_thread(load_task_data, self.chain, tr.task_id, tr.stage, tr.tx_hash)
-        store = self._store_of(tr.data.layers)
-        blob = store.input(tr.data.request_id, *tr.data.layers) if store is not None else None
-        settled = t.input_commit
-        if blob is None or settled is None:
-            return
-        sc, sig = parse_committed(blob)
-        if sc.root == settled.root or (sc.positions, sc.hidden_size, sc.n_tokens) != (
-                settled.positions, settled.hidden_size, settled.n_tokens):
-            return
-        try:
-            await asyncio.to_thread(self.ver.blame_input, tr.task_id, sc, sig, sender=self.signer)
-        except Revert as e:
-            log.warning("verifier: blaming the input stage of task %d refused: %s", tr.task_id, e)
-            return
-        self._note(f"task {tr.task_id}: the input stage {t.input_operator} settled another commitment "
-                   "than the one it sent us; proved it (blame_input)")
-
-    async def _open_input(self, tr: Tracked, t: Any, spots: list[tuple[int, int]]) -> None:
-        """As the input stage's operator, when a member reported NO_INPUT: open the random spots
-        of our own committed output (what the checked stage re-executes from), read back from our
-        store; else the game slashes us for withholding it."""
-        done_key = (tr.task_id, -1 - t.round)
-        if done_key in self.stage_opened or await asyncio.to_thread(
-                self.ver.input_opened, tr.task_id, t.round):
-            return
-        if tr.data is None:
-            tr.data = await asyncio.to_thread(load_task_data, self.chain, tr.task_id, tr.stage, tr.tx_hash)
-        td = tr.data
-        j = td.stage - 1
-        sc = td.stage_commits[j]
-        n_spots = (await asyncio.to_thread(self.ver.params)).spot_chunks
-        try:
-            a, b = td.ranges[j]
-            store = self._store_of((a, b))
-            if store is None:
-                raise AgentError(f"no hidden store of layers [{a}, {b}) on this node")
-            rows = store.read(td.request_id, a, b, 0, sc.positions)
-            toks = list(store.info(td.request_id, a, b).tokens)
-            tree = await asyncio.to_thread(check_against_root, self.chain_id, td.request_id, j, sc,
-                                           rows, toks)
-            await asyncio.to_thread(self.ver.open_chunks, tr.task_id, self.me,
-                                    openings(tree, spots[:n_spots]), sender=self.signer)
-        except Revert as e:
-            log.info("verifier: input opening on task %d refused: %s", tr.task_id, e)
-        except Exception as e:
-            log.warning("verifier: cannot open our (input) stage's spots for task %d: %s", tr.task_id, e)
-            return
-        self.stage_opened.add(done_key)
-        self._note(f"task {tr.task_id} round {t.round}: a member had no input; opened our (input) "
-                   f"stage's {min(n_spots, len(spots))} spots")
-
-    def _store_of(self, layers: tuple[int, int]) -> Any:
-        srv = next((s for s in self.pool.own() if tuple(s.layers) == tuple(layers)), None)
-        if srv is not None:
-            return srv.sessions.store
-        return self.stores(layers) if self.stores else None
-
-    def _stored_rows(self, td: TaskData, positions: int) -> tuple[Any, list[int]]:
-        """Our stage's rows [0, P) and tokens, read from the hidden store that served them: the
-        running server's, else (a shard swapped out since) the store directory for that range."""
-        a, b = td.layers
-        store = self._store_of(td.layers)
-        if store is None:
-            raise AgentError(f"no hidden store of layers [{a}, {b}) on this node")
-        rows = store.read(td.request_id, a, b, 0, positions)
-        return rows, list(store.info(td.request_id, a, b).tokens)
 
     # ── keeper ────────────────────────────────────────────────────────────────────────────────
     def _refund_args(self, t: Any) -> tuple[Any, ...]:
