@@ -99,7 +99,7 @@ def test_withheld_inputs_convict_the_withholder_not_the_verifiers() -> None:
 def test_honest_bf16_noise_is_judged_by_the_models_registered_chunk_rule(registered: bool) -> None:
     """Both stages serve honestly in bf16 (6 elements of every chunk 9 scale ulps off what the
     members recompute: another GPU's kernels). The game's default rule (D, K) = (6, 4), fitted to
-    fp32-like noise, would convict them; the model's registered rule (the bf16 profile's (12, 7),
+    fp32-like noise, would convict them; the model's registered rule (a bf16 rule, (12, 7) here,
     `ModelRegistry.set_serving`) is fixed in the task when it opens and judges it: PASSED, nobody
     slashed, the stage paid."""
     g = Game()
