@@ -128,7 +128,8 @@ class Stage:
     """`veriplex node serve --layers A:B` with `threads` torch threads and a KV budget."""
 
     def __init__(self, model: Path, layers: tuple[int, int], key: bytes, allow: list[str],
-                 gateway: str, workdir: Path, threads: int, dtype: str, kv_mib: int) -> None:
+                 gateway: str, workdir: Path, threads: int, dtype: str, kv_mib: int,
+                 micro_batches: int = 0) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         kf = workdir / "operator.key"
         kf.touch(mode=0o600)
@@ -142,6 +143,8 @@ class Stage:
                 str(kf), "--directory", "static", "--gateway", gateway, "--store-dir",
                 str(workdir / "store"), "--threads", str(threads), "--kv-budget-mib", str(kv_mib),
                 "--no-verify"]
+        if micro_batches:
+            argv += ["--micro-batches", str(micro_batches)]
         for a in allow:
             argv += ["--allow", a]
         self.log = workdir / "serve.log"
@@ -169,6 +172,15 @@ T0 = time.perf_counter()
 def phase(what: str) -> None:
     """Where the time goes (stderr): seconds since the start, then the phase just done."""
     print(f"# {time.perf_counter() - T0:6.1f} s  {what}", file=sys.stderr, flush=True)
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -260,11 +272,22 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=0, help="answer length (default 16 with "
+                    "--quick, else 64)")
     ap.add_argument("--kv-budget-mib", type=int, default=1024)
+    ap.add_argument("--concs", default="", help="concurrencies of the 2-stage waves, e.g. 16 "
+                    "(default: 1,4 with --quick, else 1,4,16,64)")
+    ap.add_argument("--configs", default="", help="which of s2,s2_wan,s3 to run (default: s2 with "
+                    "--quick, else all); s2_wan and s3 run c16 only")
+    ap.add_argument("--stage-threads", type=int, default=0, help="torch threads of each stage "
+                    "process (default: --threads)")
+    ap.add_argument("--py-spy", default="", help="path of a py-spy binary: record each stage's "
+                    "and the gateway's stacks during every wave (raw files in the work dir)")
+    ap.add_argument("--micro-batches", type=int, default=0, help="stages' --micro-batches (0: "
+                    "their default)")
     a = ap.parse_args()
-    concs = [1, 4] if a.quick else [1, 4, 16, 64]
-    n = 16 if a.quick else a.max_tokens
+    concs = [int(c) for c in a.concs.split(",")] if a.concs else [1, 4] if a.quick else [1, 4, 16, 64]
+    n = a.max_tokens or (16 if a.quick else 64)
     model = ensure_model()
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     load0 = os.getloadavg()
@@ -276,18 +299,20 @@ def main() -> None:
         """k stage processes (static directory: they need no chain to load and listen)."""
         keys = [secrets.token_bytes(32) for _ in range(k)]
         addrs = [address_of_key(PrivateKey(x)) for x in keys]
-        return [Stage(model, rng, key, addrs, gsigner.address, work / f"{name}-stage{i}", a.threads,
-                      a.dtype, a.kv_budget_mib)
+        return [Stage(model, rng, key, addrs, gsigner.address, work / f"{name}-stage{i}",
+                      a.stage_threads or a.threads, a.dtype, a.kv_budget_mib, a.micro_batches)
                 for i, (rng, key) in enumerate(zip(split(int(cfg["num_hidden_layers"]), k), keys,
                                                     strict=True))]
 
-    configs = [("s2", 2, None)] if a.quick else [("s2", 2, None), ("s2_wan", 2, (40.0, 100.0)),
-                                                 ("s3", 3, None)]
+    all_configs = [("s2", 2, None), ("s2_wan", 2, (40.0, 100.0)), ("s3", 3, None)]
+    wanted = a.configs.split(",") if a.configs else ["s2"] if a.quick else [c[0] for c in all_configs]
+    configs = [c for c in all_configs if c[0] in wanted]
     # The first stages load their shards while the chain is set up (start-up only: nothing is
     # measured until every part is ready and warm).
     stages_by_k: dict[int, list[Stage]] = {2: spawn("s2", 2)}
     registered: set[int] = set()
-    base = Baselines(model, a.threads, a.dtype, n, concs, try_cb=not a.quick)
+    base_concs = sorted(set(concs) | ({16} if any(c[0] != "s2" for c in configs) else set()))
+    base = Baselines(model, a.threads, a.dtype, n, base_concs, try_cb=not a.quick)
     try:
         with running_anvil(work) as anvil:
             run_network(a, anvil, work, model, cfg, gsigner, configs, concs, n, stages_by_k,
@@ -370,9 +395,26 @@ def run_network(a, anvil, work: Path, model: Path, cfg: dict, gsigner: Signer, c
             phase("warm-up wave")
             cs = concs if name == "s2" else [16]
             for c in cs:
+                procs = {**{f"stage{i}": w.proc.pid for i, w in enumerate(ws)},
+                         "gateway": gwp.proc.pid, "client": os.getpid()}
+                spies = [subprocess.Popen([a.py_spy, "record", "--nonblocking", "--idle", "-r", "200",
+                                           "-f", "raw", "-o", str(work / f"spy-{name}-c{c}-{k}.txt"),
+                                           "-p", str(p)], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL)
+                         for k, p in procs.items() if k != "client"] if a.py_spy else []
+                cpu0, t0 = {k: cpu_s(p) for k, p in procs.items()}, time.perf_counter()
                 r = asyncio.run(wave(gwp.url, token, info.name, c, n))
+                for sp in spies:
+                    sp.send_signal(2)
+                    sp.wait(30)
+                if spies:
+                    phase(f"py-spy profiles in {work}")
                 results[f"{name}_c{c}"] = r
                 phase(f"{name} c{c}: {r}")
+                wall = time.perf_counter() - t0
+                # where the 2 cores went during the wave (cores busy = CPU s / wall s)
+                phase(f"{name} c{c} cores busy over {wall:.1f} s: " + ", ".join(
+                    f"{k} {(cpu_s(p) - cpu0[k]) / wall:.2f}" for k, p in procs.items()))
         finally:
             gwp.stop()
             for p in proxies:
@@ -384,6 +426,8 @@ def report(a, concs: list[int], n: int, results: dict[str, dict], base: dict,  #
     phase("baselines")
     load1 = os.getloadavg()
     for c in concs:
+        if f"s2_c{c}" not in results:
+            continue
         r = results[f"s2_c{c}"]
         best = max(v for k, v in base.items() if k in (f"static_{c}", f"cb_{c}"))
         print(f"serve_tok_per_s_c{c}: {r['tok_per_s']:.2f}")
@@ -401,6 +445,8 @@ def report(a, concs: list[int], n: int, results: dict[str, dict], base: dict,  #
         print(f"baseline_{k}: {v if isinstance(v, str) else f'{v:.2f}'}")
     print(f"load_avg_1m: {load0[0]:.2f} -> {load1[0]:.2f}")
     c_top = concs[-1]
+    if f"s2_c{concs[-1]}" not in results:
+        return
     print(f"summary: SmolLM2 {a.dtype}, {a.threads} threads/process, {n}-token answers, 2 stages: "
           + ", ".join(f"c{c} {results[f's2_c{c}']['tok_per_s']:.1f} tok/s" for c in concs)
           + f"; c{c_top} completed {results[f's2_c{c_top}']['done']}/{c_top}; machine load "

@@ -23,13 +23,23 @@ causal / sliding-window mask), and the layer's own modules do everything else, s
 computes exactly what `StageExecutor` computes. In a larger batch a row may differ by GEMM
 blocking noise only (a few ulps); tokens are compared in the tests.
 
-KV: `RequestKV` holds per layer a `(1, Hkv, alloc, hd)` K and V buffer, grown in blocks up to the
+Decode rows (two or more in a step) skip the per-request loop: their cached history is copied,
+once per step for all layers, into a padded `(n_layers, B, Hkv, L, hd)` buffer; each layer writes
+its new K/V rows there with one indexed write and runs one masked `scaled_dot_product_attention`
+over the batch; after the last layer the new rows are copied back to each request's cache. Per-op
+dispatch, not arithmetic, was what the per-request loop cost (16 decode rows, 15 SmolLM2 layers, 2
+threads: 47 → 42.5 ms a step, transformers' own batched forward 40.5 ms; outputs bit-identical).
+The buffer's storage is reused between steps (fresh multi-MB allocations page-fault every step):
+scratch memory outside the admission budget, about the running requests' KV once more.
+
+KV: `RequestKV` holds a `(n_layers, Hkv, alloc, hd)` K and V buffer, grown in blocks up to the
 capacity the session was admitted with (so memory held never exceeds what admission reserved) and
 cropped by a re-route's rewind. Device and dtype are the shard's: the same code runs bf16 on CUDA.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 
@@ -43,13 +53,19 @@ BLOCK = 64  # KV positions allocated at a time
 
 
 class RequestKV:
-    """One request's K and V for every layer of a stage, written in place, grown by blocks."""
+    """One request's K and V for every layer of a stage, written in place, grown by blocks.
+
+    Stored as one `(n_layers, Hkv, alloc, hd)` tensor each for K and V, so a decode step can copy a
+    request's history for all layers in one call (`BatchedExecutor._prepare_decode`); `k[li]` /
+    `v[li]` are `(1, Hkv, alloc, hd)` views of layer `li`."""
 
     def __init__(self, n_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device, capacity: int):
         self.n_layers, self.kv_heads, self.head_dim = n_layers, kv_heads, head_dim
         self.dtype, self.device, self.capacity = dtype, device, capacity
         self.alloc = 0
+        self.K = torch.empty((n_layers, kv_heads, 0, head_dim), dtype=dtype, device=device)
+        self.V = torch.empty_like(self.K)
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
 
@@ -62,12 +78,14 @@ class RequestKV:
                                  f"{self.capacity}")
         new = min(self.capacity, max(n, self.alloc * 2, BLOCK))
         new = min(self.capacity, -(-new // BLOCK) * BLOCK)
-        shape = (1, self.kv_heads, new, self.head_dim)
-        ks = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layers)]
-        vs = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layers)]
-        for old, fresh in zip(self.k + self.v, ks + vs, strict=False):
-            fresh[:, :, : self.alloc].copy_(old)
-        self.k, self.v, self.alloc = ks, vs, new
+        shape = (self.n_layers, self.kv_heads, new, self.head_dim)
+        K = torch.empty(shape, dtype=self.dtype, device=self.device)
+        V = torch.empty(shape, dtype=self.dtype, device=self.device)
+        K[:, :, : self.alloc].copy_(self.K)
+        V[:, :, : self.alloc].copy_(self.V)
+        self.K, self.V, self.alloc = K, V, new
+        self.k = [K[i: i + 1] for i in range(self.n_layers)]
+        self.v = [V[i: i + 1] for i in range(self.n_layers)]
 
     def crop(self, delta: int) -> None:
         """DynamicCache's `crop(-k)`: nothing to free here; the session's length says what is valid."""
@@ -76,6 +94,21 @@ class RequestKV:
     def bytes_held(self) -> int:
         itemsize = torch.empty((), dtype=self.dtype).element_size()
         return 2 * self.n_layers * self.kv_heads * self.alloc * self.head_dim * itemsize
+
+
+@dataclass
+class _Pad:
+    """A step's decode rows, padded: K/V `(n_layers, B, Hkv, L, hd)` (history + this step's rows),
+    per-kind masks `(B, 1, 1, L)`, the rows' places in the packed sequence, their batch index and
+    position tensors, and which items they are."""
+
+    K: torch.Tensor
+    V: torch.Tensor
+    masks: dict
+    rows: torch.Tensor
+    b: torch.Tensor
+    last: torch.Tensor
+    index: list[int]
 
 
 @dataclass
@@ -104,7 +137,9 @@ class BatchedExecutor(StageExecutor):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         self._sdpa = sdpa_attention_forward
-        self._pad: tuple | None = None  # this step's padded decode K/V and masks
+        self.n_layers = shard.end - shard.start
+        self._pad: _Pad | None = None  # this step's padded decode K/V and masks
+        self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None  # their storage
 
     def open(self, request_id: bytes, sampling: Sampling | None = None,
              capacity: int | None = None) -> Session:
@@ -158,9 +193,10 @@ class BatchedExecutor(StageExecutor):
                          for w, n in zip(items, lens, strict=True)]).unsqueeze(0)  # (1, N)
         rope = sh.rotary_emb(h, position_ids=pos)  # (cos, sin), each (1, N, hd)
         masks = [self._masks(w.start, n) for w, n in zip(items, lens, strict=True)]
-        self._prepare_decode(items, lens)
+        self._prepare_decode(items, lens, sessions, bounds)
         for li, (layer, kind) in enumerate(zip(sh.layers, self._kinds, strict=True)):
             h = self._layer(layer, li, kind, h, rope, items, sessions, bounds, masks)
+        self._finish_decode(sessions)
         outs = []
         for i, w in enumerate(items):
             sessions[i].length += lens[i]
@@ -179,59 +215,72 @@ class BatchedExecutor(StageExecutor):
         v = attn.v_proj(x).view(1, N, -1, self.head_dim).transpose(1, 2)
         cos, sin = rope
         q, k = self._rope_fn(q, k, cos, sin)
-        parts: list[torch.Tensor | None] = []
-        decodes: list[int] = []
-        for i, w in enumerate(items):
-            lo, hi = bounds[i], bounds[i + 1]
-            kv = sessions[i].cache
-            end = w.start + (hi - lo)
-            kv.k[li][:, :, w.start: end].copy_(k[:, :, lo:hi])
-            kv.v[li][:, :, w.start: end].copy_(v[:, :, lo:hi])
-            if hi - lo == 1 and self._pad is not None:
-                decodes.append(i)  # done together below
-                parts.append(None)
-                continue
-            o, _ = self._sdpa(attn, q[:, :, lo:hi], kv.k[li][:, :, :end], kv.v[li][:, :, :end],
-                              masks[i][kind], dropout=0.0, scaling=attn.scaling)
-            parts.append(o)  # (1, T_i, H, hd)
-        if decodes:
-            o = self._decode_attention(attn, li, kind, q, items, sessions, bounds, decodes)
-            for b, i in enumerate(decodes):
-                parts[i] = o[b: b + 1]  # (1, 1, H, hd)
-        done = [p for p in parts if p is not None]
-        assert len(done) == len(parts)
-        o = torch.cat(done, dim=1) if len(done) > 1 else done[0]
-        h = residual + attn.o_proj(o.reshape(1, N, -1).contiguous())
+        pad = self._pad
+        # every decode row's attention in one call (their K/V rows are written into the padded
+        # buffers there and into their own caches after the last layer, see `step`)
+        o_dec = self._decode_attention(attn, li, kind, q, k, v) if pad is not None else None
+        if pad is not None and o_dec is not None and len(pad.rows) == N:
+            o = o_dec  # a pure decode step: the rows are already in order
+        else:
+            o = q.new_empty((1, N, q.shape[1], self.head_dim))  # (1, N, H, hd)
+            if pad is not None and o_dec is not None:
+                o[0].index_copy_(0, pad.rows, o_dec[:, 0])
+            skip = set(pad.index) if pad is not None else ()
+            for i, w in enumerate(items):
+                lo, hi = bounds[i], bounds[i + 1]
+                if i in skip:
+                    continue
+                kv = sessions[i].cache
+                end = w.start + (hi - lo)
+                kv.k[li][:, :, w.start: end].copy_(k[:, :, lo:hi])
+                kv.v[li][:, :, w.start: end].copy_(v[:, :, lo:hi])
+                o_i, _ = self._sdpa(attn, q[:, :, lo:hi], kv.k[li][:, :, :end],
+                                    kv.v[li][:, :, :end], masks[i][kind], dropout=0.0,
+                                    scaling=attn.scaling)
+                o[:, lo:hi] = o_i  # (1, T_i, H, hd)
+        h = residual + attn.o_proj(o.reshape(1, N, -1))
         residual = h
         return residual + layer.mlp(layer.post_attention_layernorm(h))
 
-    def _decode_attention(self, attn, li, kind, q, items, sessions, bounds, decodes) -> torch.Tensor:
+    def _decode_attention(self, attn, li, kind, q, k, v) -> torch.Tensor:
         """Every decode row of the step in one padded attention call (B, H, 1, hd): per-request
-        calls on one query row cost more in kernel launches than the arithmetic itself."""
-        assert self._pad is not None
-        Kp, Vp, mask = self._pad
-        for b, i in enumerate(decodes):
-            end = items[i].start + 1
-            Kp[b, :, :end] = sessions[i].cache.k[li][0, :, :end]
-            Vp[b, :, :end] = sessions[i].cache.v[li][0, :, :end]
-        rows = torch.tensor([bounds[i] for i in decodes], device=q.device)
-        qd = q[0].index_select(1, rows).transpose(0, 1).unsqueeze(2)  # (B, H, 1, hd)
-        m = mask[kind]
+        calls on one query row cost more in kernel launches than the arithmetic itself. The
+        layer's new K/V rows go into the padded buffers with one indexed write."""
+        pad = self._pad
+        assert pad is not None
+        Kp, Vp = pad.K[li], pad.V[li]  # (B, Hkv, L, hd)
+        kd = k[0].index_select(1, pad.rows).transpose(0, 1)  # (B, Hkv, hd)
+        vd = v[0].index_select(1, pad.rows).transpose(0, 1)
+        Kp[pad.b, :, pad.last] = kd
+        Vp[pad.b, :, pad.last] = vd
+        qd = q[0].index_select(1, pad.rows).transpose(0, 1).unsqueeze(2)  # (B, H, 1, hd)
         o = torch.nn.functional.scaled_dot_product_attention(
-            qd, Kp, Vp, attn_mask=m, scale=attn.scaling,
+            qd, Kp, Vp, attn_mask=pad.masks[kind], scale=attn.scaling,
             enable_gqa=self.kv_heads != qd.shape[1])  # (B, H, 1, hd)
         return o.transpose(1, 2)  # (B, 1, H, hd)
 
-    def _prepare_decode(self, items: list[Work], lens: list[int]) -> None:
-        """Zeroed padded K/V buffers and masks for this step's decode rows (None if < 2 of them)."""
-        ends = [w.start + 1 for w, n in zip(items, lens, strict=True) if n == 1]
-        if len(ends) < 2:
+    def _prepare_decode(self, items: list[Work], lens: list[int], sessions: list[Session],
+                        bounds: list[int]) -> None:
+        """This step's padded decode K/V (every layer) and masks, `self._pad` (None if < 2 decode
+        rows). Each decode request's cached history is copied in once for all layers, its new rows
+        are written per layer (`_decode_attention`), then copied back to its cache (`step`): a
+        handful of tensor ops per request per step instead of several per request per layer."""
+        dec = [i for i, n in enumerate(lens) if n == 1]
+        if len(dec) < 2:
             self._pad = None
             return
-        sh, L = self.shard, max(ends)
-        shape = (len(ends), self.kv_heads, L, self.head_dim)
-        Kp = torch.zeros(shape, dtype=sh.dtype, device=sh.device)
-        Vp = torch.zeros(shape, dtype=sh.dtype, device=sh.device)
+        sh = self.shard
+        ends = [items[i].start + 1 for i in dec]
+        L = max(ends)
+        shape = (self.n_layers, len(dec), self.kv_heads, L, self.head_dim)
+        K, V = self._scratch_kv(shape)
+        for b, i in enumerate(dec):
+            st = items[i].start
+            if st:
+                kv = sessions[i].cache
+                assert isinstance(kv, RequestKV)
+                K[:, b, :, :st] = kv.K[:, :, :st]
+                V[:, b, :, :st] = kv.V[:, :, :st]
         kpos = torch.arange(L, device=sh.device).unsqueeze(0)  # (1, L)
         e = torch.tensor(ends, device=sh.device).unsqueeze(1)  # (B, 1)
         masks = {}
@@ -241,7 +290,34 @@ class BatchedExecutor(StageExecutor):
             if window is not None:
                 m = m & (e - 1 - kpos < window)
             masks[kind] = m[:, None, None, :]  # (B, 1, 1, L)
-        self._pad = (Kp, Vp, masks)
+        self._pad = _Pad(K, V, masks, rows=torch.tensor([bounds[i] for i in dec], device=sh.device),
+                         b=torch.arange(len(dec), device=sh.device),
+                         last=torch.tensor(ends, device=sh.device) - 1, index=dec)
+
+    def _scratch_kv(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Contiguous K and V buffers of `shape`, reused from step to step: a fresh multi-MB
+        allocation every step costs more in page faults than the copies themselves. Their padding
+        is not cleared: it only ever holds K/V values or the zeros it was allocated with (finite),
+        and the masks weigh padded positions by exactly 0."""
+        n = math.prod(shape)
+        if self._scratch is None or self._scratch[0].numel() < n:
+            sh = self.shard
+            size = max(n + n // 2, 2 * self._scratch[0].numel() if self._scratch else 0)
+            self._scratch = (torch.zeros(size, dtype=sh.dtype, device=sh.device),
+                             torch.zeros(size, dtype=sh.dtype, device=sh.device))
+        return self._scratch[0][:n].view(shape), self._scratch[1][:n].view(shape)
+
+    def _finish_decode(self, sessions: list[Session]) -> None:
+        """Copy each decode request's new K/V row (all layers) from the padded buffers to its cache."""
+        pad = self._pad
+        if pad is None:
+            return
+        for b, i in enumerate(pad.index):
+            kv, p = sessions[i].cache, sessions[i].length
+            assert isinstance(kv, RequestKV)
+            kv.K[:, :, p] = pad.K[:, b, :, p]
+            kv.V[:, :, p] = pad.V[:, b, :, p]
+        self._pad = None
 
     def _masks(self, start: int, T: int) -> dict[str, torch.Tensor | None]:
         """Per attention kind, the (1, 1, T, start + T) boolean mask — None where `sdpa`'s own
