@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from contracts.verification import TaskStatus, task_events
+from contracts.verification import BLAME_REASON, TaskStatus, task_events
 from devnet.explorer import BadQuery, NotFound, network, proof
 from devnet.explorer import status as vstatus
 from devnet.explorer.indexer import charged_total
@@ -290,6 +290,11 @@ def request(s: Session, request_id: str, rpc_url: str | None = None,
         refunded = verification["ClientRefunded"]
         if refunded:
             verdict["status_name"] = "fraud (client refunded)"
+        blamed = [e for e in verification["StageSlashed"]
+                  if (e["args"] or {}).get("reason") == BLAME_REASON]
+        if blamed:  # stage-level blame: the input stage proved to have sent other rows
+            verdict["status_name"] = (f"input stage {blamed[0]['args'].get('stage_operator')} "
+                                      "blamed and slashed; the checked stage not judged")
     b = batch[0].args if batch else {}
     return {
         "request": request_row(r),
