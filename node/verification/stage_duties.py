@@ -59,23 +59,33 @@ class StageDuties:
         done_key = (tr.task_id, t.round)
         if done_key in self.stage_opened:
             return
+        td = await self._task_data(tr)
+        if await self._open_own_rows(tr.task_id, td, td.stage, spots, "our stage's chunks"):
+            self.stage_opened.add(done_key)
+            self._note(f"task {tr.task_id} round {t.round}: opened our stage's {len(spots)} chunks")
+
+    async def _task_data(self, tr: Tracked) -> TaskData:
         if tr.data is None:
             tr.data = await asyncio.to_thread(load_task_data, self.chain, tr.task_id, tr.stage, tr.tx_hash)
-        td = tr.data
-        sc = td.stage_commits[td.stage]
+        return tr.data
+
+    async def _open_own_rows(self, task_id: int, td: TaskData, stage: int,
+                             spots: list[tuple[int, int]], what: str) -> bool:
+        """Open `spots` of stage `stage`'s committed rows (ours), read back from our store and
+        checked against the committed root; False when they could not be opened (retried)."""
+        sc = td.stage_commits[stage]
         try:
-            rows, toks = await asyncio.to_thread(self._stored_rows, td, sc.positions)
-            tree = await asyncio.to_thread(check_against_root, self.chain_id, td.request_id, td.stage,
+            rows, toks = await asyncio.to_thread(self._stored_rows, td, stage, sc.positions)
+            tree = await asyncio.to_thread(check_against_root, self.chain_id, td.request_id, stage,
                                            sc, rows, toks)
-            await asyncio.to_thread(self.ver.open_chunks, tr.task_id, self.me, openings(tree, spots),
+            await asyncio.to_thread(self.ver.open_chunks, task_id, self.me, openings(tree, spots),
                                     sender=self.signer)
         except Revert as e:
-            log.info("verifier: stage opening on task %d refused: %s", tr.task_id, e)
+            log.info("verifier: opening %s on task %d refused: %s", what, task_id, e)
         except Exception as e:
-            log.warning("verifier: cannot open our stage's chunks for task %d: %s", tr.task_id, e)
-            return
-        self.stage_opened.add(done_key)
-        self._note(f"task {tr.task_id} round {t.round}: opened our stage's {len(spots)} chunks")
+            log.warning("verifier: cannot open %s for task %d: %s", what, task_id, e)
+            return False
+        return True
 
     async def _blame_input(self, tr: Tracked, t: Any) -> None:
         """As the checked stage's operator: if the input commitment the task settled is not the
@@ -85,10 +95,9 @@ class StageDuties:
         from protocol.frames import parse_committed
 
         self.blamed.add(tr.task_id)
-        if tr.data is None:
-            tr.data = await asyncio.to_thread(load_task_data, self.chain, tr.task_id, tr.stage, tr.tx_hash)
-        store = self._store_of(tr.data.layers)
-        blob = store.input(tr.data.request_id, *tr.data.layers) if store is not None else None
+        td = await self._task_data(tr)
+        store = self._store_of(td.layers)
+        blob = store.input(td.request_id, *td.layers) if store is not None else None
         settled = t.input_commit
         if blob is None or settled is None:
             return
@@ -112,31 +121,13 @@ class StageDuties:
         if done_key in self.stage_opened or await asyncio.to_thread(
                 self.ver.input_opened, tr.task_id, t.round):
             return
-        if tr.data is None:
-            tr.data = await asyncio.to_thread(load_task_data, self.chain, tr.task_id, tr.stage, tr.tx_hash)
-        td = tr.data
-        j = td.stage - 1
-        sc = td.stage_commits[j]
+        td = await self._task_data(tr)
         n_spots = (await asyncio.to_thread(self.ver.params)).spot_chunks
-        try:
-            a, b = td.ranges[j]
-            store = self._store_of((a, b))
-            if store is None:
-                raise AgentError(f"no hidden store of layers [{a}, {b}) on this node")
-            rows = store.read(td.request_id, a, b, 0, sc.positions)
-            toks = list(store.info(td.request_id, a, b).tokens)
-            tree = await asyncio.to_thread(check_against_root, self.chain_id, td.request_id, j, sc,
-                                           rows, toks)
-            await asyncio.to_thread(self.ver.open_chunks, tr.task_id, self.me,
-                                    openings(tree, spots[:n_spots]), sender=self.signer)
-        except Revert as e:
-            log.info("verifier: input opening on task %d refused: %s", tr.task_id, e)
-        except Exception as e:
-            log.warning("verifier: cannot open our (input) stage's spots for task %d: %s", tr.task_id, e)
-            return
-        self.stage_opened.add(done_key)
-        self._note(f"task {tr.task_id} round {t.round}: a member had no input; opened our (input) "
-                   f"stage's {min(n_spots, len(spots))} spots")
+        if await self._open_own_rows(tr.task_id, td, td.stage - 1, spots[:n_spots],
+                                     "our (input) stage's spots"):
+            self.stage_opened.add(done_key)
+            self._note(f"task {tr.task_id} round {t.round}: a member had no input; opened our "
+                       f"(input) stage's {min(n_spots, len(spots))} spots")
 
     def _store_of(self, layers: tuple[int, int]) -> Any:
         srv = next((s for s in self.pool.own() if tuple(s.layers) == tuple(layers)), None)
@@ -144,11 +135,12 @@ class StageDuties:
             return srv.sessions.store
         return self.stores(layers) if self.stores else None
 
-    def _stored_rows(self, td: TaskData, positions: int) -> tuple[Any, list[int]]:
-        """Our stage's rows [0, P) and tokens, read from the hidden store that served them: the
-        running server's, else (a shard swapped out since) the store directory for that range."""
-        a, b = td.layers
-        store = self._store_of(td.layers)
+    def _stored_rows(self, td: TaskData, stage: int, positions: int) -> tuple[Any, list[int]]:
+        """Stage `stage`'s rows [0, P) and tokens (ours), read from the hidden store that served
+        them: the running server's, else (a shard swapped out since) the store directory for
+        that range."""
+        a, b = td.ranges[stage]
+        store = self._store_of((a, b))
         if store is None:
             raise AgentError(f"no hidden store of layers [{a}, {b}) on this node")
         rows = store.read(td.request_id, a, b, 0, positions)

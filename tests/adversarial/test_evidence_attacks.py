@@ -75,11 +75,7 @@ def test_a_spoiler_colluding_with_a_cheat_cannot_save_it() -> None:
 
 def test_withheld_inputs_convict_the_withholder_not_the_verifiers() -> None:
     g = Game()
-    # find a request whose checked stage has an input stage (stage 1)
-    while True:
-        req = g.settle()
-        if g.chosen_stage(req) == 1:
-            break
+    req = g.settle_checked(1)
     withholder = g.operator_owner[req.pipeline.stages[0].operator]
     tid = g.open_task(req, wait=False)
     assert g.ver.tasks(tid).stage == 1
@@ -190,10 +186,7 @@ def test_an_input_stage_that_opens_its_spots_but_serves_no_rows_is_slashed() -> 
     input stage is slashed even though it opened its spots; one member's lone NO_INPUT is not
     enough (a false claim costs that member its reward, nobody else anything)."""
     g = Game()
-    while True:
-        req = g.settle(forge={1: "rows"})
-        if g.chosen_stage(req) == 1:
-            break
+    req = g.settle_checked(1, forge={1: "rows"})
     withholder = g.operator_owner[req.pipeline.stages[0].operator]
     tid = g.open_task(req, wait=False)
     members = g.round_members(tid)
@@ -207,10 +200,7 @@ def test_an_input_stage_that_opens_its_spots_but_serves_no_rows_is_slashed() -> 
 
 def test_one_false_no_input_does_not_slash_an_input_stage_that_opened() -> None:
     g = Game()
-    while True:
-        req = g.settle()
-        if g.chosen_stage(req) == 1:
-            break
+    req = g.settle_checked(1)
     input_owner = g.operator_owner[req.pipeline.stages[0].operator]
     tid = g.open_task(req, wait=False)
     before = g.worth(input_owner)

@@ -33,10 +33,7 @@ from .scenario import assert_books, assert_no_honest_loss, release, snapshot
 def _framed(g: Game) -> Request:
     """A settled request whose checked stage is stage 1 (it has an input stage) and whose stage 1
     output disagrees with a re-execution from stage 0's settled rows."""
-    while True:
-        req = g.settle(forge={1: "rows"})
-        if g.chosen_stage(req) == 1:
-            return req
+    return g.settle_checked(1, forge={1: "rows"})
 
 
 def _sent(g: Game, req: Request, signer: str | None = None) -> tuple[StageCommit, bytes]:
@@ -127,10 +124,7 @@ def test_blame_needs_a_real_equivocation(case: str) -> None:
 
 def test_blame_needs_an_input_stage_and_an_open_task() -> None:
     g = Game()
-    while True:
-        req = g.settle()
-        if g.chosen_stage(req) == 0:
-            break
+    req = g.settle_checked(0)
     tid = g.open_task(req, wait=False)
     sc, sig = _sent(g, req)
     with boa.reverts("opener: the checked stage has no input stage"):

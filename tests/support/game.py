@@ -206,6 +206,14 @@ class Game:
         proof = merkle_proof([lf.hash() for lf in leaves], 0)
         return Request(seq, record, leaves[0], proof, batch_id, rows, toks, commits, scs, pipe)
 
+    def settle_checked(self, stage: int, **kw) -> Request:
+        """A settled request (`settle(**kw)`) whose batch randomness checks `stage`: settles until
+        one does (stage 1 has an input stage, stage 0 none)."""
+        while True:
+            req = self.settle(**kw)
+            if self.chosen_stage(req) == stage:
+                return req
+
     def chosen_stage(self, req: Request) -> int:
         """The stage the batch's randomness checks (TaskOpener.stage_of; fixed once a task of
         the batch stored its seed)."""
