@@ -24,6 +24,10 @@ stages, static baseline only, and the baseline process loads transformers and th
 stages start (it measures after the serving waves, and the waves wait until it has loaded): 29–44 s
 on this 2-core box at load average 2.3–2.9 (before: 65 s at load ~5 here, 85–107 s reported under
 heavier load). Phase times go to stderr (`# 12.3 s …`).
+Development flags: `--concs 16 --configs s2,s2_wan` (which waves), `--max-tokens N`,
+`--stage-threads N` and `--micro-batches N` (the stages' settings), `--py-spy PATH` (sample each
+stage's and the gateway's stacks during every wave); each wave's per-process CPU use ("cores busy")
+goes to stderr.
 Run: `.venv/bin/python bench/serve.py [--quick]`.
 """
 
