@@ -223,10 +223,10 @@ class VerifierAgent(StageDuties):
             job = self.jobs.pop(k, None)
             if job is not None:
                 job.cancel()
-        for k in [k for k in {*self.due_since, *self.ranks} if k[0] == tid]:
-            self.due_since.pop(k, None)
-            self.ranks.pop(k, None)
-            self.committee_size.pop(k, None)
+        for kk in [kk for kk in {*self.due_since, *self.ranks} if kk[0] == tid]:
+            self.due_since.pop(kk, None)
+            self.ranks.pop(kk, None)
+            self.committee_size.pop(kk, None)
         self.state.forget(tid)
 
     def _members(self, tid: int, rnd: int) -> list[tuple[str, Any]]:
@@ -281,6 +281,7 @@ class VerifierAgent(StageDuties):
                 self._note(f"task {tr.task_id} round {t.round}: abstained, commits nothing ({out.reason})")
                 return
             vote, tree = out
+            assert tree.bits is not None  # a tree built from rows (not from leaf hashes only)
             await asyncio.to_thread(self.state.save, vote, tree.bits[:, : tree.shape.hidden_size])
             self.votes[key], self.trees[key] = vote, tree
             self._note(f"task {tr.task_id} round {t.round}: verdict {vote.label} "
@@ -348,6 +349,9 @@ class VerifierAgent(StageDuties):
             rid = (await asyncio.to_thread(self.ver.task, vote.task_id)).request_id
             tree = await asyncio.to_thread(self.state.evidence, vote, self.chain_id, rid)
             self.trees[key] = tree
+        if tree is None:
+            log.warning("verifier: no evidence tree of task %d round %d to open", vote.task_id, vote.round)
+            return
         try:
             await asyncio.to_thread(self.ver.open_chunks, vote.task_id, self.me, openings(tree, spots),
                                     sender=self.signer)

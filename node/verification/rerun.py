@@ -210,7 +210,8 @@ async def fetch_all(key: PrivateKey, chain_id: int, host: str, port: int, reques
     from node.dataplane.query import fetch_rows
 
     per = max(1, FETCH_FRAME_BYTES // (4 * max(hidden, 1)))
-    parts, tokens = [], []
+    parts: list[torch.Tensor] = []
+    tokens: list[int] = []
     for lo in range(0, positions, per):
         rows, tokens = await fetch_rows(key, chain_id, host, port, request_id, stage, layers, lo,
                                         min(positions, lo + per), operator=operator,
