@@ -186,9 +186,15 @@ def play(strategy: str, tasks: int) -> Outcome:
         if strategy in WITHHOLDERS:
             # the input stage refuses every FETCH; "withholder" also opens nothing on chain,
             # "spot_opener" opens the spots it is asked for (it holds the rows, serves none)
-            plan = Plan(behaviours={i: "no_input" for i in range(len(members))})
-            g.play_round(tid, req, plan, open_input=strategy == "spot_opener")
-            g.finalize(tid)
+            # (a round where most report NO_INPUT escalates; every round is starved the same way)
+            for _ in range(PLAYED.max_rounds):
+                seats = len(g.round_members(tid))
+                plan = Plan(behaviours={i: "no_input" for i in range(seats)})
+                g.play_round(tid, req, plan, open_input=strategy == "spot_opener")
+                if g.finalize(tid) != TaskStatus.DRAWING:
+                    break
+                mine(DEPLOYED.randomness_delay + 1)
+                g.ver.next_round(tid)
             deviators.add(s.owners[0])
         else:
             # the deviator sits in round 0; a larger committee drawn later (a split, or a

@@ -23,8 +23,9 @@
         PASSED takes 1 off, floored at 0) jails at SUSPECT_WEIGHT * suspect_threshold, so an
         honest operator's rare false suspicions decay instead of adding up over its lifetime.
         A member that could not get its inputs reveals V_NO_INPUT; the input stage must then open
-        the spots of its own output or be slashed, and is slashed anyway when NO_INPUT outnumbers
-        the standing verdicts (it held its rows but did not serve them). Every task has a hard deadline after which it
+        the spots of its own output or be slashed; a round where NO_INPUT outnumbers the standing
+        verdicts decides nothing, and in the last round the input stage is slashed anyway (it
+        held its rows but did not serve them). Every task has a hard deadline after which it
         closes UNRESOLVED (no rewards), so no escrow waits on a stale task. Stage, input stage
         and members are locked in the registry (no withdrawal) while the task is open.
 @dev Status: VOTING -(close_votes)-> OPENING -(finalize)-> PASSED | FRAUD | SUSPECTED |
@@ -681,16 +682,21 @@ def finalize(task_id: uint256):
     voters: uint256 = len(ops)
 
     # Data availability: members said they got no input. The input stage had to open its spots,
-    # and to serve its rows: when NO_INPUT outnumbers the standing verdicts (an honest majority
-    # could not get them), opening the spots on chain does not save it.
+    # and to serve its rows: when NO_INPUT outnumbers the standing verdicts in the last round (a
+    # fresh, larger committee could not get them either), opening the spots does not save it.
+    # Before the last round such a round judges nothing and escalates, so a coalition holding one
+    # committee cannot slash an honest input stage by claiming NO_INPUT.
+    starved: bool = no_input > voters
     if no_input > 0 and t.input_operator != empty(address) and (
-        not self.input_opened[task_id][r] or no_input > voters
+        not self.input_opened[task_id][r] or (starved and r + 1 >= p.max_rounds)
     ):
         self._slash_input(task_id, t, msg.sender, "verification: inputs withheld")
 
     status: uint8 = ABSENT
     if not stage_open and voters > 0:
         status = FRAUD  # the stage could not (and nobody could for it) open its own commitment
+    elif starved:
+        pass  # most of the round had no inputs: the few left do not decide for it
     elif bad != 0:
         status = FRAUD
     elif not tie and passes > 0:

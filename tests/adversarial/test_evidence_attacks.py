@@ -182,20 +182,47 @@ def test_half_a_confirming_committee_cannot_save_a_convicted_cheat() -> None:
 def test_an_input_stage_that_opens_its_spots_but_serves_no_rows_is_slashed() -> None:
     """Data availability: opening a few random spots on chain shows the input stage holds its rows,
     not that it served them. A cheating stage whose input stage (same owner, say) refuses every
-    FETCH would otherwise never be judged. When NO_INPUT outnumbers the standing verdicts, the
-    input stage is slashed even though it opened its spots; one member's lone NO_INPUT is not
-    enough (a false claim costs that member its reward, nobody else anything)."""
+    FETCH would otherwise never be judged. A round where NO_INPUT outnumbers the standing verdicts
+    decides nothing (the one colluding PASS does not pass the cheat) and escalates; when the last,
+    larger round cannot get the rows either, the input stage is slashed although it opened its
+    spots, and nobody is paid for the task."""
     g = Game()
     req = g.settle_checked(1, forge={1: "rows"})
     withholder = g.operator_owner[req.pipeline.stages[0].operator]
     tid = g.open_task(req, wait=False)
     members = g.round_members(tid)
     before = g.worth(withholder)
-    plan = Plan(cheat=True, behaviours={i: "no_input" for i in range(len(members) - 1)})
+    # round 0: two members cannot get the rows, the third (colluding) vouches for the cheat
+    plan = Plan(cheat=True, behaviours={0: "no_input", 1: "no_input", 2: "lazy_copy"})
     g.play_round(tid, req, plan)  # the input stage opens its spots: it has the rows
     assert g.ver.input_opened(tid, 0)
-    g.finalize(tid)
+    assert g.finalize(tid) == TaskStatus.DRAWING  # not PASSED on one vouch; nobody slashed yet
+    assert g.worth(withholder) == before
+    mine(g.params.randomness_delay + 1)
+    g.ver.next_round(tid)
+    n = len(g.round_members(tid))
+    g.play_round(tid, req, Plan(cheat=True, behaviours={i: "no_input" for i in range(n)}))
+    assert g.finalize(tid) == TaskStatus.UNRESOLVED
     assert g.worth(withholder) == before - g.params.stage_slash_wei
+
+
+def test_a_coalition_claiming_no_input_cannot_slash_an_honest_input_stage() -> None:
+    """The rule turned around: a coalition holding two of round 0's three seats claims NO_INPUT
+    against an honest input stage (and would collect the slash's prover share by finalizing).
+    Round 0 decides nothing; the fresh, larger round gets the rows and passes the honest stage;
+    the input stage keeps its stake and both stages are paid."""
+    g = Game()
+    req = g.settle_checked(1)
+    honest = snapshot(g, [g.operator_owner[st.operator] for st in req.pipeline.stages])
+    tid = g.open_task(req, wait=False)
+    g.play_round(tid, req, Plan(behaviours={0: "no_input", 1: "no_input"}))
+    assert g.finalize(tid) == TaskStatus.DRAWING
+    mine(g.params.randomness_delay + 1)
+    g.ver.next_round(tid)
+    assert g.run(tid, req, Plan(), rounds=1) == TaskStatus.PASSED
+    release(g, req)
+    assert_no_honest_loss(g, honest)
+    assert_books(g)
 
 
 def test_one_false_no_input_does_not_slash_an_input_stage_that_opened() -> None:
