@@ -52,7 +52,7 @@ def build_gateway(settings: Settings, signer: Any, *, router: Any = None, checkp
                                    "--checkpoint DIR)")
     model = ServedModel.load(info, Path(ckpt))
     store = Store(db_url or gs.db_url or f"sqlite:///{settings.home / 'gateway.sqlite'}")
-    router = router or CoordinatorRouter(gs.coordinator_url, info.model_id)
+    router = router or CoordinatorRouter(gs.coordinator_url, info.model_id, gs.failover_wait_s)
     return Gateway(chain, store, model, router, default_max_tokens=gs.default_max_tokens,
                    chain_cache_s=gs.chain_cache_s, step_timeout_s=gs.step_timeout_s,
                    batch_size=gs.batch_size, batch_max_age_s=gs.batch_max_age_s,

@@ -87,7 +87,7 @@ class Router(Protocol):
     async def route(self, prompt_tokens: int, output_tokens: int,
                     exclude: tuple[str, ...] = ()) -> tuple[StageAssignment, ...]: ...
 
-    def replacement(self, failed: StageAssignment) -> StageAssignment: ...
+    async def replacement(self, failed: StageAssignment) -> StageAssignment: ...
 
 
 class StaticRouter:
@@ -112,7 +112,7 @@ class StaticRouter:
             out.append(spare)
         return tuple(out)
 
-    def replacement(self, failed: StageAssignment) -> StageAssignment:
+    async def replacement(self, failed: StageAssignment) -> StageAssignment:
         for s in self.spares:
             if (s.start, s.end) == (failed.start, failed.end) and s.operator != failed.operator:
                 return s
@@ -120,12 +120,21 @@ class StaticRouter:
 
 
 class CoordinatorRouter:
-    """Pipelines from the coordinator's phase-2 router (`POST /route`)."""
+    """Pipelines from the coordinator's phase-2 router (`POST /route`).
 
-    def __init__(self, url: str, model_id: int) -> None:
+    A stage that failed mid-request (`replacement`) is reported to the coordinator (`POST
+    /report`: a hint it checks with its own probes before evicting anyone), then a route without
+    the failed operator is asked for with backoff until one offers the same layers or
+    `failover_wait_s` runs out: with a hot standby the coordinator needs a few seconds to evict
+    the dead worker, publish the healed epoch and see the standby confirm the range. The waits
+    are `asyncio.sleep`s and the HTTP calls run in threads: other requests keep streaming."""
+
+    def __init__(self, url: str, model_id: int, failover_wait_s: float = 30.0,
+                 retry_s: float = 0.25, max_retry_s: float = 2.0) -> None:
         from node.coordinator import CoordinatorClient
 
         self.client, self.model_id = CoordinatorClient(url), model_id
+        self.failover_wait_s, self.retry_s, self.max_retry_s = failover_wait_s, retry_s, max_retry_s
 
     def _route(self, prompt_tokens: int, output_tokens: int,
                exclude: tuple[str, ...] = ()) -> tuple[StageAssignment, ...]:
@@ -143,12 +152,42 @@ class CoordinatorRouter:
                     exclude: tuple[str, ...] = ()) -> tuple[StageAssignment, ...]:
         return await asyncio.to_thread(self._route, prompt_tokens, output_tokens, exclude)
 
-    def replacement(self, failed: StageAssignment) -> StageAssignment:
-        for s in self._route(1, 1, (failed.operator,)):
-            if (s.start, s.end) == (failed.start, failed.end):
-                return s
-        raise Unavailable(f"no other operator serves layers [{failed.start}, {failed.end})",
-                          "no_route")
+    def _report(self, failed: StageAssignment, why: str) -> str:
+        from protocol.messages import FailureReport
+
+        try:
+            ack = self.client.report(FailureReport(model_id=self.model_id, operator=failed.operator,
+                                                   reason=why[:1024]))
+        except Exception as exc:  # noqa: BLE001 - a hint: the route retries go on regardless
+            return f"report not taken ({exc})"
+        return f"{ack.outcome.value}: {ack.detail}"
+
+    async def replacement(self, failed: StageAssignment, why: str = "") -> StageAssignment:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.failover_wait_s
+        told = await asyncio.to_thread(
+            self._report, failed, why or f"stage [{failed.start}, {failed.end}) failed mid-request")
+        log.info("stage [%d, %d) of %s failed; coordinator: %s", failed.start, failed.end,
+                 failed.operator, told)
+        delay, tries, last = self.retry_s, 0, ""
+        while True:
+            tries += 1
+            try:
+                stages = await self.route(1, 1, (failed.operator,))
+                for s in stages:
+                    if (s.start, s.end) == (failed.start, failed.end):
+                        return s
+                last = (f"the route offered {[(s.start, s.end) for s in stages]}, none "
+                        f"[{failed.start}, {failed.end})")
+            except Unavailable as exc:
+                last = str(exc)
+            if loop.time() + delay > deadline:
+                raise Unavailable(
+                    f"no other operator serves layers [{failed.start}, {failed.end}) after "
+                    f"{tries} tries in {self.failover_wait_s:g} s (the coordinator on the report: "
+                    f"{told}; last answer: {last})", "no_route")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_retry_s)
 
 
 @dataclass
@@ -188,8 +227,8 @@ class Runner:
                        progress: Generation | None = None) -> Generation:
         """Run `req`, failing over through the router; a NOT_ASSIGNED refusal before the first
         token is re-routed around the refusing operator (the module docstring says why)."""
-        def replace(k: int, r: PipelineRequest) -> StageAssignment:
-            return self.router.replacement(r.stages[k])
+        async def replace(k: int, r: PipelineRequest) -> StageAssignment:
+            return await self.router.replacement(r.stages[k])
 
         progress = progress if progress is not None else Generation([])
         refused: list[str] = []

@@ -1,11 +1,12 @@
 """A typed HTTP client of the coordinator API, for workers (heartbeats, assignments) and the
-gateway (routes).
+gateway (routes, failure reports).
 
     hb = HeartbeatClient(url, chain_id, operator_key)        # the node's OPERATOR key (32 bytes)
     ack = hb.send(active=2, kv_used_bytes=..., layer_us=...)  # signed, next seq, current time
     ack.assignment                                            # layer range of the latest epoch
     HeartbeatLoop(hb, every_s=5, load=..., on_assignment=...).start()   # follow epochs
     CoordinatorClient(url).route(RouteRequest(model_id=1, prompt_tokens=12, output_tokens=64))
+    CoordinatorClient(url).report(FailureReport(model_id=1, operator="0x…"))  # checked, not obeyed
 
 Refusals come back as the service's own exception classes (`Replay`, `BadSignature`, `NotReady`,
 …) carrying the server's message, so callers handle them exactly as the coordinator does.
@@ -26,6 +27,8 @@ from coincurve import PrivateKey
 from protocol import api_errors as errors
 from protocol.messages import (
     AssignmentResponse,
+    FailureReport,
+    FailureReportAck,
     Heartbeat,
     HeartbeatAck,
     HeartbeatKind,
@@ -74,6 +77,10 @@ class CoordinatorClient:
 
     def route(self, req: RouteRequest) -> RouteResponse:
         return RouteResponse.model_validate(self._call("POST", "/route", req.model_dump_json()))
+
+    def report(self, rep: FailureReport) -> FailureReportAck:
+        """Tell the coordinator a stage failed; it checks the node itself before evicting."""
+        return FailureReportAck.model_validate(self._call("POST", "/report", rep.model_dump_json()))
 
     def status(self) -> dict[str, Any]:
         return dict(self._call("GET", "/status"))

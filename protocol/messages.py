@@ -250,6 +250,36 @@ class HeartbeatAck(BaseModel):
     assignment: AssignmentResponse | None = None
 
 
+class ReportOutcome(enum.Enum):
+    """What the coordinator found when it checked a reported node itself."""
+
+    ALIVE = "alive"  # its data port answered a PING signed by its operator: report refuted
+    SUSPECTED = "suspected"  # unreachable but heard from lately: re-probed until decided
+    EVICTED = "evicted"  # unreachable and silent: evicted, its stage re-placed (or it already was)
+
+
+class FailureReport(BaseModel):
+    """The body of `POST /report`: a gateway saw `operator`'s stage fail a request. A hint only:
+    the coordinator evicts nobody on a report's word; it probes the node's data port itself and
+    weighs its heartbeats (scheduler/service/suspects.py), so a lying report changes nothing."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    version: int = Field(VERSION, ge=VERSION, le=VERSION)
+    model_id: int = Field(ge=1, lt=U64)
+    operator: str = Field(pattern=ADDRESS)
+    reason: str = Field("", max_length=MAX_ERROR_TEXT)
+
+
+class FailureReportAck(BaseModel):
+    """The answer to a `FailureReport`: the coordinator's own finding so far."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    version: int = VERSION
+    operator: str
+    outcome: ReportOutcome
+    detail: str = ""
+
+
 def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 

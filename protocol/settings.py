@@ -185,6 +185,11 @@ class CoordinatorSettings(BaseModel):
     links_file: Path | None = Field(None, description="Region links JSON (SCHEMAS.md). Default: catalogue RTTs.")
     default_rtt_ms: float = Field(100.0, gt=0, description="RTT assumed between regions nothing else knows.")
     heartbeat_timeout_s: float = Field(15.0, gt=0, description="Silence after which a node is evicted.")
+    report_silence_s: float = Field(
+        6.0, gt=0, description="A node reported failed is evicted before the heartbeat timeout only when "
+        "the coordinator's own probes of its data port fail and it has sent no heartbeat for this long "
+        "(keep it above two heartbeat periods: a live node's heartbeats must refute a lying report)."
+    )
     max_clock_skew_s: float = Field(30.0, gt=0, description="Heartbeat timestamps further off are refused.")
     rebalance_interval_s: float = Field(60.0, gt=0, description="Seconds between global imbalance checks.")
     imbalance_threshold: float = Field(
@@ -214,6 +219,11 @@ class GatewaySettings(BaseModel):
     settle_tick_s: float = Field(0.5, gt=0, description="Seconds between settlement passes.")
     chain_cache_s: float = Field(2.0, ge=0, description="Seconds a key/deposit read is reused.")
     step_timeout_s: float = Field(30.0, gt=0, description="Seconds without a token before a stage is presumed dead.")
+    failover_wait_s: float = Field(
+        30.0, ge=0, description="Seconds a request whose stage failed waits for the coordinator to route "
+        "a replacement (it reports the stage, then retries with backoff) before it ends with no_route; keep "
+        "it below the stages' session_timeout_s, or the survivors free the request meanwhile."
+    )
     exit_after_broadcast: bool = Field(
         False, description="TEST HOOK: exit the process right after a batch is broadcast (crash tests)."
     )

@@ -14,7 +14,10 @@ Every worker registers a device memory sized to hold about 1/S of the model (see
 `veriplex.up_plan`), so SmolLM2 really runs as an S-stage pipeline. The workers beyond the
 pipeline's are registered last and held by the coordinator as hot standby
 (`coordinator run --standby-reserve`): real capacity, verifying while idle, promoted into the
-pipeline in a new epoch when a stage is evicted (slashed, jailed, unbonding or silent). `up` returns once the coordinator routes a complete pipeline whose stages accept
+pipeline in a new epoch when a stage is evicted (slashed, jailed, unbonding or silent, or dead
+as the gateway reports and the coordinator's own probe confirms: requests in flight wait for the
+heal, up to the gateway's `failover_wait_s`). `up` returns once the coordinator routes a complete
+pipeline whose stages accept
 connections and the gateway answers `/v1/models`. Every child logs to `<data dir>/logs/`; wallet
 passwords live in a 0600 file there and never reach argv or a log.
 """
@@ -210,7 +213,10 @@ def _start_all(opts: UpOptions, say: Callable[[str], None], stack: Stack, data: 
                                  # workers importing torch and loading a shard on a busy
                                  # machine stay silent a while: not evicted (nor a standby
                                  # promoted in their place) before their first heartbeat
-                                 "VERIPLEX_COORDINATOR__HEARTBEAT_TIMEOUT_S": "45"})
+                                 "VERIPLEX_COORDINATOR__HEARTBEAT_TIMEOUT_S": "45",
+                                 # workers beat every second: a reported worker silent for 3 s
+                                 # whose data port does not answer is dead, not slow
+                                 "VERIPLEX_COORDINATOR__REPORT_SILENCE_S": "3"})
     coord = stack.start("coordinator", veriplex_argv(
         *root, "coordinator", "run", "--dev-account", "0", "--checkpoint", str(ckpt),
         "--model-id", str(model_id), "--port", str(_port(opts, 2)),
@@ -219,7 +225,9 @@ def _start_all(opts: UpOptions, say: Callable[[str], None], stack: Stack, data: 
     say(f"{took()} coordinator ready at {coordinator_url}")
     gw_env = clean_env(data, {"VERIPLEX_GATEWAY__BATCH_MAX_AGE_S": "2",
                               "VERIPLEX_GATEWAY__SETTLE_TICK_S": "0.5",
-                              "VERIPLEX_GATEWAY__STEP_TIMEOUT_S": "20"})
+                              "VERIPLEX_GATEWAY__STEP_TIMEOUT_S": "20",
+                              # a failed stage: report it, wait for the standby to take it over
+                              "VERIPLEX_GATEWAY__FAILOVER_WAIT_S": "40"})
     gw = stack.start("gateway", veriplex_argv(
         *root, "gateway", "run", "--dev-account", str(GATEWAY_DEV_INDEX), "--checkpoint",
         str(ckpt), "--model-id", str(model_id), "--coordinator", coordinator_url, "--port",

@@ -5,7 +5,8 @@ reads TOKEN frames back — each must be signed by the last stage's operator and
 position. When the pipeline reports STAGE_FAILED(k) (a stage's downstream link closed), or stage 0
 itself goes away, the client asks `replace(k, request)` for a new `StageAssignment` with the same
 layers (the scheduler's job; a test passes a spare worker), bumps the request's epoch and sends a new
-OPEN carrying the sequence so far. Surviving stages keep their KV caches; the replacement rebuilds
+OPEN carrying the sequence so far. `replace` may be a coroutine function: the gateway's waits for
+the coordinator to heal the pipeline (seconds) while the event loop serves every other request. Surviving stages keep their KV caches; the replacement rebuilds
 its cache by replaying every position (see `node.dataplane.server`). If nothing arrives for
 `step_timeout_s`, the client pings every stage to name the dead one and fails over the same way.
 
@@ -17,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from coincurve import PrivateKey
@@ -42,7 +44,7 @@ from protocol.messages import PipelineRequest, StageAssignment, encode_request
 
 __all__ = ["Generation", "Handover", "PipelineClient", "SignedStageCommit"]
 
-Replace = Callable[[int, PipelineRequest], StageAssignment]
+Replace = Callable[[int, PipelineRequest], StageAssignment | Awaitable[StageAssignment]]
 
 
 @dataclass
@@ -128,7 +130,8 @@ class PipelineClient:
                 except StageFailed as e:
                     if replace is None or len(out.handovers) >= max_failovers or e.stage is None:
                         raise
-                    new = replace(e.stage, req)
+                    got = replace(e.stage, req)
+                    new = await got if inspect.isawaitable(got) else got
                     old = req.stages[e.stage]
                     if (new.start, new.end) != (old.start, old.end):
                         raise ValueError(f"replacement serves [{new.start}, {new.end}), stage {e.stage} "

@@ -1,11 +1,13 @@
 """The coordinator's IO shell: a background loop (registry polls, ticks, epoch publication) and
-the FastAPI app serving heartbeats, assignments, routes and status.
+the FastAPI app serving heartbeats, assignments, routes, failure reports and status.
 
 All decisions are `CoordinatorState`'s; this module only fetches, feeds it events with the wall
 clock, publishes what it says to publish, and turns its answers and refusals into HTTP. State is
 touched only from the event loop; chain calls run in worker threads and their results are applied
 back on the loop. A chain failure (unreachable RPC, a revert because an operator was jailed
-meanwhile) is logged and retried after a registry refresh — it never stops the API.
+meanwhile) is logged and retried after a registry refresh — it never stops the API. Failure
+reports (`POST /report`) are checked by the coordinator's own probes (`reports.FailureChecks`, on
+the same loop) before anyone is evicted.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from contracts.client import Chain
 from contracts.errors import ContractsError
 from protocol.api_errors import MalformedMessage, ServiceError
 from protocol.messages import (
+    FailureReport,
+    FailureReportAck,
     HeartbeatAck,
     RouteRequest,
     SignedHeartbeat,
@@ -40,7 +44,9 @@ from scheduler.service.chain_io import (
     read_nodes,
     registry_changed,
 )
+from scheduler.service.reports import FailureChecks
 from scheduler.service.state import CoordinatorState, Publication
+from scheduler.service.suspects import SuspectTiming
 
 log = logging.getLogger("veriplex.coordinator")
 KEEP_SNAPSHOTS = 32
@@ -51,17 +57,21 @@ class LoopTiming:
     registry_poll_s: float = 5.0
     tick_s: float = 0.5
     max_body_bytes: int = 65_536
+    probe_timeout_s: float = 2.0  # a reported node's data port must answer a PING within this
 
 
 class Coordinator:
     """Glue between the chain, the state machine and the clock."""
 
     def __init__(self, chain: Chain, state: CoordinatorState, timing: LoopTiming = LoopTiming(),
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 suspects: SuspectTiming | None = None) -> None:
         self.chain = chain
         self.state = state
         self.timing = timing
         self.clock = clock
+        self.checks = FailureChecks(state, suspects or SuspectTiming(), timing.probe_timeout_s,
+                                    clock)
         self.last_chain_error = ""
         self.snapshots: OrderedDict[str, bytes] = OrderedDict()
         self._last_poll: float | None = None
@@ -144,15 +154,16 @@ def create_app(coord: Coordinator) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(coord.run())
+        tasks = [asyncio.create_task(coord.run()), asyncio.create_task(coord.checks.run())]
         try:
             yield
         finally:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            for task in tasks:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
 
     app = FastAPI(title="Veriplex coordinator", lifespan=lifespan)
     state = coord.state
@@ -201,9 +212,16 @@ def create_app(coord: Coordinator) -> FastAPI:
         req = await body_of(request, RouteRequest)
         return state.route(req)
 
+    @app.post("/report")
+    async def report(request: Request) -> FailureReportAck:
+        rep = await body_of(request, FailureReport)
+        return await coord.checks.report(rep)
+
     @app.get("/status")
     async def status() -> dict[str, Any]:
         out = state.status(coord.clock())
+        out["failure_reports"] = dict(coord.checks.counts,
+                                      open=sorted(coord.checks.suspects.open))
         out["coordinator"] = coord.chain.signer.address if coord.chain.signer else ""
         out["last_chain_error"] = coord.last_chain_error
         return out

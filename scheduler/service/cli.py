@@ -45,6 +45,7 @@ def _build(settings: Settings, signer: Any, model_id: int | None, model_spec: Pa
     from scheduler.service.app import Coordinator, LoopTiming
     from scheduler.service.chain_io import load_model_spec, resolve_model
     from scheduler.service.state import CoordinatorState, Timing
+    from scheduler.service.suspects import SuspectTiming
 
     cs = settings.coordinator
     chain = connect(settings, signer)
@@ -62,7 +63,9 @@ def _build(settings: Settings, signer: Any, model_id: int | None, model_spec: Pa
         Timing(cs.heartbeat_timeout_s, cs.max_clock_skew_s, cs.rebalance_interval_s,
                cs.imbalance_threshold),
         params, links, cs.default_rtt_ms, standby_reserve)
-    return Coordinator(chain, state, LoopTiming(cs.registry_poll_s, cs.tick_s, cs.max_body_bytes))
+    return Coordinator(chain, state, LoopTiming(cs.registry_poll_s, cs.tick_s, cs.max_body_bytes),
+                       suspects=SuspectTiming(silence_s=cs.report_silence_s,
+                                              max_age_s=cs.heartbeat_timeout_s))
 
 
 @click.group()

@@ -8,7 +8,8 @@ published epoch — and decides, with the scheduler's pure core, when the alloca
 * a node appears on the registry, or an evicted node heartbeats again: `dynamics.join` (one
   replica touched, no global reshuffle);
 * a node leaves the registry (unstaked, jailed), announces LEAVE, or misses heartbeats for
-  `heartbeat_timeout_s` (`tick`): `dynamics.leave` (its replica repaired or dissolved);
+  `heartbeat_timeout_s` (`tick`), or is found dead by the coordinator's own probes after a
+  failure report (`evict`, from `reports.py`): `dynamics.leave` (its replica repaired or dissolved);
 * every `rebalance_interval_s`, measured per-layer latencies are folded into the snapshot and a
   global re-allocation is adopted only when `dynamics.rebalance` finds the imbalance above the
   threshold.
@@ -237,6 +238,14 @@ class CoordinatorState:
                      lambda snap, plan: dynamics.join(snap, plan, spec))
         if self.plan is None:  # the others alone place nothing: a standby must step in
             self._promote(now, 1)
+
+    def evict(self, op: str, now: float, why: str) -> None:
+        """Evict `op` now, as a timeout would (the IO shell's checked failure reports)."""
+        self._evict(op, now, why)
+
+    def note(self, now: float, text: str) -> None:
+        """Add `text` to the events `/status` lists."""
+        self._note(now, text)
 
     def _evict(self, op: str, now: float, why: str) -> None:
         if op not in self.live:
