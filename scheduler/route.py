@@ -96,6 +96,17 @@ class Router:
         # Nodes with a measured pair link keep their own edges; all others reach a node at the
         # same cost as any node sharing their region and link speed (see `_frontier`).
         self.paired = {a for pair in snapshot.links.pairs for a in pair}
+        # `layer_time` split into its step at a token count (memoized: the simulator routes
+        # thousands of requests over the same nodes) and the cached tokens it reads.
+        self.mem_bw = self.cluster.mem_bw.tolist()
+        self._steps: dict[tuple[int, int], float] = {}
+
+    def _step(self, i: int, tokens: int) -> float:
+        """`layer_time(c, i, tokens)`: one layer's step on node `i` over `tokens` new tokens."""
+        got = self._steps.get((i, tokens))
+        if got is None:
+            got = self._steps[(i, tokens)] = layer_time(self.cluster, i, tokens)
+        return got
 
     def _frontier(self, cut: int, best: list[float]) -> list[int]:
         """Predecessors ending at `cut` worth an edge: the link from `p` to any node depends only
@@ -147,6 +158,7 @@ class Router:
         act = c.model.activation_bytes
         max_batch = self.snapshot.params.max_batch
         per_layer_kv = kv_tokens * self.kv_per_token_layer
+        kvb, mem_bw = self.kv_per_token_layer, self.mem_bw
         frontier: dict[int, list[int]] = {}
         for j, (i, a, b) in enumerate(self.shards):
             nid = c.ids[i]
@@ -160,8 +172,9 @@ class Router:
             batch = min(ld.active + 1, max_batch)
             resident = ld.kv_used_bytes / (self.kv_per_token_layer * (b - a)) + kv_tokens
             busy = 1.0 - 1.0 / (ld.active + 1)
-            per_layer = (output_tokens * (1 + busy / 2) * layer_time(c, i, batch, resident)
-                         + layer_time(c, i, prompt_tokens))
+            per_layer = (output_tokens * (1 + busy / 2)
+                         * (self._step(i, batch) + resident * kvb / mem_bw[i])
+                         + self._step(i, prompt_tokens))
             seen = loads.get(nid, idle)
             if seen.active >= max_batch:
                 continue  # the node's batch is full (the batch cap): no slot for another sequence

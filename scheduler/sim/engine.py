@@ -142,6 +142,7 @@ class Simulation:
     def run(self) -> SimResult:
         n = len(self.arrivals)
         self.routes: list[list[Hop] | None] = [None] * n
+        self.legs: list[list[tuple[str, float, float]]] = [[] for _ in range(n)]
         self.kv: list[dict[str, int]] = [{} for _ in range(n)]
         self._prompt: list[int] = [int(x) for x in self.prompt]
         self._output: list[int] = [int(x) for x in self.output]
@@ -190,6 +191,7 @@ class Simulation:
                 continue
             hops, kv = got
             self.routes[r], self.kv[r] = hops, kv
+            self.legs[r] = self._legs(hops, self._prompt[r])
             for node, b in kv.items():
                 self.kv_used[node] += b
                 self.active[node] += 1
@@ -197,6 +199,17 @@ class Simulation:
             if self.now > self.arrivals[r]:
                 self.last_waited = self.now
             self._send(Item(r, hops[0], 0, self._prompt[r]), self.now)
+
+    def _legs(self, hops: list[Hop], prompt: int) -> list[tuple[str, float, float]]:
+        """Per hop: where its output goes next and the link delay for the prompt pass and for
+        one token (the next hop's; after the last hop, the token id back to the first)."""
+        c, act = self.c, self.c.model.activation_bytes
+        idx = [c.index[h.node] for h in hops]
+        out = [(hops[k + 1].node, link_time(c, idx[k], idx[k + 1], prompt * act),
+                link_time(c, idx[k], idx[k + 1], act)) for k in range(len(hops) - 1)]
+        back = link_time(c, idx[-1], idx[0], 8)
+        out.append((hops[0].node, back, back))
+        return out
 
     def _send(self, item: Item, at: float) -> None:
         self._push(at, DELIVER, (item.hop.node, [item]))
@@ -233,17 +246,16 @@ class Simulation:
 
     def _done(self, node: str, batch: list[Item]) -> None:
         self.busy[node] = False
-        i = self.c.index[node]
-        act = self.c.model.activation_bytes
         freed_lanes = []
         out: dict[tuple[str, float], list[Item]] = {}  # items leaving together, one event each
         for r, _, k, tokens in batch:
             hops = self.routes[r]
             assert hops is not None
             if k + 1 < len(hops):
-                nxt = hops[k + 1]
-                delay = link_time(self.c, i, self.c.index[nxt.node], tokens * act)
-                out.setdefault((nxt.node, delay), []).append(Item(r, nxt, k + 1, tokens))
+                dest, prompt_s, token_s = self.legs[r][k]
+                # A pass carries the prompt's tokens or one (a prompt of one token: the same).
+                delay = token_s if tokens == 1 else prompt_s
+                out.setdefault((dest, delay), []).append(Item(r, hops[k + 1], k + 1, tokens))
                 continue
             if self._first[r] is None:  # this was the prefill pass
                 self._first[r] = self.now
@@ -256,9 +268,8 @@ class Simulation:
                     self.active[n2] -= 1
                 freed_lanes.append(self.policy.lane(r))
             else:
-                first = hops[0]
-                delay = link_time(self.c, i, self.c.index[first.node], 8)  # the token id
-                out.setdefault((first.node, delay), []).append(Item(r, first, 0, 1))
+                delay = self.legs[r][k][1]  # the token id back to the first hop
+                out.setdefault((hops[0].node, delay), []).append(Item(r, hops[0], 0, 1))
         for (dest, delay), items in out.items():
             self._push(self.now + delay, DELIVER, (dest, items))
         for lane in sorted(set(freed_lanes)):
