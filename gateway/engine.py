@@ -130,11 +130,12 @@ class CoordinatorRouter:
     are `asyncio.sleep`s and the HTTP calls run in threads: other requests keep streaming."""
 
     def __init__(self, url: str, model_id: int, failover_wait_s: float = 30.0,
-                 retry_s: float = 0.25, max_retry_s: float = 2.0) -> None:
+                 retry_s: float = 0.25, max_retry_s: float = 1.0) -> None:
         from node.coordinator import CoordinatorClient
 
         self.client, self.model_id = CoordinatorClient(url), model_id
         self.failover_wait_s, self.retry_s, self.max_retry_s = failover_wait_s, retry_s, max_retry_s
+        self._reports: set[asyncio.Future[str]] = set()  # held until answered (not collected)
 
     def _route(self, prompt_tokens: int, output_tokens: int,
                exclude: tuple[str, ...] = ()) -> tuple[StageAssignment, ...]:
@@ -165,10 +166,14 @@ class CoordinatorRouter:
     async def replacement(self, failed: StageAssignment, why: str = "") -> StageAssignment:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.failover_wait_s
-        told = await asyncio.to_thread(
-            self._report, failed, why or f"stage [{failed.start}, {failed.end}) failed mid-request")
-        log.info("stage [%d, %d) of %s failed; coordinator: %s", failed.start, failed.end,
-                 failed.operator, told)
+        # the report runs beside the first route attempt: another replica may serve at once
+        report = asyncio.ensure_future(asyncio.to_thread(
+            self._report, failed, why or f"stage [{failed.start}, {failed.end}) failed mid-request"))
+        self._reports.add(report)
+        report.add_done_callback(self._reports.discard)
+        report.add_done_callback(lambda r: log.info(
+            "stage [%d, %d) of %s failed; coordinator: %s", failed.start, failed.end,
+            failed.operator, r.result() if not r.cancelled() else "report cancelled"))
         delay, tries, last = self.retry_s, 0, ""
         while True:
             tries += 1
@@ -181,12 +186,14 @@ class CoordinatorRouter:
                         f"[{failed.start}, {failed.end})")
             except Unavailable as exc:
                 last = str(exc)
-            if loop.time() + delay > deadline:
+            left = deadline - loop.time()
+            if left <= 0:
+                told = report.result() if report.done() else "no answer to the report yet"
                 raise Unavailable(
                     f"no other operator serves layers [{failed.start}, {failed.end}) after "
                     f"{tries} tries in {self.failover_wait_s:g} s (the coordinator on the report: "
                     f"{told}; last answer: {last})", "no_route")
-            await asyncio.sleep(delay)
+            await asyncio.sleep(min(delay, left))  # the last try falls on the deadline
             delay = min(delay * 2, self.max_retry_s)
 
 

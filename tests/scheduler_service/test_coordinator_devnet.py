@@ -46,6 +46,7 @@ from tests.support.coordinator import MODEL, REGION, VRAM_MIB, Operator, beat, o
 READY = re.compile(r"coordinator ready at (http://\S+) ")
 HEARTBEAT_TIMEOUT_S = 2.5
 BEAT_EVERY_S = 0.4
+REPORT_SILENCE_S = 1.5  # below the timeout, above three beats: a report can only be faster
 HARDWARE = Hardware("RTX-test", VRAM_MIB, 80_000, 900, 1_000, REGION)
 
 
@@ -128,6 +129,7 @@ def _env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VERIPLEX_")}
     env.update(VERIPLEX_HOME=str(home), PYTHONUNBUFFERED="1",
                VERIPLEX_COORDINATOR__HEARTBEAT_TIMEOUT_S=str(HEARTBEAT_TIMEOUT_S),
+               VERIPLEX_COORDINATOR__REPORT_SILENCE_S=str(REPORT_SILENCE_S),
                VERIPLEX_COORDINATOR__REGISTRY_POLL_S="0.5",
                VERIPLEX_COORDINATOR__TICK_S="0.2",
                VERIPLEX_COORDINATOR__REBALANCE_INTERVAL_S="3600")
@@ -438,3 +440,80 @@ def test_a_node_registered_with_unusable_hardware_is_left_out_and_planning_goes_
     assert r.status_code == 403 and r.json()["error"]["code"] == "unknown_operator"
     cluster.alive.add(victim)
     wait_for(lambda: victim in {r[0] for r in _rows(cluster.status())}, 10, "the victim back")
+
+
+def test_a_reported_node_that_is_unreachable_and_silent_is_evicted_before_the_heartbeat_timeout(
+        cluster: Cluster) -> None:
+    """The pumped nodes have no data port (nothing listens on their endpoints), so only their
+    heartbeats speak for them: a report on one that still beats is a suspicion, nothing more;
+    once it falls silent the report evicts it before the timeout would have."""
+    victim = cluster.ops[1].address
+    start = wait_for(lambda: (s := cluster.status()) and victim in {r[0] for r in _rows(s)}
+                     and s, 15, "the victim to be assigned")
+    report = {"model_id": cluster.model_id, "operator": victim, "reason": "stage 1 closed"}
+    with httpx.Client(timeout=10) as http:
+        r = http.post(f"{cluster.url}/report", json=report)
+        assert r.status_code == 200, r.text
+        assert r.json()["outcome"] == "suspected" and "unreachable" in r.json()["detail"]
+        cluster.alive.discard(victim)
+        silent_at = time.monotonic()
+        gone = wait_for(lambda: (s := cluster.status())["epoch"] > start["epoch"] and s,
+                        HEARTBEAT_TIMEOUT_S + 10, "an epoch without the reported node")
+        assert time.monotonic() - silent_at < HEARTBEAT_TIMEOUT_S + 1.0
+        assert victim not in {r[0] for r in _rows(gone)}
+        assert any(f"{victim} evicted (reported failed" in e for e in gone["events"]), gone["events"]
+        assert gone["failure_reports"]["evicted"] >= 1
+        again = http.post(f"{cluster.url}/report", json=report)
+        assert again.status_code == 200 and again.json()["outcome"] == "evicted"
+        bad = [({**report, "operator": operator(43).address}, 403, "unknown_operator"),
+               ({**report, "model_id": cluster.model_id + 7}, 404, "model_not_served"),
+               ({**report, "operator": "0x1234"}, 422, "malformed"),
+               ({**report, "reason": "x" * 5000}, 422, "malformed")]
+        for body, status, code in bad:
+            r = http.post(f"{cluster.url}/report", json=body)
+            assert r.status_code == status and r.json()["error"]["code"] == code, r.text
+    cluster.alive.add(victim)
+    wait_for(lambda: victim in {r[0] for r in _rows(cluster.status())}, 10, "the node back")
+
+
+def test_the_gateways_router_reports_the_stage_and_waits_a_bounded_time_for_a_replacement(
+        cluster: Cluster) -> None:
+    """No worker serves layers [0, 1) alone, so the gateway's router reports the failed stage,
+    keeps asking for a route without it, and gives up with no_route after `failover_wait_s` —
+    naming what the coordinator found — without blocking the event loop meanwhile."""
+    import asyncio
+
+    from gateway.engine import CoordinatorRouter
+    from gateway.errors import Unavailable
+    from protocol.messages import StageAssignment
+
+    victim = cluster.ops[0].address
+    failed = StageAssignment(operator=victim, host="127.0.0.1", port=9100, start=0, end=1)
+    router = CoordinatorRouter(cluster.url, cluster.model_id, failover_wait_s=1.5)
+    before = cluster.status()["failure_reports"]["reports"]
+
+    async def main() -> tuple[float, int, str]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        t = asyncio.create_task(ticker())
+        t0 = time.monotonic()
+        try:
+            await router.replacement(failed)
+        except Unavailable as exc:
+            return time.monotonic() - t0, ticks, str(exc)
+        finally:
+            t.cancel()
+        raise AssertionError("a replacement for a range nobody serves alone")
+
+    took, ticks, why = asyncio.run(main())
+    assert 1.0 <= took < 4.0, took
+    assert ticks >= 10  # the loop kept running while the router waited
+    assert "[0, 1)" in why and "tries" in why and "suspected" in why, why
+    assert cluster.status()["failure_reports"]["reports"] == before + 1
+    assert victim in {n["operator"] for n in cluster.status()["nodes"] if n["live"]}

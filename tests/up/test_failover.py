@@ -99,11 +99,7 @@ def _stream(url: str, token: str, body: dict, got_token: threading.Event, out: d
 @pytest.mark.timeout(500)
 @pytest.mark.parametrize(("workers", "standby"), [
     (4, 0),
-    pytest.param(3, 1, marks=pytest.mark.xfail(strict=True, reason=(
-        "known gap: with one replica and a hot standby, the gateway asks the coordinator for a "
-        "replacement at once (CoordinatorRouter.replacement) and gets no_route, since the standby is "
-        "promoted only once the dead worker is evicted (heartbeat_timeout_s, 45 s under up); the "
-        "in-flight requests end with a no_route error instead of waiting for the heal"))),
+    (3, 1),
 ], ids=["two-replicas", "hot-standby"])
 def test_concurrent_requests_survive_a_stage_killed_mid_batch_each_completed_and_charged_once(
         chat_tiny: Path, tmp_path: Path, workers: int, standby: int) -> None:
@@ -112,8 +108,11 @@ def test_concurrent_requests_survive_a_stage_killed_mid_batch_each_completed_and
     with one receipt, the killed operator on none of the re-routed ones, each request is settled
     on chain exactly once at its receipt's charge, and the client's spend is the sum of those.
     Two replicas: the other replica's worker for the same layers takes the stage over. One replica
-    and a hot standby (xfail, see its reason): nothing can take the stage over until the coordinator
-    has evicted the dead worker and promoted the standby."""
+    and a hot standby: nothing can take the stage over until the coordinator has evicted the dead
+    worker and promoted the standby, so the gateway reports the stage (the coordinator probes the
+    worker itself, finds it unreachable and silent, evicts it and heals onto the standby in a new
+    epoch) and the requests wait for the standby to confirm the range, well inside the heartbeat
+    timeout (45 s under up) — the receipts name the standby."""
     n = 4
     net = bring_up(UpOptions(data_dir=tmp_path / "up", models_dir=tmp_path, model=str(chat_tiny),
                              workers=workers, verifiers=standby, stages=2), say=lambda _: None)
