@@ -60,8 +60,9 @@ class NodeOptions:
             raise NodeConfigError(f"directory {self.directory!r} must be 'chain' or 'static'")
         for name in ("max_decode_rows", "prefill_chunk", "micro_batches"):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise NodeConfigError(f"{name} ({v!r}) must be an integer >= 1")
+            least = 0 if name == "micro_batches" else 1  # 0 micro-batches: one per stage
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
+                raise NodeConfigError(f"{name} ({v!r}) must be an integer >= {least}")
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class Batching:
 
     max_decode_rows: int = 256
     prefill_chunk: int = 256
-    micro_batches: int = 1
+    micro_batches: int = 0  # 0: one per stage of the pipeline
 
     @classmethod
     def resolve(cls, settings: Settings, opts: NodeOptions | None = None) -> Batching:
@@ -128,7 +129,8 @@ async def _serve(server: StageServer, make_agent: Any = None) -> None:
          f"{server.host}:{server.port} as {server.address}")
     b = server.batcher
     _say(f"batching: up to {b.max_decode_rows} decode rows and {b.prefill_chunk} prefill rows per step, "
-         f"{b.micro_batches} micro-batch{'es' if b.micro_batches > 1 else ''}")
+         + (f"{b.micro_batches} micro-batch{'es' if b.micro_batches > 1 else ''}" if b.micro_batches
+            else "one micro-batch per pipeline stage"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

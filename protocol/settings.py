@@ -166,8 +166,9 @@ class DataPlaneSettings(BaseModel):
         256, ge=1, description="Most prefill rows (new prompts, replays, re-executions) in one batched step."
     )
     micro_batches: int = Field(
-        1, ge=1, description="Groups the first stage splits its running requests into, circulating round "
-        "the ring one after another (1 when stages share cores; the number of stages across machines)."
+        0, ge=0, description="Groups the first stage splits its running requests into, circulating round "
+        "the ring one after another so every stage computes while the others do (0: as many as the "
+        "pipeline has stages; 1 only when stages share cores and each uses all of them)."
     )
 
 

@@ -83,10 +83,10 @@ def load_key_file(path: Path) -> bytes:
 @click.option("--kv-budget-mib", type=click.IntRange(min=1), default=None,
               help="KV-cache budget in MiB (default: settings dataplane.kv_budget_bytes).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads.")
-@click.option("--micro-batches", type=click.IntRange(min=1), default=None,
-              help="Groups the running requests circulate round the ring in (1 when stages share "
-                   "cores; the number of stages across machines; default: settings "
-                   "dataplane.micro_batches).")
+@click.option("--micro-batches", type=click.IntRange(min=0), default=None,
+              help="Groups the running requests circulate round the ring in (0: one per pipeline "
+                   "stage; 1 only when stages share cores and each uses all of them; default: "
+                   "settings dataplane.micro_batches).")
 @click.option("--prefill-chunk", type=click.IntRange(min=1), default=None,
               help="Most prefill rows per batched step (default: settings dataplane.prefill_chunk).")
 @click.option("--max-decode-rows", type=click.IntRange(min=1), default=None,

@@ -7,10 +7,12 @@ vLLM / SGLang / Parallax workers:
 - a step waits (briefly, `wait_s`) until the decode rows of the running requests are all back, so a
   wave of requests stays one batch instead of fragmenting;
 - every running decode (a job with one row left) gets its row in the step, oldest first, up to
-  `max_decode_rows` — optionally capped at ⌈running / micro_batches⌉ on the first stage, so the
-  requests split into that many groups circulating round the ring one after another and every
-  stage has work while the others compute (set `micro_batches` to the number of stages when the
-  stages run on separate machines);
+  `max_decode_rows` — capped at ⌈running / micro_batches⌉ on the first stage, so the requests
+  split into that many groups circulating round the ring one after another and every stage has
+  work while the others compute. `micro_batches` 0 (the default) means as many groups as the
+  pipeline has stages: right when each stage has its own cores (its own machine, or its share of
+  a shared one). 1 suits only stages that share cores *and* each use all of them, taking turns;
+  there a second group would oversubscribe the cores;
 - then prefills (new prompts, re-route replays, verification re-executions — all alike: the stage
   cannot and must not tell them apart) in arrival order, each contributing a chunk, up to
   `prefill_chunk` rows per step in total: a long prompt or a verification job is spread over several
@@ -65,10 +67,10 @@ class Job:
 class Batcher:
     """The jobs of one stage and the rule that picks each step's batch."""
 
-    def __init__(self, max_decode_rows: int = 256, prefill_chunk: int = 256, micro_batches: int = 1):
-        if max_decode_rows < 1 or prefill_chunk < 1 or micro_batches < 1:
-            raise ValueError(f"max_decode_rows ({max_decode_rows}), prefill_chunk ({prefill_chunk}) "
-                             f"and micro_batches ({micro_batches}) must be >= 1")
+    def __init__(self, max_decode_rows: int = 256, prefill_chunk: int = 256, micro_batches: int = 0):
+        if max_decode_rows < 1 or prefill_chunk < 1 or micro_batches < 0:
+            raise ValueError(f"max_decode_rows ({max_decode_rows}) and prefill_chunk ({prefill_chunk}) "
+                             f"must be >= 1, micro_batches ({micro_batches}) >= 0 (0: one per stage)")
         self.max_decode_rows = max_decode_rows
         self.prefill_chunk = prefill_chunk
         self.micro_batches = micro_batches
@@ -90,9 +92,13 @@ class Batcher:
     def get(self, rid: bytes) -> Job | None:
         return self.jobs.get(rid)
 
-    def wait_s(self, running: int, now: float, max_wait_s: float) -> float:
+    def groups(self, stages: int) -> int:
+        """Micro-batches in a pipeline of `stages` stages (`micro_batches`, 0: one per stage)."""
+        return self.micro_batches or max(1, stages)
+
+    def wait_s(self, running: int, now: float, max_wait_s: float, stages: int = 1) -> float:
         """How long to wait for more decode rows before stepping (0: step now). A step is worth
-        taking once prefill work is ready or ⌈running / micro_batches⌉ decode rows are: otherwise
+        taking once prefill work is ready or ⌈running / groups⌉ decode rows are: otherwise
         the rows of requests whose tokens are still on their way round the ring would be split over
         several steps — each reading every weight again — and stay split. Never more than
         `max_wait_s` after the oldest ready row (a slow or lost request cannot hold the others)."""
@@ -101,19 +107,19 @@ class Batcher:
         decodes = [j for j in self.jobs.values() if j.remaining == 1 and j.outs == []]
         if len(decodes) < len(self.jobs):
             return 0.0  # prefill work: go
-        target = min(self.max_decode_rows, max(1, math.ceil(running / self.micro_batches)))
+        target = min(self.max_decode_rows, max(1, math.ceil(running / self.groups(stages))))
         if len(decodes) >= target:
             return 0.0
         return max(0.0, min(j.ready_at for j in decodes) + max_wait_s - now)
 
-    def plan(self, running: int | None = None) -> list[tuple[Job, int]]:
+    def plan(self, running: int | None = None, stages: int = 1) -> list[tuple[Job, int]]:
         """The next step: (job, rows to compute) pairs. `running` = requests open on this stage,
-        for the micro-batch cap (None: no cap)."""
+        for the micro-batch cap (None: no cap); `stages`: the pipeline's, for `groups`."""
         decodes = [j for j in self.jobs.values() if j.remaining == 1 and j.outs == []]
         prefills = [j for j in self.jobs.values() if not (j.remaining == 1 and j.outs == [])]
         cap = self.max_decode_rows
-        if running is not None and self.micro_batches > 1:
-            cap = min(cap, max(1, math.ceil(running / self.micro_batches)))
+        if running is not None and self.groups(stages) > 1:
+            cap = min(cap, max(1, math.ceil(running / self.groups(stages))))
         out = [(j, 1) for j in sorted(decodes, key=lambda j: j.seq)[:cap]]
         budget = self.prefill_chunk
         for j in sorted(prefills, key=lambda j: j.seq):

@@ -115,14 +115,16 @@ class StepLoop:
         while True:
             await self._work.wait()
             self._work.clear()
-            wait = self.batcher.wait_s(len(self.sessions.sessions), time.monotonic(),
-                                       max(self.gather_s, min(self.period_s, 2.0)))
+            running = self.sessions.sessions
+            stages = max((len(s.request.stages) for s in running.values()), default=1)
+            wait = self.batcher.wait_s(len(running), time.monotonic(),
+                                       max(self.gather_s, min(self.period_s, 2.0)), stages)
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._work.wait(), wait)
                 self._work.set()  # look again: more rows came, or the wait is over
                 continue
-            plan = self.batcher.plan(len(self.sessions.sessions) if ex.shard.is_first else None)
+            plan = self.batcher.plan(len(running) if ex.shard.is_first else None, stages)
             if not plan:
                 continue
             # Sessions are resolved now, on the loop: one cancelled while the step computes in
@@ -134,6 +136,7 @@ class StepLoop:
             self._running = {j.rid for j, _ in plan}
             self._step_done.clear()
             error: Exception | None = None
+            t0 = time.monotonic()
             try:
                 outs = await loop.run_in_executor(self._pool, ex.step, works)
             except Exception as e:  # inputs were checked at submission: this is a stage fault
@@ -142,6 +145,8 @@ class StepLoop:
             finally:
                 self._running = set()
                 self._step_done.set()
+            log.debug("step %d: %d requests, %d rows, %.1f ms from %.4f", self.steps, len(plan),
+                      sum(n for _, n in plan), 1e3 * (time.monotonic() - t0), t0)
             self.steps += 1
             self.max_batch = max(self.max_batch, len(plan))
             for k, (job, n) in enumerate(plan):

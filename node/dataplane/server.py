@@ -96,7 +96,7 @@ class StageServer:
                  directory: OperatorDirectory, chain_id: int, *, host: str = "127.0.0.1",
                  port: int = 0, kv_budget_bytes: int = 2**30, max_frame_bytes: int = 64 * 2**20,
                  session_timeout_s: float = 60.0, max_decode_rows: int = 256,
-                 prefill_chunk: int = 256, micro_batches: int = 1, gather_s: float = 0.03):
+                 prefill_chunk: int = 256, micro_batches: int = 0, gather_s: float = 0.03):
         if not isinstance(executor, BatchedExecutor):  # every server batches, whoever built it
             executor = BatchedExecutor(executor.shard)
         self.executor: BatchedExecutor = executor

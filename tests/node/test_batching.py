@@ -130,6 +130,21 @@ def test_micro_batches_split_the_running_requests_into_groups():
     assert len(b.plan(running=None)) == 7
 
 
+def test_by_default_there_is_one_micro_batch_per_pipeline_stage():
+    b = Batcher()
+    for r in range(1, 13):
+        b.submit(_job(r, 1))
+    assert len(b.plan(running=12, stages=3)) == 4  # three groups of four round a 3-stage ring
+    assert len(b.plan(running=12, stages=1)) == 12  # one stage: nothing to overlap
+    # a later stage steps once its group's rows are in, not the whole wave's
+    assert b.wait_s(running=24, now=0.0, max_wait_s=1.0, stages=2) == 0.0
+    assert b.wait_s(running=24, now=0.0, max_wait_s=1.0, stages=1) > 0.0
+    one = Batcher(micro_batches=1)  # stages taking turns on shared cores: the whole wave
+    for r in range(1, 13):
+        one.submit(_job(r, 1))
+    assert one.wait_s(running=24, now=0.0, max_wait_s=1.0, stages=2) > 0.0
+
+
 # ── admission under a random mix of sizes and cancellations ──────────────────────────────────
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sizes=st.lists(st.tuples(st.integers(1, 40), st.integers(1, 12), st.booleans()),

@@ -90,20 +90,21 @@ def test_serve_against_the_chain_without_a_deployment_says_so(tmp_path, tiny_lla
     assert "no deployment manifest" in out
 
 
-@pytest.mark.parametrize("flag", ["--micro-batches", "--prefill-chunk", "--max-decode-rows"])
-def test_serve_refuses_a_batching_knob_below_one_in_one_line(tmp_path, tiny_llama, flag):
-    r = serve(tmp_path, tiny_llama, "--layers", "0:4", *_static(tmp_path), flag, "0")
+@pytest.mark.parametrize(("flag", "least"), [("--micro-batches", 0), ("--prefill-chunk", 1),
+                                             ("--max-decode-rows", 1)])
+def test_serve_refuses_a_batching_knob_below_its_least_in_one_line(tmp_path, tiny_llama, flag, least):
+    r = serve(tmp_path, tiny_llama, "--layers", "0:4", *_static(tmp_path), flag, str(least - 1))
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
-    assert f"Invalid value for '{flag}': 0 is not in the range x>=1." in r.output
+    assert f"Invalid value for '{flag}': {least - 1} is not in the range x>={least}." in r.output
 
 
 def test_a_batching_setting_below_one_is_refused_in_one_line(tmp_path, tiny_llama):
     r = CliRunner().invoke(cli, ["node", "serve", "--model", str(tiny_llama), "--layers", "0:4",
                                  *_static(tmp_path)],
                            env={"VERIPLEX_HOME": str(tmp_path / "home"),
-                                "VERIPLEX_DATAPLANE__MICRO_BATCHES": "0"})
+                                "VERIPLEX_DATAPLANE__MICRO_BATCHES": "-1"})
     assert r.exit_code != 0 and "Traceback" not in r.output, r.output
-    assert "micro_batches" in r.output and "greater than or equal to 1" in r.output
+    assert "micro_batches" in r.output and "greater than or equal to 0" in r.output
 
 
 def test_batching_options_reject_values_below_one():

@@ -28,6 +28,14 @@ def test_the_reproduced_token_is_the_one_the_node_samples(logit_seed, temperatur
     assert 0 <= step_seed(seed, position) < 2**63
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from([-1.0, 0.0, 2.5, 2.5, float("inf"), -float("inf"), float("nan")]),
+                min_size=1, max_size=12), st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
+def test_greedy_picks_torch_argmax_index_ties_nan_and_infinities_included(values, dtype):
+    row = torch.tensor(values, dtype=dtype)
+    assert sample_token(row, Sampling(), 0) == int(torch.argmax(row))
+
+
 def test_greedy_accepts_the_argmax_and_exact_or_near_ties_only():
     row = np.array([0.0, 5.0, 5.0, 4.9995, 4.0], dtype=np.float32)
     spec = Sampling()
