@@ -6,8 +6,9 @@ idle) and the coordinator's latest assignment, it says KEEP, LOAD a new range, o
 reserved KV bytes, measured decode µs per layer, and the range served with the epoch of the
 assignment it serves it for — the coordinator routes a stage only once this confirms it) and hands
 each changed assignment to the asyncio loop, where the new shard is loaded off-loop, the old stage is DRAINED (no new work is refused
-while its in-flight sessions finish, up to `drain_s`), stopped, and the new stage is started on
-the same host:port. Unassigned (or standby) means idle: nothing is served, heartbeats continue.
+while its in-flight sessions finish, up to `drain_s`; then, if it had any, it lingers `linger_s`
+more, since the gateway asks each stage for its signed commitment right after the last token),
+stopped, and the new stage is started on the same host:port. Unassigned (or standby) means idle: nothing is served, heartbeats continue.
 """
 
 from __future__ import annotations
@@ -73,11 +74,13 @@ class Follower:
     """
 
     def __init__(self, build: Callable[[tuple[int, int], int], Any], port: int,
-                 announce: Callable[[str], None] = print, drain_s: float = 30.0) -> None:
+                 announce: Callable[[str], None] = print, drain_s: float = 30.0,
+                 linger_s: float = 5.0) -> None:
         self.build = build
         self.port = port
         self.announce = announce
         self.drain_s = drain_s
+        self.linger_s = linger_s
         self.server: Any = None
         self.epoch = 0
         self.serving_epoch = 0  # epoch of the newest assignment the running server satisfies
@@ -139,8 +142,11 @@ class Follower:
         if old is None:
             return
         deadline = time.monotonic() + self.drain_s
+        drained = bool(old.sessions.sessions)
         while old.sessions.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        if drained:  # requests just finished here: their gateway's COMMIT is on its way
+            await asyncio.sleep(min(self.linger_s, max(0.0, deadline - time.monotonic())))
         await old.stop()
 
     async def follow(self, client: Any, every_s: float, stop: asyncio.Event) -> None:
