@@ -20,6 +20,7 @@ answers gateway route requests by calling it with the latest heartbeats.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +94,7 @@ class Router:
         self.ending_at: dict[int, list[int]] = {}
         for j, (_, _, b) in enumerate(self.shards):
             self.ending_at.setdefault(b, []).append(j)
+        self.cuts = sorted(self.ending_at)  # the layers where some shard ends
         # Nodes with a measured pair link keep their own edges; all others reach a node at the
         # same cost as any node sharing their region and link speed (see `_frontier`).
         self.paired = {a for pair in snapshot.links.pairs for a in pair}
@@ -160,6 +162,7 @@ class Router:
         per_layer_kv = kv_tokens * self.kv_per_token_layer
         kvb, mem_bw = self.kv_per_token_layer, self.mem_bw
         frontier: dict[int, list[int]] = {}
+        links: dict[tuple[int, int], float] = {}  # (from node, to node) → this request's link s
         for j, (i, a, b) in enumerate(self.shards):
             nid = c.ids[i]
             if nid in exclude:
@@ -189,7 +192,11 @@ class Router:
             # whenever it is first built.)
             mine = self.own_pred.get((self.rep[j], a)) if use_load and loads else None
             stay = mine is not None and best[mine] < float("inf")
-            for cut in range(a, a + 1) if stay or whole_shards else range(a, b):
+            # Only cuts where some shard ends can have a predecessor (and 0, where a route
+            # begins, is handled above): the others are skipped without changing the result.
+            cuts = (a,) if stay or whole_shards else self.cuts[bisect_left(self.cuts, a):
+                                                               bisect_left(self.cuts, b)]
+            for cut in cuts:
                 if (b - cut) * per_layer_kv > free:
                     continue
                 own = (b - cut) * per_layer + ld.queue_s
@@ -201,8 +208,10 @@ class Router:
                     preds = frontier[cut]
                 for p in preds:
                     pi = self.shards[p][0]
-                    link = (link_time(c, pi, i, prompt_tokens * act)
-                            + output_tokens * link_time(c, pi, i, act))
+                    link = links.get((pi, i))
+                    if link is None:  # the same pair recurs across cuts: once per request
+                        link = links[(pi, i)] = (link_time(c, pi, i, prompt_tokens * act)
+                                                 + output_tokens * link_time(c, pi, i, act))
                     cost = best[p] + link + own
                     if cost < best[j]:
                         best[j], start_at[j], prev[j] = cost, cut, p
