@@ -6,7 +6,9 @@ client, the official `openai` package streaming chat completions (greedy, `max_t
 concurrency 1, 4, 16 and 64. In the same run, on the same checkpoint, dtype and torch threads,
 the single-process baselines: transformers' static-batch `generate` (batch = concurrency, no early
 stop) and its continuous-batching `generate_batch` where it runs on CPU; the better one is the
-baseline. Printed per concurrency N:
+baseline. Each serving wave is followed at once by its baseline at the same concurrency (the
+stages sit idle meanwhile), so both sides of a ratio run under the same machine load. Printed per
+concurrency N:
 
 - `serve_tok_per_s_cN`: completion tokens (the gateway's usage) / wall time of the wave;
 - `baseline_tok_per_s_cN`, `serve_ratio_cN` (serve ÷ best baseline);
@@ -16,14 +18,15 @@ baseline. Printed per concurrency N:
   (`tests/support/link.py`: 40 ms RTT, 100 Mbit/s), gateway→stage 0 and the ring alike;
 - `serve_ratio_c16_s3`: c16 through three stages.
 
-Threads: each stage process and the baseline get `--threads` torch threads (default: all cores),
-OMP_WAIT_POLICY=PASSIVE. On one 2-core box the stages share the cores the baseline has alone.
-Start-up overlaps (nothing is measured meanwhile): the first stages load their shards while anvil
+Stages: layers split so each stage reads about the same weight per step (`split`: SmolLM2 19/11
+on two stages, since its LM head weighs eight layers), as the scheduler would place them; the
+stages' default micro-batching (one group of requests per stage circulating round the ring), so
+both stages compute at once. Threads: each stage process and the baseline get `--threads` torch
+threads (default: all cores), OMP_WAIT_POLICY=PASSIVE. On one 2-core box the stages share the
+cores the baseline has alone: while one stage computes alone (c1) it has both.
+Start-up overlaps (nothing is measured meanwhile): the stages and the baseline load while anvil
 deploys and the client is funded. `--quick` (for development): c1 and c4 only, 16 tokens, two
-stages, static baseline only, and the baseline process loads transformers and the model while the
-stages start (it measures after the serving waves, and the waves wait until it has loaded): 29–44 s
-on this 2-core box at load average 2.3–2.9 (before: 65 s at load ~5 here, 85–107 s reported under
-heavier load). Phase times go to stderr (`# 12.3 s …`).
+stages, static baseline only. Phase times go to stderr (`# 12.3 s …`).
 Development flags: `--concs 16 --configs s2,s2_wan` (which waves), `--max-tokens N`,
 `--stage-threads N` and `--micro-batches N` (the stages' settings), `--py-spy PATH` (sample each
 stage's and the gateway's stacks during every wave); each wave's per-process CPU use ("cores busy")
@@ -76,21 +79,22 @@ BASELINE = r"""
 import sys, time, json, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 model_dir, threads, dtype, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-concs = [int(c) for c in sys.argv[5].split(",")]
-ids = [int(t) for t in sys.argv[6].split(",")]
-try_cb = sys.argv[7] == "1"
+ids = [int(t) for t in sys.argv[5].split(",")]
+try_cb = sys.argv[6] == "1"
 torch.set_num_threads(threads)
 m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), local_files_only=True)
 m.config._attn_implementation = "sdpa"
 m.eval()
-print("LOADED", flush=True)
-if sys.stdin.readline().strip() != "go":  # loaded: wait (the serving measurement may be running)
-    sys.exit(0)
 kw = dict(do_sample=False, min_new_tokens=n, max_new_tokens=n, pad_token_id=0)
-out = {}
+cb_error = ""
 with torch.inference_mode():
     m.generate(torch.tensor([ids]), **{**kw, "min_new_tokens": 4, "max_new_tokens": 4})
-    for c in concs:
+print("LOADED", flush=True)
+# Loaded and warm: each stdin line asks for one concurrency, measured at once (right after the
+# serving wave it is compared with, while the stages sit idle); EOF ends it.
+for line in sys.stdin:
+    c, out = int(line), {}
+    with torch.inference_mode():
         x = torch.tensor([ids] * c)
         t = time.perf_counter()
         m.generate(x, attention_mask=torch.ones_like(x), **kw)
@@ -105,9 +109,11 @@ with torch.inference_mode():
                 got = sum(len(r.generated_tokens) for r in res.values())
                 out[f"cb_{c}"] = got / (time.perf_counter() - t)
             except Exception as e:  # not every attention backend runs it on CPU
-                out["cb_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+                cb_error = f"{type(e).__name__}: {str(e)[:200]}"
                 try_cb = False
-print("RESULT " + json.dumps(out))
+    if cb_error:
+        out["cb_error"] = cb_error
+    print("RESULT " + json.dumps(out), flush=True)
 """
 
 
@@ -246,40 +252,51 @@ async def wave(url: str, token: str, model: str, c: int, max_tokens: int) -> dic
 
 class Baselines:
     """The single-process baselines in their own process: `start()` loads transformers and the
-    model, `run()` then measures (nothing runs in between: the process waits on its stdin)."""
+    model (and warms it up) while the stages start; `measure(c)` then runs concurrency `c` at once,
+    right after the serving wave it is compared with, while the stages sit idle. Pairing each wave
+    with its own baseline keeps a ratio's two sides under the same machine load: measured minutes
+    apart, the baseline alone moved 95 -> 137 tok/s at c16 on this shared box."""
 
-    def __init__(self, model: Path, threads: int, dtype: str, n: int, concs: list[int],
-                 try_cb: bool) -> None:
-        self.args = [str(model), str(threads), dtype, str(n), ",".join(map(str, concs))]
+    def __init__(self, model: Path, threads: int, dtype: str, n: int, try_cb: bool) -> None:
+        self.args = [str(model), str(threads), dtype, str(n)]
         self.try_cb = try_cb
         self.proc: subprocess.Popen | None = None
-        self.prompt: list[int] = []
+        self.loaded = False
+        self.log = Path(os.devnull)
 
-    def start(self, prompt: list[int]) -> Baselines:
+    def start(self, prompt: list[int], log: Path) -> Baselines:
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", BASELINE, *self.args, ",".join(map(str, prompt)),
-             "1" if self.try_cb else "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env=env)
+        self.log = log  # its stderr (transformers' warnings), read back only if it fails
+        with log.open("w") as sink:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", BASELINE, *self.args, ",".join(map(str, prompt)),
+                 "1" if self.try_cb else "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=sink, text=True, env=env)
         return self
 
     def wait_loaded(self) -> None:
         """Block until the process has loaded (so its loading never overlaps a measurement)."""
         assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
+        for line in [] if self.loaded else self.proc.stdout:
             if line.startswith("LOADED"):
-                return
-        raise SystemExit(f"baseline failed: {self.proc.stderr.read()[-2000:] if self.proc.stderr else ''}")
+                self.loaded = True
+                break
+        if not self.loaded:
+            raise SystemExit(f"baseline failed: {self.errors()}")
 
-    def run(self) -> dict:
+    def errors(self) -> str:
+        return self.log.read_text()[-2000:] if self.log.is_file() else ""
+
+    def measure(self, c: int) -> dict:
         import json
 
-        assert self.proc is not None
-        stdout, stderr = self.proc.communicate("go\n")
-        line = next((x for x in stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            raise SystemExit(f"baseline failed: {stderr[-2000:]}")
-        return json.loads(line[7:])
+        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{c}\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith("RESULT "):
+                return dict(json.loads(line[7:]))
+        raise SystemExit(f"baseline failed: {self.errors()}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -300,7 +317,7 @@ def main() -> None:
     ap.add_argument("--configs", default="", help="which of s2,s2_wan,s3 to run (default: s2 with "
                     "--quick, else all); s2_wan and s3 run c16 only")
     ap.add_argument("--stage-threads", type=int, default=0, help="torch threads of each stage "
-                    "process (default: its share of --threads, at least 1)")
+                    "process (default: --threads)")
     ap.add_argument("--py-spy", default="", help="path of a py-spy binary: record each stage's "
                     "and the gateway's stacks during every wave (raw files in the work dir)")
     ap.add_argument("--micro-batches", type=int, default=0, help="stages' --micro-batches (0: "
@@ -320,8 +337,7 @@ def main() -> None:
         keys = [secrets.token_bytes(32) for _ in range(k)]
         addrs = [address_of_key(PrivateKey(x)) for x in keys]
         return [Stage(model, rng, key, addrs, gsigner.address, work / f"{name}-stage{i}",
-                      a.stage_threads or max(1, a.threads // k), a.dtype, a.kv_budget_mib,
-                      a.micro_batches)
+                      a.stage_threads or a.threads, a.dtype, a.kv_budget_mib, a.micro_batches)
                 for i, (rng, key) in enumerate(zip(split(model, k), keys,
                                                     strict=True))]
 
@@ -332,26 +348,17 @@ def main() -> None:
     # measured until every part is ready and warm).
     stages_by_k: dict[int, list[Stage]] = {2: spawn("s2", 2)}
     registered: set[int] = set()
-    base_concs = sorted(set(concs) | ({16} if any(c[0] != "s2" for c in configs) else set()))
-    base = Baselines(model, a.threads, a.dtype, n, base_concs, try_cb=not a.quick)
+    base = Baselines(model, a.threads, a.dtype, n, try_cb=not a.quick)
     try:
         with running_anvil(work) as anvil:
             run_network(a, anvil, work, model, cfg, gsigner, configs, concs, n, stages_by_k,
                         registered, spawn, base, results)
-    except BaseException:
-        base.stop()
-        raise
     finally:
+        base.stop()
         for ws in stages_by_k.values():
             for st in ws:
                 st.stop()
-    if base.proc is None:  # full run: loaded only now, with the cores to itself
-        base.start(base.prompt).wait_loaded()
-    try:
-        base_r = base.run()
-    finally:
-        base.stop()
-    report(a, concs, n, results, base_r, load0)
+    report(a, concs, n, results, load0)
 
 
 def run_network(a, anvil, work: Path, model: Path, cfg: dict, gsigner: Signer, configs: list,  # type: ignore[no-untyped-def]
@@ -371,9 +378,7 @@ def run_network(a, anvil, work: Path, model: Path, cfg: dict, gsigner: Signer, c
     info = admin.model_registry.model(mid)
     served = ServedModel.load(info, model)
     prompt = served.chat_ids([{"role": "user", "content": QUESTION}])
-    base.prompt = prompt
-    if a.quick:  # loads while the stages do; it measures only once serving is done
-        base.start(prompt)
+    base.start(prompt, work / "baseline.log")  # loads while the stages do; measures only between serving waves
     ckey = "0x" + secrets.token_hex(32)
     csig = Signer.from_key(ckey)
     rpc(anvil.url, "anvil_setBalance", csig.address, hex(1000 * ETH))
@@ -430,19 +435,20 @@ def run_network(a, anvil, work: Path, model: Path, cfg: dict, gsigner: Signer, c
                     sp.wait(30)
                 if spies:
                     phase(f"py-spy profiles in {work}")
-                results[f"{name}_c{c}"] = r
-                phase(f"{name} c{c}: {r}")
                 wall = time.perf_counter() - t0
                 # where the 2 cores went during the wave (cores busy = CPU s / wall s)
                 phase(f"{name} c{c} cores busy over {wall:.1f} s: " + ", ".join(
                     f"{k} {(cpu_s(p) - cpu0[k]) / wall:.2f}" for k, p in procs.items()))
+                r["baseline"] = base.measure(c)
+                results[f"{name}_c{c}"] = r
+                phase(f"{name} c{c}: {r}")
         finally:
             gwp.stop()
             for p in proxies:
                 p.stop()
 
 
-def report(a, concs: list[int], n: int, results: dict[str, dict], base: dict,  # type: ignore[no-untyped-def]
+def report(a, concs: list[int], n: int, results: dict[str, dict],  # type: ignore[no-untyped-def]
            load0: tuple[float, float, float]) -> None:
     phase("baselines")
     load1 = os.getloadavg()
@@ -450,7 +456,7 @@ def report(a, concs: list[int], n: int, results: dict[str, dict], base: dict,  #
         if f"s2_c{c}" not in results:
             continue
         r = results[f"s2_c{c}"]
-        best = max(v for k, v in base.items() if k in (f"static_{c}", f"cb_{c}"))
+        best = max(v for k, v in r["baseline"].items() if k in (f"static_{c}", f"cb_{c}"))
         print(f"serve_tok_per_s_c{c}: {r['tok_per_s']:.2f}")
         print(f"baseline_tok_per_s_c{c}: {best:.2f}")
         print(f"serve_ratio_c{c}: {r['tok_per_s'] / best:.3f}")
@@ -460,10 +466,13 @@ def report(a, concs: list[int], n: int, results: dict[str, dict], base: dict,  #
         print(f"completed_c{c}: {r['done']}/{c}")
     for key, label in (("s2_wan_c16", "serve_ratio_c16_wan"), ("s3_c16", "serve_ratio_c16_s3")):
         if key in results:
+            base = results[key]["baseline"]
             best = max(v for k, v in base.items() if k in ("static_16", "cb_16"))
             print(f"{label}: {results[key]['tok_per_s'] / best:.3f}")
-    for k, v in sorted(base.items()):
-        print(f"baseline_{k}: {v if isinstance(v, str) else f'{v:.2f}'}")
+    for c in concs:
+        for k, v in sorted(results.get(f"s2_c{c}", {}).get("baseline", {}).items()):
+            if k != "cb_error" or c == concs[0]:
+                print(f"baseline_{k}: {v if isinstance(v, str) else f'{v:.2f}'}")
     print(f"load_avg_1m: {load0[0]:.2f} -> {load1[0]:.2f}")
     c_top = concs[-1]
     if f"s2_c{concs[-1]}" not in results:
