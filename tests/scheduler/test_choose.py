@@ -43,7 +43,9 @@ def test_round_robin_does_not_buy_an_overrated_pipeline_with_router_throughput(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The old target (0.95) paired each M4-Pro with an M3-Max for round robin's sake: priced at
     4.4 % of the router's throughput, the pairs (233 tok/s estimated, ~210 served) cost 6.6 % in
-    the simulator, below the bench's 0.95. Now every chip serves alone, as greedy places them."""
+    the simulator, below the bench's 0.95. Now (0.97) every chip serves alone, as greedy places
+    them. (The pairs are `regrow`'s: they are weighed only against the option chosen first, the
+    four M4-Pros' replicas kept or left standby, and 0.97 already keeps them.)"""
     snap = _apple_16_seed4()
     ours = allocate(snap)
     assert ("M3-Max", "M4-Pro") not in _gpus(snap, ours)
@@ -76,3 +78,24 @@ def test_the_rtx3090_cluster_still_leaves_its_stragglers_standby(
     est, kept = ours.estimate, keep.estimate
     assert est["throughput_tok_s"] < kept["throughput_tok_s"] < 1.1 * est["throughput_tok_s"]
     assert kept["throughput_rr_tok_s"] < floor * est["throughput_rr_tok_s"]
+
+
+def test_a_short_batch_does_not_keep_stragglers_for_summed_throughput(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama3-8b/datacenter/40/seed2: keeping all 40 GPUs is rated 1.24× the summed throughput of
+    the plan that leaves 16 slow ones standby, but an offline batch of 2× the plan's concurrency
+    is short for this cluster: its finish time is the slow replicas' per-request time, and the
+    keep-all plan serves 0.63–0.77 of the standby plan under the router on the same batches. A
+    router target of 0.99 would keep them; 0.97 does not."""
+    doc = gen_cluster(40, "datacenter", REGIONS, seed=240, params=MIX)
+    snap = parse_snapshot(doc, MODELS["llama3-8b"])
+    ours = allocate(snap)
+    assert len(ours.standby) == 16
+    monkeypatch.setattr(choose, "ROUTER_TARGET", 0.99)
+    keep = allocate(snap)
+    assert not keep.standby
+    assert keep.estimate["throughput_tok_s"] > 1.2 * ours.estimate["throughput_tok_s"]
+    n = 2 * int(ours.estimate["concurrency"])
+    batch = Workload(requests=n, rate_per_s=1e9, prompt_mean=256, output_mean=64, seed=2)
+    assert (simulate(snap, keep, batch, "router").throughput_tok_s
+            < 0.8 * simulate(snap, ours, batch, "router").throughput_tok_s)
