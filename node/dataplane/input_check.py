@@ -24,6 +24,7 @@ from collections import OrderedDict
 import torch
 
 from contracts.verification import attestation_digest
+from node.dataplane.query import input_tokens
 from node.dataplane.stored_requests import CommitLeaves
 from protocol.dataplane_errors import BadMessage, BadSignature, NotStored
 from protocol.frames import InputRelay
@@ -68,7 +69,7 @@ class InputCheck:
             raise NotStored(f"stage {stage} no longer holds the tree of the rows it received for "
                             f"request {request_id.hex()}; it cannot check its input stage's commitment")
         sc = relay.commit
-        want_tokens = positions + 1 if stage - 1 == 0 else 0
+        want_tokens = input_tokens(stage, positions)
         if (sc.positions, sc.hidden_size, sc.n_tokens, len(relay.tokens)) != (
                 positions, hidden_size, want_tokens, want_tokens):
             raise BadMessage(f"relayed input commitment has shape {sc.positions} positions × "

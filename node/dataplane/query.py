@@ -108,13 +108,19 @@ def expected_tokens(n_stages: int, stage: int, positions: int) -> int:
     return positions + 1 if stage in (0, n_stages - 1) else 0
 
 
+def input_tokens(stage: int, positions: int) -> int:
+    """Token ids the commitment of stage `stage`'s input stage covers (what COMMIT relays to
+    `stage` > 0): P + 1 when that is the first stage, none otherwise (an input stage is never the
+    last one) — `expected_tokens` of stage `stage - 1`."""
+    return positions + 1 if stage == 1 else 0
+
+
 def input_relay(previous: tuple[StageCommit, bytes], stage: int, sequence: Sequence[int],
                 positions: int) -> InputRelay:
     """What COMMIT relays to stage `stage` (> 0): stage `stage - 1`'s answer and the token ids its
-    commitment covers (the first P + 1 of the sequence when that is the first stage)."""
+    commitment covers (`input_tokens`: the first P + 1 of the sequence after the first stage)."""
     sc, sig = previous
-    tokens = tuple(int(t) for t in sequence[: positions + 1]) if stage - 1 == 0 else ()
-    return InputRelay(sc, sig, tokens)
+    return InputRelay(sc, sig, tuple(int(t) for t in sequence[: input_tokens(stage, positions)]))
 
 
 async def request_commitment(key: PrivateKey, chain_id: int, request: PipelineRequest, stage: int,

@@ -294,11 +294,11 @@ def _own_relay(key: PrivateKey, job: RerunJob, server: Any) -> InputRelay:
     """COMMIT relays the input stage's signed commitment to every stage after the first, as a
     gateway does (node.dataplane.input_check); here the agent itself sent the rows as that stage,
     so it signs the commitment to exactly what it sent."""
+    from node.dataplane.query import input_tokens
+
     j, P, cid, rid = job.stage, job.positions, job.chain_id, job.request_id
-    tokens: tuple[int, ...] = ()
-    if j - 1 == 0:
-        last = job.tokens[P] if len(job.tokens) > P else 0
-        tokens = (*(int(t) for t in job.tokens[:P]), int(last))
+    n = input_tokens(j, P)  # P + 1 after the first stage (the last may be missing: then 0)
+    tokens = tuple(int(t) for t in job.tokens[:n]) + (0,) * max(0, n - len(job.tokens))
     c = StageCommitment.build(Domain(cid, rid, j - 1), job.x.to(server.executor.shard.dtype), tokens)
     sc = StageCommit(c.root, c.shape.positions, c.shape.hidden_size, c.shape.n_tokens)
     return InputRelay(sc, sign_digest(key, attestation_digest(cid, rid, j - 1, sc)), tokens)
