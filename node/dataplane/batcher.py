@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+SETTLE_S = 0.005  # no new row for this long after a smaller group's last one: the group is in
+
 
 @dataclass
 class Job:
@@ -100,16 +102,24 @@ class Batcher:
         """How long to wait for more decode rows before stepping (0: step now). A step is worth
         taking once prefill work is ready or ⌈running / groups⌉ decode rows are: otherwise
         the rows of requests whose tokens are still on their way round the ring would be split over
-        several steps — each reading every weight again — and stay split. Never more than
-        `max_wait_s` after the oldest ready row (a slow or lost request cannot hold the others)."""
+        several steps — each reading every weight again — and stay split. Groups differ by one
+        when `running` does not divide evenly: ⌊running / groups⌋ rows are a whole (smaller) group
+        once no further row has come for `SETTLE_S` (a group's rows arrive back to back, sent
+        together after the previous stage's step). Waiting for the larger group's size there would
+        hold the smaller group until the next group's rows came, and the ring would fall back to
+        taking turns. Never more than `max_wait_s` after the oldest ready row (a slow or lost
+        request cannot hold the others)."""
         if not self.jobs:
             return 0.0
         decodes = [j for j in self.jobs.values() if j.remaining == 1 and j.outs == []]
         if len(decodes) < len(self.jobs):
             return 0.0  # prefill work: go
-        target = min(self.max_decode_rows, max(1, math.ceil(running / self.groups(stages))))
+        groups = self.groups(stages)
+        target = min(self.max_decode_rows, max(1, math.ceil(running / groups)))
         if len(decodes) >= target:
             return 0.0
+        if len(decodes) >= min(self.max_decode_rows, max(1, running // groups)):
+            return max(0.0, max(j.ready_at for j in decodes) + SETTLE_S - now)
         return max(0.0, min(j.ready_at for j in decodes) + max_wait_s - now)
 
     def plan(self, running: int | None = None, stages: int = 1) -> list[tuple[Job, int]]:

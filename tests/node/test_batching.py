@@ -145,6 +145,21 @@ def test_by_default_there_is_one_micro_batch_per_pipeline_stage():
     assert one.wait_s(running=24, now=0.0, max_wait_s=1.0, stages=2) > 0.0
 
 
+def test_the_smaller_of_two_uneven_groups_steps_once_its_rows_are_in():
+    """15 requests round a 2-stage ring are groups of 8 and 7: the 7 must not wait for an 8th
+    (which would only come with the other group, making the stages take turns)."""
+    b = Batcher()
+    for r in range(1, 8):
+        j = _job(r, 1)
+        j.ready_at = 10.0 + r * 0.0005  # a burst, sent together by the previous stage
+        b.submit(j)
+    settled = b.wait_s(running=15, now=10.004, max_wait_s=1.0, stages=2)
+    assert 0.0 < settled <= 0.005  # just after its last row: the rest of the burst may be coming
+    assert b.wait_s(running=15, now=10.004 + settled, max_wait_s=1.0, stages=2) == 0.0
+    assert len(b.plan(running=15, stages=2)) == 7
+    assert b.wait_s(running=17, now=10.01, max_wait_s=1.0, stages=2) > 0.5  # 7 of 8 or 9: wait
+
+
 # ── admission under a random mix of sizes and cancellations ──────────────────────────────────
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sizes=st.lists(st.tuples(st.integers(1, 40), st.integers(1, 12), st.booleans()),
