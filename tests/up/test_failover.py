@@ -156,6 +156,10 @@ def test_concurrent_requests_survive_a_stage_killed_mid_batch_each_completed_and
             tin, tout = receipt["tokens"]["prompt"], receipt["tokens"]["completion"]
             assert tout >= 1 and int(receipt["charge_wei"]) == info.charge(tin, tout)
             charges[o["rid"]] = int(receipt["charge_wei"])
+        if standby:  # healed on the gateway's report, checked by the coordinator's own probes
+            events = httpx.get(net.coordinator_url + "/status", timeout=10).json()["events"]
+            assert any(f"{victim.address} evicted (reported failed" in e and "standby" in e
+                       for e in events), events
         key_hash = chain.payments.events("KeyRegistered")[-1].args["key_hash"]
         deadline = time.monotonic() + 120
         settled: list = []
