@@ -19,11 +19,12 @@ concurrency N:
 - `serve_ratio_c16_s3`: c16 through three stages.
 
 Stages: layers split so each stage reads about the same weight per step (`split`: SmolLM2 19/11
-on two stages, since its LM head weighs eight layers), as the scheduler would place them; the
-stages' default micro-batching (one group of requests per stage circulating round the ring), so
-both stages compute at once. Threads: each stage process and the baseline get `--threads` torch
-threads (default: all cores), OMP_WAIT_POLICY=PASSIVE. On one 2-core box the stages share the
-cores the baseline has alone: while one stage computes alone (c1) it has both.
+on two stages, since its LM head weighs eight layers). Threads: each stage process and the
+baseline get `--threads` torch threads (default: all cores), OMP_WAIT_POLICY=PASSIVE. On one
+2-core box the stages share the cores the baseline has alone, so they take turns with every
+thread each: `--micro-batches 1`, the setting node/README gives for stages sharing cores (one
+group per stage, the default across machines, measured here beside it at 20:50-20:54: c16 0.811
+vs 0.808, WAN 0.601 vs 0.645, three stages 0.551 vs 0.694 — more groups than cores oversubscribe).
 Start-up overlaps (nothing is measured meanwhile): the stages and the baseline load while anvil
 deploys and the client is funded. `--quick` (for development): c1 and c4 only, 16 tokens, two
 stages, static baseline only. Phase times go to stderr (`# 12.3 s …`).
@@ -155,7 +156,7 @@ class Stage:
 
     def __init__(self, model: Path, layers: tuple[int, int], key: bytes, allow: list[str],
                  gateway: str, workdir: Path, threads: int, dtype: str, kv_mib: int,
-                 micro_batches: int = 0) -> None:
+                 micro_batches: int) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         kf = workdir / "operator.key"
         kf.touch(mode=0o600)
@@ -169,8 +170,7 @@ class Stage:
                 str(kf), "--directory", "static", "--gateway", gateway, "--store-dir",
                 str(workdir / "store"), "--threads", str(threads), "--kv-budget-mib", str(kv_mib),
                 "--no-verify"]
-        if micro_batches:
-            argv += ["--micro-batches", str(micro_batches)]
+        argv += ["--micro-batches", str(micro_batches)]
         for a in allow:
             argv += ["--allow", a]
         self.log = workdir / "serve.log"
@@ -320,8 +320,9 @@ def main() -> None:
                     "process (default: --threads)")
     ap.add_argument("--py-spy", default="", help="path of a py-spy binary: record each stage's "
                     "and the gateway's stacks during every wave (raw files in the work dir)")
-    ap.add_argument("--micro-batches", type=int, default=0, help="stages' --micro-batches (0: "
-                    "their default)")
+    ap.add_argument("--micro-batches", type=int, default=-1, help="stages' --micro-batches "
+                    "(default: 1 when the stages' threads together exceed the cores, so they take "
+                    "turns, as node/README says; else 0, one group per stage)")
     a = ap.parse_args()
     concs = [int(c) for c in a.concs.split(",")] if a.concs else [1, 4] if a.quick else [1, 4, 16, 64]
     n = a.max_tokens or (16 if a.quick else 64)
@@ -336,10 +337,11 @@ def main() -> None:
         """k stage processes (static directory: they need no chain to load and listen)."""
         keys = [secrets.token_bytes(32) for _ in range(k)]
         addrs = [address_of_key(PrivateKey(x)) for x in keys]
+        threads = a.stage_threads or a.threads
+        mb = a.micro_batches if a.micro_batches >= 0 else int(k * threads > (os.cpu_count() or 1))
         return [Stage(model, rng, key, addrs, gsigner.address, work / f"{name}-stage{i}",
-                      a.stage_threads or a.threads, a.dtype, a.kv_budget_mib, a.micro_batches)
-                for i, (rng, key) in enumerate(zip(split(model, k), keys,
-                                                    strict=True))]
+                      threads, a.dtype, a.kv_budget_mib, mb)
+                for i, (rng, key) in enumerate(zip(split(model, k), keys, strict=True))]
 
     all_configs = [("s2", 2, None), ("s2_wan", 2, (40.0, 100.0)), ("s3", 3, None)]
     wanted = a.configs.split(",") if a.configs else ["s2"] if a.quick else [c[0] for c in all_configs]
