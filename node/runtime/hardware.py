@@ -37,9 +37,14 @@ class Profile:
     region: str
 
     def to_chain(self) -> Hardware:
-        """The registry's integer form (TFLOPS x 1000, GB/s and Mbit/s rounded)."""
-        return Hardware(self.gpu, self.vram_mib, round(self.tflops * 1000),
-                        round(self.mem_bw_gbps), self.net_bw_mbps, self.region)
+        """The registry's integer form (TFLOPS x 1000, GB/s and Mbit/s rounded). A measured rate
+        never rounds down to 0, which the coordinator refuses as "no bandwidth": a CPU box under
+        heavy load measured 0.4 GB/s once, and its worker was never scheduled."""
+        def whole(x: float) -> int:
+            return max(1, round(x)) if x > 0 else 0
+
+        return Hardware(self.gpu, self.vram_mib, whole(self.tflops * 1000),
+                        whole(self.mem_bw_gbps), self.net_bw_mbps, self.region)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)

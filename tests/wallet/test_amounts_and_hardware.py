@@ -62,6 +62,12 @@ def test_flags_override_every_detected_field_and_skip_measuring_when_all_are_giv
     assert p.to_chain().tflops_milli == 362_050
 
 
+def test_a_slow_but_measured_rate_never_registers_as_zero():
+    busy = Profile("cpu", 1024, 0.0004, 0.4, 100, "eu")  # a loaded CPU box's measurement
+    hw = busy.to_chain()
+    assert (hw.tflops_milli, hw.mem_bw_gbps) == (1, 1)
+
+
 def test_profiles_the_registry_cannot_store_are_rejected_with_the_value_quoted():
     good = Profile("GPU", 1, 1.0, 1.0, 0, "eu")
     for field, value in (("gpu", "x" * 65), ("gpu", ""), ("region", "r" * 33),
