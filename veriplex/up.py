@@ -195,8 +195,17 @@ def _start_all(opts: UpOptions, say: Callable[[str], None], stack: Stack, data: 
     say(f"{took()} setting up {len(workers)} workers as operators (wallets, funding, "
         f"registration with {WORKER_STAKE_ETH} ETH stake; {len(workers)} × {pipe_vram} MiB, "
         f"the last {n_ver} held as hot standby)")
+    # One measurement for every worker: they share this machine. Measured once each, under load,
+    # their figures differed, the scheduler cut the replicas differently, and a failed stage then
+    # had no replacement with its exact layers.
+    from node.runtime.hardware import detect
+
+    machine = detect()
+    measured = ("--gpu", machine.gpu, "--tflops", f"{max(machine.tflops, 1e-3):.6f}",
+                "--mem-bw-gbps", f"{max(machine.mem_bw_gbps, 1e-3):.3f}")
     for w in workers:
-        w.address = setup_worker(data, rpc_url, manifest, w, password_file, FUNDER_DEV_INDEX)
+        w.address = setup_worker(data, rpc_url, manifest, w, password_file, FUNDER_DEV_INDEX,
+                                 measured)
     say(f"{took()} workers registered: " + ", ".join(w.address for w in workers))
     stack.retire(setup)
     devnet = stack.start("devnet", devnet_argv(opts.block_time), env)

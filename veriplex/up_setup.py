@@ -220,8 +220,9 @@ def configure_chain(rpc_url: str, manifest: Path, mnemonic: str, name: str, laye
 
 
 def setup_worker(net_home: Path, rpc_url: str, manifest: Path, w: Worker, password_file: Path,
-                 funder: int) -> str:
-    """Wallets, funding and registration of one worker, through the operator's CLI commands.
+                 funder: int, hardware: tuple[str, ...] = ()) -> str:
+    """Wallets, funding and registration of one worker, through the operator's CLI commands
+    (`hardware`: `node register` flags with the machine's measured figures, shared by its workers).
     On a data dir used before, what is there is kept: existing wallets, a registered node (its
     endpoint updated to this run's port, its stake topped up if a slash left it inactive)."""
     root = ["--rpc-url", rpc_url, "--manifest", str(manifest)]
@@ -241,7 +242,7 @@ def setup_worker(net_home: Path, rpc_url: str, manifest: Path, w: Worker, passwo
         state = json.loads(run_cli(net_home, [
             *root, "node", "register", "--owner", w.owner, "--operator", w.operator,
             "--endpoint", url, "--stake", WORKER_STAKE_ETH, "--vram-mib", str(w.vram_mib),
-            "--net-bw-mbps", "10000", "--region", "local", *pw, "--json"]))
+            "--net-bw-mbps", "10000", "--region", "local", *hardware, *pw, "--json"]))
         return str(state["operator"])
     if state["endpoint"] != url or state["hardware"]["vram_mib"] != w.vram_mib:
         run_cli(net_home, [*root, "node", "update", w.owner, "--endpoint", url, "--vram-mib",
