@@ -137,12 +137,7 @@ def test_a_port_answered_by_another_operators_stage_is_no_alibi(tiny: Path,
             ack = await w.checks.report(FailureReport(model_id=MODEL.model_id, operator=dead))
             assert ack.outcome is ReportOutcome.SUSPECTED
             assert f"not {dead}" in ack.detail  # a PONG, but signed by someone else
-            runner = asyncio.create_task(w.checks.run())
-            while dead in w.state.live and time.time() - t0 < 10:
-                w.beat(0, 2, now=time.time())
-                await asyncio.sleep(0.1)
-            runner.cancel()
-            await asyncio.gather(runner, return_exceptions=True)
+            await w.check_until_evicted(dead, 10, 0, 2)
             assert dead not in w.state.live
         finally:
             await impostor.stop()

@@ -58,6 +58,22 @@ class World:
             fields = {"epoch": p.epoch, "layer_start": a, "layer_end": b} if b else {}
             self.state.heartbeat(beat(op, now, **fields), now)
 
+    async def check_until_evicted(self, victim: str, within_s: float, *beating: int) -> None:
+        """Run the coordinator's failure checks while `beating` (indices into ops) keep beating,
+        until `victim` is no longer live or `within_s` seconds have passed."""
+        import asyncio
+        import time
+
+        runner = asyncio.create_task(self.checks.run())
+        start = time.time()
+        try:
+            while victim in self.state.live and time.time() - start < within_s:
+                self.beat(*beating, now=time.time())
+                await asyncio.sleep(0.1)
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+
 
 def world(ports: list[int], now: float, timing: SuspectTiming) -> World:
     """Three operators registered with endpoints on `ports`; the last is the hot standby. The
