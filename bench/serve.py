@@ -380,7 +380,7 @@ def run_network(a, anvil, work: Path, model: Path, cfg: dict, gsigner: Signer, c
     info = admin.model_registry.model(mid)
     served = ServedModel.load(info, model)
     prompt = served.chat_ids([{"role": "user", "content": QUESTION}])
-    base.start(prompt, work / "baseline.log")  # loads while the stages do; measures only between serving waves
+    base.start(prompt, work / "baseline.log")  # loads while the stages do; measures between waves
     ckey = "0x" + secrets.token_hex(32)
     csig = Signer.from_key(ckey)
     rpc(anvil.url, "anvil_setBalance", csig.address, hex(1000 * ETH))
@@ -416,7 +416,7 @@ def run_network(a, anvil, work: Path, model: Path, cfg: dict, gsigner: Signer, c
         try:
             gwp.wait_ready(180)
             phase("gateway ready")
-            if base.proc is not None:
+            if not base.loaded:
                 base.wait_loaded()
                 phase("baseline loaded")
             asyncio.run(wave(gwp.url, token, info.name, 2, 4))  # warm-up

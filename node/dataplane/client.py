@@ -5,9 +5,10 @@ reads TOKEN frames back — each must be signed by the last stage's operator and
 position. When the pipeline reports STAGE_FAILED(k) (a stage's downstream link closed), or stage 0
 itself goes away, the client asks `replace(k, request)` for a new `StageAssignment` with the same
 layers (the scheduler's job; a test passes a spare worker), bumps the request's epoch and sends a new
-OPEN carrying the sequence so far. `replace` may be a coroutine function: the gateway's waits for
-the coordinator to heal the pipeline (seconds) while the event loop serves every other request. Surviving stages keep their KV caches; the replacement rebuilds
-its cache by replaying every position (see `node.dataplane.server`). If nothing arrives for
+OPEN carrying the sequence so far. `replace` may be a coroutine function: the gateway's waits
+(seconds) for the coordinator to heal the pipeline while the event loop serves every other
+request. Surviving stages keep their KV caches; the replacement rebuilds its cache by replaying
+every position (see `node.dataplane.server`). If nothing arrives for
 `step_timeout_s`, the client pings every stage to name the dead one and fails over the same way.
 
 After the generation, the gateway asks every stage of the final pipeline (`Generation.request`) for

@@ -8,7 +8,8 @@ assignment it serves it for — the coordinator routes a stage only once this co
 each changed assignment to the asyncio loop, where the new shard is loaded off-loop, the old stage is DRAINED (no new work is refused
 while its in-flight sessions finish, up to `drain_s`; then, if it had any, it lingers `linger_s`
 more, since the gateway asks each stage for its signed commitment right after the last token),
-stopped, and the new stage is started on the same host:port. Unassigned (or standby) means idle: nothing is served, heartbeats continue.
+stopped, and the new stage is started on the same host:port. Unassigned (or standby) means idle:
+nothing is served, heartbeats continue.
 """
 
 from __future__ import annotations
@@ -142,10 +143,10 @@ class Follower:
         if old is None:
             return
         deadline = time.monotonic() + self.drain_s
-        drained = bool(old.sessions.sessions)
+        had_requests = bool(old.sessions.sessions)
         while old.sessions.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if drained:  # requests just finished here: their gateway's COMMIT is on its way
+        if had_requests:  # they just finished here: their gateway's COMMIT is on its way
             await asyncio.sleep(min(self.linger_s, max(0.0, deadline - time.monotonic())))
         await old.stop()
 
