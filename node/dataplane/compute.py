@@ -118,7 +118,8 @@ class StepLoop:
             running = self.sessions.sessions
             stages = max((len(s.request.stages) for s in running.values()), default=1)
             wait = self.batcher.wait_s(len(running), time.monotonic(),
-                                       max(self.gather_s, min(self.period_s, 2.0)), stages)
+                                       max(self.gather_s, min(self.period_s, 2.0)), stages,
+                                       bursts=not ex.shard.is_first)
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._work.wait(), wait)

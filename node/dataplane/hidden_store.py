@@ -45,6 +45,7 @@ import logging
 import os
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,7 @@ SUFFIX = ".vphs"
 INFO_MAGIC = b"VPTK"
 INFO_HEADER = struct.Struct("<4sHHHH20s")
 INFO_SUFFIX = ".vptk"
+MAX_OPEN_FILES = 256  # descriptors kept open (two per running request), least recently used closed
 INPUT_SUFFIX = ".vpin"  # the input stage's signed commitment the stage checked (COMMITTED body)
 
 
@@ -142,6 +144,7 @@ class HiddenStateStore:
         self.max_open_s = max_open_s
         self.clock = clock
         self.entries: dict[Key, StoreEntry] = {}
+        self._fds: OrderedDict[Path, int] = OrderedDict()  # open files of running requests, LRU
         self._scan()
 
     @classmethod
@@ -153,6 +156,25 @@ class HiddenStateStore:
             m.hidden_retention_s,
             m.hidden_max_open_s,
         )
+
+    # ── open files ────────────────────────────────────────────────────────────────────────────
+    def _fd(self, path: Path) -> int:
+        """A descriptor of `path`, kept open while its request runs: every decoded position
+        writes a row and a token, and opening the file for each cost 11 µs here (pwrite: 0.8)."""
+        fd = self._fds.pop(path, None)
+        if fd is None:
+            fd = os.open(path, os.O_RDWR)
+            while len(self._fds) >= MAX_OPEN_FILES:
+                os.close(self._fds.popitem(last=False)[1])
+        self._fds[path] = fd
+        return fd
+
+    def _forget(self, e: StoreEntry) -> None:
+        """Close the entry's kept descriptors (it finished, or its files are going)."""
+        for path in (e.path, e.info_path):
+            fd = self._fds.pop(path, None)
+            if fd is not None:
+                os.close(fd)
 
     # ── admission and lifetime ────────────────────────────────────────────────────────────────
     @property
@@ -230,9 +252,8 @@ class HiddenStateStore:
         """The request finished: keep its rows for `retention_s` from now, then let them go."""
         e = self.entry(request_id, layer_start, layer_end)
         e.expires_at = self.clock() + self.retention_s
-        with e.path.open("r+b") as f:
-            f.seek(_EXPIRES_OFFSET)
-            f.write(struct.pack("<d", e.expires_at))
+        os.pwrite(self._fd(e.path), struct.pack("<d", e.expires_at), _EXPIRES_OFFSET)
+        self._forget(e)
 
     def evict_expired(self) -> int:
         """Delete every request whose time is up; returns how many files went."""
@@ -240,6 +261,7 @@ class HiddenStateStore:
         gone = [k for k, e in self.entries.items() if e.expires_at <= now]
         for k in gone:
             e = self.entries.pop(k)
+            self._forget(e)
             e.path.unlink(missing_ok=True)
             e.info_path.unlink(missing_ok=True)
             e.input_path.unlink(missing_ok=True)
@@ -270,12 +292,13 @@ class HiddenStateStore:
         toks = e.info.tokens
         if position < len(toks) and toks[position] == token and position == len(toks) - 1:
             return True
+        rewrite = position < len(toks)
         del toks[position:]
         toks.append(int(token))
-        with e.info_path.open("r+b") as f:
-            f.truncate(INFO_HEADER.size + 4 * position)
-            f.seek(INFO_HEADER.size + 4 * position)
-            f.write(struct.pack("<I", int(token)))
+        fd = self._fd(e.info_path)
+        if rewrite:
+            os.ftruncate(fd, INFO_HEADER.size + 4 * position)
+        os.pwrite(fd, struct.pack("<I", int(token)), INFO_HEADER.size + 4 * position)
         return True
 
     def put_input(self, request_id: bytes, layer_start: int, layer_end: int, blob: bytes) -> None:
@@ -327,9 +350,7 @@ class HiddenStateStore:
             raise StoreError(
                 f"positions [{start}, {start + rows.shape[0]}) exceed the {e.capacity} reserved at admission"
             )
-        with e.path.open("r+b") as f:
-            f.seek(HEADER_SIZE + start * e.row_bytes)
-            f.write(tensor_bytes(rows))
+        os.pwrite(self._fd(e.path), tensor_bytes(rows), HEADER_SIZE + start * e.row_bytes)
         e.rows += rows.shape[0]
 
     def truncate(self, request_id: bytes, layer_start: int, layer_end: int, rows: int) -> None:
@@ -338,8 +359,7 @@ class HiddenStateStore:
         if not 0 <= rows <= e.rows:
             raise StoreError(f"cannot truncate {e.rows} rows to {rows}")
         if rows < e.rows:
-            with e.path.open("r+b") as f:
-                f.truncate(HEADER_SIZE + rows * e.row_bytes)
+            os.ftruncate(self._fd(e.path), HEADER_SIZE + rows * e.row_bytes)
             e.rows = rows
 
     def read(

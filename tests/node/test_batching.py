@@ -19,7 +19,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.dataplane.batcher import Batcher, Job
+from node.dataplane.batcher import SETTLE_S, Batcher, Job
 from node.runtime.batch import BatchedExecutor, Work
 from node.runtime.executor import StageExecutor, generate_local
 from node.runtime.shard import load_shard
@@ -159,6 +159,26 @@ def test_the_smaller_of_two_uneven_groups_steps_once_its_rows_are_in():
     assert len(b.plan(running=15, stages=2)) == 7
     assert b.wait_s(running=17, now=10.01, max_wait_s=1.0, stages=2) > 0.5  # 7 of 8 or 9: wait
 
+
+
+def test_a_later_stage_takes_a_burst_of_prompts_in_one_step():
+    """The input stage sends every prompt of one step back to back: a later stage waits for the
+    burst (`SETTLE_S` after its newest job), the first stage (prompts come from gateways, each
+    on its own) does not, and a burst that never ends cannot hold a prompt past `max_wait_s`."""
+    b = Batcher()
+    for r in range(1, 4):
+        j = _job(r, 60)
+        j.ready_at = 10.0 + r * 0.001
+        b.submit(j)
+    assert b.wait_s(running=3, now=10.003, max_wait_s=1.0, stages=2) == 0.0
+    settled = b.wait_s(running=3, now=10.004, max_wait_s=1.0, stages=2, bursts=True)
+    assert 0.0 < settled < SETTLE_S  # SETTLE_S after the newest prompt
+    assert b.wait_s(running=3, now=10.004 + settled, max_wait_s=1.0, stages=2, bursts=True) == 0.0
+    assert len(b.plan(running=3, stages=2)) == 3
+    late = _job(9, 60)
+    late.ready_at = 11.5  # rows kept trickling in: the oldest prompt has waited long enough
+    b.submit(late)
+    assert b.wait_s(running=4, now=11.5, max_wait_s=1.0, stages=2, bursts=True) == 0.0
 
 # ── admission under a random mix of sizes and cancellations ──────────────────────────────────
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -179,3 +179,40 @@ def test_tensor_codec_refuses_malformed_and_unexpected_payloads():
     with pytest.raises(TensorCodecError, match=r"expected shape \(None, 5\), got \(3, 4\)"):
         decode_tensor(good, shape=(None, 5))
     assert decode_tensor(good, dtype=torch.float32, shape=(None, 4)).shape == (3, 4)
+
+
+def test_running_requests_keep_their_files_open_within_a_bound(tmp_path: Path, monkeypatch):
+    """Rows and tokens are written through descriptors kept open while a request runs (opening
+    the file per decoded position cost more than the write); at most MAX_OPEN_FILES stay open,
+    a finished or evicted request closes its own, and a closed descriptor reopens on demand."""
+    import os
+
+    import node.dataplane.hidden_store as hs
+
+    monkeypatch.setattr(hs, "MAX_OPEN_FILES", 3)
+    clock = Clock()
+    store = make_store(tmp_path, clock)
+    rids = [bytes([i]) * 32 for i in range(1, 4)]
+    for i, rid in enumerate(rids):
+        store.open(rid, 0, 2, D, torch.float32, capacity=8)
+        store.set_info(rid, 0, 2, "0x" + "11" * 20, 0, 2, [5, 6])
+        store.append(rid, 0, 2, 0, rows(2, i))
+        assert store.put_token(rid, 0, 2, 2, 7 + i)
+    assert len(store._fds) == 3  # two per request, the oldest closed past the bound
+    fds = list(store._fds.values())
+    for rid in rids:  # a file whose descriptor was closed reopens
+        store.append(rid, 0, 2, 2, rows(1, 9))
+        assert store.put_token(rid, 0, 2, 1, 8)  # rewrites from position 1: the file is cut there
+    for i, rid in enumerate(rids):
+        assert torch.equal(store.read(rid, 0, 2, 0, 3), torch.cat([rows(2, i), rows(1, 9)]))
+        assert store.info(rid, 0, 2).tokens == [5, 8]
+    for rid in rids:
+        store.close(rid, 0, 2)
+    assert store._fds == {}
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    restarted = make_store(tmp_path, clock)  # what was written is on disk
+    assert restarted.info(rids[2], 0, 2).tokens == [5, 8]
+    clock.now += 1_000
+    assert store.evict_expired() == 3 and store._fds == {}
