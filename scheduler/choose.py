@@ -14,15 +14,17 @@ from scheduler.costs import MID, Cluster
 from scheduler.group import Built, augment
 
 # The share of the best plan each routing should keep. The load-aware router is what serves; a
-# plan may give up at most 3 % of its estimated router throughput for round robin's sake. 0.95
+# plan may give up at most 4 % of its estimated router throughput for round robin's sake. 0.95
 # let a trade priced at 4.4 % through that cost 6.6 % in the simulator (llama3-8b/apple/16/seed4:
-# M3-Max + M4-Pro pairs rated ~10 % above what they serve); 0.99 kept every straggler of
-# llama3-8b/datacenter/40/seed2, where the summed throughput overrates a plan whose slow replicas
-# set a short batch's finish time (the standby plan serves 1.3–1.6× more under the router).
+# M3-Max + M4-Pro pairs rated ~10 % above what they serve; 3.1 % once the LM head was priced);
+# 0.97 and above keep every straggler of llama3-8b/datacenter/40/seed2 (0.97 since the head is
+# priced: 0.830 vs 0.826), where the summed throughput overrates a plan whose slow replicas set a
+# short batch's finish time (the standby plan serves 1.3–1.6× more under the router). The rule
+# sits near an edge there either way: what a batch's tail costs is not in `rates`.
 # Both are regression tests in `tests/scheduler/test_choose.py`. Round robin's is looser (0.75):
 # a slower replica still adds to what the router serves, and dropping it for round robin's sake
 # beyond this cost more than it saved over the bench's generated clusters (0.9 and 0.6 were worse).
-ROUTER_TARGET, RR_TARGET = 0.97, 0.75
+ROUTER_TARGET, RR_TARGET = 0.96, 0.75
 
 
 def rates(built: list[Built]) -> tuple[float, float]:

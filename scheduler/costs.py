@@ -8,6 +8,14 @@ bandwidth + launch overhead, t × FLOPs / peak FLOPS)`; a lone batch-1 measureme
 replaces the memory term. Reading the KV of the context costs `kv × KV bytes / bandwidth` on top.
 Links cost `RTT/2 + bytes/bandwidth`.
 
+**The LM head.** The last stage also runs the final norm and the `vocab × hidden` head over every
+row that needs logits: each decode row, and only the last row of each prompt. Its step over `r`
+rows is `head_time(r)`: the roofline `max(head bytes / bandwidth + launch overhead, r × head FLOPs /
+peak FLOPS)`, or, on a node with measurements, its measured layer step scaled by head ÷ layer
+weights (the head is one matmul of the same kind: a measured batch-1 `layer_ms` calibrates its
+weight read, measured `step_ms` its whole curve). A Llama-3-8B head weighs 2.4 layers, a 70B's
+1.2, SmolLM2's tied one 8 of its 30 layers: a decode step reads it once on the last stage.
+
 **A replica at the batch it will run.** Its concurrency `B` is what its tightest stage's KV room
 holds at `context_tokens` per sequence, capped at `max_batch` — the batch it runs once the load
 saturates it. Its sequences move round the ring as one batch (each stage runs everything queued,
@@ -16,7 +24,7 @@ so micro-batches merge), and every cycle each sequence gains one token; the requ
 runs through every stage (compute-bound: priced by its FLOPs). So with `k_s` layers on stage `s`:
 
     cycle(B) = Σ_s k_s · (layer_time_s(B, B · context) + B / output_tokens · layer_time_s(prompt))
-               + ring links
+               + head_time_last(B) + B / output_tokens · head_time_last(1) + ring links
     throughput = B / cycle(B),  time per output token = cycle(B)
 
 The latency bound limits one token's unloaded round trip (batch 1, every stage plus the ring).
@@ -61,6 +69,7 @@ class Cluster:
     pre: np.ndarray  # (n,) s per layer for one mean prompt's prefill
     tau: np.ndarray  # (n,) s per layer per cycle at a full batch (decode + amortized prefill)
     rtt: np.ndarray  # (r, r) seconds between region codes
+    head_mem: np.ndarray  # (n,) s for the LM head's weight read (memory-bound head step)
     memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # per solve
 
     @property
@@ -109,6 +118,8 @@ def build_cluster(snapshot: Snapshot, nodes: list[NodeSpec] | None = None) -> Cl
     measured = np.array([(n.layer_ms or 0.0) / 1e3 for n in nodes], dtype=float)
     roofline = m.layer_bytes / np.maximum(bw, 1.0) + p.layer_overhead_us / 1e6
     mem_tau = np.where(measured > 0, measured, roofline)
+    head_roofline = m.head_bytes / np.maximum(bw, 1.0) + p.layer_overhead_us / 1e6
+    head_mem = np.where(measured > 0, measured * head_scale(m), head_roofline)
     flops = np.array([n.tflops * 1e12 for n in nodes], dtype=float)
     rtt = np.zeros((len(regions), len(regions)))
     for a, ra in enumerate(regions):
@@ -123,7 +134,7 @@ def build_cluster(snapshot: Snapshot, nodes: list[NodeSpec] | None = None) -> Cl
         steps=tuple(_measured(n) for n in nodes),
         measured=np.array([bool(n.step_ms) for n in nodes], dtype=bool), pre=np.zeros(len(nodes)),
         lat1=np.zeros(len(nodes)), kind=np.zeros(len(nodes), dtype=np.int64),
-        tau=np.zeros(len(nodes)), rtt=rtt,
+        tau=np.zeros(len(nodes)), rtt=rtt, head_mem=head_mem,
     )
     everyone = np.arange(len(nodes))
     c.pre[:] = layer_times(c, everyone, float(p.prompt_tokens), 0.0)
@@ -156,6 +167,57 @@ def layer_times(c: Cluster, idx: np.ndarray, tokens: float | np.ndarray,
             assert table is not None
             base[..., col] = _interp(table, t[..., col])
     return base + kv_read
+
+
+def head_scale(m: ModelSpec) -> float:
+    """The LM head's weights (with the final norm) in layers' worth: what scales a measured layer
+    step to the head's."""
+    return m.head_bytes / m.layer_bytes
+
+
+def head_times(c: Cluster, idx: np.ndarray, rows: float | np.ndarray) -> np.ndarray:
+    """Seconds for the final norm + LM head on nodes `idx` over `rows` logits rows (broadcasts
+    like `layer_times`): the roofline, or the node's measured layer step scaled to the head."""
+    m = c.model
+    idx = np.atleast_1d(idx)
+    r = np.asarray(rows, dtype=float)
+    base = np.maximum(c.head_mem[idx], r * m.head_flops / c.flops[idx])
+    if c.measured[idx].any():
+        r = np.broadcast_to(r, base.shape)
+        base = base.copy()
+        for col, i in enumerate(idx):
+            table = c.steps[int(i)]
+            if table is not None:
+                base[..., col] = head_scale(m) * _interp(table, r[..., col])
+    return base
+
+
+def head_time(c: Cluster, i: int, rows: int) -> float:
+    """`head_times` for one node and row count (memoized: the simulator's hot path)."""
+    key = ("head", i, rows)
+    got = c.memo.get(key)
+    if got is None:
+        got = c.memo[key] = float(head_times(c, np.array([i]), float(rows))[0])
+    return got
+
+
+def head_cost(c: Cluster, last: int, batch: float | np.ndarray, stages: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The LM head's seconds per cycle on the last stage `last` of a replica of `stages` at
+    `batch` sequences: (its share of the cycle, its busy time). A decode step computes one row
+    per sequence; each of the `batch / output_tokens` prompts per cycle computes one row (its
+    last). Alone, the prompts share the decode step; in a pipeline each prompt's step runs apart
+    and the batch waits on `1/√stages` of it, as for the layers (`unit_cost`)."""
+    p = c.snapshot.params
+    b = np.asarray(batch, dtype=float)
+    prompts = b / p.output_tokens
+    idx = np.array([last])
+    if stages == 1:
+        step = head_times(c, idx, (b + prompts)[..., None])[..., 0]
+        return step, step
+    dec = head_times(c, idx, b[..., None])[..., 0]
+    one = float(head_times(c, idx, 1.0)[0])
+    return dec + stages ** -0.5 * prompts * one, dec + prompts * one
 
 
 def _scalars(c: Cluster) -> tuple[list[float], list[float], list[float]]:
@@ -329,10 +391,13 @@ def estimate(c: Cluster, order: list[int], layers: list[int]) -> ReplicaEstimate
     n = len(order)
     per_stage = k * unit_cost(c, idx, float(b), n)
     links = ring_links(c, order)
-    busy = k * stage_busy(c, idx, float(b)) if n > 1 else per_stage
-    cycle = max(float(per_stage.sum()) + links, float(busy.max()))
-    unloaded = float((k * c.lat1[idx]).sum()) + links
-    ttft = float((k * c.pre[idx]).sum()) + links
+    head_cyc, head_busy = (float(x) for x in head_cost(c, order[-1], float(b), n))
+    busy = k * stage_busy(c, idx, float(b)) if n > 1 else per_stage.copy()
+    busy[-1] += head_busy
+    cycle = max(float(per_stage.sum()) + head_cyc + links, float(busy.max()))
+    head1 = head_time(c, order[-1], 1)
+    unloaded = float((k * c.lat1[idx]).sum()) + head1 + links
+    ttft = float((k * c.pre[idx]).sum()) + head1 + links
     thr = batch / cycle if batch >= 1 else 0.0
     return ReplicaEstimate(throughput=thr, latency_s=unloaded, batch=batch,
                            bottleneck_s=float(busy.max()), tpot_s=cycle, ttft_s=ttft)
@@ -404,18 +469,30 @@ def best_split(c: Cluster, order: list[int], full: bool = False
     links = ring_links(c, order)
     dec = layer_times(c, idx, b, b * decode_context(c))
     prompts = b / p.output_tokens
-    cyc = np.maximum((k * (dec + prompts * phi)).sum(axis=1) + links,  # unit_cost, stage_busy
-                     (k * (dec + prompts * c.pre[idx])).max(axis=1))
-    lat = (k * c.lat1[idx]).sum(axis=1) + links
+    head_cyc, head_busy = head_cost(c, order[-1], b[:, 0], n)
+    busy = k * (dec + prompts * c.pre[idx])  # stage_busy, the head on the last stage
+    busy[:, -1] += head_busy
+    cyc = np.maximum((k * (dec + prompts * phi)).sum(axis=1) + head_cyc + links,  # unit_cost
+                     busy.max(axis=1))
+    head1 = head_time(c, order[-1], 1)
+    lat = (k * c.lat1[idx]).sum(axis=1) + head1 + links
     thr = np.where(batch >= 1, batch / cyc, 0.0)
     ok = (batch >= 1) & (lat <= p.latency_bound_ms / 1e3 + 1e-12)
-    score = np.where(ok, thr, -lat)  # usable first, then throughput; else the least latency
-    j = int(np.argmax(score))
+    j = pick(np.where(ok, thr, -lat), busy.max(axis=1))
     layers = [int(x) for x in k[j]]
-    busy = k[j] * (dec[j] + prompts[j] * c.pre[idx])
     out = (layers, ReplicaEstimate(
         throughput=float(thr[j]), latency_s=float(lat[j]), batch=int(batch[j]),
-        bottleneck_s=float(busy.max()), tpot_s=float(cyc[j]),
-        ttft_s=float((k[j] * c.pre[idx]).sum()) + links))
+        bottleneck_s=float(busy[j].max()), tpot_s=float(cyc[j]),
+        ttft_s=float((k[j] * c.pre[idx]).sum()) + head1 + links))
     c.memo[key] = out
     return out
+
+
+def pick(score: np.ndarray, bottleneck: np.ndarray) -> int:
+    """The row of the highest `score` (usable first, then throughput; else the least latency);
+    among rows within 1e-9 of it, the one whose busiest stage is least busy (a tie in the cycle
+    is not one in the pipeline: the busiest stage is what the others wait on once sequences
+    spread over the stages)."""
+    top = float(score.max())
+    near = np.flatnonzero(score >= top - 1e-9 * abs(top))
+    return int(near[np.argmin(bottleneck[near])])

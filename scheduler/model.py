@@ -65,6 +65,11 @@ class ModelSpec:
         return self.vocab * self.hidden * self.dtype_bytes + self.hidden * self.dtype_bytes
 
     @cached_property
+    def head_flops(self) -> float:
+        """FLOPs per logits row of the LM head (2 per weight of the vocab × hidden matrix)."""
+        return 2.0 * self.vocab * self.hidden
+
+    @cached_property
     def kv_bytes_per_token_layer(self) -> int:
         return 2 * self.kv_heads * self.head_dim * self.dtype_bytes
 

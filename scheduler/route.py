@@ -6,10 +6,10 @@ starting at 0 hold the embedding and may begin a route, shards ending at the las
 head and may end one. A route's cost is the request's expected completion time: for each hop, its
 queueing delay + (per-layer time at the node's current batch × layers it runs) for the prefill and
 for every output token + the link from the previous hop — the per-layer time is charged for every
-layer served, never once per node. Hops whose node lacks free KV
-memory for the request's tokens over the layers it would run, or whose batch already holds
-`max_batch` sequences, are skipped (admission). Under load (when
-loads are given), a request whose own replica's chain admits it stays on that chain: joining
+layer served, never once per node — and on the last hop the LM head's step for every token. Hops
+whose node lacks free KV memory for the request's tokens over the layers it would run, or whose
+batch already holds `max_batch` sequences, are skipped (admission). Under load (when loads are
+given), a request whose own replica's chain admits it stays on that chain: joining
 another replica's shard mid-way would take a batch slot and strand the slot of that replica's
 earlier stages; stitching routes around full, failed or excluded nodes. One dynamic
 program over shards in order of their end layer touches each edge once: linear in the edges.
@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.costs import build_cluster, layer_time, link_time
+from scheduler.costs import build_cluster, head_time, layer_time, link_time
 from scheduler.errors import InvalidInput, NoRoute
 from scheduler.model import Plan, Snapshot
 from scheduler.schema import node_weight_budget, stage_memory_bytes
@@ -178,12 +178,15 @@ class Router:
             per_layer = (output_tokens * (1 + busy / 2)
                          * (self._step(i, batch) + resident * kvb / mem_bw[i])
                          + self._step(i, prompt_tokens))
+            # The last hop also runs the LM head: one row per output token, one for the prompt.
+            head = (output_tokens * (1 + busy / 2) * head_time(c, i, batch)
+                    + head_time(c, i, 1)) if b == L else 0.0
             seen = loads.get(nid, idle)
             if seen.active >= max_batch:
                 continue  # the node's batch is full (the batch cap): no slot for another sequence
             free = self.kv_capacity[nid] - seen.kv_used_bytes
             if a == 0 and b * per_layer_kv <= free:
-                best[j], start_at[j] = b * per_layer + ld.queue_s, 0
+                best[j], start_at[j] = b * per_layer + head + ld.queue_s, 0
             # Under load, a request whose own replica's chain admits it up to this shard stays
             # on it: joining another replica's shard mid-way would take a batch slot and strand
             # the slot of that replica's earlier stages (each node runs at most max_batch
@@ -199,7 +202,7 @@ class Router:
             for cut in cuts:
                 if (b - cut) * per_layer_kv > free:
                     continue
-                own = (b - cut) * per_layer + ld.queue_s
+                own = (b - cut) * per_layer + head + ld.queue_s
                 if stay and mine is not None:
                     preds = [mine]
                 else:

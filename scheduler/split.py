@@ -11,7 +11,9 @@ then sets the cycle: three RTX 3090s serving Llama-3-8B split 30/1/1 are rated 9
 `best_split` here also tries splits whose busiest stage stays under a threshold `T` (each stage
 holds at most `T / busy-per-layer` layers, the rest filled cheapest first as before), for a ladder
 of thresholds from the balanced bound up to the unconstrained split's bottleneck, and keeps the
-split with the most throughput. Pure and deterministic; memoized per solve like `costs.best_split`.
+split with the most throughput (of equal ones, the least busy bottleneck). The last stage's bound
+counts its LM head (`costs.head_cost`), so where the head is heavy the last stage holds fewer
+layers. Pure and deterministic; memoized per solve like `costs.best_split`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from scheduler.costs import (
     _batch_of,
     decode_context,
     fill,
+    head_cost,
+    head_time,
     layer_times,
+    pick,
     positions,
     ring_links,
     seq_bytes_per_layer,
@@ -58,7 +63,11 @@ def _better(c: Cluster, a: ReplicaEstimate, b: ReplicaEstimate) -> bool:
     ok_b = b.batch >= 1 and b.latency_s <= bound
     if ok_a != ok_b:
         return ok_a
-    return a.throughput > b.throughput * (1 + 1e-9) if ok_a else a.latency_s < b.latency_s
+    if not ok_a:
+        return a.latency_s < b.latency_s
+    if abs(a.throughput - b.throughput) <= 1e-9 * b.throughput:  # a tie: the calmer bottleneck
+        return a.bottleneck_s < b.bottleneck_s * (1 - 1e-9)
+    return a.throughput > b.throughput
 
 
 def _bounded(c: Cluster, order: list[int], batch: int) -> tuple[list[int], ReplicaEstimate] | None:
@@ -79,12 +88,16 @@ def _bounded(c: Cluster, order: list[int], batch: int) -> tuple[list[int], Repli
     phi = n ** -0.5 * c.pre[idx]
     cost = dec + prompts * phi  # (t, n): a layer's share of the cycle (`costs.unit_cost`)
     busy = dec + prompts * c.pre[idx]  # (t, n): a layer's busy time (`costs.stage_busy`)
+    fixed = np.zeros_like(busy)  # (t, n): a stage's busy time besides its layers: the LM head
+    fixed[:, -1] = head_cost(c, order[-1], targets, n)[1]
     good, k0 = fill(c, order, caps, cost)
-    top = (k0 * busy).max(axis=1)  # the unconstrained split's bottleneck
-    low = L / (1.0 / busy).sum(axis=1)  # every stage equally busy (continuous)
+    top = (k0 * busy + fixed).max(axis=1)  # the unconstrained split's bottleneck
+    # Every stage equally busy (continuous): Σ (T − fixed_s) / busy_s = L.
+    low = (L + (fixed / busy).sum(axis=1)) / (1.0 / busy).sum(axis=1)
     steps = np.linspace(0.0, 1.0, THRESHOLDS)[None, :]
     T = low[:, None] * (np.maximum(top / low, 1.0)[:, None] ** steps)  # (t, h)
-    lim = np.floor(T[:, :, None] / busy[:, None, :] + 1e-9).astype(np.int64)  # (t, h, n)
+    lim = np.floor((T[:, :, None] - fixed[:, None, :]) / busy[:, None, :] + 1e-9
+                   ).astype(np.int64)  # (t, h, n)
     lim = np.clip(np.minimum(lim, caps[:, None, :]), 1, None)
     rows_caps = lim.reshape(-1, n)
     rows_cost = np.repeat(cost, THRESHOLDS, axis=0)
@@ -98,15 +111,17 @@ def _bounded(c: Cluster, order: list[int], batch: int) -> tuple[list[int], Repli
     links = ring_links(c, order)
     d = layer_times(c, idx, bb, bb * decode_context(c))
     pr = bb / p.output_tokens
-    cyc = np.maximum((k * (d + pr * phi)).sum(axis=1) + links, (k * (d + pr * c.pre[idx])).max(axis=1))
-    lat = (k * c.lat1[idx]).sum(axis=1) + links
+    head_cyc, head_busy = head_cost(c, order[-1], bb[:, 0], n)
+    stage = k * (d + pr * c.pre[idx])
+    stage[:, -1] += head_busy
+    cyc = np.maximum((k * (d + pr * phi)).sum(axis=1) + head_cyc + links, stage.max(axis=1))
+    head1 = head_time(c, order[-1], 1)
+    lat = (k * c.lat1[idx]).sum(axis=1) + head1 + links
     thr = np.where(b >= 1, b / cyc, 0.0)
     usable = (b >= 1) & (lat <= p.latency_bound_ms / 1e3 + 1e-12)
-    score = np.where(usable, thr, -lat)
-    j = int(np.argmax(score))
+    j = pick(np.where(usable, thr, -lat), stage.max(axis=1))
     layers = [int(x) for x in k[j]]
-    stage = k[j] * (d[j] + pr[j] * c.pre[idx])
     return layers, ReplicaEstimate(
         throughput=float(thr[j]), latency_s=float(lat[j]), batch=int(b[j]),
-        bottleneck_s=float(stage.max()), tpot_s=float(cyc[j]),
-        ttft_s=float((k[j] * c.pre[idx]).sum()) + links)
+        bottleneck_s=float(stage[j].max()), tpot_s=float(cyc[j]),
+        ttft_s=float((k[j] * c.pre[idx]).sum()) + head1 + links)

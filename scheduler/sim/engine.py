@@ -6,6 +6,8 @@ prompts of new ones alike, up to `max_batch` items and `max_batch_tokens` tokens
 `max_num_batched_tokens`; a longer prompt runs alone) — as one step taking `layers × layer_time(
 tokens, context)`: the shared step-time model of `scheduler.costs`, the roofline or the node's
 measured per-layer step times (`step_ms`), at the step's token count and the KV its sequences read.
+On the last stage a step also runs the LM head (`costs.head_time`) over the rows that need logits:
+one per decode row and one per prompt (its last row), counted here from the step's items.
 So a prompt that shares a step with decode rows makes it compute-bound and slows every sequence in
 it (prefill/decode interference), and a batch of decode rows costs little more than one.
 A request is admitted when its policy finds a route with free KV memory for prompt + output tokens
@@ -35,7 +37,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from scheduler.costs import Cluster, layer_time, link_time
+from scheduler.costs import Cluster, head_time, layer_time, link_time
 from scheduler.route import Hop, NodeLoad
 from scheduler.sim.workload import Workload
 
@@ -94,6 +96,7 @@ class Simulation:
     def __init__(self, cluster: Cluster, kv_capacity: dict[str, int], workload: Workload,
                  policy: Policy, max_batch: int = 64, max_batch_tokens: int = 2048) -> None:
         self.c = cluster
+        self.L = cluster.model.layers
         self.kv_capacity = kv_capacity
         self.kv_used = {n: 0 for n in kv_capacity}
         self.kv_peak = {n: 0 for n in kv_capacity}  # most KV bytes ever admitted at once
@@ -217,29 +220,42 @@ class Simulation:
     def _enqueue(self, node: str, items: list[Item]) -> None:
         self.queue[node].extend(items)
         layers = self.queued_layers[node]
+        tokens = 0
         for it in items:
-            self.queued_tokens[node] += it.tokens
-            k = it.hop.end - it.hop.start
+            tokens += it.tokens
+            hop = it.hop
+            k = hop.end - hop.start
             layers[k] = layers.get(k, 0) + 1
+        self.queued_tokens[node] += tokens
 
     def _start(self, node: str) -> None:
         q = self.queue[node]
-        batch = [q.popleft()]
-        tokens = batch[0].tokens
-        while q and len(batch) < self.max_batch and tokens + q[0].tokens <= self.max_batch_tokens:
+        first = q.popleft()
+        batch = [first]
+        tokens = first.tokens
+        max_batch, max_tokens = self.max_batch, self.max_batch_tokens
+        while q and len(batch) < max_batch and tokens + q[0].tokens <= max_tokens:
             tokens += q[0].tokens
             batch.append(q.popleft())
         self.queued_tokens[node] -= tokens
-        layers = self.queued_layers[node]
-        for it in batch:
-            k = it.hop.end - it.hop.start
-            layers[k] -= 1
-            if not layers[k]:
-                del layers[k]
+        queued = self.queued_layers[node]
+        prompt, done, last = self._prompt, self.done_tokens, self.L
+        context = layers = rows = 0
+        for it in batch:  # one pass: KV read, the deepest hop, the rows that need logits
+            r, hop = it.req, it.hop
+            context += prompt[r] + done[r]
+            k = hop.end - hop.start
+            if k > layers:
+                layers = k
+            if hop.end == last:
+                rows += 1
+            queued[k] -= 1
+            if not queued[k]:
+                del queued[k]
         i = self.c.index[node]
-        context = sum(self._prompt[it.req] + self.done_tokens[it.req] for it in batch)
-        layers = max(it.hop.end - it.hop.start for it in batch)
         dur = layers * layer_time(self.c, i, tokens, context)
+        if rows:  # the step ends the model for these items: the LM head over their rows
+            dur += head_time(self.c, i, rows)
         self.busy[node] = True
         self.busy_until[node] = self.now + dur
         self._push(self.now + dur, DONE, (node, batch))
@@ -248,30 +264,43 @@ class Simulation:
         self.busy[node] = False
         freed_lanes = []
         out: dict[tuple[str, float], list[Item]] = {}  # items leaving together, one event each
+        routes, legs, done, output = self.routes, self.legs, self.done_tokens, self._output
+        first, now, times = self._first, self.now, self.token_times
         for r, _, k, tokens in batch:
-            hops = self.routes[r]
+            hops = routes[r]
             assert hops is not None
             if k + 1 < len(hops):
-                dest, prompt_s, token_s = self.legs[r][k]
+                dest, prompt_s, token_s = legs[r][k]
                 # A pass carries the prompt's tokens or one (a prompt of one token: the same).
                 delay = token_s if tokens == 1 else prompt_s
-                out.setdefault((dest, delay), []).append(Item(r, hops[k + 1], k + 1, tokens))
+                key = (dest, delay)
+                item = Item(r, hops[k + 1], k + 1, tokens)
+                got = out.get(key)
+                if got is None:
+                    out[key] = [item]
+                else:
+                    got.append(item)
                 continue
-            if self._first[r] is None:  # this was the prefill pass
-                self._first[r] = self.now
-            self.done_tokens[r] += 1
-            self.token_times.append(self.now)
-            if self.done_tokens[r] >= self._output[r]:
-                self._finish[r] = self.now
+            if first[r] is None:  # this was the prefill pass
+                first[r] = now
+            done[r] += 1
+            times.append(now)
+            if done[r] >= output[r]:
+                self._finish[r] = now
                 for n2, b in self.kv[r].items():
                     self.kv_used[n2] -= b
                     self.active[n2] -= 1
                 freed_lanes.append(self.policy.lane(r))
             else:
-                delay = self.legs[r][k][1]  # the token id back to the first hop
-                out.setdefault((hops[0].node, delay), []).append(Item(r, hops[0], 0, 1))
+                key = (hops[0].node, legs[r][k][1])  # the token id back to the first hop
+                item = Item(r, hops[0], 0, 1)
+                got = out.get(key)
+                if got is None:
+                    out[key] = [item]
+                else:
+                    got.append(item)
         for (dest, delay), items in out.items():
-            self._push(self.now + delay, DELIVER, (dest, items))
+            self._push(now + delay, DELIVER, (dest, items))
         for lane in sorted(set(freed_lanes)):
             self._admit(lane)
         if self.queue[node]:

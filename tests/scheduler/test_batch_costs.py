@@ -147,7 +147,8 @@ def test_the_worst_clusters_router_shortfall_is_within_the_offline_batchs_noise(
     """The same cluster over four workload seeds (the bench's batch size, 2 x what our plan holds):
     an offline batch ends with a tail of long requests (outputs up to 4 x the mean), so which
     plan finishes first moves by several per cent with the draw. Leaving the 3090s standby gives
-    0.944-1.03 of the keep-all plan over these seeds, 0.97 on average. The slow GPUs as a pipeline
+    0.955-1.07 of the keep-all plan over these seeds, 0.99 on average (0.944-1.03 before the LM
+    head's step was priced on the last stage). The slow GPUs as a pipeline
     of their own (tried: three 3090s split evenly, 1.35 x one of them) did no better on average
     under the router (0.969 vs 0.974 of keep-all over 12 draws) and lost 15 % under round robin,
     so the planner does not make one."""
@@ -164,7 +165,8 @@ def test_the_worst_clusters_router_shortfall_is_within_the_offline_batchs_noise(
                       / simulate(snap, kept, load, "router").throughput_tok_s)
         rr.append(simulate(snap, ours, load, "rr").throughput_tok_s
                   / simulate(snap, kept, load, "rr").throughput_tok_s)
-    assert min(router) < 0.95 < float(np.mean(router))  # a miss at some draws, not on average
+    assert max(router) - min(router) > 0.05  # the draw moves the ratio by several per cent
+    assert min(router) < 0.97 and float(np.mean(router)) > 0.95  # a miss at some, not on average
     assert max(router) > 1.0  # at one draw the standby plan finishes first under both routings
     assert min(rr) > 1.2
 

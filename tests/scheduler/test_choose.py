@@ -43,7 +43,8 @@ def test_round_robin_does_not_buy_an_overrated_pipeline_with_router_throughput(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The old target (0.95) paired each M4-Pro with an M3-Max for round robin's sake: priced at
     4.4 % of the router's throughput, the pairs (233 tok/s estimated, ~210 served) cost 6.6 % in
-    the simulator, below the bench's 0.95. Now (0.97) every chip serves alone, as greedy places
+    the simulator, below the bench's 0.95 (3.1 % since the LM head's step is priced on the last
+    stage of the simulator's pipelines too). Now (0.96) every chip serves alone, as greedy places
     them. (The pairs are `regrow`'s: they are weighed only against the option chosen first, the
     four M4-Pros' replicas kept or left standby, and 0.97 already keeps them.)"""
     snap = _apple_16_seed4()
@@ -54,7 +55,7 @@ def test_round_robin_does_not_buy_an_overrated_pipeline_with_router_throughput(
     paired = allocate(snap)
     assert _gpus(snap, paired).count(("M3-Max", "M4-Pro")) == 2
     assert paired.estimate["throughput_tok_s"] > 0.95 * ours.estimate["throughput_tok_s"]
-    assert _mean(snap, paired, "router") < 0.95 * _mean(snap, ours, "router")
+    assert _mean(snap, paired, "router") < 0.98 * _mean(snap, ours, "router")
     # The trade it declines: round robin, where every replica gets the same share, favours the
     # pairs (the lone M4-Pros at 127 tok/s set its finish time); ours matches greedy there.
     assert _mean(snap, paired, "rr") > 1.2 * _mean(snap, ours, "rr")
@@ -86,7 +87,9 @@ def test_a_short_batch_does_not_keep_stragglers_for_summed_throughput(
     the plan that leaves 16 slow ones standby, but an offline batch of 2× the plan's concurrency
     is short for this cluster: its finish time is the slow replicas' per-request time, and the
     keep-all plan serves 0.63–0.77 of the standby plan under the router on the same batches. A
-    router target of 0.99 would keep them; 0.97 does not."""
+    router target of 0.99 would keep them, and since the LM head is priced 0.97 would too (the
+    keep-all plan's round robin at 0.830 of its target against the standby plan's router at 0.826);
+    0.96 does not."""
     doc = gen_cluster(40, "datacenter", REGIONS, seed=240, params=MIX)
     snap = parse_snapshot(doc, MODELS["llama3-8b"])
     ours = allocate(snap)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from scheduler.allocate import allocate
-from scheduler.costs import build_cluster, layer_time, link_time
+from scheduler.costs import build_cluster, head_time, layer_time, link_time
 from scheduler.errors import CannotPlace, NoRoute
 from scheduler.model import Plan, Replica, Snapshot, Stage
 from scheduler.route import NodeLoad, Router
@@ -57,6 +57,8 @@ def test_route_cost_is_per_layer_time_times_layers_run_plus_links(mixed_70b: Sna
         decode = layer_time(c, i, active + 1, prompt + out)  # reads this request's KV too
         shared = 1 + (1 - 1 / (active + 1)) / 2  # waits half a step of the others' on average
         expect += queue + run * (layer_time(c, i, prompt) + out * shared * decode)
+        if hop.end == c.model.layers:  # the last hop runs the LM head: a row per token
+            expect += head_time(c, i, 1) + out * shared * head_time(c, i, active + 1)
         if k:
             p = c.index[route.hops[k - 1].node]
             expect += link_time(c, p, i, prompt * act) + out * link_time(c, p, i, act)
