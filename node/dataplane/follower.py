@@ -5,10 +5,11 @@ idle) and the coordinator's latest assignment, it says KEEP, LOAD a new range, o
 `Follower` is the thin IO around it: a `HeartbeatLoop` thread reports load (active sessions,
 reserved KV bytes, measured decode µs per layer, and the range served with the epoch of the
 assignment it serves it for — the coordinator routes a stage only once this confirms it) and hands
-each changed assignment to the asyncio loop, where the new shard is loaded off-loop, the old stage is DRAINED (no new work is refused
-while its in-flight sessions finish, up to `drain_s`; then, if it had any, it lingers `linger_s`
-more, since the gateway asks each stage for its signed commitment right after the last token),
-stopped, and the new stage is started on the same host:port. Unassigned (or standby) means idle:
+each changed assignment to the asyncio loop, where the new shard is loaded off-loop, the old
+stage is DRAINED (no new work is refused while its in-flight sessions finish, up to `drain_s`;
+then it lingers until `linger_s` after the last request that finished there, before or during
+the drain, since the gateway asks each stage for its signed commitment right after the last
+token), stopped, and the new stage is started on the same host:port. Unassigned (or standby) means idle:
 nothing is served, heartbeats continue.
 """
 
@@ -143,11 +144,13 @@ class Follower:
         if old is None:
             return
         deadline = time.monotonic() + self.drain_s
-        had_requests = bool(old.sessions.sessions)
         while old.sessions.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if had_requests:  # they just finished here: their gateway's COMMIT is on its way
-            await asyncio.sleep(min(self.linger_s, max(0.0, deadline - time.monotonic())))
+        # Requests that finished here lately, before the retirement or while draining: their
+        # gateway's COMMIT may still be on its way. Answer it for `linger_s` after the last one.
+        ago = old.sessions.since_last_close()
+        if ago is not None and ago < self.linger_s:
+            await asyncio.sleep(min(self.linger_s - ago, max(0.0, deadline - time.monotonic())))
         await old.stop()
 
     async def follow(self, client: Any, every_s: float, stop: asyncio.Event) -> None:

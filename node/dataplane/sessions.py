@@ -159,6 +159,10 @@ class SessionTable:
             self.on_free(rid)
         return True
 
+    def since_last_close(self) -> float | None:
+        """Seconds since a session last closed here (within the replay window), None if none did."""
+        return self.clock() - max(t for t, _ in self.closed.values()) if self.closed else None
+
     def close_idle(self) -> list[bytes]:
         now = self.clock()
         idle = [rid for rid, s in self.sessions.items() if now - s.last_used > self.session_timeout_s]

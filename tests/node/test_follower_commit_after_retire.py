@@ -14,6 +14,7 @@ import asyncio
 import secrets
 from pathlib import Path
 
+import pytest
 from coincurve import PrivateKey
 
 from node.dataplane.client import PipelineClient
@@ -39,8 +40,11 @@ def assignment(op: str, epoch: int, rng: tuple[int, int] | None) -> AssignmentRe
                               layer_start=a, layer_end=b)
 
 
-def test_a_stage_unassigned_mid_request_still_answers_the_commit_after_the_last_token(
-        tiny_llama: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("when", ["mid-request", "just after the last token"])
+def test_a_retired_stage_still_answers_the_commit_after_the_last_token(
+        tiny_llama: Path, tmp_path: Path, when: str) -> None:
+    """Retired while the request runs (it drains, then lingers), or a moment after it finished
+    (nothing left to drain: it still lingers for the COMMIT on its way)."""
     keys = [PrivateKey(bytes([k + 41]) * 32) for k in range(2)]
     ops = [address_of_key(k) for k in keys]
     gw = PrivateKey(b"\x77" * 32)
@@ -66,8 +70,11 @@ def test_a_stage_unassigned_mid_request_still_answers_the_commit_after_the_last_
         first = asyncio.Event()
         gen = asyncio.ensure_future(PipelineClient(gw, CHAIN_ID).generate(
             req, PROMPT, on_token=lambda i, _: first.set()))
-        await first.wait()
-        # the replica is dissolved: both stages go idle while the request runs through them
+        if when == "mid-request":
+            await first.wait()
+        else:
+            await gen
+        # the replica is dissolved: both stages go idle (while the request runs through them)
         idle = asyncio.gather(*[f.apply(assignment(ops[i], 2, None)) for i, f in enumerate(fs)])
         out = await gen
         await asyncio.sleep(GATEWAY_LAG_S)
