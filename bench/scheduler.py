@@ -46,15 +46,20 @@ Prints one `name: value` line per figure, then a one-line summary (DESIGN §9):
                                (the plan's `tpot_ms` against the run's `tpot_p50_ms`), and
                                tpot_mean_error_p90 for the mean (`mean_tpot_ms`, `tpot_mean_ms`)
   worst_cluster, _rr           where plan_vs_best is lowest
+  simulations, robust_cpu_s, robust_wall_s   simulations run for the generated clusters, their
+                               CPU seconds (summed over the worker processes) and wall time
   dominated_clusters           clusters where another plan we produce beats ours by > 1 % under
                                both routings at once (target 0: ours is on the frontier of the two;
                                a plan_vs_best below 1 on one routing is then a trade for the other)
 
 Run: `.venv/bin/python bench/scheduler.py [--quick] [--verbose] [--only SECTIONS]
-[--seeds 0,1] [--sizes 8,24] [--mixes consumer] [--draws N] [--cache FILE]` (--verbose: one line
+[--seeds 0,1] [--sizes 8,24] [--mixes consumer] [--draws N] [--jobs N] [--cache FILE]` (--verbose: one line
 per generated cluster on stderr, with its seconds; --only: a comma list of solve, exact, serve,
 robust; --seeds, --sizes, --mixes: a subset of the generated clusters; --draws N: each plan's
 throughput averaged over N common workload draws (default 3; 1 gives the old one-draw scoring);
+--jobs N: the generated clusters scored by N processes, one core each, largest clusters first
+(default 2: the figures are the same as with 1, each cluster's simulations being deterministic
+and independent; the solve, exact and serve sections stay on one core);
 --cache: keep
 simulation results in FILE,
 keyed by the simulator's source, the snapshot, the plan, the workload and the policy — the
@@ -128,6 +133,7 @@ class SimCache:
 
 
 SIMS = SimCache(None)
+CORES: list[int] = []  # the cores this process may use, before it pins itself to one
 
 
 def simulate(s: Snapshot, plan: Plan, w: Workload, policy: str) -> SimResult:
@@ -261,106 +267,148 @@ def variants(s: Snapshot) -> dict[str, Plan]:
     return out
 
 
+def score_cluster(seed: int, mix: str, n: int, draws: int) -> dict | None:
+    """One generated cluster: every plan we produce served the same `draws` offline batches
+    under the router and round robin; None when not even one replica fits."""
+    t_cluster, cpu = time.perf_counter(), time.process_time()
+    j = SIZES.index(n)  # the model and regions follow the size's place in SIZES
+    model = "llama3-70b" if (seed + j) % 2 == 0 else "llama3-8b"
+    regions = REGIONS[: 2 + (seed + j) % 2]
+    params = {"prompt_tokens": PROMPT, "output_tokens": OUTPUT, "context_tokens": PROMPT + OUTPUT}
+    doc = gen_cluster(n, mix, regions, seed=100 * seed + n, params=params)
+    s = parse_snapshot(doc, MODELS[model])
+    try:
+        plans = variants(s)
+    except CannotPlace:
+        return None
+    ours = plans["ours"]
+    conc = int(ours.estimate["concurrency"])
+    # Every plan serves the same `draws` workloads (draw 0 is the one-draw figure's) and is
+    # scored by its mean: the tail of long requests moves an offline batch's makespan by several
+    # per cent from draw to draw, and a best-of over alternatives scored on one draw favours
+    # whichever that draw's tail happened to suit.
+    requests = max(200, 2 * conc)
+    loads = [Workload(requests=requests, rate_per_s=1e9, prompt_mean=PROMPT,
+                      output_mean=OUTPUT, seed=seed if d == 0 else 1000 * d + seed)
+             for d in range(draws)]
+    thr: dict[str, float] = {}
+    thr_rr: dict[str, float] = {}
+    one: dict[str, float] = {}  # draw 0 alone: the one-draw figure, for comparison
+    one_rr: dict[str, float] = {}
+    seen: dict[tuple, str] = {}
+    out: dict = {"screened": 0, "sims": 0}
+    for name, plan in plans.items():
+        key = tuple(sorted(plan.replicas, key=lambda r: r.stages[0].node))
+        if key in seen:  # the same plan from another solver: the same figures
+            thr[name], thr_rr[name] = thr[seen[key]], thr_rr[seen[key]]
+            one[name], one_rr[name] = one[seen[key]], one_rr[seen[key]]
+            continue
+        seen[key] = name
+        got, got_rr = [], []
+        for d, w in enumerate(loads):
+            res = simulate(s, plan, w, "router")
+            res_rr = simulate(s, plan, w, "rr")
+            out["sims"] += 2
+            got.append(res.throughput_tok_s)
+            got_rr.append(res_rr.throughput_tok_s)
+            if d > 0:
+                continue
+            one[name], one_rr[name] = got[0], got_rr[0]
+            if name != "ours":
+                if one[name] < SCREEN * one["ours"] and one_rr[name] < SCREEN * one_rr["ours"]:
+                    out["screened"] += 1
+                    break  # far behind under both routings: draw 0 alone
+                continue
+            if res.saturated_tok_s is None:
+                continue
+            # The planner's estimates: one sample per cluster, on draw 0.
+            sat = res.saturated_tok_s
+            out["error"] = abs(sat - ours.estimate["throughput_tok_s"]) / sat
+            out["tpot_error"] = abs(res.tpot_p50_ms - ours.estimate["tpot_ms"]) / res.tpot_p50_ms
+            out["tpot_mean_error"] = (abs(res.tpot_mean_ms - ours.estimate["mean_tpot_ms"])
+                                      / res.tpot_mean_ms)
+        thr[name], thr_rr[name] = float(np.mean(got)), float(np.mean(got_rr))
+    out["tag"] = f"{model}/{mix}/{n}/seed{seed}"
+    out["r"] = min(thr["ours"] / max(v for k, v in thr.items() if k != "ours"), 1e9)
+    out["r_rr"] = min(thr_rr["ours"] / max(v for k, v in thr_rr.items() if k != "ours"), 1e9)
+    out["r1"] = one["ours"] / max(v for k, v in one.items() if k != "ours")
+    out["r1_rr"] = one_rr["ours"] / max(v for k, v in one_rr.items() if k != "ours")
+    out["dominated"] = any(thr[k] > 1.01 * thr["ours"] and thr_rr[k] > 1.01 * thr_rr["ours"]
+                           for k in thr if k != "ours")
+    out["best"] = max(thr, key=lambda k: thr[k])
+    out["best_rr"] = max(thr_rr, key=lambda k: thr_rr[k])
+    out["plans"], out["requests"] = len(plans), requests
+    out["wall_s"] = time.perf_counter() - t_cluster
+    out["cpu_s"] = time.process_time() - cpu
+    return out
+
+
+def _score(args: tuple[int, str, int, int]) -> dict | None:
+    core = args[-1]
+    if core >= 0 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core})  # each worker on a core of its own
+    return score_cluster(*args[:-1])
+
+
 def robustness(seeds: list[int], sizes: list[int], mixes: list[str],
-               verbose: bool = False, draws: int = 3) -> dict[str, float | str]:
+               verbose: bool = False, draws: int = 3, jobs: int = 1) -> dict[str, float | str]:
     """Over generated clusters (sizes 8–64, every mix, 2–3 regions, 70B and 8B): each plan served
     an offline batch (every request at once, 2× what our plan holds concurrently, at least 200)
-    under the load-aware router and under round robin; throughput = output tokens ÷ makespan."""
+    under the load-aware router and under round robin; throughput = output tokens ÷ makespan.
+    `jobs` > 1 scores clusters in that many processes (largest first; the figures are the same,
+    each cluster's simulations are deterministic and independent)."""
+    grid = [(seed, mix, n) for seed in seeds for mix in mixes for n in sizes]
+    if jobs > 1:
+        import multiprocessing as mp
+
+        cores = CORES
+        order = sorted(range(len(grid)), key=lambda g: (-grid[g][2], g))  # big ones first
+        work = [(*grid[g], draws, cores[k % len(cores)] if len(cores) >= jobs else -1)
+                for k, g in enumerate(order)]
+        with mp.get_context("fork").Pool(jobs) as pool:
+            done = pool.map(_score, work, chunksize=1)
+        results: list[dict | None] = [None] * len(grid)
+        for g, res in zip(order, done, strict=True):
+            results[g] = res
+    else:
+        results = [score_cluster(seed, mix, n, draws) for seed, mix, n in grid]
     ratios, ratios_rr, errors, tpot_errors, tpot_mean_errors = [], [], [], [], []
     ratios_1: list[float] = []  # the same on draw 0 alone (the figure before draws were averaged)
-    screened = 0  # alternatives scored on draw 0 alone (SCREEN)
     ratios_1_rr: list[float] = []
+    screened = sims = 0  # alternatives scored on draw 0 alone (SCREEN); simulations run
+    cpu = 0.0
     dominated: list[str] = []  # clusters where another plan beats ours under both routings
     worst: tuple[float, str] = (math.inf, "")
     worst_rr: tuple[float, str] = (math.inf, "")
-    params = {"prompt_tokens": PROMPT, "output_tokens": OUTPUT, "context_tokens": PROMPT + OUTPUT}
     count = 0
-    for seed in seeds:
-        for mix in mixes:
-            for n in sizes:
-                j = SIZES.index(n)  # the model and regions follow the size's place in SIZES
-                t_cluster = time.perf_counter()
-                model = "llama3-70b" if (seed + j) % 2 == 0 else "llama3-8b"
-                regions = REGIONS[: 2 + (seed + j) % 2]
-                doc = gen_cluster(n, mix, regions, seed=100 * seed + n, params=params)
-                s = parse_snapshot(doc, MODELS[model])
-                try:
-                    plans = variants(s)
-                except CannotPlace:
-                    continue
-                count += 1
-                ours = plans["ours"]
-                conc = int(ours.estimate["concurrency"])
-                # Every plan serves the same `draws` workloads (draw 0 is the one-draw figure's)
-                # and is scored by its mean: the tail of long requests moves an offline batch's
-                # makespan by several per cent from draw to draw, and a best-of over alternatives
-                # scored on one draw favours whichever that draw's tail happened to suit.
-                requests = max(200, 2 * conc)
-                loads = [Workload(requests=requests, rate_per_s=1e9, prompt_mean=PROMPT,
-                                  output_mean=OUTPUT, seed=seed if d == 0 else 1000 * d + seed)
-                         for d in range(draws)]
-                thr: dict[str, float] = {}
-                thr_rr: dict[str, float] = {}
-                one: dict[str, float] = {}  # draw 0 alone: the one-draw figure, for comparison
-                one_rr: dict[str, float] = {}
-                seen: dict[tuple, str] = {}
-                for name, plan in plans.items():
-                    key = tuple(sorted(plan.replicas, key=lambda r: r.stages[0].node))
-                    if key in seen:  # the same plan from another solver: the same figures
-                        thr[name], thr_rr[name] = thr[seen[key]], thr_rr[seen[key]]
-                        one[name], one_rr[name] = one[seen[key]], one_rr[seen[key]]
-                        continue
-                    seen[key] = name
-                    got, got_rr = [], []
-                    for d, w in enumerate(loads):
-                        res = simulate(s, plan, w, "router")
-                        res_rr = simulate(s, plan, w, "rr")
-                        got.append(res.throughput_tok_s)
-                        got_rr.append(res_rr.throughput_tok_s)
-                        if d > 0:
-                            continue
-                        one[name], one_rr[name] = got[0], got_rr[0]
-                        if name != "ours":
-                            if (one[name] < SCREEN * one["ours"]
-                                    and one_rr[name] < SCREEN * one_rr["ours"]):
-                                screened += 1
-                                break  # far behind under both routings: draw 0 alone
-                            continue
-                        if res.saturated_tok_s is None:
-                            continue
-                        # The planner's estimates: one sample per cluster, on draw 0.
-                        sat = res.saturated_tok_s
-                        errors.append(abs(sat - ours.estimate["throughput_tok_s"]) / sat)
-                        tpot_errors.append(abs(res.tpot_p50_ms - ours.estimate["tpot_ms"])
-                                           / res.tpot_p50_ms)
-                        tpot_mean_errors.append(abs(res.tpot_mean_ms
-                                                    - ours.estimate["mean_tpot_ms"])
-                                                / res.tpot_mean_ms)
-                    thr[name], thr_rr[name] = float(np.mean(got)), float(np.mean(got_rr))
-                tag = f"{model}/{mix}/{n}/seed{seed}"
-                r = thr["ours"] / max(v for k, v in thr.items() if k != "ours")
-                r_rr = thr_rr["ours"] / max(v for k, v in thr_rr.items() if k != "ours")
-                r, r_rr = min(r, 1e9), min(r_rr, 1e9)
-                ratios.append(r)
-                ratios_rr.append(r_rr)
-                ratios_1.append(one["ours"] / max(v for k, v in one.items() if k != "ours"))
-                ratios_1_rr.append(one_rr["ours"] / max(v for k, v in one_rr.items()
-                                                        if k != "ours"))
-                if any(thr[k] > 1.01 * thr["ours"] and thr_rr[k] > 1.01 * thr_rr["ours"]
-                       for k in thr if k != "ours"):
-                    dominated.append(tag)
-                worst = min(worst, (r, tag))
-                worst_rr = min(worst_rr, (r_rr, tag))
-                if verbose:
-                    best = max(thr, key=lambda k: thr[k])
-                    best_rr = max(thr_rr, key=lambda k: thr_rr[k])
-                    print(f"  {tag}: vs best {r:.3f} ({best}), rr {r_rr:.3f} ({best_rr}), "
-                          f"draw 0 {ratios_1[-1]:.3f} / rr {ratios_1_rr[-1]:.3f}, "
-                          f"estimate error {errors[-1]:.3f}, tpot {tpot_errors[-1]:.3f}, "
-                          f"mean tpot {tpot_mean_errors[-1]:.3f}, "
-                          f"{len(plans)} plans, {requests} requests, "
-                          f"{time.perf_counter() - t_cluster:.1f} s",
-                          file=sys.stderr, flush=True)
+    for res in results:
+        if res is None:
+            continue
+        count += 1
+        tag = res["tag"]
+        ratios.append(res["r"])
+        ratios_rr.append(res["r_rr"])
+        ratios_1.append(res["r1"])
+        ratios_1_rr.append(res["r1_rr"])
+        screened += res["screened"]
+        sims += res["sims"]
+        cpu += res["cpu_s"]
+        if "error" in res:
+            errors.append(res["error"])
+            tpot_errors.append(res["tpot_error"])
+            tpot_mean_errors.append(res["tpot_mean_error"])
+        if res["dominated"]:
+            dominated.append(tag)
+        worst = min(worst, (res["r"], tag))
+        worst_rr = min(worst_rr, (res["r_rr"], tag))
+        if verbose:
+            err = (f"estimate error {res['error']:.3f}, tpot {res['tpot_error']:.3f}, "
+                   f"mean tpot {res['tpot_mean_error']:.3f}" if "error" in res
+                   else "never saturated")
+            print(f"  {tag}: vs best {res['r']:.3f} ({res['best']}), rr {res['r_rr']:.3f} "
+                  f"({res['best_rr']}), draw 0 {res['r1']:.3f} / rr {res['r1_rr']:.3f}, {err}, "
+                  f"{res['plans']} plans, {res['requests']} requests, {res['sims']} simulations, "
+                  f"{res['wall_s']:.1f} s", file=sys.stderr, flush=True)
     ratios.sort()
     return {
         "clusters": count, "plan_vs_best_min": min(ratios),
@@ -374,6 +422,8 @@ def robustness(seeds: list[int], sizes: list[int], mixes: list[str],
         "tpot_mean_error_p90": float(np.percentile(tpot_mean_errors, 90)),
         "worst_cluster": worst[1], "worst_cluster_rr": worst_rr[1],
         "screened_plans": screened,
+        "simulations": sims,
+        "robust_cpu_s": cpu,
         "dominated_clusters": len(dominated),
         "dominated": ",".join(dominated) or "none",
     }
@@ -401,6 +451,9 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=3,
                     help="generated clusters: common workload draws averaged per plan (default "
                          "3; 1: the old one-draw scoring)")
+    ap.add_argument("--jobs", type=int, default=2,
+                    help="generated clusters: processes scoring them, one core each (default 2; "
+                         "the other sections run on one core)")
     args = ap.parse_args()
     only = set(args.only.split(","))
     if only - {"solve", "exact", "serve", "robust"}:
@@ -409,7 +462,8 @@ def main() -> None:
         ap.error(f"--sizes: each must be one of {SIZES}, got {args.sizes}")
     SIMS = SimCache(args.cache)
     if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
+        CORES[:] = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {CORES[0]})  # one core
     t0 = time.perf_counter()
     summary = []
 
@@ -443,7 +497,12 @@ def main() -> None:
         mixes = args.mixes.split(",") if args.mixes else MIXES
         if args.draws < 1:
             ap.error(f"--draws: must be at least 1, got {args.draws}")
-        rob = robustness(seeds, sizes, mixes, verbose=args.verbose, draws=args.draws)
+        if args.jobs < 1 or (args.cache and args.jobs > 1):
+            ap.error(f"--jobs: must be at least 1, and 1 with --cache, got {args.jobs}")
+        t_rob = time.perf_counter()
+        rob = robustness(seeds, sizes, mixes, verbose=args.verbose, draws=args.draws,
+                         jobs=args.jobs)
+        rob["robust_wall_s"] = time.perf_counter() - t_rob
         emit("workload_draws", args.draws)
         for key, val in rob.items():
             emit(key, val)
