@@ -111,6 +111,11 @@ class StageServer:
                                      leaves=self.sessions.leaves, inputs=self.sessions.inputs)
         self.sessions.on_free = self._on_free
         self.batcher = Batcher(max_decode_rows, prefill_chunk, micro_batches)
+        if micro_batches == 1:
+            # Stages taking turns on shared cores: hash a step's rows before sending them on, while
+            # the next stage waits anyway. Deferred, the hashing would run on the cores that stage
+            # then computes on, and a multi-threaded step waits for its slowest thread.
+            self.sessions.leaves.defer = self.sessions.inputs.leaves.defer = False
         self.compute = StepLoop(executor, self.sessions, self.batcher, gather_s,
                                 on_done=lambda s, job: self._emit(s, job, job.start), on_fail=self._fail)
         self.waiting = AdmissionQueue()

@@ -81,7 +81,7 @@ class CommitLeaves:
     hashing stays off the pipeline's critical path (measured on a SmolLM2-shaped 10-layer stage:
     ~0.2 ms per decoded row right after the forward, ~2% of the step; ~4% of a prefill). Anything
     that reads or changes the tree (`get`, `stored`, `rewound`) settles what is pending first, in
-    order. Without a running loop (tools, tests) rows are hashed at once.
+    order. Without a running loop (tools, tests), or with `defer` off, rows are hashed at once.
     """
 
     def __init__(self, max_bytes: int = LEAVES_MAX_BYTES):
@@ -90,6 +90,7 @@ class CommitLeaves:
         self._pending: dict[bytes, list[tuple[Domain, int, int, torch.Tensor]]] = {}
         self._bytes = 0
         self.changes = 0  # bumped by every store/rewind: a tree built meanwhile may be stale
+        self.defer = True  # hash once the loop yields (False: at once, see StageServer)
 
     @property
     def nbytes(self) -> int:
@@ -117,7 +118,7 @@ class CommitLeaves:
         the event loop gets to it (now, without a running loop)."""
         self.changes += 1
         queue = self._pending.get(request_id)
-        if queue is None:
+        if queue is None and self.defer:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # no event loop (a tool, a test): hash now

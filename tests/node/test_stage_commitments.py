@@ -399,6 +399,32 @@ def test_rows_are_hashed_after_the_step_yields_and_anything_reading_the_tree_wai
     assert acc.root(len(rows))[0] == StageCommitment.build(dom, rows).root
 
 
+
+def test_stages_taking_turns_hash_their_rows_before_sending_them_on(tiny_llama, tmp_path):
+    """With `micro_batches` 1 (stages sharing cores, taking turns) a step's rows are hashed at
+    once, while the next stage waits anyway: deferred, the hashing would run on the cores the
+    next stage computes on. Every other setting defers it (the test above)."""
+    from node.dataplane.directory import StaticDirectory
+    from node.dataplane.hidden_store import HiddenStateStore
+    from node.dataplane.server import StageServer
+    from node.runtime.executor import StageExecutor
+    from node.runtime.shard import load_shard
+
+    rid, dom = b"\x04" * 32, Domain(1, b"\x04" * 32, 0)
+    rows = torch.randn(3, 64)
+
+    async def hashed_at_once(mb: int) -> bool:
+        store = HiddenStateStore(tmp_path / str(mb), 10**6, 60, 60)
+        srv = StageServer(StageExecutor(load_shard(tiny_llama, 0, 2)), store,
+                          PrivateKey(b"\x01" * 32), StaticDirectory([], []), 1, micro_batches=mb)
+        assert srv.sessions.inputs.leaves.defer == srv.sessions.leaves.defer
+        srv.sessions.leaves.stored(rid, dom, 64, 0, rows)
+        return srv.sessions.leaves.nbytes > 0  # before the loop got a turn
+
+    assert asyncio.run(hashed_at_once(1))
+    assert not asyncio.run(hashed_at_once(0)) and not asyncio.run(hashed_at_once(2))
+
+
 def test_after_a_failover_every_stage_commits_exactly_the_rows_it_stores(in_process_pipeline):
     """Stage 1 dies mid-generation; a spare rebuilds it from one prefill (its tree grown from that),
     stages 0 and 2 re-sync under a new epoch keeping their trees, and each COMMIT equals `build`
