@@ -343,11 +343,21 @@ def score_cluster(seed: int, mix: str, n: int, draws: int) -> dict | None:
     return out
 
 
-def _score(args: tuple[int, str, int, int]) -> dict | None:
-    core = args[-1]
+def _score(args: tuple[int, int, str, int, int, int]) -> tuple[int, dict | None]:
+    g, core = args[0], args[-1]
     if core >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {core})  # each worker on a core of its own
-    return score_cluster(*args[:-1])
+    return g, score_cluster(*args[1:-1])
+
+
+def _line(res: dict) -> None:
+    """One cluster's verbose line (stderr), printed as soon as it is scored."""
+    err = (f"estimate error {res['error']:.3f}, tpot {res['tpot_error']:.3f}, "
+           f"mean tpot {res['tpot_mean_error']:.3f}" if "error" in res else "never saturated")
+    print(f"  {res['tag']}: vs best {res['r']:.3f} ({res['best']}), rr {res['r_rr']:.3f} "
+          f"({res['best_rr']}), draw 0 {res['r1']:.3f} / rr {res['r1_rr']:.3f}, {err}, "
+          f"{res['plans']} plans, {res['requests']} requests, {res['sims']} simulations, "
+          f"{res['wall_s']:.1f} s", file=sys.stderr, flush=True)
 
 
 def robustness(seeds: list[int], sizes: list[int], mixes: list[str],
@@ -358,20 +368,24 @@ def robustness(seeds: list[int], sizes: list[int], mixes: list[str],
     `jobs` > 1 scores clusters in that many processes (largest first; the figures are the same,
     each cluster's simulations are deterministic and independent)."""
     grid = [(seed, mix, n) for seed in seeds for mix in mixes for n in sizes]
+    results: list[dict | None] = [None] * len(grid)  # in grid order, however they finish
     if jobs > 1:
         import multiprocessing as mp
 
         cores = CORES
         order = sorted(range(len(grid)), key=lambda g: (-grid[g][2], g))  # big ones first
-        work = [(*grid[g], draws, cores[k % len(cores)] if len(cores) >= jobs else -1)
+        work = [(g, *grid[g], draws, cores[k % len(cores)] if len(cores) >= jobs else -1)
                 for k, g in enumerate(order)]
         with mp.get_context("fork").Pool(jobs) as pool:
-            done = pool.map(_score, work, chunksize=1)
-        results: list[dict | None] = [None] * len(grid)
-        for g, res in zip(order, done, strict=True):
-            results[g] = res
+            for g, res in pool.imap_unordered(_score, work, chunksize=1):
+                results[g] = res
+                if verbose and res is not None:
+                    _line(res)
     else:
-        results = [score_cluster(seed, mix, n, draws) for seed, mix, n in grid]
+        for g, (seed, mix, n) in enumerate(grid):
+            results[g] = res = score_cluster(seed, mix, n, draws)
+            if verbose and res is not None:
+                _line(res)
     ratios, ratios_rr, errors, tpot_errors, tpot_mean_errors = [], [], [], [], []
     ratios_1: list[float] = []  # the same on draw 0 alone (the figure before draws were averaged)
     ratios_1_rr: list[float] = []
@@ -401,14 +415,6 @@ def robustness(seeds: list[int], sizes: list[int], mixes: list[str],
             dominated.append(tag)
         worst = min(worst, (res["r"], tag))
         worst_rr = min(worst_rr, (res["r_rr"], tag))
-        if verbose:
-            err = (f"estimate error {res['error']:.3f}, tpot {res['tpot_error']:.3f}, "
-                   f"mean tpot {res['tpot_mean_error']:.3f}" if "error" in res
-                   else "never saturated")
-            print(f"  {tag}: vs best {res['r']:.3f} ({res['best']}), rr {res['r_rr']:.3f} "
-                  f"({res['best_rr']}), draw 0 {res['r1']:.3f} / rr {res['r1_rr']:.3f}, {err}, "
-                  f"{res['plans']} plans, {res['requests']} requests, {res['sims']} simulations, "
-                  f"{res['wall_s']:.1f} s", file=sys.stderr, flush=True)
     ratios.sort()
     return {
         "clusters": count, "plan_vs_best_min": min(ratios),
