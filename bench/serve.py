@@ -76,7 +76,7 @@ from tests.support.gateway import (  # noqa: E402
     register_operator,
     rpc,
 )
-from tests.support.link import LinkProxy  # noqa: E402
+from tests.support.link import LinkProcess  # noqa: E402
 
 GATEWAY_ACCOUNT = 3
 QUESTION = ("Write a long, detailed story about a lighthouse keeper who finds a message in a bottle. "
@@ -417,10 +417,11 @@ def run_network(a, anvil, work: Path, model: Path, cfg: dict, gsigner: Signer, c
                 register_operator(anvil.url, manifest, w.address)
             registered.add(k)
             phase(f"{k} stages ready and registered")
-        proxies = [LinkProxy("127.0.0.1", w.port, rtt_ms=wan[0], mbit_s=wan[1]).start()
-                   for w in ws] if wan else []
-        stages = [w.assignment(p.port if proxies else None)
-                  for w, p in zip(ws, proxies or [None] * len(ws), strict=True)]
+        # the links run in a process of their own: in this one they would wait for the GIL
+        # behind the client parsing its streams, and every hop would come late
+        links = LinkProcess("127.0.0.1", [w.port for w in ws], rtt_ms=wan[0],
+                            mbit_s=wan[1]) if wan else None
+        stages = [w.assignment(links.ports[i] if links else None) for i, w in enumerate(ws)]
         gwp = GatewayProcess(anvil.url, manifest, model, mid, stages, GATEWAY_ACCOUNT,
                              work / f"gateway-{name}", {"batch_size": "64",
                                                         "batch_max_age_s": "2"})
@@ -464,8 +465,8 @@ def run_network(a, anvil, work: Path, model: Path, cfg: dict, gsigner: Signer, c
                 phase(f"{name} c{c}: {r}")
         finally:
             gwp.stop()
-            for p in proxies:
-                p.stop()
+            if links is not None:
+                links.stop()
 
 
 def report(a, concs: list[int], n: int, results: dict[str, dict],  # type: ignore[no-untyped-def]

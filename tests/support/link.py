@@ -9,6 +9,11 @@ loop in a daemon thread, so synchronous benches and asyncio tests use it alike:
 
     with LinkProxy("127.0.0.1", stage_port, rtt_ms=40, mbit_s=100) as link:
         ... connect to ("127.0.0.1", link.port) ...
+
+A bench whose own process is busy (a client parsing streamed answers) runs the links in a process
+of their own instead (`LinkProcess`, or `python -m tests.support.link PORT... --rtt-ms --mbit-s`):
+in the same process the delivery thread waits for the GIL (5 ms switch interval) behind the
+client, and every hop comes late.
 """
 
 from __future__ import annotations
@@ -130,3 +135,53 @@ class LinkProxy:
                 await sender
             with contextlib.suppress(Exception):
                 dst.close()
+
+
+class LinkProcess:
+    """`LinkProxy`s for several upstream ports in a child process; `ports[i]` fronts `upstreams[i]`."""
+
+    def __init__(self, host: str, upstreams: list[int], *, rtt_ms: float = 0.0,
+                 mbit_s: float | None = None):
+        import subprocess
+        import sys
+
+        argv = [sys.executable, "-m", "tests.support.link", "--host", host, "--rtt-ms", str(rtt_ms),
+                *(["--mbit-s", str(mbit_s)] if mbit_s else []), *map(str, upstreams)]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().split()
+        if not line or line[0] != "PORTS":
+            self.stop()
+            raise RuntimeError(f"link process did not start: {line}")
+        self.ports = [int(p) for p in line[1:]]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()  # it stops when its stdin closes
+            try:
+                self.proc.wait(10)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _main() -> None:
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description="emulated links to local ports, until stdin closes")
+    ap.add_argument("upstreams", type=int, nargs="+")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--rtt-ms", type=float, default=0.0)
+    ap.add_argument("--mbit-s", type=float, default=None)
+    a = ap.parse_args()
+    links = [LinkProxy(a.host, p, rtt_ms=a.rtt_ms, mbit_s=a.mbit_s).start() for p in a.upstreams]
+    print("PORTS", *(link.port for link in links), flush=True)
+    sys.stdin.read()
+    for link in links:
+        link.stop()
+
+
+if __name__ == "__main__":
+    _main()
