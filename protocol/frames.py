@@ -45,10 +45,10 @@ import struct
 from dataclasses import dataclass
 
 from coincurve import PrivateKey
-from eth_hash.auto import keccak
 
 from protocol.dataplane_errors import BadMessage, FrameTooLarge
 from protocol.identity import recover, sign_digest
+from protocol.keccak import keccak
 from protocol.messages import (
     MAX_ERROR_TEXT,
     VERSION,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 
 from coincurve import PrivateKey, PublicKey
-from eth_hash.auto import keccak
 
 from protocol.dataplane_errors import BadSignature
+from protocol.keccak import keccak
 
 
 def address_of_key(key: PrivateKey) -> str:

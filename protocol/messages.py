@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from coincurve import PrivateKey
-from eth_hash.auto import keccak
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from protocol import dataplane_errors
 from protocol.api_errors import BadSignature
 from protocol.dataplane_errors import BadMessage
 from protocol.identity import address_of_key, recover, sign_digest
+from protocol.keccak import keccak
 from protocol.sampling import Sampling
 
 VERSION = 1

@@ -19,8 +19,9 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Any
 
-from eth_hash.auto import keccak
 from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.keccak import keccak
 
 if TYPE_CHECKING:
     import torch

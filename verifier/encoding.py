@@ -17,12 +17,12 @@ to be bf16 bit patterns already. torch tensors are accepted without importing to
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from protocol.keccak import KECCAK_BACKEND, keccak  # noqa: F401 (re-exported)
 from verifier.errors import EncodingError
 
 CHUNK = 32  # bf16 values per leaf
@@ -53,27 +53,6 @@ _ROOT = struct.Struct(">B3sBIII32s")  # prefix tag version positions hidden toke
 assert _HEADER.size == HEADER_LEN and _ROOT.size == ROOT_LEN
 
 
-def _pick_keccak() -> tuple[Callable[[bytes], bytes], str]:
-    """The fastest keccak256 available (measured: safe-pysha3 ~0.7 µs per 118-byte leaf, eth_hash and
-    pycryptodome ~3.5 µs — see `bench/commit.py`)."""
-    try:
-        import sha3  # safe-pysha3
-
-        k = sha3.keccak_256
-        return (lambda data: k(data).digest()), "pysha3"
-    except ImportError:  # pragma: no cover - depends on the environment
-        pass
-    try:  # pragma: no cover - depends on the environment
-        from Crypto.Hash import keccak as ck
-
-        return (lambda data: ck.new(data=data, digest_bits=256).digest()), "pycryptodome"
-    except ImportError:  # pragma: no cover
-        from eth_hash.auto import keccak as ek
-
-        return ek, "eth_hash"
-
-
-keccak, KECCAK_BACKEND = _pick_keccak()
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,7 @@ def test_the_fast_keccak_backend_agrees_with_eth_hash():
     for n in (0, 1, 58, 65, 118, 135, 136, 137, 1000):
         data = bytes((i * 7) % 256 for i in range(n))
         assert enc.keccak(data) == reference_keccak(data)
+        assert enc.keccak(bytearray(data)) == enc.keccak(memoryview(data)) == reference_keccak(data)
 
 
 def test_vectorized_leaves_equal_one_by_one_leaves_including_zero_padding():
