@@ -53,8 +53,6 @@ _ROOT = struct.Struct(">B3sBIII32s")  # prefix tag version positions hidden toke
 assert _HEADER.size == HEADER_LEN and _ROOT.size == ROOT_LEN
 
 
-
-
 @dataclass(frozen=True)
 class Domain:
     """Who committed: the chain, the request and the stage (index in the request's pipeline)."""

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 SETTLE_S = 0.005  # no new row for this long after a smaller group's last one: the group is in
+BURST_MAX_S = 4 * SETTLE_S  # the longest a later stage waits for a burst of prompts to end
 
 
 @dataclass
@@ -115,7 +116,9 @@ class Batcher:
         step of the input stage sent back to back, so prefill work also waits until no new job
         has come for `SETTLE_S`. Stepping on a burst's first prompt would leave the rest for a
         second step, reading every weight again for a few rows (traced: a 60-row step, then one
-        of 180, where the input stage had sent 240 rows in one burst)."""
+        of 180, where the input stage had sent 240 rows in one burst). Never more than
+        `BURST_MAX_S` after the oldest prompt: an input stage that trickles rows cannot hold
+        the stage's steps (everyone's decodes ride them) longer than that."""
         if not self.jobs:
             return 0.0
         decodes = [j for j in self.jobs.values() if j.remaining == 1 and j.outs == []]
@@ -123,7 +126,8 @@ class Batcher:
             if not bursts:
                 return 0.0
             ready = [j.ready_at for j in self.jobs.values()]
-            return max(0.0, min(max(ready) + SETTLE_S, min(ready) + max_wait_s) - now)
+            return max(0.0, min(max(ready) + SETTLE_S, min(ready) + BURST_MAX_S, min(ready)
+                                + max_wait_s) - now)
         groups = self.groups(stages)
         target = min(self.max_decode_rows, max(1, math.ceil(running / groups)))
         if len(decodes) >= target:

@@ -9,8 +9,8 @@ each changed assignment to the asyncio loop, where the new shard is loaded off-l
 stage is DRAINED (no new work is refused while its in-flight sessions finish, up to `drain_s`;
 then it lingers until `linger_s` after the last request that finished there, before or during
 the drain, since the gateway asks each stage for its signed commitment right after the last
-token), stopped, and the new stage is started on the same host:port. Unassigned (or standby) means idle:
-nothing is served, heartbeats continue.
+token), stopped, and the new stage is started on the same host:port. Unassigned (or standby)
+means idle: nothing is served, heartbeats continue.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.dataplane.batcher import SETTLE_S, Batcher, Job
+from node.dataplane.batcher import BURST_MAX_S, SETTLE_S, Batcher, Job
 from node.runtime.batch import BatchedExecutor, Work
 from node.runtime.executor import StageExecutor, generate_local
 from node.runtime.shard import load_shard
@@ -179,6 +179,11 @@ def test_a_later_stage_takes_a_burst_of_prompts_in_one_step():
     late.ready_at = 11.5  # rows kept trickling in: the oldest prompt has waited long enough
     b.submit(late)
     assert b.wait_s(running=4, now=11.5, max_wait_s=1.0, stages=2, bursts=True) == 0.0
+    b.drop(late.rid)
+    late.ready_at = 10.0 + BURST_MAX_S  # a burst that goes on: BURST_MAX_S after its oldest row
+    b.submit(late)
+    assert b.wait_s(running=4, now=10.0 + BURST_MAX_S, max_wait_s=1.0, stages=2,
+                    bursts=True) == pytest.approx(0.001)
 
 # ── admission under a random mix of sizes and cancellations ──────────────────────────────────
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

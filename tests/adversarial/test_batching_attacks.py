@@ -1,0 +1,37 @@
+"""Attacks on a stage's batching by a party that feeds it rows.
+
+A later stage waits for the rest of a burst of prompts before stepping (`Batcher.wait_s`,
+`bursts`). An input stage of any pipeline through that stage chooses when its rows arrive: by
+trickling one short prompt every few milliseconds, each just inside the settle window, it could
+keep the burst "still arriving" and hold every step, and with it every other request's decode
+rows. The wait is capped at `BURST_MAX_S` after the oldest prompt, so the attacker gains a few
+milliseconds per step at most and the honest rows ride the first step after the cap.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from node.dataplane.batcher import BURST_MAX_S, SETTLE_S, Batcher, Job
+
+
+def _job(tag: int, rows: int, ready_at: float) -> Job:
+    return Job(bytes([tag]) * 32, torch.zeros(rows, dtype=torch.int64), 0, 0, 0, 0, ready_at=ready_at)
+
+
+def test_a_trickling_input_stage_cannot_hold_a_later_stage_s_steps() -> None:
+    b = Batcher()
+    b.submit(_job(1, 60, 0.0))  # an honest prompt
+    b.submit(_job(2, 1, 0.0))  # and a running request's decode row (its token is waiting)
+    t, k, stepped_at = 0.0, 0, None
+    while t < 1.0:  # the attacker: a 1-row prompt every SETTLE_S - 1 ms, for as long as it likes
+        k += 1
+        t = k * (SETTLE_S - 0.001)
+        wait = b.wait_s(running=50, now=t, max_wait_s=2.0, stages=2, bursts=True)
+        if wait == 0.0:
+            stepped_at = t
+            break
+        b.submit(_job(100 + k, 1, t))
+    assert stepped_at is not None and stepped_at <= BURST_MAX_S + SETTLE_S
+    plan = {j.rid[0] for j, _ in b.plan(running=50, stages=2)}
+    assert {1, 2} <= plan  # the honest prompt and decode row go in that step
