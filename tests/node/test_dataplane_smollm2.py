@@ -1,5 +1,5 @@
 """SmolLM2-135M across three `node serve` worker processes: the greedy tokens equal the whole model's
-in one process (slow: imports SmolLM2 into a tmp dir, ~30 s)."""
+in one process (slow: the session imports SmolLM2 into a tmp dir, ~20 s, once)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 from coincurve import PrivateKey
 
 from node.dataplane.client import PipelineClient
-from node.runtime.models.importer import import_model
 from node.runtime.models.reference import load_whole_model, whole_model_reference
 from protocol.identity import address_of_key
 from protocol.messages import PipelineRequest, StageAssignment
@@ -24,10 +23,11 @@ pytestmark = [
 ]
 
 
-def test_three_worker_processes_serve_smollm2_exactly_like_one_process(tmp_path: Path, worker_process):
+def test_three_worker_processes_serve_smollm2_exactly_like_one_process(tmp_path: Path, smollm2: Path,
+                                                                      worker_process):
     from transformers import AutoTokenizer
 
-    model = import_model("smollm2", tmp_path / "smollm2").path
+    model = smollm2
     tok = AutoTokenizer.from_pretrained(str(model), local_files_only=True)
     prompt = list(tok("The capital of France is")["input_ids"])
     steps = 12

@@ -24,11 +24,6 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return import_model("smollm2", tmp_path_factory.mktemp("models") / "smollm2").path
-
-
-@pytest.fixture(scope="module")
 def chat_reference(smollm2: Path):
     """The unsplit transformers model's greedy run on a chat prompt: (tokenizer, prompt, reference)."""
     from transformers import AutoTokenizer
