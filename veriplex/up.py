@@ -95,7 +95,10 @@ class Network:
         return "\n".join(lines)
 
     def stop(self) -> list[str]:
-        return self.stack.stop()
+        """The workers first, together (each announces its leave while the coordinator and the
+        chain still run), then the other children newest first."""
+        forced = self.stack.stop_together([w.child for w in self.workers if w.child is not None])
+        return forced + self.stack.stop()
 
 
 def _free_port() -> int:

@@ -1,7 +1,8 @@
 """The supervisor of `veriplex up`'s children: each in its own process group with its output in a
-log file; stopping takes the whole group (grandchildren too), newest child first; a child that
-ignores SIGTERM is killed and reported; and a supervisor killed outright takes its children with
-it (parent-death signal), so nothing is orphaned."""
+log file; stopping takes the whole group (grandchildren too), newest child first (or independent
+children together, in one grace period); a child that ignores SIGTERM is killed and reported;
+and a supervisor killed outright takes its children with it (parent-death signal), so nothing is
+orphaned."""
 
 from __future__ import annotations
 
@@ -64,6 +65,24 @@ def test_a_child_that_ignores_sigterm_is_killed_and_reported(tmp_path: Path) -> 
     forced = stack.stop(grace_s=0.5)
     assert forced == [f"stubborn (pid {c.pid}) ignored SIGTERM for 0.5 s and was killed"]
     assert group_members(c.pid) == []
+
+
+def test_children_stopped_together_share_one_grace_period_and_take_their_groups(
+        tmp_path: Path) -> None:
+    stack = Stack(tmp_path / "logs")
+    env = dict(os.environ)
+    kids = [stack.start("parent", PARENT, env), stack.start("stubborn-1", STUBBORN, env),
+            stack.start("stubborn-2", STUBBORN, env)]
+    for c in kids:
+        c.wait_line(r"^ready$", 30)
+    t0 = time.monotonic()
+    forced = stack.stop_together(kids, grace_s=1.0)
+    took = time.monotonic() - t0
+    assert forced == [f"stubborn-{k} (pid {kids[k].pid}) ignored SIGTERM for 1 s and was killed"
+                      for k in (1, 2)]
+    assert took < 1.9  # one grace period for both stubborn children, not one each
+    assert all(group_members(c.pid) == [] for c in kids)  # the grandchild went with its parent
+    assert stack.stop() == []  # stopped already: nothing left to force
 
 
 def test_a_child_that_dies_before_its_ready_line_is_reported_with_its_log(tmp_path: Path) -> None:
