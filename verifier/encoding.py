@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from protocol.keccak import KECCAK_BACKEND, keccak  # noqa: F401 (re-exported)
+from protocol.keccak import KECCAK_BACKEND, keccak, keccak_rows  # noqa: F401 (re-exported)
 from verifier.errors import EncodingError
 
 CHUNK = 32  # bf16 values per leaf
@@ -194,28 +194,44 @@ def root_hash(positions: int, hidden_size: int, n_tokens: int, top: bytes) -> by
 def hidden_leaves(domain: Domain, bits: np.ndarray, start: int = 0) -> np.ndarray:
     """All hidden leaf preimages of (T, d) bits at once: uint8 (T × chunks, 118), row-major by
     (position, chunk) — the leaf order of the tree. Row i is position `start + i`."""
-    t, _ = bits.shape
-    if start < 0 or start + t - 1 > MAX_POSITION:
-        raise EncodingError(f"positions [{start}, {start + t}) must lie in [0, 2**32)")
+    return hidden_leaves_many([(domain, start, bits.shape[0])], bits)
+
+
+def hidden_leaves_many(parts: list[tuple[Domain, int, int]], bits: np.ndarray) -> np.ndarray:
+    """The hidden leaf preimages of many trees' rows in one pass: `parts` lists (domain, start, T)
+    in the order of `bits`' rows (N = ΣT, d); part k's T rows are positions [start, start + T) of
+    its domain. uint8 (N × chunks, 118): each part's leaves in tree order, parts one after another."""
+    n, _ = bits.shape
+    if sum(t for _, _, t in parts) != n:
+        raise EncodingError(f"parts cover {sum(t for _, _, t in parts)} rows; bits hold {n}")
+    for _, start, t in parts:
+        if start < 0 or start + t - 1 > MAX_POSITION:
+            raise EncodingError(f"positions [{start}, {start + t}) must lie in [0, 2**32)")
     padded = pad_rows(bits)
     c = padded.shape[1] // CHUNK
     if c - 1 > MAX_CHUNK:
         raise EncodingError(f"hidden size {bits.shape[1]} needs {c} chunks, more than 2**16")
-    out = np.empty((t, c, HIDDEN_LEAF_LEN), dtype=np.uint8)
-    out[:, :, :HEADER_LEN] = np.frombuffer(domain.header(KIND_HIDDEN, 0, 0), dtype=np.uint8)
-    out[:, :, 48:52] = np.arange(start, start + t, dtype=">u4").view(np.uint8).reshape(t, 1, 4)
+    counts = [t for _, _, t in parts]
+    headers = np.frombuffer(b"".join(dom.header(KIND_HIDDEN, 0, 0) for dom, _, _ in parts),
+                            dtype=np.uint8).reshape(len(parts), HEADER_LEN)
+    positions = np.concatenate([np.arange(start, start + t, dtype=np.int64) for _, start, t in parts]
+                               ).astype(">u4") if parts else np.empty(0, dtype=">u4")
+    out = np.empty((n, c, HIDDEN_LEAF_LEN), dtype=np.uint8)
+    out[:, :, :HEADER_LEN] = (headers if len(parts) == 1 else np.repeat(headers, counts, axis=0)
+                              ).reshape(-1, 1, HEADER_LEN)
+    out[:, :, 48:52] = positions.view(np.uint8).reshape(n, 1, 4)
     out[:, :, 52:54] = np.arange(c, dtype=">u2").view(np.uint8).reshape(1, c, 2)
-    out[:, :, HEADER_LEN:] = padded.astype(">u2").view(np.uint8).reshape(t, c, PAYLOAD_LEN)
-    return out.reshape(t * c, HIDDEN_LEAF_LEN)
+    out[:, :, HEADER_LEN:] = padded.astype(">u2").view(np.uint8).reshape(n, c, PAYLOAD_LEN)
+    return out.reshape(n * c, HIDDEN_LEAF_LEN)
 
 
 def hash_rows(rows: np.ndarray) -> np.ndarray:
     """keccak256 of every row of a uint8 (n, L) array → uint8 (n, 32)."""
     n, width = rows.shape
-    buf = memoryview(np.ascontiguousarray(rows).tobytes())
-    return np.frombuffer(
-        b"".join([keccak(buf[i * width:(i + 1) * width]) for i in range(n)]), dtype=np.uint8
-    ).reshape(n, 32)
+    if not n:
+        return np.empty((0, 32), dtype=np.uint8)
+    return np.frombuffer(keccak_rows(np.ascontiguousarray(rows, dtype=np.uint8).data, width),
+                         dtype=np.uint8).reshape(n, 32)
 
 
 def token_leaves(domain: Domain, tokens: Any) -> np.ndarray:

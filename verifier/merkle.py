@@ -340,25 +340,9 @@ class IncrementalCommitment:
 
     def append(self, start: int, hidden: Any) -> None:
         """Hash rows (T, d) for positions [start, start + T); `start` must be the rows held."""
-        if start != self.rows:
-            raise EncodingError(f"rows must arrive in order: got position {start}, {self.rows} held")
-        bits = enc.bf16_bits(hidden)
-        if bits.ndim != 2 or bits.shape[1] != self.hidden_size:
-            raise EncodingError(f"rows must be (T, {self.hidden_size}), got shape {bits.shape}")
-        if not len(bits):
-            return
-        self._levels[0] += enc.hash_rows(enc.hidden_leaves(self.domain, bits, start)).tobytes()
-        self.rows += len(bits)
-        lv = 0
-        while len(self._levels[lv]) >= 64:
-            if lv + 1 == len(self._levels):
-                self._levels.append(bytearray())
-            below, above = self._levels[lv], self._levels[lv + 1]
-            have, want = len(above) // 32, len(below) // 64
-            if have == want:  # this level did not grow, so no level above it does
-                break
-            above += enc.hash_pairs(below[64 * have: 64 * want])
-            lv += 1
+        error = append_rows([(self, start, hidden)])[0]
+        if error is not None:
+            raise error
 
     def truncate(self, rows: int) -> None:
         """Forget rows from position `rows` on (complete nodes below it stay valid)."""
@@ -410,3 +394,101 @@ class IncrementalCommitment:
                 raise EncodingError(f"rows of shape {b.shape} do not match {shape}")
             padded = enc.pad_rows(b)
         return StageCommitment(self.domain, shape, levels, padded, toks)
+
+
+def append_rows(items: Sequence[tuple[IncrementalCommitment, int, Any]]) -> list[EncodingError | None]:
+    """`acc.append(start, rows)` for many trees at once, with the same bytes tree by tree: one bf16
+    conversion, one leaf build and one keccak pass over every tree's new rows, then each level's
+    new inner nodes of every tree in one pass. A stage grows one tree per request every step, and
+    per call the fixed costs were most of the hashing (one decoded row of 576 values: ~170 µs alone,
+    ~60 µs in a batch of 16). Each tree appears at most once. The answer holds, per item, None or
+    the error that left that tree unchanged (rows not in order, of the wrong width, NaN/infinite)."""
+    if len({id(acc) for acc, _, _ in items}) != len(items):
+        raise ValueError("append_rows takes each tree at most once")
+    errors: list[EncodingError | None] = [None] * len(items)
+    bits = _bits_of([rows for _, _, rows in items])
+    good: dict[int, list[int]] = {}  # hidden size -> indices of the items that hash
+    for k, ((acc, start, _), b) in enumerate(zip(items, bits, strict=True)):
+        if isinstance(b, EncodingError):
+            errors[k] = b
+        elif start != acc.rows:
+            errors[k] = EncodingError(f"rows must arrive in order: got position {start}, {acc.rows} held")
+        elif b.ndim != 2 or b.shape[1] != acc.hidden_size:
+            errors[k] = EncodingError(f"rows must be (T, {acc.hidden_size}), got shape {b.shape}")
+        elif ((b & 0x7F80) == 0x7F80).any():
+            errors[k] = EncodingError(f"values contain {int(((b & 0x7F80) == 0x7F80).sum())} entries "
+                                      "that are NaN or infinite in bf16")
+        elif len(b):
+            good.setdefault(acc.hidden_size, []).append(k)
+    for ks in good.values():
+        try:
+            leaves = enc.hidden_leaves_many([(items[k][0].domain, items[k][1], len(bits[k])) for k in ks],
+                                            np.concatenate([bits[k] for k in ks]) if len(ks) > 1 else bits[ks[0]])
+        except EncodingError as e:  # a position past 2**32: hash the rest one by one
+            if len(ks) == 1:
+                errors[ks[0]] = e
+            else:
+                for k in ks:
+                    errors[k] = append_rows([items[k]])[0]
+            continue
+        hashes = enc.hash_rows(leaves).tobytes()
+        at = 0
+        for k in ks:
+            acc = items[k][0]
+            n = 32 * len(bits[k]) * acc.chunks
+            acc._levels[0] += hashes[at:at + n]
+            acc.rows += len(bits[k])
+            at += n
+        _grow([items[k][0] for k in ks])
+    return errors
+
+
+def _bits_of(rows: list[Any]) -> list[np.ndarray | EncodingError]:
+    """bf16 bits of each item's rows (NaN kept as a NaN pattern, checked by the caller): one
+    conversion for a list of torch float tensors of the same dtype and width, else one per item."""
+    if len(rows) > 1 and all(type(r).__module__.startswith("torch") and r.dim() == 2 for r in rows) \
+            and len({(r.dtype, r.shape[1]) for r in rows}) == 1:
+        import torch
+
+        try:
+            whole = enc.bf16_bits(torch.cat([r.detach() for r in rows]), finite=False)
+        except EncodingError:
+            pass
+        else:
+            out: list[np.ndarray | EncodingError] = []
+            at = 0
+            for r in rows:
+                out.append(whole[at:at + r.shape[0]])
+                at += r.shape[0]
+            return out
+    answer: list[np.ndarray | EncodingError] = []
+    for r in rows:
+        try:
+            answer.append(enc.bf16_bits(r, finite=False))
+        except EncodingError as e:
+            answer.append(e)
+    return answer
+
+
+def _grow(trees: list[IncrementalCommitment]) -> None:
+    """Hash every complete inner node the trees' new leaves made, level by level, all trees at once."""
+    lv = 0
+    while trees:
+        spans = []
+        for acc in trees:
+            below = acc._levels[lv]
+            have = len(acc._levels[lv + 1]) // 32 if lv + 1 < len(acc._levels) else 0
+            want = len(below) // 64
+            if want > have:  # else this level did not grow, so no level above it does
+                spans.append((acc, bytes(below[64 * have:64 * want])))
+        if not spans:
+            return
+        nodes = enc.hash_pairs(b"".join(seg for _, seg in spans))
+        at = 0
+        for acc, seg in spans:
+            if lv + 1 == len(acc._levels):
+                acc._levels.append(bytearray())
+            acc._levels[lv + 1] += nodes[at:at + len(seg) // 2]
+            at += len(seg) // 2
+        trees = [acc for acc, _ in spans]
+        lv += 1

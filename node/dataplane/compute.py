@@ -150,6 +150,7 @@ class StepLoop:
                       sum(n for _, n in plan), 1e3 * (time.monotonic() - t0), t0)
             self.steps += 1
             self.max_batch = max(self.max_batch, len(plan))
+            stored = []
             for k, (job, n) in enumerate(plan):
                 s = self.sessions.sessions.get(job.rid)
                 if s is None:  # cancelled or finished while the step ran: its KV is already gone
@@ -165,8 +166,17 @@ class StepLoop:
                     # re-route dropped the job meanwhile (its rewind then sees both alike).
                     self.sessions.store_rows(job.rid, out.start, out.hidden,
                                              None if ex.shard.is_first else works[k].x)
-                    if self.batcher.get(job.rid) is not job or s.epoch != job.epoch:
-                        continue
+                    stored.append((s, job, n, out))
+                except (DataPlaneError, ModelError) as e:
+                    self.batcher.drop(job.rid)
+                    self.on_fail(s, job.step, e)
+            self.sessions.hash_stored()  # every request's rows in one pass, before they go on
+            for s, job, n, out in stored:
+                # re-checked per request: sending an earlier one's rows may have let others run
+                if (self.sessions.sessions.get(job.rid) is not s or self.batcher.get(job.rid) is not job
+                        or s.epoch != job.epoch):
+                    continue
+                try:
                     if job.advance(n, out.hidden, out.logits):
                         self.batcher.drop(job.rid)
                         await self.on_done(s, job)

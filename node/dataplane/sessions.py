@@ -203,6 +203,14 @@ class SessionTable:
                                    inputs.shape[1], start, inputs,
                                    s.request.stages[s.index - 1].operator)
 
+    def hash_stored(self) -> None:
+        """Hash the rows stored since the last call into their trees, every request in one pass,
+        where the trees wait for it (`CommitLeaves.defer` off; deferred trees hash in a loop
+        callback). The step loop calls it once a step's rows are all stored."""
+        for leaves in (self.leaves, self.inputs.leaves):
+            if not leaves.defer:
+                leaves.settle_all()
+
     def rewind(self, rid: bytes, length: int) -> None:
         """Forget positions from `length` on: KV cache and stored rows (a re-route resumes earlier)."""
         sess = self.executor.session(rid)

@@ -44,7 +44,7 @@ class InProcessPipeline:
 
     def __init__(self, model: Path, ranges: list[tuple[int, int]], store_root: Path,
                  chain_id: int = 31337, kv_budget_bytes: int = 2**30, session_timeout_s: float = 60.0,
-                 store_max_bytes: int = 10**8):
+                 store_max_bytes: int = 10**8, micro_batches: int = 0):
         from coincurve import PrivateKey
 
         from node.dataplane.directory import StaticDirectory
@@ -57,6 +57,7 @@ class InProcessPipeline:
                                          [address_of_key(self.gateway)])
         self.store_root, self.kv_budget_bytes = store_root, kv_budget_bytes
         self.session_timeout_s, self.store_max_bytes = session_timeout_s, store_max_bytes
+        self.micro_batches = micro_batches
         self.servers: list = []
 
     async def start(self) -> InProcessPipeline:
@@ -69,7 +70,8 @@ class InProcessPipeline:
             store = HiddenStateStore(self.store_root / f"stage-{a}-{b}", self.store_max_bytes, 600, 600)
             srv = StageServer(StageExecutor(load_shard(self.model, a, b)), store, key, self.directory,
                               self.chain_id, kv_budget_bytes=self.kv_budget_bytes,
-                              session_timeout_s=self.session_timeout_s)
+                              session_timeout_s=self.session_timeout_s,
+                              micro_batches=self.micro_batches)
             await srv.start()
             self.servers.append(srv)
         return self

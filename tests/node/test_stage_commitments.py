@@ -419,10 +419,48 @@ def test_stages_taking_turns_hash_their_rows_before_sending_them_on(tiny_llama, 
                           PrivateKey(b"\x01" * 32), StaticDirectory([], []), 1, micro_batches=mb)
         assert srv.sessions.inputs.leaves.defer == srv.sessions.leaves.defer
         srv.sessions.leaves.stored(rid, dom, 64, 0, rows)
+        srv.sessions.hash_stored()  # what the step loop does once a step's rows are all stored
         return srv.sessions.leaves.nbytes > 0  # before the loop got a turn
 
     assert asyncio.run(hashed_at_once(1))
     assert not asyncio.run(hashed_at_once(0)) and not asyncio.run(hashed_at_once(2))
+
+
+@pytest.mark.parametrize("micro_batches", [0, 1])
+def test_requests_batched_together_each_commit_their_own_rows_from_trees_grown_in_one_pass(
+        in_process_pipeline, micro_batches):
+    """Every step hashes all its requests' rows in one pass (`verifier.merkle.append_rows`), at
+    once (stages taking turns) or deferred to the loop: each request's commitment still comes from
+    its own grown tree and equals `build` over the rows it stored, for the rows it received too."""
+    prompts = [PROMPT, PROMPT[:5], PROMPT * 2, PROMPT[3:]]
+
+    async def main():
+        p = await in_process_pipeline([(0, 3), (3, 8)], micro_batches=micro_batches).start()
+        try:
+            reqs = [p.request(len(x), NEW) for x in prompts]
+            gens = await asyncio.gather(*(p.client().generate(r, x, step_timeout_s=20)
+                                          for r, x in zip(reqs, prompts, strict=True)))
+            await asyncio.sleep(0.05)
+            out = []
+            for r, x, g in zip(reqs, prompts, gens, strict=True):
+                seq = x + g.tokens
+                commits = await commit_all(p.gateway, p.chain_id, r, len(seq) - 1, seq)
+                rows = [(await fetch_rows(p.gateway, p.chain_id, st.host, st.port, r.rid, j,
+                                          (st.start, st.end), 0, len(seq) - 1,
+                                          operator=st.operator))[0]
+                        for j, st in enumerate(r.stages)]
+                out.append((r, seq, commits, rows))
+            return out, [s.stored.commits_grown for s in p.servers], [s.max_batch for s in p.servers]
+        finally:
+            await p.stop()
+
+    out, grown, max_batch = asyncio.run(main())
+    assert max(max_batch) > 1  # the requests did share steps
+    assert grown == [len(prompts)] * 2  # every commitment from a grown tree, none rebuilt
+    for r, seq, commits, rows in out:
+        for j, (c, stage_rows) in enumerate(zip(commits, rows, strict=True)):
+            want = StageCommitment.build(Domain(31337, r.rid, j), stage_rows, seq)
+            assert c.commit.root == want.root
 
 
 def test_after_a_failover_every_stage_commits_exactly_the_rows_it_stores(in_process_pipeline):

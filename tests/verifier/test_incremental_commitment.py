@@ -15,6 +15,7 @@ from verifier.merkle import (
     IncrementalCommitment,
     Shape,
     StageCommitment,
+    append_rows,
     verify_chunk,
     verify_token,
 )
@@ -144,3 +145,42 @@ def test_bad_input_to_the_incremental_paths_is_refused_with_a_reason():
     no_rows = StageCommitment.from_leaves(DOMAIN, shape, acc.leaf_hashes(), [1, 2])
     with pytest.raises(ProofError, match="without the rows"):
         no_rows.open_chunk(0, 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(domains, st.integers(0, 5), st.integers(0, 4), st.sampled_from([33, 64, 100]),
+                          st.sampled_from(["ok", "nan", "late", "wide"])), min_size=1, max_size=6),
+       st.sampled_from(["torch", "numpy"]))
+def test_many_trees_grown_in_one_pass_equal_each_grown_alone(trees, kind):
+    """`append_rows` (a stage hashing one step's rows of every request at once) leaves every tree
+    byte for byte as its own `append` would, and as `build` over all its rows; a bad item (NaN,
+    out of order, wrong width) fails alone and leaves its tree unchanged."""
+    import torch
+
+    rng = np.random.default_rng(len(trees))
+    alone, together, items, cases, everything = [], [], [], [], []
+    for domain, held, t, d, case in trees:
+        first = rng.standard_normal((held, d)).astype(np.float32)
+        rows = rng.standard_normal((max(t, int(case != "ok")), d + int(case == "wide"))).astype(np.float32)
+        if case == "nan":
+            rows[0, 0] = np.nan
+        a, b = IncrementalCommitment(domain, d), IncrementalCommitment(domain, d)
+        for acc in (a, b):
+            acc.append(0, first)
+        start = held + 1 if case == "late" else held
+        items.append((b, start, torch.from_numpy(rows) if kind == "torch" else rows))
+        cases.append(case)
+        if case == "ok":
+            a.append(start, rows)
+        everything.append(np.concatenate([first, rows]) if case == "ok" else first)
+        alone.append(a)
+        together.append(b)
+    errors = append_rows(items)
+    assert [e is not None for e in errors] == [c != "ok" for c in cases]
+    for a, b, rows in zip(alone, together, everything, strict=True):
+        assert a.rows == b.rows == len(rows) and a.nbytes == b.nbytes
+        assert all(bytes(x) == bytes(y) for x, y in zip(a._levels, b._levels, strict=True))
+        if len(rows):
+            assert b.root(b.rows)[0] == StageCommitment.build(b.domain, rows).root
+    with pytest.raises(ValueError, match="at most once"):
+        append_rows([items[0], items[0]])
