@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,32 @@ import boa
 from tests.support.chain import ETH
 
 VY = Path(__file__).resolve().parents[2] / "contracts" / "vy"
+
+
+def _one_deployment_source_map_per_contract() -> None:
+    """titanoboa 0.2.8 re-assembles a contract's creation code on every deploy, only to get the
+    source map of its constructor (a `cached_property` of each deployed instance): ~40% of a deploy,
+    and the fuzzers deploy a System per example. The map depends on the compiled contract alone
+    (`CompilerData`, shared by every deploy from one deployer), as boa's runtime map already
+    does, and boa only reads it (revert reasons): keep one per `CompilerData`."""
+    from boa.contracts.vyper.vyper_contract import VyperContract
+
+    built = VyperContract.__dict__.get("_deployment_source_map")
+    if not isinstance(built, cached_property):  # another boa version: leave it as it is
+        return
+    maps: dict[int, tuple[Any, Any]] = {}  # id(CompilerData) -> (CompilerData kept alive, map)
+
+    def shared(self: Any) -> Any:
+        data = self.compiler_data
+        hit = maps.get(id(data))
+        if hit is None or hit[0] is not data:
+            hit = maps[id(data)] = (data, built.func(self))
+        return hit[1]
+
+    VyperContract._deployment_source_map = property(shared)  # type: ignore[assignment]
+
+
+_one_deployment_source_map_per_contract()
 HW = ("NVIDIA H100", 81_559, 989_000, 3_350, 100_000, "eu-west")
 
 
