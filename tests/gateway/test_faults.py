@@ -43,23 +43,35 @@ from tests.support.gateway import (
 pytestmark = pytest.mark.anvil
 
 
-@pytest.fixture
-def stages(chat_model: Path, gateway_signer: Signer, anvil_url: str, deployment: Path,
-           tmp_path: Path):
-    """[0,4) and [4,8) plus a spare [4,8), each its own `node serve` process."""
-    keys = [secrets.token_bytes(32) for _ in range(3)]
+@pytest.fixture(scope="module")
+def stage_processes(chat_model: Path, gateway_signer: Signer, anvil_url: str, deployment: Path,
+                    tmp_path_factory: pytest.TempPathFactory):
+    """[0,4), a spare [4,8), and one [4,8) for each test that kills its middle stage, each its own
+    `node serve` process, started together once: a test kills only the middle stage it was
+    given, the first stage and the spare serve each request under its own id."""
+    tmp = tmp_path_factory.mktemp("stages")
+    keys = [secrets.token_bytes(32) for _ in range(4)]
     addrs = [address_of_key(PrivateKey(k)) for k in keys]
-    plan = [(0, 4), (4, 8), (4, 8)]
-    procs = [StageProcess(chat_model, rng, k, addrs, gateway_signer.address, tmp_path / f"s{i}")
+    plan = [(0, 4), (4, 8), (4, 8), (4, 8)]
+    procs = [StageProcess(chat_model, rng, k, addrs, gateway_signer.address, tmp / f"s{i}")
              for i, (rng, k) in enumerate(zip(plan, keys, strict=True))]
     try:
         for p in procs:
             p.wait_ready()
             register_operator(anvil_url, deployment, p.address)
-        yield procs
+        first, spare, *middles = procs
+        yield first, spare, middles
     finally:
         for p in procs:
             p.stop()
+
+
+@pytest.fixture
+def stages(stage_processes):
+    """[0,4), a [4,8) no other test has used (the test may kill it), and the spare [4,8)."""
+    first, spare, middles = stage_processes
+    assert middles, "more tests kill a middle stage than stage_processes starts"
+    return first, middles.pop(0), spare
 
 
 def serve_gateway(anvil_url: str, deployment: Path, signer: Signer, model: Path, info,  # type: ignore[no-untyped-def]
