@@ -136,6 +136,10 @@ class Payments(Binding):
     def gateway_bond(self, gateway: str) -> int:
         return int(self._view("gateway_bond", Web3.to_checksum_address(gateway)))
 
+    def min_gateway_bond(self) -> int:
+        """The bond a gateway must hold to settle (one read; `params` reads all seven)."""
+        return int(self._view("min_gateway_bond"))
+
     def params(self) -> dict[str, object]:
         return {
             k: self._view(k)

@@ -168,10 +168,10 @@ class Settler:
 
     def _ensure_bond(self) -> None:
         """Only bonded gateways may settle: top the bond up to the contract's minimum (once it
-        holds, this is one read per batch)."""
+        holds, this is two reads per batch: the minimum and the bond)."""
         pay = self.chain.payments
         me = self.chain.signer.address
-        need = int(pay.params()["min_gateway_bond"]) - pay.gateway_bond(me)
+        need = pay.min_gateway_bond() - pay.gateway_bond(me)
         if need > 0:
             pay.bond_gateway(need)
             log.info("gateway bonded %d wei (the minimum to settle)", need)
