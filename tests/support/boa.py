@@ -37,6 +37,7 @@ def _one_deployment_source_map_per_contract() -> None:
 
 
 _one_deployment_source_map_per_contract()
+
 HW = ("NVIDIA H100", 81_559, 989_000, 3_350, 100_000, "eu-west")
 
 
