@@ -255,7 +255,7 @@ class Payments(Binding):
 
     def _params_args(self, window: int, fee: int, ver: int, bond: int | None,
                      min_charge: int | None) -> tuple[int, ...]:
-        bond = int(self._view("min_gateway_bond")) if bond is None else bond
+        bond = self.min_gateway_bond() if bond is None else bond
         min_charge = int(self._view("min_charge")) if min_charge is None else min_charge
         return (window, fee, ver, bond, min_charge)
 

@@ -30,29 +30,3 @@ def _pick() -> tuple[Callable[[bytes], bytes], str]:
 
 
 keccak, KECCAK_BACKEND = _pick()
-
-
-def _pick_rows() -> Callable[[memoryview, int], bytes]:
-    try:
-        import sha3
-
-        k = sha3.keccak_256
-
-        def rows(mv: memoryview, width: int) -> bytes:
-            return b"".join([k(mv[i:i + width]).digest() for i in range(0, len(mv), width)])
-    except ImportError:  # pragma: no cover - depends on the environment
-        def rows(mv: memoryview, width: int) -> bytes:
-            return b"".join([keccak(mv[i:i + width]) for i in range(0, len(mv), width)])
-    return rows
-
-
-_rows = _pick_rows()
-
-
-def keccak_rows(data: bytes | bytearray | memoryview, width: int) -> bytes:
-    """keccak256 of each consecutive `width`-byte piece of `data`, the 32-byte digests joined (the
-    commitment trees hash thousands of leaves and nodes at once: no call per piece in between)."""
-    mv = memoryview(data).cast("B")
-    if width <= 0 or len(mv) % width:
-        raise ValueError(f"{len(mv)} bytes do not split into {width}-byte pieces")
-    return _rows(mv, width)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from protocol.keccak import KECCAK_BACKEND, keccak, keccak_rows  # noqa: F401 (re-exported)
+from protocol.keccak import KECCAK_BACKEND, keccak  # noqa: F401 (re-exported)
 from verifier.errors import EncodingError
 
 CHUNK = 32  # bf16 values per leaf
@@ -217,8 +217,7 @@ def hidden_leaves_many(parts: list[tuple[Domain, int, int]], bits: np.ndarray) -
     positions = np.concatenate([np.arange(start, start + t, dtype=np.int64) for _, start, t in parts]
                                ).astype(">u4") if parts else np.empty(0, dtype=">u4")
     out = np.empty((n, c, HIDDEN_LEAF_LEN), dtype=np.uint8)
-    out[:, :, :HEADER_LEN] = (headers if len(parts) == 1 else np.repeat(headers, counts, axis=0)
-                              ).reshape(-1, 1, HEADER_LEN)
+    out[:, :, :HEADER_LEN] = np.repeat(headers, counts, axis=0).reshape(n, 1, HEADER_LEN)
     out[:, :, 48:52] = positions.view(np.uint8).reshape(n, 1, 4)
     out[:, :, 52:54] = np.arange(c, dtype=">u2").view(np.uint8).reshape(1, c, 2)
     out[:, :, HEADER_LEN:] = padded.astype(">u2").view(np.uint8).reshape(n, c, PAYLOAD_LEN)
@@ -228,10 +227,10 @@ def hidden_leaves_many(parts: list[tuple[Domain, int, int]], bits: np.ndarray) -
 def hash_rows(rows: np.ndarray) -> np.ndarray:
     """keccak256 of every row of a uint8 (n, L) array → uint8 (n, 32)."""
     n, width = rows.shape
-    if not n:
-        return np.empty((0, 32), dtype=np.uint8)
-    return np.frombuffer(keccak_rows(np.ascontiguousarray(rows, dtype=np.uint8).data, width),
-                         dtype=np.uint8).reshape(n, 32)
+    buf = memoryview(np.ascontiguousarray(rows).tobytes())
+    return np.frombuffer(
+        b"".join([keccak(buf[i * width:(i + 1) * width]) for i in range(n)]), dtype=np.uint8
+    ).reshape(n, 32)
 
 
 def token_leaves(domain: Domain, tokens: Any) -> np.ndarray:

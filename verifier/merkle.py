@@ -400,37 +400,34 @@ def append_rows(items: Sequence[tuple[IncrementalCommitment, int, Any]]) -> list
     """`acc.append(start, rows)` for many trees at once, with the same bytes tree by tree: one bf16
     conversion, one leaf build and one keccak pass over every tree's new rows, then each level's
     new inner nodes of every tree in one pass. A stage grows one tree per request every step, and
-    per call the fixed costs were most of the hashing (one decoded row of 576 values: ~170 µs alone,
-    ~60 µs in a batch of 16). Each tree appears at most once. The answer holds, per item, None or
-    the error that left that tree unchanged (rows not in order, of the wrong width, NaN/infinite)."""
+    per call the fixed costs were most of the hashing (one decoded row of 576 values: ~145 µs
+    alone, ~62 µs in a step of 16 requests; `bench/commit.py`). Each tree appears at most once.
+    The answer holds, per item, None or the error that left that tree unchanged (rows not in
+    order, of the wrong width, past position 2**32 - 1, NaN/infinite)."""
     if len({id(acc) for acc, _, _ in items}) != len(items):
         raise ValueError("append_rows takes each tree at most once")
     errors: list[EncodingError | None] = [None] * len(items)
     bits = _bits_of([rows for _, _, rows in items])
     good: dict[int, list[int]] = {}  # hidden size -> indices of the items that hash
     for k, ((acc, start, _), b) in enumerate(zip(items, bits, strict=True)):
-        if isinstance(b, EncodingError):
-            errors[k] = b
-        elif start != acc.rows:
-            errors[k] = EncodingError(f"rows must arrive in order: got position {start}, {acc.rows} held")
-        elif b.ndim != 2 or b.shape[1] != acc.hidden_size:
-            errors[k] = EncodingError(f"rows must be (T, {acc.hidden_size}), got shape {b.shape}")
-        elif ((b & 0x7F80) == 0x7F80).any():
-            errors[k] = EncodingError(f"values contain {int(((b & 0x7F80) == 0x7F80).sum())} entries "
-                                      "that are NaN or infinite in bf16")
-        elif len(b):
+        try:
+            if isinstance(b, EncodingError):
+                raise b
+            if start != acc.rows:
+                raise EncodingError(f"rows must arrive in order: got position {start}, {acc.rows} held")
+            if b.ndim != 2 or b.shape[1] != acc.hidden_size:
+                raise EncodingError(f"rows must be (T, {acc.hidden_size}), got shape {b.shape}")
+            if start + len(b) - 1 > enc.MAX_POSITION:
+                raise EncodingError(f"positions [{start}, {start + len(b)}) must lie in [0, 2**32)")
+            enc._check_finite_bits(b)
+        except EncodingError as e:
+            errors[k] = e
+            continue
+        if len(b):
             good.setdefault(acc.hidden_size, []).append(k)
     for ks in good.values():
-        try:
-            leaves = enc.hidden_leaves_many([(items[k][0].domain, items[k][1], len(bits[k])) for k in ks],
-                                            np.concatenate([bits[k] for k in ks]) if len(ks) > 1 else bits[ks[0]])
-        except EncodingError as e:  # a position past 2**32: hash the rest one by one
-            if len(ks) == 1:
-                errors[ks[0]] = e
-            else:
-                for k in ks:
-                    errors[k] = append_rows([items[k]])[0]
-            continue
+        leaves = enc.hidden_leaves_many([(items[k][0].domain, items[k][1], len(bits[k])) for k in ks],
+                                        np.concatenate([bits[k] for k in ks]))
         hashes = enc.hash_rows(leaves).tobytes()
         at = 0
         for k in ks:
@@ -445,22 +442,14 @@ def append_rows(items: Sequence[tuple[IncrementalCommitment, int, Any]]) -> list
 
 def _bits_of(rows: list[Any]) -> list[np.ndarray | EncodingError]:
     """bf16 bits of each item's rows (NaN kept as a NaN pattern, checked by the caller): one
-    conversion for a list of torch float tensors of the same dtype and width, else one per item."""
-    if len(rows) > 1 and all(type(r).__module__.startswith("torch") and r.dim() == 2 for r in rows) \
+    conversion for 2-D torch float tensors of one dtype and width, else one per item."""
+    if len(rows) > 1 and all(type(r).__module__.startswith("torch") and r.dim() == 2
+                             and r.is_floating_point() for r in rows) \
             and len({(r.dtype, r.shape[1]) for r in rows}) == 1:
         import torch
 
-        try:
-            whole = enc.bf16_bits(torch.cat([r.detach() for r in rows]), finite=False)
-        except EncodingError:
-            pass
-        else:
-            out: list[np.ndarray | EncodingError] = []
-            at = 0
-            for r in rows:
-                out.append(whole[at:at + r.shape[0]])
-                at += r.shape[0]
-            return out
+        whole = enc.bf16_bits(torch.cat([r.detach() for r in rows]), finite=False)
+        return list(np.split(whole, np.cumsum([r.shape[0] for r in rows])[:-1]))
     answer: list[np.ndarray | EncodingError] = []
     for r in rows:
         try:

@@ -77,8 +77,8 @@ class CommitLeaves:
 
     Rows are hashed a step at a time: `stored` queues them, and one pass (`settle_all`, with
     `verifier.merkle.append_rows`) hashes every request's queued rows together — one decoded row of
-    576 values costs ~70 µs in a pass over 16 requests against ~120 µs alone (the fixed costs of a
-    pass were most of it). When the pass runs:
+    576 values costs ~62 µs in a pass over 16 requests against ~145 µs alone (`bench/commit.py`;
+    the fixed costs of a pass were most of it). When the pass runs:
     - under an event loop with `defer` on (the default): in a callback the loop runs once the
       current step yields — after the stage sent its rows (or tokens) on, while it waits for its
       next input — so hashing stays off the pipeline's critical path;

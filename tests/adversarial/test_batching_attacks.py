@@ -6,13 +6,22 @@ trickling one short prompt every few milliseconds, each just inside the settle w
 keep the burst "still arriving" and hold every step, and with it every other request's decode
 rows. The wait is capped at `BURST_MAX_S` after the oldest prompt, so the attacker gains a few
 milliseconds per step at most and the honest rows ride the first step after the cap.
+
+A stage hashes a step's rows of every request in one pass (`CommitLeaves`, `append_rows`). A
+request whose rows cannot be committed (NaN or infinite, e.g. an input crafted to overflow) must
+not take the honest requests' trees of that step down with it, nor lend them its rows.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 import torch
 
 from node.dataplane.batcher import BURST_MAX_S, SETTLE_S, Batcher, Job
+from node.dataplane.stored_requests import CommitLeaves
+from verifier.encoding import Domain
+from verifier.merkle import StageCommitment
 
 
 def _job(tag: int, rows: int, ready_at: float) -> Job:
@@ -35,3 +44,26 @@ def test_a_trickling_input_stage_cannot_hold_a_later_stage_s_steps() -> None:
     assert stepped_at is not None and stepped_at <= BURST_MAX_S + SETTLE_S
     plan = {j.rid[0] for j, _ in b.plan(running=50, stages=2)}
     assert {1, 2} <= plan  # the honest prompt and decode row go in that step
+
+
+def test_a_request_with_uncommittable_rows_cannot_spoil_the_trees_hashed_in_its_pass() -> None:
+    honest, evil = b"\x0a" * 32, b"\x0e" * 32
+    dom_h, dom_e = Domain(1, honest, 1), Domain(1, evil, 1)
+    first, step = torch.randn(8, 64), torch.randn(1, 64)
+
+    async def main() -> tuple[CommitLeaves, bool]:
+        leaves = CommitLeaves()
+        leaves.defer = False  # the pass runs when the owner settles: both requests in one pass
+        for rid, dom in ((honest, dom_h), (evil, dom_e)):
+            leaves.stored(rid, dom, 64, 0, first)
+        leaves.settle_all()
+        leaves.stored(evil, dom_e, 64, 8, torch.full((1, 64), float("inf")))
+        leaves.stored(honest, dom_h, 64, 8, step)
+        leaves.settle_all()
+        return leaves, evil in leaves
+
+    leaves, evil_kept = asyncio.run(main())
+    acc = leaves.get(honest, dom_h, 9)
+    assert acc is not None  # still grown: its COMMIT needs no rebuild
+    assert acc.root(9)[0] == StageCommitment.build(dom_h, torch.cat([first, step])).root
+    assert not evil_kept  # the attacker's tree is dropped: its COMMIT rebuilds and fails alone
