@@ -23,14 +23,16 @@ causal / sliding-window mask), and the layer's own modules do everything else, s
 computes exactly what `StageExecutor` computes. In a larger batch a row may differ by GEMM
 blocking noise only (a few ulps); tokens are compared in the tests.
 
-Decode rows (two or more in a step) skip the per-request loop: their cached history is copied,
-once per step for all layers, into a padded `(n_layers, B, Hkv, L, hd)` buffer; each layer writes
+Decode rows (two or more in a step) skip the per-request loop: each attends over its request's
+lane of a `DecodeSlab` (`node/runtime/decode_slab.py`), where its history stays from step to step,
+so the step's lanes side by side are one padded `(n_layers, B, Hkv, L, hd)` view; each layer writes
 its new K/V rows there with one indexed write and runs one masked `scaled_dot_product_attention`
-over the batch; after the last layer the new rows are copied back to each request's cache. Per-op
+over the batch; after the last layer the new rows are copied to each request's own cache. Per-op
 dispatch, not arithmetic, was what the per-request loop cost (16 decode rows, 15 SmolLM2 layers, 2
-threads: 47 → 42.5 ms a step, transformers' own batched forward 40.5 ms; outputs bit-identical).
-The buffer's storage is reused between steps (fresh multi-MB allocations page-fault every step):
-scratch memory outside the admission budget, about the running requests' KV once more.
+threads: 47 → 42.5 ms a step, transformers' own batched forward 40.5 ms; outputs bit-identical),
+and copying every history into a fresh padded buffer each step was another ~9 % of a 16-row step
+at ~100 positions, growing with the context: a lane is filled once and then only grows by the
+rows each step writes.
 
 KV: `RequestKV` holds a `(n_layers, Hkv, alloc, hd)` K and V buffer, grown in blocks up to the
 capacity the session was admitted with (so memory held never exceeds what admission reserved) and
@@ -39,12 +41,12 @@ cropped by a re-route's rewind. Device and dtype are the shard's: the same code 
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 
 import torch
 
+from node.runtime.decode_slab import DecodeSlab
 from node.runtime.executor import LogitsMode, Session, StageExecutor, StageOutput
 from node.runtime.models.errors import ExecutionError
 from protocol.sampling import Sampling
@@ -98,9 +100,9 @@ class RequestKV:
 
 @dataclass
 class _Pad:
-    """A step's decode rows, padded: K/V `(n_layers, B, Hkv, L, hd)` (history + this step's rows),
-    per-kind masks `(B, 1, 1, L)`, the rows' places in the packed sequence, their batch index and
-    position tensors, and which items they are."""
+    """A step's decode rows, padded: K/V `(n_layers, B, Hkv, L, hd)` (views of their lanes:
+    history + this step's rows), per-kind masks `(B, 1, 1, L)`, the rows' places in the packed
+    sequence, their batch index and position tensors, and which items they are, in lane order."""
 
     K: torch.Tensor
     V: torch.Tensor
@@ -109,6 +111,7 @@ class _Pad:
     b: torch.Tensor
     last: torch.Tensor
     index: list[int]
+    in_order: bool  # lanes follow the packed rows' order and every row decodes
 
 
 @dataclass
@@ -138,8 +141,9 @@ class BatchedExecutor(StageExecutor):
 
         self._sdpa = sdpa_attention_forward
         self.n_layers = shard.end - shard.start
-        self._pad: _Pad | None = None  # this step's padded decode K/V and masks
-        self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None  # their storage
+        self._pad: _Pad | None = None  # this step's decode K/V (views of its lanes) and masks
+        self._slab = DecodeSlab(self.n_layers, self.kv_heads, self.head_dim, shard.dtype,
+                                shard.device)
 
     def open(self, request_id: bytes, sampling: Sampling | None = None,
              capacity: int | None = None) -> Session:
@@ -219,8 +223,8 @@ class BatchedExecutor(StageExecutor):
         # every decode row's attention in one call (their K/V rows are written into the padded
         # buffers there and into their own caches after the last layer, see `step`)
         o_dec = self._decode_attention(attn, li, kind, q, k, v) if pad is not None else None
-        if pad is not None and o_dec is not None and len(pad.rows) == N:
-            o = o_dec  # a pure decode step: the rows are already in order
+        if pad is not None and o_dec is not None and pad.in_order:
+            o = o_dec  # a pure decode step whose lanes follow the rows' order
         else:
             o = q.new_empty((1, N, q.shape[1], self.head_dim))  # (1, N, H, hd)
             if pad is not None and o_dec is not None:
@@ -261,27 +265,33 @@ class BatchedExecutor(StageExecutor):
 
     def _prepare_decode(self, items: list[Work], lens: list[int], sessions: list[Session],
                         bounds: list[int]) -> None:
-        """This step's padded decode K/V (every layer) and masks, `self._pad` (None if < 2 decode
-        rows). Each decode request's cached history is copied in once for all layers, its new rows
-        are written per layer (`_decode_attention`), then copied back to its cache (`step`): a
-        handful of tensor ops per request per step instead of several per request per layer."""
-        dec = [i for i, n in enumerate(lens) if n == 1]
-        if len(dec) < 2:
+        """This step's decode K/V (every layer) and masks, `self._pad` (None if < 2 decode rows).
+        Each decode request attends over its lane of the slab (`node.runtime.decode_slab`), which
+        keeps its history from step to step; its new rows are written there per layer
+        (`_decode_attention`), then copied to its own cache (`_finish_decode`). Every other item
+        writes its own cache directly, so its lane (if any) is cut back to where it starts."""
+        dec = self._padded([i for i, n in enumerate(lens) if n == 1], items)
+        padded = set(dec)
+        for i, w in enumerate(items):
+            if i not in padded:
+                self._slab.invalidate(sessions[i].cache, w.start)
+        if not dec:
             self._pad = None
             return
         sh = self.shard
-        ends = [items[i].start + 1 for i in dec]
-        L = max(ends)
-        shape = (self.n_layers, len(dec), self.kv_heads, L, self.head_dim)
-        K, V = self._scratch_kv(shape)
-        for b, i in enumerate(dec):
-            st = items[i].start
-            if st:
-                kv = sessions[i].cache
-                assert isinstance(kv, RequestKV)
-                K[:, b, :, :st] = kv.K[:, :, :st]
-                V[:, b, :, :st] = kv.V[:, :, :st]
-        kpos = torch.arange(L, device=sh.device).unsqueeze(0)  # (1, L)
+        kvs = [sessions[i].cache for i in dec]
+        starts = [items[i].start for i in dec]
+        # open sessions, copied at once: the event loop opens and closes them while a step runs
+        open_now = list(self.sessions.values())
+        live = {id(s.cache) for s in open_now}
+        # the slab may hold about twice the KV the open sessions hold (see decode_slab)
+        limit = 2 * sum(s.cache.alloc for s in open_now) + BLOCK * len(dec)
+        lo, lanes = self._slab.place(kvs, starts, live, limit)
+        by_lane = sorted(range(len(dec)), key=lambda k: lanes[k])  # the batch runs in lane order
+        index = [dec[k] for k in by_lane]
+        ends = [starts[k] + 1 for k in by_lane]
+        K, V = self._slab.views(lo, len(dec), max(ends))
+        kpos = torch.arange(max(ends), device=sh.device).unsqueeze(0)  # (1, L)
         e = torch.tensor(ends, device=sh.device).unsqueeze(1)  # (B, 1)
         masks = {}
         for kind in set(self._kinds):
@@ -290,25 +300,27 @@ class BatchedExecutor(StageExecutor):
             if window is not None:
                 m = m & (e - 1 - kpos < window)
             masks[kind] = m[:, None, None, :]  # (B, 1, 1, L)
-        self._pad = _Pad(K, V, masks, rows=torch.tensor([bounds[i] for i in dec], device=sh.device),
+        rows = [bounds[i] for i in index]
+        self._pad = _Pad(K, V, masks, rows=torch.tensor(rows, device=sh.device),
                          b=torch.arange(len(dec), device=sh.device),
-                         last=torch.tensor(ends, device=sh.device) - 1, index=dec)
+                         last=torch.tensor(ends, device=sh.device) - 1, index=index,
+                         in_order=rows == list(range(bounds[-1])))
 
-    def _scratch_kv(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Contiguous K and V buffers of `shape`, reused from step to step: a fresh multi-MB
-        allocation every step costs more in page faults than the copies themselves. Their padding
-        is not cleared: it only ever holds K/V values or the zeros it was allocated with (finite),
-        and the masks weigh padded positions by exactly 0."""
-        n = math.prod(shape)
-        if self._scratch is None or self._scratch[0].numel() < n:
-            sh = self.shard
-            size = max(n + n // 2, 2 * self._scratch[0].numel() if self._scratch else 0)
-            self._scratch = (torch.zeros(size, dtype=sh.dtype, device=sh.device),
-                             torch.zeros(size, dtype=sh.dtype, device=sh.device))
-        return self._scratch[0][:n].view(shape), self._scratch[1][:n].view(shape)
+    @staticmethod
+    def _padded(dec: list[int], items: list[Work]) -> list[int]:
+        """The decode rows that share the padded attention call: the most, shortest first, whose
+        padding keeps them within twice their own history (B × longest ≤ 2 × Σ lengths); the
+        rest (a long request among short ones) attend alone. Fewer than two: none."""
+        ends = sorted((items[i].start + 1, i) for i in dec)
+        total, keep = 0, 0
+        for k, (end, _) in enumerate(ends, 1):
+            total += end
+            if k * end <= 2 * total:
+                keep = k
+        return sorted(i for _, i in ends[:keep]) if keep >= 2 else []
 
     def _finish_decode(self, sessions: list[Session]) -> None:
-        """Copy each decode request's new K/V row (all layers) from the padded buffers to its cache."""
+        """Copy each decode request's new K/V row (all layers) from its lane to its cache."""
         pad = self._pad
         if pad is None:
             return
@@ -317,6 +329,7 @@ class BatchedExecutor(StageExecutor):
             assert isinstance(kv, RequestKV)
             kv.K[:, :, p] = pad.K[:, b, :, p]
             kv.V[:, :, p] = pad.V[:, b, :, p]
+            self._slab.written(kv, p + 1)
         self._pad = None
 
     def _masks(self, start: int, T: int) -> dict[str, torch.Tensor | None]:

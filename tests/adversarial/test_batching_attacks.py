@@ -7,6 +7,13 @@ keep the burst "still arriving" and hold every step, and with it every other req
 rows. The wait is capped at `BURST_MAX_S` after the oldest prompt, so the attacker gains a few
 milliseconds per step at most and the honest rows ride the first step after the cap.
 
+A stage attends every decode row of a step in one padded call over its requests' histories side by
+side (`BatchedExecutor`, `DecodeSlab`). A client that opens one long context beside many short
+requests would make every short history pad to the long one's length: lanes × longest positions,
+many times the KV admission reserved (one 8k-token context beside 100 short requests: ~24 GB on a
+19-layer SmolLM2 stage), enough to kill the stage for everyone. The padded rows are bounded to
+twice their own history; the long one attends alone.
+
 A stage hashes a step's rows of every request in one pass (`CommitLeaves`, `append_rows`). A
 request whose rows cannot be committed (NaN or infinite, e.g. an input crafted to overflow) must
 not take the honest requests' trees of that step down with it, nor lend them its rows.
@@ -16,10 +23,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import torch
 
 from node.dataplane.batcher import BURST_MAX_S, SETTLE_S, Batcher, Job
 from node.dataplane.stored_requests import CommitLeaves
+from node.runtime.batch import BatchedExecutor, Work
+from node.runtime.models.tiny import build_tiny_model
+from node.runtime.shard import load_shard
 from verifier.encoding import Domain
 from verifier.merkle import StageCommitment
 
@@ -67,3 +78,26 @@ def test_a_request_with_uncommittable_rows_cannot_spoil_the_trees_hashed_in_its_
     assert acc is not None  # still grown: its COMMIT needs no rebuild
     assert acc.root(9)[0] == StageCommitment.build(dom_h, torch.cat([first, step])).root
     assert not evil_kept  # the attacker's tree is dropped: its COMMIT rebuilds and fails alone
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), arch="llama", seed=0)
+
+
+def test_one_long_context_among_many_short_ones_cannot_blow_up_a_stage_s_decode_memory(tiny_llama):
+    ex = BatchedExecutor(load_shard(tiny_llama, 0, 8))
+    long, short = b"\x01" * 32, [bytes([2, k]) * 16 for k in range(40)]
+    ex.open(long, capacity=400)
+    ex.step([Work(long, torch.randint(0, 200, (300,)), 0, "none")])
+    for rid in short:
+        ex.open(rid, capacity=16)
+    ex.step([Work(rid, torch.randint(0, 200, (2,)), 0, "none") for rid in short])
+    for _ in range(3):
+        ex.step([Work(rid, torch.randint(0, 200, (1,)), ex.session(rid).length, "none")
+                 for rid in [*short[:20], long, *short[20:]]])
+    slab, held = ex._slab, sum(ex.session(r).cache.alloc for r in [long, *short])
+    assert slab.lane_of(ex.session(long).cache) is None  # the long one attended alone
+    # padding every short history to 300 positions would be 41 × 320 = 13,120 positions
+    assert len(slab.lanes) * slab.cap <= 2 * held + 64 * 41 < 41 * 320
+    assert len(slab.lanes) * slab.cap <= 41 * 64
