@@ -55,6 +55,7 @@ class _History(Protocol):
 class _Lane:
     owner: weakref.ReferenceType  # the request's RequestKV this lane mirrors
     valid: int  # positions [0, valid) equal the owner's
+    key: int  # id(owner), its key in `DecodeSlab._where`
 
 
 class DecodeSlab:
@@ -178,7 +179,10 @@ class DecodeSlab:
                 if j is not None:
                     self.lanes[j] = None  # moved out: its old lane is free
                 j = next(spare)
-                self.lanes[j] = _Lane(weakref.ref(kv), 0)
+                old = self.lanes[j]
+                if old is not None and self._where.get(old.key) == j:
+                    del self._where[old.key]  # a finished request's entry goes with its lane
+                self.lanes[j] = _Lane(weakref.ref(kv), 0, id(kv))
                 self._where[id(kv)] = j
             out.append(j)
         return out

@@ -117,6 +117,12 @@ def test_a_closed_requests_lane_serves_the_next_request_only_its_own_history(tin
     t.step([(new, 2), (rs[0], 1), (rs[2], 1)], gen)  # shorter than the lane's old history
     for _ in range(4):
         t.step([(r, 1) for r in (rs[0], new, rs[2])], gen)
+    for _ in range(30):  # requests come and go: the lane index keeps only lanes' owners
+        t.close(new)
+        new = t.open()
+        t.step([(new, 2), (rs[0], 1), (rs[2], 1)], gen)
+        t.step([(r, 1) for r in (rs[0], new, rs[2])], gen)
+    assert len(t.ex._slab._where) <= len(t.ex._slab.lanes)
 
 
 def test_long_requests_attending_alone_for_a_while_keep_their_lanes_valid(tiny_llama: Path):
