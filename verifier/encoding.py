@@ -95,7 +95,7 @@ def bf16_bits(values: Any, finite: bool = True) -> np.ndarray:
     NaN or infinity raise `EncodingError`; without it (for comparing untrusted rows) NaN becomes
     the quiet NaN 0x7FC0 (sign kept) and infinities stay infinities.
     """
-    check = _check_finite_bits if finite else (lambda b: b)
+    check = check_finite_bits if finite else (lambda b: b)
     if _is_torch(values):
         t = values.detach().cpu()
         if str(t.dtype) == "torch.bfloat16":
@@ -124,7 +124,8 @@ def bf16_bits(values: Any, finite: bool = True) -> np.ndarray:
     return check(bits)
 
 
-def _check_finite_bits(bits: np.ndarray) -> np.ndarray:
+def check_finite_bits(bits: np.ndarray) -> np.ndarray:
+    """bf16 bits, refused if any is NaN or infinite."""
     bad = (bits & 0x7F80) == 0x7F80
     if bad.any():
         raise EncodingError(
@@ -197,6 +198,12 @@ def hidden_leaves(domain: Domain, bits: np.ndarray, start: int = 0) -> np.ndarra
     return hidden_leaves_many([(domain, start, bits.shape[0])], bits)
 
 
+def check_positions(start: int, t: int) -> None:
+    """Positions [start, start + t) must lie in [0, 2**32): a leaf holds its position in a u32."""
+    if start < 0 or start + t - 1 > MAX_POSITION:
+        raise EncodingError(f"positions [{start}, {start + t}) must lie in [0, 2**32)")
+
+
 def hidden_leaves_many(parts: list[tuple[Domain, int, int]], bits: np.ndarray) -> np.ndarray:
     """The hidden leaf preimages of many trees' rows in one pass: `parts` lists (domain, start, T)
     in the order of `bits`' rows (N = ΣT, d); part k's T rows are positions [start, start + T) of
@@ -205,8 +212,7 @@ def hidden_leaves_many(parts: list[tuple[Domain, int, int]], bits: np.ndarray) -
     if sum(t for _, _, t in parts) != n:
         raise EncodingError(f"parts cover {sum(t for _, _, t in parts)} rows; bits hold {n}")
     for _, start, t in parts:
-        if start < 0 or start + t - 1 > MAX_POSITION:
-            raise EncodingError(f"positions [{start}, {start + t}) must lie in [0, 2**32)")
+        check_positions(start, t)
     padded = pad_rows(bits)
     c = padded.shape[1] // CHUNK
     if c - 1 > MAX_CHUNK:

@@ -417,9 +417,8 @@ def append_rows(items: Sequence[tuple[IncrementalCommitment, int, Any]]) -> list
                 raise EncodingError(f"rows must arrive in order: got position {start}, {acc.rows} held")
             if b.ndim != 2 or b.shape[1] != acc.hidden_size:
                 raise EncodingError(f"rows must be (T, {acc.hidden_size}), got shape {b.shape}")
-            if start + len(b) - 1 > enc.MAX_POSITION:
-                raise EncodingError(f"positions [{start}, {start + len(b)}) must lie in [0, 2**32)")
-            enc._check_finite_bits(b)
+            enc.check_positions(start, len(b))
+            enc.check_finite_bits(b)
         except EncodingError as e:
             errors[k] = e
             continue

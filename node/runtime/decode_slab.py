@@ -70,7 +70,7 @@ class DecodeSlab:
         self.cap = 0  # positions per lane
         self.limit = 0  # the most positions the slab may hold (see `place`)
         self._where: dict[int, int] = {}  # id(RequestKV) → its lane
-        self.copied = 0  # positions copied into lanes (tests and the bench read it)
+        self.copied = 0  # positions copied into lanes (the tests read it)
 
     def lane_of(self, kv: _History) -> int | None:
         j = self._where.get(id(kv))
@@ -115,7 +115,7 @@ class DecodeSlab:
                 self.V[:, j, :, lane.valid:start] = kv.V[:, :, lane.valid:start]
                 self.copied += start - lane.valid
             lane.valid = start  # the step writes position `start`: nothing past it is known
-        return lo, [j for j in now if j is not None]
+        return lo, [j for j in now if j is not None]  # every request has its lane by now
 
     def views(self, lo: int, B: int, L: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of lanes [lo, lo + B), positions [0, L): `(n_layers, B, Hkv, L, hd)` views."""

@@ -12,7 +12,11 @@ side (`BatchedExecutor`, `DecodeSlab`). A client that opens one long context bes
 requests would make every short history pad to the long one's length: lanes × longest positions,
 many times the KV admission reserved (one 8k-token context beside 100 short requests: ~24 GB on a
 19-layer SmolLM2 stage), enough to kill the stage for everyone. The padded rows are bounded to
-twice their own history; the long one attends alone.
+twice their own history; the long one attends alone. Decode histories stay in lanes between
+steps: a party that re-routes a request (rewinding it and sending other rows for the same
+positions) or cycles its own requests through the lanes beside a victim's must not make the
+honest stage compute the victim's rows over stale or foreign K/V, which a verifier's re-execution
+from the stage's committed inputs would then convict.
 
 A stage hashes a step's rows of every request in one pass (`CommitLeaves`, `append_rows`). A
 request whose rows cannot be committed (NaN or infinite, e.g. an input crafted to overflow) must
@@ -29,6 +33,7 @@ import torch
 from node.dataplane.batcher import BURST_MAX_S, SETTLE_S, Batcher, Job
 from node.dataplane.stored_requests import CommitLeaves
 from node.runtime.batch import BatchedExecutor, Work
+from node.runtime.executor import StageExecutor
 from node.runtime.models.tiny import build_tiny_model
 from node.runtime.shard import load_shard
 from verifier.encoding import Domain
@@ -101,3 +106,47 @@ def test_one_long_context_among_many_short_ones_cannot_blow_up_a_stage_s_decode_
     # padding every short history to 300 positions would be 41 × 320 = 13,120 positions
     assert len(slab.lanes) * slab.cap <= 2 * held + 64 * 41 < 41 * 320
     assert len(slab.lanes) * slab.cap <= 41 * 64
+
+
+def test_rewinds_and_lane_churn_beside_a_victim_leave_its_rows_what_a_verifier_recomputes(tiny_llama):
+    ex = BatchedExecutor(load_shard(tiny_llama, 2, 5))
+    d, gen = ex.shard.hidden_size, torch.Generator().manual_seed(0)
+    victim, sent = b"\x0a" * 32, []  # the rows the victim's stage was sent, position by position
+    ex.open(victim, capacity=64)
+    attackers = [bytes([0xA0 + k]) * 32 for k in range(3)]
+
+    def rows(t: int) -> torch.Tensor:
+        return torch.randn(t, d, generator=gen)
+
+    x = rows(12)
+    sent[:] = list(x)
+    ex.step([Work(victim, x, 0, "none")])
+    for a in attackers:
+        ex.open(a, capacity=64)
+        ex.step([Work(a, rows(30), 0, "none")])  # longer histories than the victim's
+    out = {}
+    for rnd in range(12):
+        if rnd % 3 == 2:  # the attacker cycles its requests: lanes change owners
+            a = attackers.pop(0)
+            ex.close(a)
+            a = bytes([0xB0 + rnd]) * 32
+            ex.open(a, capacity=64)
+            ex.step([Work(a, rows(2), 0, "none")])
+            attackers.append(a)
+        if rnd == 5:  # a re-route: the victim goes back 4 positions and gets other rows for them
+            s_ = ex.session(victim)
+            s_.cache.crop(-4)
+            s_.length -= 4
+            x = rows(4)
+            sent[s_.length:] = list(x)
+            out.update(zip(range(s_.length, s_.length + 4),
+                           ex.step([Work(victim, x, s_.length, "none")])[0].hidden, strict=True))
+        x = rows(1)
+        sent.append(x[0])
+        work = [Work(victim, x, ex.session(victim).length, "none")]
+        work += [Work(a, rows(1), ex.session(a).length, "none") for a in attackers]
+        out[work[0].start] = ex.step(work)[0].hidden[0]
+    # a verifier re-executes the stage over the rows it committed to receiving, in one prefill
+    ref = StageExecutor(load_shard(tiny_llama, 2, 5)).run(torch.stack(sent), logits="none").hidden
+    for pos, row in out.items():
+        assert torch.allclose(row, ref[pos], rtol=0, atol=1e-3), pos
